@@ -1,0 +1,148 @@
+"""Work that runs inside a child process: building one artifact, counting FLOPs, computing the FP32
+reference outputs, and measuring one cell. Every function takes and returns plain picklable values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+ACCURACY_SEED = 5000
+TIMING_SEED = 4242
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the matrix."""
+
+    model: str
+    size: str
+    engine: str
+    precision: str
+    batch_size: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}/{self.size}/{self.engine}/{self.precision}/b{self.batch_size}"
+
+
+def build_artifact(model: str, size: str, precision: str, flavour: str, export: dict, calib: dict) -> str:
+    """Build (or reuse) one artifact; returns its path. ``export`` and ``calib`` are the settings' fields."""
+    from models import get_model
+    from onnx_models.artifacts import CalibrationSettings, ExportSettings, ensure
+
+    path = ensure(
+        get_model(model),
+        size,
+        precision,
+        ExportSettings(**export),
+        CalibrationSettings(**calib),
+        int8_flavour=flavour,
+    )
+    return str(path)
+
+
+def count_flops(model: str, size: str, batches: list[int]) -> dict[int, dict]:
+    """FLOPs, params and bytes of the stored FP32 artifact at each batch size, cached next to it by sha256."""
+    from analysis.flops import count
+    from onnx_models.store import ModelStore
+
+    store = ModelStore(model, size)
+    path = store.verified_path("fp32")
+    cache = store.dir / f"flops-{store.entry('fp32')['sha256'][:16]}.json"
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    missing = [b for b in batches if str(b) not in known]
+    if missing:
+        import onnx
+
+        graph = onnx.load(str(path))
+        for batch in missing:
+            cost = count(graph, batch)
+            known[str(batch)] = {
+                "flops_per_batch": cost.flops,
+                "mac_flops_per_batch": cost.mac_flops,
+                "params": cost.params,
+                "weight_bytes": cost.weight_bytes,
+                "io_bytes": cost.io_bytes,
+                "uncounted_ops": sorted(cost.uncounted),
+                "unknown_shapes": len(cost.unknown_shapes),
+            }
+        cache.write_text(json.dumps(known, indent=1, sort_keys=True))
+    return {b: known[str(b)] for b in batches}
+
+
+def accuracy_feeds(spec, size: str, batch: int, samples: int) -> list[dict[str, np.ndarray]]:
+    """The seeded accuracy inputs: ceil(samples / batch) batches, the same for every precision and engine."""
+    return [spec.make_feeds(size, batch, ACCURACY_SEED + i) for i in range(max(1, math.ceil(samples / batch)))]
+
+
+def reference_outputs(model: str, size: str, batch: int, samples: int) -> str:
+    """FP32 ONNX Runtime CPU outputs on the accuracy inputs, cached in the store; returns the .npz path."""
+    from analysis.accuracy import concat
+    from engines.ort_cpu import OrtCpuEngine
+    from models import get_model
+    from onnx_models.store import ModelStore
+
+    store = ModelStore(model, size)
+    fp32 = store.verified_path("fp32")
+    path = store.dir / f"reference-{store.entry('fp32')['sha256'][:16]}-b{batch}-n{samples}.npz"
+    if path.is_file():
+        return str(path)
+    spec = get_model(model)
+    with OrtCpuEngine() as engine:
+        engine.activate(fp32)
+        outputs = concat([engine.infer(feeds) for feeds in accuracy_feeds(spec, size, batch, samples)])
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **outputs)
+    tmp.replace(path)
+    return str(path)
+
+
+def run_cell(cell: dict, timer: dict, accuracy_samples: int, engine_options: dict, reference: str | None) -> dict:
+    """Measure one cell: load the artifact in the engine, check accuracy against ``reference`` (an .npz of
+    FP32 outputs, or None to skip), then time it. Returns the measured columns plus ``samples_ms``."""
+    from analysis.accuracy import compare, concat
+    from bench.timer import TimerSettings, measure
+    from engines import engine_class
+    from models import get_model
+    from onnx_models.artifacts import int8_artifact_name
+    from onnx_models.store import ModelStore
+
+    c = Cell(**cell)
+    spec = get_model(c.model)
+    engine_cls = engine_class(c.engine)
+    artifact = int8_artifact_name(engine_cls.int8_flavour) if c.precision == "int8" else c.precision
+    store = ModelStore(c.model, c.size)
+    path = store.verified_path(artifact)
+    row: dict = {"artifact": str(path), "artifact_sha256": store.entry(artifact)["sha256"]}
+    with engine_cls(engine_options) as engine:
+        start = time.perf_counter()
+        engine.activate(path)
+        row["engine_build_s"] = time.perf_counter() - start
+        if reference is not None:
+            with np.load(reference) as data:
+                expected = {name: data[name] for name in data.files}
+            got = concat([engine.infer(f) for f in accuracy_feeds(spec, c.size, c.batch_size, accuracy_samples)])
+            row.update(compare(spec.task, expected, got))
+            row["accuracy_samples"] = next(iter(expected.values())).shape[0]
+        engine.prepare(spec.make_feeds(c.size, c.batch_size, TIMING_SEED))
+        stats = measure(engine.run_prepared, TimerSettings(**timer))
+        row["engine_settings"] = json.dumps(engine.describe(), sort_keys=True)
+    row.update(stats.to_row())
+    row["iterations"] = stats.iterations
+    row["samples_ms"] = stats.samples_ms
+    return row
+
+
+def artifact_name_for(engine: str, precision: str) -> tuple[str, str]:
+    """(store artifact name, INT8 flavour) that ``engine`` runs at ``precision``."""
+    from engines import engine_class
+    from onnx_models.artifacts import int8_artifact_name
+
+    flavour = engine_class(engine).int8_flavour
+    return (int8_artifact_name(flavour) if precision == "int8" else precision), flavour
+

@@ -1,0 +1,76 @@
+"""The environment of a run (``env.json``): packages, CPU model and flags, threads, execution providers."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+from typing import Any
+
+PACKAGES = (
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxslim",
+    "numpy",
+    "polars",
+    "torch",
+    "torchvision",
+    "tensorflow-cpu",
+    "tf2onnx",
+    "tensorrt",
+    "pycuda",
+)
+# The CPU flags that decide which kernels run (FMA/AVX for FP32, VNNI/AMX for INT8, F16C/AVX512-FP16 for FP16).
+CPU_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+             "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU model name, core counts and the relevant instruction-set flags, from /proc/cpuinfo and psutil."""
+    import psutil
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return {
+        "model": model,
+        "logical_cores": psutil.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "flags": [f for f in CPU_FLAGS if f in flags],
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+    }
+
+
+def environment(settings: dict[str, Any]) -> dict[str, Any]:
+    """Everything a reader needs to reproduce or compare a run; ``settings`` is the run's own options."""
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    try:
+        import onnxruntime as ort
+
+        providers = ort.get_available_providers()
+    except ImportError:
+        providers = []
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu": cpu_info(),
+        "packages": versions,
+        "onnxruntime_providers": providers,
+        "thread_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
+        "settings": settings,
+    }

@@ -1,0 +1,123 @@
+"""Feeds: one rewindable source of input batches for calibration, accuracy checks and timing.
+
+Synthetic feeds are drawn from a model's input specs (valid ids, images in range); a user's ``.npz`` file
+replaces them, after a check that its arrays match the model's inputs by name, shape and dtype.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from models import InputSpec
+
+
+class FeedError(ValueError):
+    """Calibration or input data that does not fit the model's inputs."""
+
+
+class Feeds:
+    """A fixed list of input batches (each a dict name -> array) that can be iterated any number of times.
+
+    It also speaks ONNX Runtime's ``CalibrationDataReader`` protocol (``get_next`` returning a batch or
+    None, plus ``set_range`` and ``len`` for strided calibration) so the same object feeds the quantizer.
+    """
+
+    def __init__(self, batches: list[dict[str, np.ndarray]], origin: str, digest: str):
+        if not batches:
+            raise FeedError(f"{origin}: no batches")
+        self.batches = batches
+        self.origin = origin
+        self.digest = digest
+        self._range = (0, len(batches))
+        self._cursor = 0
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        """The next batch of the current range, or None at its end (then the reader rewinds)."""
+        start, end = self._range
+        if start + self._cursor >= end:
+            self._cursor = 0
+            return None
+        batch = self.batches[start + self._cursor]
+        self._cursor += 1
+        return batch
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Limit ``get_next`` to batches [start_index, end_index): ORT's strided calibration calls this."""
+        self._range = (start_index, min(end_index, len(self.batches)))
+        self._cursor = 0
+
+    def rewind(self) -> None:
+        """Start over from the first batch of the whole list."""
+        self.set_range(0, len(self.batches))
+
+    @property
+    def samples(self) -> int:
+        """Total samples over all batches (the first dimension summed)."""
+        return sum(next(iter(b.values())).shape[0] for b in self.batches)
+
+
+def synthetic_feeds(specs: list[InputSpec], samples: int, batch: int, seed: int) -> Feeds:
+    """``samples`` seeded samples from the input specs, cut into batches of at most ``batch``."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    left = samples
+    while left > 0:
+        size = min(batch, left)
+        batches.append({s.name: s.sample(rng, size) for s in specs})
+        left -= size
+    digest = hashlib.sha256(repr((sorted(s.describe() for s in specs), samples, batch, seed)).encode()).hexdigest()
+    return Feeds(batches, f"synthetic(seed={seed}, samples={samples})", digest)
+
+
+def file_feeds(path: Path, specs: list[InputSpec], batch: int, samples: int | None = None) -> Feeds:
+    """Read a user's ``.npz`` (one array per input name, first axis = samples) and cut it into batches.
+
+    Every input name must be present with the model's per-sample shape and dtype (ints may be any integer
+    width and are converted; floats likewise). Raises FeedError with the mismatch and the expected layout.
+    """
+    expected = ", ".join(s.describe() for s in specs)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except FileNotFoundError:
+        raise FeedError(f"calibration data {path} does not exist") from None
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise FeedError(f"cannot read {path} as .npz ({exc}); expected arrays {expected}") from None
+    missing = [s.name for s in specs if s.name not in arrays]
+    if missing:
+        raise FeedError(f"{path} lacks inputs {missing} (it has {sorted(arrays)}); expected arrays {expected}")
+    count = None
+    for spec in specs:
+        array = arrays[spec.name]
+        want = tuple(spec.shape[1:])
+        if array.ndim != len(spec.shape) or tuple(array.shape[1:]) != want:
+            raise FeedError(
+                f"{path}: array {spec.name!r} has shape {array.shape}, expected (N, {', '.join(map(str, want))})"
+            )
+        want_int = np.issubdtype(np.dtype(spec.dtype), np.integer)
+        if np.issubdtype(array.dtype, np.integer) != want_int or not (
+            want_int or np.issubdtype(array.dtype, np.floating)
+        ):
+            raise FeedError(f"{path}: array {spec.name!r} has dtype {array.dtype}, expected {spec.dtype}")
+        if count is not None and array.shape[0] != count:
+            raise FeedError(f"{path}: arrays have different sample counts ({count} vs {array.shape[0]})")
+        count = array.shape[0]
+    if not count:
+        raise FeedError(f"{path} holds no samples")
+    count = min(count, samples) if samples else count
+    batches = []
+    for start in range(0, count, batch):
+        stop = min(start + batch, count)
+        batches.append({s.name: np.ascontiguousarray(arrays[s.name][start:stop], dtype=s.dtype) for s in specs})
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return Feeds(batches, f"file({path}, samples={count})", digest)

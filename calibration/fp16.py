@@ -1,0 +1,74 @@
+"""FP16 artifacts: weights and compute in float16, inputs and outputs kept float32.
+
+Keeping FP32 I/O means every precision takes the same feeds and returns comparable outputs. Converters
+break on some graphs (Cast nodes left with a mismatched type, ops without float16 kernels, ranges that
+overflow float16), so conversion is tried on the cleaned graph first and, if the result does not load or
+gives non-finite outputs, again with a wider list of ops kept in FP32. The list used goes in the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnx
+
+from calibration.graph import check_runs, clean
+
+log = logging.getLogger(__name__)
+
+# Ops whose float16 versions are missing in some runtimes or lose too much range (indices, sorting, NMS,
+# shape-producing arithmetic). Tried only when the plain conversion fails.
+CONSERVATIVE_BLOCK = (
+    "Range",
+    "Resize",
+    "NonMaxSuppression",
+    "TopK",
+    "RoiAlign",
+    "CumSum",
+    "Loop",
+    "Scan",
+    "If",
+    "Softmax",
+    "LayerNormalization",
+    "ReduceMean",
+    "Pow",
+    "Sqrt",
+    "Exp",
+)
+
+
+class ConversionError(RuntimeError):
+    """A graph that could not be converted to the requested precision."""
+
+
+def convert(fp32_path: Path, out_path: Path, feeds: dict) -> dict:
+    """Convert ``fp32_path`` to FP16 at ``out_path``, check it runs on ``feeds``; returns manifest info.
+
+    Raises ConversionError with both attempts' reasons when no block list gives a working model.
+    """
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model, clean_note = clean(fp32_path)
+    errors = []
+    for block in ((), CONSERVATIVE_BLOCK):
+        try:
+            converted = convert_float_to_float16(
+                model,
+                keep_io_types=True,
+                op_block_list=list(block) or None,
+            )
+            check_runs(converted, feeds)
+        except Exception as exc:  # noqa: BLE001 - converter and runtime failures are both retried
+            errors.append(f"block={list(block) or 'default'}: {str(exc).splitlines()[0][:300]}")
+            log.info("fp16 conversion attempt failed: %s", errors[-1])
+            continue
+        onnx.save(converted, str(out_path))
+        return {
+            "converter": "onnxruntime.transformers.float16",
+            "graph_cleanup": clean_note,
+            "fp32_blocked_ops": list(block) or "converter default",
+            "io_types": "float32",
+            "attempts": errors,
+        }
+    raise ConversionError(f"{fp32_path}: FP16 conversion failed: " + " | ".join(errors))

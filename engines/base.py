@@ -1,0 +1,111 @@
+"""The engine interface every runtime implements (in the manner of Polygraphy's runners).
+
+The base class owns the state checks and input validation; subclasses fill in the ``*_impl`` methods.
+An engine never times itself: the shared timer calls ``run_prepared`` in a loop, and ``run_prepared``
+returns only when the inference has finished (CUDA engines synchronise their stream).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+
+class EngineError(RuntimeError):
+    """An engine that cannot be used as asked (not installed, wrong state, bad feeds)."""
+
+
+class Engine:
+    """One runtime for ONNX artifacts.
+
+    Class attributes: ``name`` (the registry name), ``precisions`` it can run, and ``int8_flavour``, the
+    INT8 artifact it consumes (``cpu`` for U8S8 QDQ, ``tensorrt`` for symmetric QDQ).
+    """
+
+    name = "base"
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+    int8_flavour = "cpu"
+
+    def __init__(self, options: Mapping[str, Any] | None = None):
+        self.options = dict(options or {})
+        self.active = False
+        self._input_meta: dict[str, tuple[tuple, np.dtype]] = {}
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """None when this engine can run here; otherwise why not, with the fix."""
+        return None
+
+    def activate(self, model_path: Path) -> None:
+        """Load ``model_path`` and get ready to run; raises EngineError if already active."""
+        if self.active:
+            raise EngineError(f"{self.name}: already active")
+        self._input_meta = self.activate_impl(Path(model_path))
+        self.active = True
+
+    def validate(self, feeds: Mapping[str, np.ndarray]) -> None:
+        """Check that ``feeds`` names every model input with a compatible shape and the exact dtype."""
+        missing = sorted(set(self._input_meta) - set(feeds))
+        extra = sorted(set(feeds) - set(self._input_meta))
+        if missing or extra:
+            raise EngineError(f"{self.name}: feeds missing {missing}, unexpected {extra}")
+        for name, (shape, dtype) in self._input_meta.items():
+            array = feeds[name]
+            if array.dtype != dtype:
+                raise EngineError(f"{self.name}: input {name} has dtype {array.dtype}, model wants {dtype}")
+            if len(array.shape) != len(shape) or any(
+                isinstance(d, int) and d != a for d, a in zip(shape, array.shape)
+            ):
+                raise EngineError(f"{self.name}: input {name} has shape {array.shape}, model wants {shape}")
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run once on ``feeds`` and return every output as a host array, by name."""
+        self._require_active()
+        self.validate(feeds)
+        return self.infer_impl(feeds)
+
+    def prepare(self, feeds: Mapping[str, np.ndarray]) -> None:
+        """Stage ``feeds`` for repeated timed runs (on the device, for device engines)."""
+        self._require_active()
+        self.validate(feeds)
+        self.prepare_impl(feeds)
+
+    def run_prepared(self) -> None:
+        """One synchronised inference on the staged feeds: the unit the timer measures."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """The settings this engine actually ran with (threads, providers, ...), for the results row."""
+        return {}
+
+    def deactivate(self) -> None:
+        """Release the session or engine; safe to call twice."""
+        if self.active:
+            self.deactivate_impl()
+        self.active = False
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    def _require_active(self) -> None:
+        if not self.active:
+            raise EngineError(f"{self.name}: not active; call activate(model_path) first")
+
+    # Subclass hooks.
+    def activate_impl(self, model_path: Path) -> dict[str, tuple[tuple, np.dtype]]:
+        """Load the model; return {input name: (shape with ints or symbols, numpy dtype)}."""
+        raise NotImplementedError
+
+    def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def prepare_impl(self, feeds: Mapping[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def deactivate_impl(self) -> None:
+        raise NotImplementedError

@@ -1,0 +1,102 @@
+"""ONNX Runtime on the CPU execution provider, with an explicit thread count and full graph optimisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from engines.base import Engine, EngineError
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def physical_cores() -> int:
+    """Physical CPU cores (hyper-threads excluded), the default intra-op thread count."""
+    import psutil
+
+    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+
+
+class OrtSessionEngine(Engine):
+    """Shared ONNX Runtime session handling; subclasses choose the execution providers."""
+
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
+    def session_options(self):
+        """SessionOptions: full graph optimisation, sequential execution, ``threads`` intra-op threads."""
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = int(self.options.get("threads") or physical_cores())
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        return options
+
+    def provider_list(self) -> list:
+        """Providers handed to the session, each a name or (name, options)."""
+        return list(self.providers)
+
+    def activate_impl(self, model_path: Path) -> dict[str, tuple[tuple, np.dtype]]:
+        import onnxruntime as ort
+
+        try:
+            self.session = ort.InferenceSession(
+                str(model_path), self.session_options(), providers=self.provider_list()
+            )
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for bad files
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise EngineError(f"{self.name}: cannot load {model_path}: {first}") from exc
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._feeds: Mapping[str, np.ndarray] = {}
+        meta = {}
+        for item in self.session.get_inputs():
+            if item.type not in _ORT_TYPES:
+                raise EngineError(f"{self.name}: input {item.name} has unsupported type {item.type}")
+            meta[item.name] = (tuple(item.shape), np.dtype(_ORT_TYPES[item.type]))
+        return meta
+
+    def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(self.output_names, dict(feeds))))
+
+    def prepare_impl(self, feeds: Mapping[str, np.ndarray]) -> None:
+        self._feeds = dict(feeds)
+
+    def run_prepared(self) -> None:
+        # session.run returns only when the CPU work is done, so this is already synchronised.
+        self.session.run(self.output_names, self._feeds)
+
+    def describe(self) -> dict[str, Any]:
+        options = self.session_options()
+        return {"providers": self.session.get_providers(), "intra_op_threads": options.intra_op_num_threads}
+
+    def deactivate_impl(self) -> None:
+        del self.session
+
+
+class OrtCpuEngine(OrtSessionEngine):
+    """``ort-cpu``: the CPU execution provider."""
+
+    name = "ort-cpu"
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return "onnxruntime is not installed: pip install -e '.[cpu]'"
+        if "CPUExecutionProvider" not in ort.get_available_providers():
+            return "this onnxruntime build has no CPUExecutionProvider"
+        return None

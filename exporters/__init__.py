@@ -1,0 +1,103 @@
+"""Exporters: a catalogue model in its framework -> FP32 ONNX, proven equal to the framework by a parity check.
+
+Each framework has one module here with a ``to_onnx`` function (see ``exporters.pytorch``); this package
+picks it by the spec's framework, runs it, then checks parity against ONNX Runtime FP32.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models import ModelSpec
+
+OPSET = 17
+PARITY_SEED = 1234
+PARITY_BATCH = 2
+
+# framework -> (module, pip packages it needs)
+_EXPORTERS = {
+    "pytorch": ("exporters.pytorch", "torch torchvision"),
+    "tensorflow": ("exporters.tensorflow", "tensorflow-cpu tf2onnx"),
+}
+
+
+class ExportError(RuntimeError):
+    """An export that could not be made or did not match its framework."""
+
+
+@dataclass
+class FrameworkExport:
+    """What a framework exporter hands back: its version and its own outputs on the parity feeds."""
+
+    framework_version: str
+    outputs: dict[str, np.ndarray]
+
+
+@dataclass
+class ExportReport:
+    """One finished export: where it is and how closely ONNX Runtime reproduced the framework."""
+
+    path: Path
+    framework_version: str
+    opset: int
+    parity_max_abs: float
+    parity_max_rel: float
+    parity_tolerance: float
+
+
+def exporter_module(framework: str):
+    """The exporter module for ``framework``; a missing framework package raises ExportError naming the fix."""
+    module_name, packages = _EXPORTERS[framework]
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ExportError(
+            f"exporting {framework} models needs {packages} ({exc.name} is not installed); "
+            "install them with: pip install -e '.[export]'"
+        ) from exc
+
+
+def export(spec: ModelSpec, size: str, out_path: Path, *, seed: int = 0, weights: Path | None = None) -> ExportReport:
+    """Export ``spec`` at ``size`` to ``out_path`` and check parity; returns the report, raises ExportError."""
+    cfg = spec.config(size)
+    feeds = spec.make_feeds(size, PARITY_BATCH, PARITY_SEED)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_suffix(".tmp.onnx")
+    result = exporter_module(spec.framework).to_onnx(spec, cfg, tmp, seed=seed, weights=weights, opset=OPSET, feeds=feeds)
+    max_abs, max_rel = parity_errors(tmp, feeds, result.outputs)
+    if max_rel > spec.parity_rtol:
+        raise ExportError(
+            f"{spec.name} ({size}): ONNX Runtime output differs from {spec.framework}: max abs {max_abs:.3g}, "
+            f"relative {max_rel:.3g} > tolerance {spec.parity_rtol:g}; the export is wrong, kept at {tmp}"
+        )
+    tmp.replace(out_path)
+    return ExportReport(out_path, result.framework_version, OPSET, max_abs, max_rel, spec.parity_rtol)
+
+
+def parity_errors(onnx_path: Path, feeds: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> tuple[float, float]:
+    """Run ``onnx_path`` on ONNX Runtime CPU and compare with ``expected`` (by output name).
+
+    Returns (max abs error, max abs error divided by the largest magnitude of the expected output), the
+    worst over all outputs. An output that is missing or of another shape raises ExportError.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    got = dict(zip(names, session.run(names, feeds)))
+    worst_abs = worst_rel = 0.0
+    for name, want in expected.items():
+        if name not in got:
+            raise ExportError(f"the ONNX graph has no output {name!r} (it has {names})")
+        have = got[name]
+        if have.shape != want.shape:
+            raise ExportError(f"output {name!r}: ONNX shape {have.shape} != framework shape {want.shape}")
+        diff = float(np.max(np.abs(have.astype(np.float64) - want.astype(np.float64)))) if want.size else 0.0
+        scale = float(np.max(np.abs(want))) if want.size else 0.0
+        worst_abs = max(worst_abs, diff)
+        worst_rel = max(worst_rel, diff / scale if scale > 0 else diff)
+    return worst_abs, worst_rel

@@ -1,0 +1,157 @@
+"""The model catalogue: one file per model, one registration line per file.
+
+Importing this package must stay cheap: model files declare their specs with plain data and keep every
+framework import (torch, tensorflow) inside their ``build`` functions, so ``python suite.py list`` never
+loads a framework.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+SIZES = ("full", "tiny")
+FRAMEWORKS = ("pytorch", "tensorflow")
+TASKS = ("classification", "ctr", "span_qa")
+
+# Adding a model: write models/<name>.py defining SPECS (a list of ModelSpec) and add its module name here.
+_MODULES = ("resnet50", "densenet121", "wide_deep", "bert")
+
+
+class UnknownModelError(ValueError):
+    """A model name that is not in the catalogue."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input. ``shape`` has the batch dimension first, written as the string ``"batch"``.
+
+    Floats are drawn uniformly from [low, high); integers uniformly from [low, high), so for an id input
+    ``high`` is the vocabulary size and every sample is a valid id.
+    """
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+    low: float = 0.0
+    high: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.shape or self.shape[0] != "batch":
+            raise ValueError(f"input {self.name}: the first dimension must be 'batch', got {self.shape}")
+        if any(not isinstance(d, int) for d in self.shape[1:]):
+            raise ValueError(f"input {self.name}: only the batch dimension may be symbolic, got {self.shape}")
+        if self.high <= self.low:
+            raise ValueError(f"input {self.name}: empty value range [{self.low}, {self.high})")
+
+    def concrete_shape(self, batch: int) -> tuple[int, ...]:
+        """The shape with the batch dimension set to ``batch``."""
+        return (batch, *self.shape[1:])
+
+    def sample(self, rng: np.random.Generator, batch: int) -> np.ndarray:
+        """Draw one valid array for this input at batch size ``batch``."""
+        shape = self.concrete_shape(batch)
+        if np.issubdtype(np.dtype(self.dtype), np.integer):
+            return rng.integers(int(self.low), int(self.high), size=shape, dtype=self.dtype)
+        return rng.uniform(self.low, self.high, size=shape).astype(self.dtype)
+
+    def describe(self) -> str:
+        dims = "x".join(str(d) for d in self.shape)
+        if np.issubdtype(np.dtype(self.dtype), np.integer):
+            kind = f"ids<{int(self.high)}" if self.low == 0 else f"ints[{int(self.low)},{int(self.high)})"
+        else:
+            kind = f"[{self.low:g},{self.high:g})"
+        return f"{self.name}:{dims}:{self.dtype}:{kind}"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the suite knows about one catalogue model.
+
+    ``configs`` maps each size (``full``, ``tiny``) to the hyper-parameters ``build`` takes.
+    ``inputs(cfg)`` gives the input specs for one size, ``build(cfg, seed)`` returns the framework model
+    (a ``torch.nn.Module`` in eval mode, or a Keras model whose inputs carry the input names and whose
+    outputs come in the order of ``outputs``). ``version`` is part of every artifact's cache key: bump it
+    when the model code changes.
+    """
+
+    name: str
+    category: str
+    framework: str
+    task: str
+    paper_model: str | None
+    paper_batch: int
+    summary: str
+    configs: Mapping[str, Mapping[str, Any]]
+    inputs: Callable[[Mapping[str, Any]], list[InputSpec]]
+    outputs: tuple[str, ...]
+    build: Callable[[Mapping[str, Any], int], Any]
+    version: str = "1"
+    # Parity tolerance between the framework and ONNX Runtime FP32: max abs error relative to the output's
+    # largest magnitude.
+    parity_rtol: float = 1e-3
+    # A variant (``bert_base`` of ``bert``) is listed and runnable but left out of the default job.
+    variant_of: str | None = None
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        if self.framework not in FRAMEWORKS:
+            raise ValueError(f"{self.name}: framework must be one of {FRAMEWORKS}")
+        if self.task not in TASKS:
+            raise ValueError(f"{self.name}: task must be one of {TASKS}")
+        missing = [s for s in SIZES if s not in self.configs]
+        if missing:
+            raise ValueError(f"{self.name}: no config for sizes {missing}")
+
+    def config(self, size: str) -> Mapping[str, Any]:
+        """The hyper-parameters for ``size``; a size that does not exist raises ValueError."""
+        if size not in self.configs:
+            raise ValueError(f"unknown size {size!r}; valid sizes: {', '.join(SIZES)}")
+        return self.configs[size]
+
+    def input_specs(self, size: str) -> list[InputSpec]:
+        """The input specs at ``size``."""
+        return self.inputs(self.config(size))
+
+    def make_feeds(self, size: str, batch: int, seed: int) -> dict[str, np.ndarray]:
+        """Seeded, valid inputs for one batch: the same (size, batch, seed) always gives the same arrays."""
+        rng = np.random.default_rng(seed)
+        return {spec.name: spec.sample(rng, batch) for spec in self.input_specs(size)}
+
+
+def _load() -> dict[str, ModelSpec]:
+    registry: dict[str, ModelSpec] = {}
+    for module_name in _MODULES:
+        module = importlib.import_module(f"models.{module_name}")
+        for spec in module.SPECS:
+            if spec.name in registry:
+                raise ValueError(f"model {spec.name!r} registered twice")
+            registry[spec.name] = spec
+    return registry
+
+
+_REGISTRY: dict[str, ModelSpec] | None = None
+
+
+def all_models() -> dict[str, ModelSpec]:
+    """Every catalogue model, by name, in catalogue order."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = _load()
+    return _REGISTRY
+
+
+def default_models() -> list[str]:
+    """The models the default job runs: every catalogue model that is not a variant of another."""
+    return [name for name, spec in all_models().items() if spec.variant_of is None]
+
+
+def get_model(name: str) -> ModelSpec:
+    """The spec called ``name``; an unknown name raises UnknownModelError listing the valid ones."""
+    models = all_models()
+    if name not in models:
+        raise UnknownModelError(f"unknown model {name!r}; valid models: {', '.join(models)}")
+    return models[name]

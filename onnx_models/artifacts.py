@@ -1,0 +1,204 @@
+"""Build-or-reuse of every artifact: FP32 export, FP16 conversion, INT8 quantization.
+
+Each ``ensure_*`` function computes the artifact's build key from everything it depends on, returns the
+stored file when key and sha256 match, and otherwise builds it and records it in the manifest. Framework
+and quantizer imports happen only when something has to be built.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from models import ModelSpec
+from onnx_models.store import ArtifactError, ModelStore, cache_key, sha256_file
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "int8")
+CHECK_SEED = 99
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """What an FP32 export depends on besides the model: the weight seed and an optional checkpoint."""
+
+    seed: int = 0
+    weights: Path | None = None
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """How INT8 is calibrated: method, number of samples, batch size of the calibration runs, data file."""
+
+    method: str = "minmax"
+    samples: int = 32
+    batch: int = 4
+    data: Path | None = None
+    seed: int = 7
+
+    def __post_init__(self) -> None:
+        from calibration.int8 import METHODS
+
+        if self.method not in METHODS:
+            raise ValueError(f"unknown calibration method {self.method!r}; valid: {', '.join(METHODS)}")
+        if self.samples < 1 or self.batch < 1:
+            raise ValueError("calibration samples and batch must be at least 1")
+
+
+def int8_artifact_name(flavour: str) -> str:
+    """The store name of an INT8 artifact: ``int8`` for the CPU flavour, ``int8-<flavour>`` otherwise."""
+    return "int8" if flavour == "cpu" else f"int8-{flavour}"
+
+
+def ensure_fp32(spec: ModelSpec, size: str, settings: ExportSettings = ExportSettings()) -> Path:
+    """The FP32 ONNX of ``spec`` at ``size``, exported (with parity check) unless a valid one is stored."""
+    store = ModelStore(spec.name, size)
+    weights_sha = sha256_file(settings.weights) if settings.weights else None
+    framework_pkg = "torch" if spec.framework == "pytorch" else "tensorflow-cpu"
+    key = cache_key(
+        model=spec.name,
+        size=size,
+        code=spec.version,
+        config=spec.config(size),
+        seed=settings.seed,
+        weights=weights_sha,
+        framework=_version(framework_pkg),
+        converter=_version("tf2onnx") if spec.framework == "tensorflow" else None,
+    )
+    if store.valid("fp32", key):
+        return store.path("fp32")
+    import exporters
+
+    log.info("exporting %s (%s)", spec.name, size)
+    report = exporters.export(spec, size, store.path("fp32"), seed=settings.seed, weights=settings.weights)
+    store.record(
+        "fp32",
+        key,
+        framework_version=report.framework_version,
+        opset=report.opset,
+        seed=settings.seed,
+        weights=str(settings.weights) if settings.weights else "seeded random",
+        weights_sha256=weights_sha,
+        parity={
+            "max_abs_error": report.parity_max_abs,
+            "max_rel_error": report.parity_max_rel,
+            "tolerance_rel": report.parity_tolerance,
+        },
+    )
+    _record_model_facts(spec, size, store)
+    return store.path("fp32")
+
+
+def _record_model_facts(spec: ModelSpec, size: str, store: ModelStore) -> None:
+    import onnx
+
+    from analysis.flops import count
+
+    model = onnx.load(str(store.path("fp32")), load_external_data=True)
+    cost = count(model, 1)
+    store.update(
+        framework=spec.framework,
+        category=spec.category,
+        task=spec.task,
+        config=dict(spec.config(size)),
+        inputs=[s.describe() for s in spec.input_specs(size)],
+        outputs=list(spec.outputs),
+        params=cost.params,
+        code_version=spec.version,
+    )
+
+
+def ensure_fp16(spec: ModelSpec, size: str, settings: ExportSettings = ExportSettings()) -> Path:
+    """The FP16 artifact (FP32 I/O), converted from the FP32 export unless a valid one is stored."""
+    fp32 = ensure_fp32(spec, size, settings)
+    store = ModelStore(spec.name, size)
+    key = cache_key(source=store.entry("fp32")["sha256"], onnxruntime=_version("onnxruntime"), rule="fp16-v1")
+    if store.valid("fp16", key):
+        return store.path("fp16")
+    from calibration import fp16
+
+    log.info("converting %s (%s) to fp16", spec.name, size)
+    check = spec.make_feeds(size, 1, CHECK_SEED)
+    try:
+        info = fp16.convert(fp32, store.path("fp16"), check)
+    except fp16.ConversionError as exc:
+        raise ArtifactError(str(exc)) from exc
+    store.record("fp16", key, source_sha256=store.entry("fp32")["sha256"], **info)
+    return store.path("fp16")
+
+
+def calibration_feeds(spec: ModelSpec, size: str, calib: CalibrationSettings):
+    """The calibration batches: synthetic from the input specs, or the user's ``.npz`` checked against them."""
+    from calibration.feeds import file_feeds, synthetic_feeds
+
+    specs = spec.input_specs(size)
+    if calib.data is not None:
+        return file_feeds(calib.data, specs, calib.batch, calib.samples)
+    return synthetic_feeds(specs, calib.samples, calib.batch, calib.seed)
+
+
+def ensure_int8(
+    spec: ModelSpec,
+    size: str,
+    settings: ExportSettings = ExportSettings(),
+    calib: CalibrationSettings = CalibrationSettings(),
+    flavour: str = "cpu",
+) -> Path:
+    """The INT8 QDQ artifact of ``flavour``, quantized from the FP32 export unless a valid one is stored.
+
+    The calibration cache is keyed by the FP32 file and the calibration settings and data, so a new
+    flavour or a rebuilt quantized file reuses the ranges instead of calibrating again.
+    """
+    fp32 = ensure_fp32(spec, size, settings)
+    store = ModelStore(spec.name, size)
+    name = int8_artifact_name(flavour)
+    feeds = calibration_feeds(spec, size, calib)
+    source = store.entry("fp32")["sha256"]
+    calib_key = cache_key(
+        source=source, method=calib.method, samples=calib.samples, data=feeds.digest, rule="calib-v1"
+    )
+    key = cache_key(calib=calib_key, flavour=flavour, onnxruntime=_version("onnxruntime"), rule="int8-v1")
+    if store.valid(name, key):
+        return store.path(name)
+    from calibration import int8
+
+    log.info("quantizing %s (%s) to int8 (%s, %s)", spec.name, size, flavour, calib.method)
+    info = int8.quantize(
+        fp32,
+        store.path(name),
+        feeds,
+        method=calib.method,
+        flavour=flavour,
+        cache_path=store.dir / f"calibration-{calib_key}.json",
+        check_feeds=spec.make_feeds(size, 1, CHECK_SEED),
+    )
+    store.record(name, key, source_sha256=source, **info)
+    return store.path(name)
+
+
+def ensure(
+    spec: ModelSpec,
+    size: str,
+    precision: str,
+    settings: ExportSettings = ExportSettings(),
+    calib: CalibrationSettings = CalibrationSettings(),
+    int8_flavour: str = "cpu",
+) -> Path:
+    """The artifact for one precision (``fp32``, ``fp16`` or ``int8``), built if needed."""
+    if precision == "fp32":
+        return ensure_fp32(spec, size, settings)
+    if precision == "fp16":
+        return ensure_fp16(spec, size, settings)
+    if precision == "int8":
+        return ensure_int8(spec, size, settings, calib, int8_flavour)
+    raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")

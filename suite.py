@@ -1,0 +1,507 @@
+"""aimatrix-onnx: the AI Matrix inference benchmark on ONNX.
+
+    python suite.py list | engines | export | calibrate | run
+
+``run`` with no arguments is the default job: every catalogue model, every engine usable here, FP32, FP16
+and INT8, the paper's batch sizes. Importing this module loads no framework (torch, tensorflow, tensorrt):
+heavy work happens in child processes, one per artifact build and one per measured cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import models
+from bench.cell import Cell, artifact_name_for
+
+PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_ENGINES = ("ort-cpu",)
+EXPORT_TIMEOUT_S = 3600.0
+TABLE1 = Path(__file__).resolve().parent / "analysis" / "table1.csv"
+
+log = logging.getLogger("suite")
+
+
+class UsageError(Exception):
+    """A command-line value the user can fix; printed as one line, exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+def split_names(value: str | None, valid: Sequence[str], kind: str, default: Sequence[str]) -> list[str]:
+    """Parse a comma list of ``kind`` names (``all`` means every valid one); unknown names raise UsageError."""
+    if value is None:
+        return list(default)
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if names == ["all"]:
+        return list(valid)
+    unknown = [n for n in names if n not in valid]
+    if unknown or not names:
+        raise UsageError(f"unknown {kind} {', '.join(unknown) or repr(value)}; valid {kind}s: {', '.join(valid)}")
+    return list(dict.fromkeys(names))
+
+
+def parse_engines(value: str | None) -> list[str]:
+    """Engine names; the default is every registered engine usable here (at least ``ort-cpu``)."""
+    import engines
+
+    if value is None:
+        usable = [e for e in engines.engine_names() if engines.availability(e) is None]
+        return usable or list(DEFAULT_ENGINES)
+    return split_names(value, engines.engine_names(), "engine", DEFAULT_ENGINES)
+
+
+def parse_batches(value: str, spec: models.ModelSpec) -> list[int]:
+    """``paper`` -> the paper's batch size for ``spec``; otherwise a comma list of positive integers."""
+    if value == "paper":
+        return [spec.paper_batch]
+    try:
+        sizes = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--batch-sizes must be 'paper' or a comma list of integers, got {value!r}") from None
+    if not sizes or any(b < 1 for b in sizes):
+        raise UsageError(f"--batch-sizes must be positive integers, got {value!r}")
+    return list(dict.fromkeys(sizes))
+
+
+def settings_from(args: argparse.Namespace):
+    """(ExportSettings, CalibrationSettings) from the command line; bad values raise UsageError."""
+    from onnx_models.artifacts import CalibrationSettings, ExportSettings
+
+    weights = getattr(args, "weights", None)
+    if weights is not None:
+        if not weights.is_file():
+            raise UsageError(f"--weights {weights} does not exist")
+        if len(args.model_list) != 1:
+            raise UsageError("--weights is a checkpoint for one model: name exactly one with --models")
+    data = getattr(args, "data", None)
+    try:
+        calib = CalibrationSettings(
+            method=getattr(args, "method", "minmax"),
+            samples=getattr(args, "samples", 32),
+            data=data.resolve() if data else None,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if data is not None:
+        from calibration.feeds import FeedError
+        from onnx_models.artifacts import calibration_feeds
+
+        try:
+            for name in args.model_list:
+                calibration_feeds(models.get_model(name), args.size, calib)
+        except FeedError as exc:
+            raise UsageError(f"--data does not fit {name}: {exc}") from None
+    export = ExportSettings(seed=args.seed, weights=weights.resolve() if weights else None)
+    return export, calib
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Print the model catalogue."""
+    rows = []
+    for name, spec in models.all_models().items():
+        inputs = " ".join(s.describe() for s in spec.input_specs("full"))
+        tag = f" (variant of {spec.variant_of})" if spec.variant_of else ""
+        rows.append((name + tag, spec.category, spec.framework, str(spec.paper_batch), spec.task, inputs))
+    print_table(("model", "category", "framework", "paper batch", "task", "inputs (full size)"), rows)
+    return 0
+
+
+def cmd_engines(args: argparse.Namespace) -> int:
+    """Print every engine and whether it can run here."""
+    import engines
+
+    rows = []
+    for name in engines.engine_names():
+        reason = engines.availability(name)
+        rows.append((name, "yes" if reason is None else "no", reason or ""))
+    print_table(("engine", "usable", "reason"), rows)
+    return 0
+
+
+def build_artifacts(
+    model_list: Iterable[str], size: str, wanted: Sequence[tuple[str, str]], export, calib, title: str
+) -> dict[tuple[str, str], str]:
+    """Build each (precision, INT8 flavour) in ``wanted`` for every model, each in a child process.
+
+    Returns {(model, artifact name): error} for the ones that failed; the rest are in the store.
+    """
+    from tqdm import tqdm
+
+    from bench.isolation import run_isolated
+    from onnx_models.artifacts import int8_artifact_name
+
+    failures: dict[tuple[str, str], str] = {}
+    jobs = [(m, p, f) for m in model_list for p, f in wanted]
+    with tqdm(jobs, desc=title, unit="artifact", file=sys.stderr) as bar:
+        for model, precision, flavour in bar:
+            artifact = int8_artifact_name(flavour) if precision == "int8" else precision
+            bar.set_postfix_str(f"{model} {artifact}")
+            if (model, "fp32") in failures:
+                failures[(model, artifact)] = failures[(model, "fp32")]
+                continue
+            kwargs = dict(
+                model=model,
+                size=size,
+                precision=precision,
+                flavour=flavour,
+                export=asdict(export),
+                calib=asdict(calib),
+            )
+            result = run_isolated("bench.cell:build_artifact", kwargs, EXPORT_TIMEOUT_S)
+            if not result.ok:
+                failures[(model, artifact)] = f"building {artifact} failed: {result.error}"
+                tqdm.write(f"{model} ({size}) {artifact}: FAILED: {result.error}", file=sys.stderr)
+                log.debug(result.detail)
+    return failures
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export the FP32 artifacts (with parity checks) and print the manifest facts."""
+    from onnx_models.store import ModelStore
+
+    export, calib = settings_from(args)
+    failures = build_artifacts(args.model_list, args.size, [("fp32", "cpu")], export, calib, "export")
+    rows = []
+    for model in args.model_list:
+        entry = ModelStore(model, args.size).entry("fp32")
+        if (model, "fp32") in failures or not entry:
+            rows.append((model, args.size, "FAILED", failures.get((model, "fp32"), ""), "", ""))
+            continue
+        parity = entry["parity"]
+        rows.append(
+            (
+                model,
+                args.size,
+                "ok",
+                f"abs {parity['max_abs_error']:.2e} rel {parity['max_rel_error']:.2e}",
+                f"{entry['bytes'] / 2**20:.1f} MiB",
+                entry["sha256"][:16],
+            )
+        )
+    print_table(("model", "size", "status", "parity vs framework", "file", "sha256"), rows)
+    return 1 if failures else 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Build the FP16 and INT8 artifacts (INT8 for every flavour the chosen engines consume)."""
+    from onnx_models.store import ModelStore
+
+    export, calib = settings_from(args)
+    flavours = sorted({engine_flavour(e) for e in args.engine_list})
+    wanted = [("fp16", "cpu")] + [("int8", f) for f in flavours]
+    failures = build_artifacts(args.model_list, args.size, wanted, export, calib, "calibrate")
+    rows = []
+    for model in args.model_list:
+        store = ModelStore(model, args.size)
+        for name, entry in sorted(store.manifest().get("artifacts", {}).items()):
+            if name == "fp32":
+                continue
+            detail = entry.get("calibration", {})
+            what = f"{detail.get('method')} x{detail.get('samples')} ({entry.get('flavour')})" if detail else ""
+            ops = ", ".join(f"{k}:{v}" for k, v in entry.get("quantized_ops", {}).items())
+            rows.append((model, name, "ok", what, ops[:60], entry["sha256"][:16]))
+        rows.extend((m, a, "FAILED", err, "", "") for (m, a), err in failures.items() if m == model)
+    print_table(("model", "artifact", "status", "calibration", "quantized ops", "sha256"), rows)
+    return 1 if failures else 0
+
+
+def engine_flavour(engine: str) -> str:
+    """The INT8 flavour ``engine`` consumes."""
+    import engines
+
+    return engines.engine_class(engine).int8_flavour
+
+
+def paper_table() -> dict[str, dict[str, str]]:
+    """The paper's Table I (copied from the AI Matrix paper, as data) by model name."""
+    import csv
+
+    with open(TABLE1) as handle:
+        return {row["model"]: row for row in csv.DictReader(handle)}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Measure the matrix and write results.jsonl, tables, env.json and summary.md into ``--out``."""
+    import engines
+    from bench.env import environment
+    from bench.isolation import run_isolated
+    from bench.results import ResultsFile, summary_markdown, write_tables
+    from bench.timer import TimerSettings
+
+    export, calib = settings_from(args)
+    try:
+        timer = TimerSettings(args.warmup_s, 1, args.duration_s, args.min_iters)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    batches = {m: parse_batches(args.batch_sizes, models.get_model(m)) for m in args.model_list}
+    out = args.out or Path("results") / time.strftime("%Y%m%d-%H%M%S")
+    results = ResultsFile(out)
+    done = results.finished_ids() if args.resume else set()
+    if results.rows() and not args.resume:
+        raise UsageError(f"{out} already holds results; pass --resume to continue it or choose another --out")
+    engine_options = {"threads": args.threads} if args.threads else {}
+    settings = {
+        "models": args.model_list,
+        "engines": args.engine_list,
+        "precisions": args.precision_list,
+        "batch_sizes": batches,
+        "size": args.size,
+        "timer": asdict(timer),
+        "calibration": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(calib).items()},
+        "export": {"seed": export.seed, "weights": str(export.weights) if export.weights else None},
+        "engine_options": engine_options,
+        "accuracy_samples": args.accuracy_samples,
+    }
+    (results.out_dir / "env.json").write_text(json.dumps(environment(settings), indent=2))
+    print(f"results -> {results.out_dir}", file=sys.stderr)
+
+    cells = [
+        Cell(m, args.size, e, p, b)
+        for m in args.model_list
+        for b in batches[m]
+        for e in args.engine_list
+        for p in args.precision_list
+    ]
+    todo = [c for c in cells if c.id not in done]
+    unusable = {e: engines.availability(e) for e in args.engine_list}
+    unsupported = {}
+    for cell in todo:
+        reason = unusable[cell.engine]
+        if reason is None and cell.precision not in engines.engine_class(cell.engine).precisions:
+            reason = f"{cell.engine} does not run {cell.precision}"
+        if reason:
+            unsupported[cell.id] = f"{cell.engine}: {reason}"
+    runnable = [c for c in todo if c.id not in unsupported]
+
+    wanted = sorted({(c.precision, engine_flavour(c.engine)) for c in runnable})
+    wanted.sort(key=lambda pf: PRECISIONS.index(pf[0]))
+    needed_models = sorted({c.model for c in runnable}, key=args.model_list.index)
+    failures = build_artifacts(needed_models, args.size, wanted, export, calib, "artifacts")
+    facts = model_facts(needed_models, args.size, batches, failures, args.accuracy_samples)
+
+    from tqdm import tqdm
+
+    paper = paper_table()
+    with tqdm(todo, desc="cells", unit="cell", file=sys.stderr) as bar:
+        for cell in bar:
+            bar.set_postfix_str(cell.id)
+            spec = models.get_model(cell.model)
+            row = base_row(cell, spec, facts.get((cell.model, cell.batch_size), {}), paper)
+            if cell.id in unsupported:
+                row.update(status="unsupported", error=unsupported[cell.id])
+                results.append(row)
+                continue
+            artifact, _ = artifact_name_for(cell.engine, cell.precision)
+            error = failures.get((cell.model, artifact))
+            if error:
+                row.update(status="failed", error=error)
+                results.append(row)
+                continue
+            reference = facts.get((cell.model, cell.batch_size), {}).get("reference")
+            kwargs = dict(
+                cell=asdict(cell),
+                timer=asdict(timer),
+                accuracy_samples=args.accuracy_samples,
+                engine_options=engine_options,
+                reference=reference,
+            )
+            result = run_isolated("bench.cell:run_cell", kwargs, args.cell_timeout)
+            samples = None
+            if result.ok:
+                measured = result.value
+                samples = measured.pop("samples_ms")
+                row.update(measured)
+                row["status"] = "ok"
+                derive(row)
+            else:
+                row.update(status="failed", error=result.error)
+                tqdm.write(f"{cell.id}: FAILED: {result.error}", file=sys.stderr)
+            results.append(row, samples)
+
+    rows = results.rows()
+    frame = write_tables(results.out_dir)
+    summary = summary_markdown(rows)
+    (results.out_dir / "summary.md").write_text(summary)
+    print(summary)
+    failed = sum(1 for r in rows if r.get("status") == "failed")
+    print(
+        f"{frame.height} cells: {sum(1 for r in rows if r.get('status') == 'ok')} ok, {failed} failed, "
+        f"{sum(1 for r in rows if r.get('status') == 'unsupported')} unsupported; results in {results.out_dir}",
+        file=sys.stderr,
+    )
+    return 1 if failed else 0
+
+
+def model_facts(
+    model_list: list[str],
+    size: str,
+    batches: dict[str, list[int]],
+    failures: dict[tuple[str, str], str],
+    accuracy_samples: int,
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """FLOPs/params/bytes and the FP32 reference outputs for each (model, batch), computed in children."""
+    from tqdm import tqdm
+
+    from bench.isolation import run_isolated
+
+    facts: dict[tuple[str, int], dict[str, Any]] = {}
+    with tqdm(model_list, desc="analysis", unit="model", file=sys.stderr) as bar:
+        for model in bar:
+            bar.set_postfix_str(model)
+            if (model, "fp32") in failures:
+                continue
+            counted = run_isolated(
+                "bench.cell:count_flops", {"model": model, "size": size, "batches": batches[model]}, EXPORT_TIMEOUT_S
+            )
+            for batch in batches[model]:
+                entry = facts.setdefault((model, batch), {})
+                if counted.ok:
+                    entry.update(counted.value[batch])
+                else:
+                    tqdm.write(f"{model}: FLOP count failed: {counted.error}", file=sys.stderr)
+                ref = run_isolated(
+                    "bench.cell:reference_outputs",
+                    {"model": model, "size": size, "batch": batch, "samples": accuracy_samples},
+                    EXPORT_TIMEOUT_S,
+                )
+                if ref.ok:
+                    entry["reference"] = ref.value
+                else:
+                    tqdm.write(f"{model} b{batch}: FP32 reference failed: {ref.error}", file=sys.stderr)
+    return facts
+
+
+def base_row(cell: Cell, spec: models.ModelSpec, facts: dict[str, Any], paper: dict[str, dict]) -> dict[str, Any]:
+    """The columns every row has, whatever its status: identity, model facts, paper comparison."""
+    row: dict[str, Any] = {
+        "model": cell.model,
+        "category": spec.category,
+        "framework": spec.framework,
+        "size": cell.size,
+        "engine": cell.engine,
+        "precision": cell.precision,
+        "batch_size": cell.batch_size,
+        "status": None,
+        "error": None,
+        "cell_id": cell.id,
+    }
+    for key in ("flops_per_batch", "mac_flops_per_batch", "params"):
+        row[key] = facts.get(key)
+    if "weight_bytes" in facts:
+        row["bytes_per_batch"] = facts["weight_bytes"] + facts["io_bytes"]
+        row["bytes_model"] = "weights+inputs+outputs"
+        row["arith_intensity"] = facts["flops_per_batch"] / row["bytes_per_batch"] if row["bytes_per_batch"] else None
+    table = paper.get(spec.paper_model or "")
+    if table:
+        per_sample = float(table["flops_per_batch"]) / float(table["batch_size"])
+        row["paper_flops_per_sample"] = per_sample
+        if row["flops_per_batch"]:
+            row["flops_ratio_to_paper"] = row["flops_per_batch"] / cell.batch_size / per_sample
+    return row
+
+
+def derive(row: dict[str, Any]) -> None:
+    """Throughput and FLOP/s from the measured mean latency (FLOPs per batch / mean latency per batch)."""
+    mean_s = row["latency_ms_mean"] / 1e3
+    row["throughput_samples_per_s"] = row["batch_size"] / mean_s
+    if row.get("flops_per_batch"):
+        row["flops_per_s"] = row["flops_per_batch"] / mean_s
+    row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# --------------------------------------------------------------------------------------------- output
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Print rows as an aligned plain-text table."""
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
+    for line in (header, ["-" * w for w in widths], *rows):
+        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip())
+
+
+# -------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(prog="suite.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what is built and why")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("list", help="the model catalogue")
+    sub.add_parser("engines", help="every engine and whether it is usable here")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--models", help="comma list of models, or 'all' (default: the catalogue without variants)")
+        p.add_argument("--size", choices=models.SIZES, default="full")
+        p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+        p.add_argument("--weights", type=Path, help="a checkpoint to export instead of random weights (one model)")
+
+    def calibration(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--method", default="minmax", help="INT8 calibration: minmax (default), entropy, percentile")
+        p.add_argument("--samples", type=int, default=32, help="calibration samples (default 32)")
+        p.add_argument("--data", type=Path, help=".npz of calibration inputs, one array per input name")
+
+    common(sub.add_parser("export", help="export FP32 ONNX artifacts with parity checks"))
+    cal = sub.add_parser("calibrate", help="make the FP16 and calibrated INT8 artifacts")
+    common(cal)
+    calibration(cal)
+    cal.add_argument("--engines", help="INT8 flavours for these engines (default: ort-cpu)")
+    run = sub.add_parser("run", help="measure the matrix (the default job)")
+    common(run)
+    calibration(run)
+    run.add_argument("--engines", help="comma list (default: every engine usable here)")
+    run.add_argument("--precisions", help="comma list of fp32, fp16, int8 (default: all three)")
+    run.add_argument("--batch-sizes", default="paper", help="'paper' (default) or a comma list such as 1,8,32")
+    run.add_argument("--warmup-s", type=float, default=1.0, help="warm-up seconds (at least one run)")
+    run.add_argument("--duration-s", type=float, default=5.0, help="minimum measured seconds per cell")
+    run.add_argument("--min-iters", type=int, default=10, help="minimum measured iterations per cell")
+    run.add_argument("--threads", type=int, help="intra-op threads for CPU engines (default: physical cores)")
+    run.add_argument("--accuracy-samples", type=int, default=32, help="samples compared with FP32 (default 32)")
+    run.add_argument("--cell-timeout", type=float, default=1800.0, help="seconds before a cell is failed")
+    run.add_argument("--out", type=Path, help="results directory (default results/<timestamp>)")
+    run.add_argument("--resume", action="store_true", help="skip cells already in --out's results.jsonl")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the command; returns the exit status (2 for a usage error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args([*argv, "run"])
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    commands = {"list": cmd_list, "engines": cmd_engines, "export": cmd_export, "calibrate": cmd_calibrate, "run": cmd_run}
+    try:
+        if args.command in ("export", "calibrate", "run"):
+            catalogue = list(models.all_models())
+            args.model_list = split_names(args.models, catalogue, "model", models.default_models())
+        if args.command in ("calibrate", "run"):
+            args.engine_list = parse_engines(args.engines)
+        if args.command == "run":
+            args.precision_list = split_names(args.precisions, PRECISIONS, "precision", PRECISIONS)
+            if args.accuracy_samples < 1:
+                raise UsageError("--accuracy-samples must be at least 1")
+        return commands[args.command](args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished cells are in results.jsonl (use --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
