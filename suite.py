@@ -14,9 +14,10 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import models
 from bench.cell import Cell, artifact_name_for
@@ -403,7 +404,8 @@ def base_row(cell: Cell, spec: models.ModelSpec, facts: dict[str, Any], paper: d
         row["bytes_per_batch"] = facts["weight_bytes"] + facts["io_bytes"]
         row["bytes_model"] = "weights+inputs+outputs"
         row["arith_intensity"] = facts["flops_per_batch"] / row["bytes_per_batch"] if row["bytes_per_batch"] else None
-    table = paper.get(spec.paper_model or "")
+    # The paper's counts describe the full architectures; a ratio for a shrunk model would mean nothing.
+    table = paper.get(spec.paper_model or "") if cell.size == "full" else None
     if table:
         per_sample = float(table["flops_per_batch"]) / float(table["batch_size"])
         row["paper_flops_per_sample"] = per_sample
@@ -426,9 +428,9 @@ def derive(row: dict[str, Any]) -> None:
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """Print rows as an aligned plain-text table."""
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
     for line in (header, ["-" * w for w in widths], *rows):
-        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip())
+        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=False)).rstrip())
 
 
 # -------------------------------------------------------------------------------------------- parser
@@ -483,7 +485,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         args = parser.parse_args([*argv, "run"])
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    commands = {"list": cmd_list, "engines": cmd_engines, "export": cmd_export, "calibrate": cmd_calibrate, "run": cmd_run}
+    commands = {
+        "list": cmd_list,
+        "engines": cmd_engines,
+        "export": cmd_export,
+        "calibrate": cmd_calibrate,
+        "run": cmd_run,
+    }
     try:
         if args.command in ("export", "calibrate", "run"):
             catalogue = list(models.all_models())

@@ -145,4 +145,3 @@ def artifact_name_for(engine: str, precision: str) -> tuple[str, str]:
 
     flavour = engine_class(engine).int8_flavour
     return (int8_artifact_name(flavour) if precision == "int8" else precision), flavour
-

@@ -23,8 +23,22 @@ PACKAGES = (
     "pycuda",
 )
 # The CPU flags that decide which kernels run (FMA/AVX for FP32, VNNI/AMX for INT8, F16C/AVX512-FP16 for FP16).
-CPU_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
-             "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+CPU_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
 
 
 def cpu_info() -> dict[str, Any]:

@@ -6,8 +6,8 @@ derived from them.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -45,7 +45,7 @@ class LatencyStats:
     std: float
 
     @classmethod
-    def from_values(cls, samples_ms: list[float]) -> "LatencyStats":
+    def from_values(cls, samples_ms: list[float]) -> LatencyStats:
         """Statistics of ``samples_ms`` (at least one value); percentiles are linear-interpolated."""
         if not samples_ms:
             raise ValueError("no latency samples")

@@ -7,8 +7,8 @@ replaces them, after a check that its arrays match the model's inputs by name, s
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 

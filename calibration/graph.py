@@ -43,7 +43,72 @@ def check_runs(model: onnx.ModelProto | Path, feeds: dict) -> list:
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
     outputs = session.run(None, feeds)
-    for meta, value in zip(session.get_outputs(), outputs):
+    for meta, value in zip(session.get_outputs(), outputs, strict=False):
         if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
             raise ValueError(f"output {meta.name} has NaN or infinite values")
     return outputs
+
+
+def batchnorm_to_depthwise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Rewrite each inference BatchNormalization on a 4-D tensor as a depthwise 1x1 Conv; returns (model, count).
+
+    Exporters fold a BatchNormalization into the convolution before it, but not one that comes first
+    (DenseNet's pre-activation BN-ReLU-Conv). Left as BatchNormalization it has no integer kernel, so the
+    quantized graph drops back to float around it and spends its time in casts, layout transposes and
+    float copies: DenseNet-121 INT8 was barely faster than FP32. The same affine map as a depthwise Conv
+    (weight = gamma / sqrt(var + eps), bias = beta - mean * weight) quantizes like every other Conv, and
+    the whole graph, the concatenations included, then runs in 8 bits. Mathematically identical in FP32.
+    """
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    ranks = {
+        v.name: len(v.type.tensor_type.shape.dim)
+        for v in (*inferred.graph.value_info, *inferred.graph.input)
+        if v.type.tensor_type.HasField("shape")
+    }
+    initializers = {i.name: i for i in model.graph.initializer}
+    nodes, rewritten = [], 0
+    for node in model.graph.node:
+        params = node.input[1:5]
+        if not (
+            node.op_type == "BatchNormalization"
+            and len(node.output) == 1
+            and len(params) == 4
+            and all(p in initializers for p in params)
+            and ranks.get(node.input[0]) == 4
+        ):
+            nodes.append(node)
+            continue
+        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        gamma, beta, mean, var = (numpy_helper.to_array(initializers[p]).astype(np.float64) for p in params)
+        scale = gamma / np.sqrt(var + eps)
+        shift = beta - mean * scale
+        base = node.name or node.output[0]
+        weight, bias = f"{base}/depthwise_weight", f"{base}/depthwise_bias"
+        model.graph.initializer.extend(
+            [
+                numpy_helper.from_array(scale.astype(np.float32).reshape(-1, 1, 1, 1), weight),
+                numpy_helper.from_array(shift.astype(np.float32), bias),
+            ]
+        )
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [node.input[0], weight, bias],
+                list(node.output),
+                name=f"{base}/depthwise",
+                group=len(scale),
+                kernel_shape=[1, 1],
+            )
+        )
+        rewritten += 1
+    if rewritten:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        used = {i for n in model.graph.node for i in n.input}
+        kept = [i for i in model.graph.initializer if i.name in used]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
+    return model, rewritten

@@ -10,6 +10,10 @@ Two flavours of the same calibration (the ranges are shared through one cache fi
 
 What must stay in float stays in float: embedding lookups (Gather), sorting and selection (TopK, NMS),
 softmax and index arithmetic are never quantized. The manifest lists which op types were quantized.
+
+Before quantization the graph is cleaned (onnxslim) and any BatchNormalization that the exporter could not
+fold is rewritten as the equivalent depthwise 1x1 Conv, so that it too runs in 8 bits (see
+``calibration.graph.batchnorm_to_depthwise``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 import onnx
 
 from calibration.feeds import Feeds
-from calibration.graph import check_runs, clean
+from calibration.graph import batchnorm_to_depthwise, check_runs, clean
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +80,9 @@ def quantize(
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown INT8 flavour {flavour!r}; valid: {', '.join(FLAVOURS)}")
     model, clean_note = clean(fp32_path)
+    model, depthwise = batchnorm_to_depthwise(model)
+    if depthwise:
+        clean_note += f"; {depthwise} BatchNormalization -> depthwise 1x1 Conv"
     cache_hit = cache_path.is_file()
     symmetric = flavour == "tensorrt"
     extra = {
@@ -92,20 +99,28 @@ def quantize(
         del model
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         partial = out_path.with_suffix(f".{os.getpid()}.tmp")
-        quantize_static(
-            str(cleaned),
-            str(partial),
-            calibration_data_reader=feeds,
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=quantizable_op_types(),
-            per_channel=True,
-            reduce_range=False,
-            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=_method(method),
-            extra_options=extra,
-            calibration_cache_path=str(cache_path),
-        )
+        # The quantizer logs advice through the root logger on every call ("consider pre-processing",
+        # per-axis notes on 1-D weights); our graph is already cleaned, so keep the run's output readable.
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            quantize_static(
+                str(cleaned),
+                str(partial),
+                calibration_data_reader=feeds,
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=quantizable_op_types(),
+                per_channel=True,
+                reduce_range=False,
+                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=_method(method),
+                extra_options=extra,
+                calibration_cache_path=str(cache_path),
+            )
+        finally:
+            root.setLevel(level)
     check_runs(partial, check_feeds)
     os.replace(partial, out_path)
     return {

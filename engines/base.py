@@ -7,8 +7,9 @@ returns only when the inference has finished (CUDA engines synchronise their str
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -55,9 +56,8 @@ class Engine:
             array = feeds[name]
             if array.dtype != dtype:
                 raise EngineError(f"{self.name}: input {name} has dtype {array.dtype}, model wants {dtype}")
-            if len(array.shape) != len(shape) or any(
-                isinstance(d, int) and d != a for d, a in zip(shape, array.shape)
-            ):
+            fixed_mismatch = any(isinstance(d, int) and d != a for d, a in zip(shape, array.shape, strict=False))
+            if len(array.shape) != len(shape) or fixed_mismatch:
                 raise EngineError(f"{self.name}: input {name} has shape {array.shape}, model wants {shape}")
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -86,7 +86,7 @@ class Engine:
             self.deactivate_impl()
         self.active = False
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc: object) -> None:

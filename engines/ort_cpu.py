@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -53,9 +54,7 @@ class OrtSessionEngine(Engine):
         import onnxruntime as ort
 
         try:
-            self.session = ort.InferenceSession(
-                str(model_path), self.session_options(), providers=self.provider_list()
-            )
+            self.session = ort.InferenceSession(str(model_path), self.session_options(), providers=self.provider_list())
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for bad files
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise EngineError(f"{self.name}: cannot load {model_path}: {first}") from exc
@@ -69,7 +68,7 @@ class OrtSessionEngine(Engine):
         return meta
 
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.session.run(self.output_names, dict(feeds))))
+        return dict(zip(self.output_names, self.session.run(self.output_names, dict(feeds)), strict=False))
 
     def prepare_impl(self, feeds: Mapping[str, np.ndarray]) -> None:
         self._feeds = dict(feeds)

@@ -67,7 +67,9 @@ def export(spec: ModelSpec, size: str, out_path: Path, *, seed: int = 0, weights
     feeds = spec.make_feeds(size, PARITY_BATCH, PARITY_SEED)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_suffix(".tmp.onnx")
-    result = exporter_module(spec.framework).to_onnx(spec, cfg, tmp, seed=seed, weights=weights, opset=OPSET, feeds=feeds)
+    result = exporter_module(spec.framework).to_onnx(
+        spec, cfg, tmp, seed=seed, weights=weights, opset=OPSET, feeds=feeds
+    )
     max_abs, max_rel = parity_errors(tmp, feeds, result.outputs)
     if max_rel > spec.parity_rtol:
         raise ExportError(
@@ -78,7 +80,9 @@ def export(spec: ModelSpec, size: str, out_path: Path, *, seed: int = 0, weights
     return ExportReport(out_path, result.framework_version, OPSET, max_abs, max_rel, spec.parity_rtol)
 
 
-def parity_errors(onnx_path: Path, feeds: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> tuple[float, float]:
+def parity_errors(
+    onnx_path: Path, feeds: dict[str, np.ndarray], expected: dict[str, np.ndarray]
+) -> tuple[float, float]:
     """Run ``onnx_path`` on ONNX Runtime CPU and compare with ``expected`` (by output name).
 
     Returns (max abs error, max abs error divided by the largest magnitude of the expected output), the
@@ -88,7 +92,7 @@ def parity_errors(onnx_path: Path, feeds: dict[str, np.ndarray], expected: dict[
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    got = dict(zip(names, session.run(names, feeds)))
+    got = dict(zip(names, session.run(names, feeds), strict=False))
     worst_abs = worst_rel = 0.0
     for name, want in expected.items():
         if name not in got:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,5 +65,5 @@ def to_onnx(
         result = model(*args)
     if isinstance(result, torch.Tensor):
         result = (result,)
-    outputs = {name: t.detach().numpy() for name, t in zip(spec.outputs, result)}
+    outputs = {name: t.detach().numpy() for name, t in zip(spec.outputs, result, strict=False)}
     return FrameworkExport(f"torch {torch.__version__}", outputs)

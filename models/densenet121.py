@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from models import ModelSpec
 from models._vision import image_inputs, settle_batchnorm
@@ -33,7 +34,13 @@ SPECS = [
         paper_batch=32,
         summary="DenseNet-121 (torchvision), growth 32, 224x224, 1000 classes",
         configs={
-            "full": {"growth_rate": 32, "blocks": (6, 12, 24, 16), "init_features": 64, "resolution": 224, "classes": 1000},
+            "full": {
+                "growth_rate": 32,
+                "blocks": (6, 12, 24, 16),
+                "init_features": 64,
+                "resolution": 224,
+                "classes": 1000,
+            },
             "tiny": {"growth_rate": 8, "blocks": (2, 2, 2, 2), "init_features": 16, "resolution": 64, "classes": 10},
         },
         inputs=image_inputs,

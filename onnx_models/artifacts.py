@@ -165,9 +165,9 @@ def ensure_int8(
     feeds = calibration_feeds(spec, size, calib)
     source = store.entry("fp32")["sha256"]
     calib_key = cache_key(
-        source=source, method=calib.method, samples=calib.samples, data=feeds.digest, rule="calib-v1"
+        source=source, method=calib.method, samples=calib.samples, data=feeds.digest, rule="calib-v2"
     )
-    key = cache_key(calib=calib_key, flavour=flavour, onnxruntime=_version("onnxruntime"), rule="int8-v1")
+    key = cache_key(calib=calib_key, flavour=flavour, onnxruntime=_version("onnxruntime"), rule="int8-v2")
     if store.valid(name, key):
         return store.path(name)
     from calibration import int8

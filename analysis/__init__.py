@@ -1,0 +1,1 @@
+"""Static analysis of exported ONNX graphs: FLOP, parameter and byte counts (see ``analysis.flops``)."""

@@ -1,0 +1,39 @@
+"""Shared fixtures: a private artifact store for the whole test session, and tiny-model builds reused by
+every test that needs them (exports are the slow part)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Set before anything imports onnx_models, and inherited by the child processes the suite spawns, so tests
+# never touch the repository's own store.
+_STORE = Path(tempfile.mkdtemp(prefix="aimatrix-test-store-"))
+os.environ["AIMATRIX_STORE"] = str(_STORE)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked ``gpu`` where no CUDA device is visible, saying why."""
+    from engines.ort_cpu import OrtCpuEngine  # noqa: F401 - import check only
+
+    try:
+        import onnxruntime as ort
+
+        has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with CUDA; none is visible to onnxruntime here")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def store_root() -> Path:
+    """The session's artifact store root."""
+    return _STORE

@@ -1,0 +1,182 @@
+"""End to end on real ONNX Runtime sessions: the four tiny models through export, FP16, INT8 and a run,
+plus the artifact store's caching and integrity rules and the command line's answers to bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import polars as pl
+import pytest
+
+import suite
+from models import get_model
+from onnx_models.artifacts import CalibrationSettings, ensure_fp32, ensure_int8
+from onnx_models.store import ArtifactError, ModelStore
+
+FOUR = ("resnet50", "densenet121", "wide_deep", "bert")
+QUICK = ["--size", "tiny", "--warmup-s", "0", "--duration-s", "0.2", "--min-iters", "3", "--accuracy-samples", "8"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One run of the four tiny models at batch 2 in all three precisions on ort-cpu."""
+    out = tmp_path_factory.mktemp("run")
+    status = suite.main(["run", "--models", ",".join(FOUR), "--batch-sizes", "2", "--out", str(out), *QUICK])
+    return status, out
+
+
+def test_run_measures_every_cell(tiny_run):
+    status, out = tiny_run
+    assert status == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == len(FOUR) * 3
+    assert {r["status"] for r in rows} == {"ok"}, [r["error"] for r in rows if r["error"]]
+    for row in rows:
+        assert row["iterations"] >= 3 and 0 < row["latency_ms_min"] <= row["latency_ms_p50"] <= row["latency_ms_max"]
+        assert row["flops_per_batch"] > 0 and row["params"] > 0 and row["arith_intensity"] > 0
+        assert row["flops_per_s"] == pytest.approx(row["flops_per_batch"] / (row["latency_ms_mean"] / 1e3))
+        assert row["accuracy_samples"] == 8
+        if row["precision"] == "fp32":
+            # The FP32 engine reproduces the FP32 reference exactly: the accuracy path compares like with like.
+            assert row["accuracy_cosine"] == pytest.approx(1.0) and row["accuracy_max_abs_error"] < 1e-4
+        else:
+            assert 0.5 < row["accuracy_cosine"] <= 1.0 + 1e-9, row
+    metrics = {r["model"]: r["accuracy_metric"] for r in rows}
+    assert metrics == {
+        "resnet50": "top1_agreement",
+        "densenet121": "top1_agreement",
+        "wide_deep": "max_abs_error",
+        "bert": "span_agreement",
+    }
+
+
+def test_run_writes_tables_env_and_samples(tiny_run):
+    _, out = tiny_run
+    frame = pl.read_parquet(out / "results.parquet")
+    assert frame.height == len(FOUR) * 3
+    assert set(suite_columns()) <= set(frame.columns)
+    assert pl.read_csv(out / "results.csv").height == frame.height
+    env = json.loads((out / "env.json").read_text())
+    assert "CPUExecutionProvider" in env["onnxruntime_providers"] and env["cpu"]["logical_cores"] >= 1
+    assert (out / "summary.md").read_text().count("| ort-cpu |") == frame.height
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == frame.height and all(len(s["samples_ms"]) >= 3 for s in samples)
+
+
+def suite_columns():
+    from bench.results import COLUMNS
+
+    return [c for c in COLUMNS if c not in ("paper_flops_per_sample", "flops_ratio_to_paper")]
+
+
+def test_int8_manifest_says_what_was_quantized(tiny_run):
+    for model in FOUR:
+        manifest = ModelStore(model, "tiny").manifest()
+        int8 = manifest["artifacts"]["int8"]
+        assert int8["flavour"] == "cpu" and int8["activations"] == "uint8 asymmetric"
+        assert int8["calibration"]["method"] == "minmax" and int8["calibration"]["samples"] == 32
+        assert sum(int8["quantized_ops"].values()) > 0
+        assert not {"Gather", "Softmax"} & set(int8["quantized_ops"])
+        assert manifest["artifacts"]["fp16"]["io_types"] == "float32"
+        assert manifest["artifacts"]["fp32"]["parity"]["max_rel_error"] <= get_model(model).parity_rtol
+        assert manifest["params"] > 0 and manifest["inputs"]
+
+
+def test_resume_skips_finished_cells(tiny_run):
+    _, out = tiny_run
+    before = (out / "results.jsonl").read_text()
+    assert suite.main(["run", "--models", "resnet50", "--batch-sizes", "2", "--out", str(out), "--resume", *QUICK]) == 0
+    assert (out / "results.jsonl").read_text() == before
+
+
+def test_existing_results_need_resume(tiny_run, capsys):
+    _, out = tiny_run
+    assert suite.main(["run", "--models", "resnet50", "--out", str(out), *QUICK]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_same_seed_same_bytes_and_corrupt_file_is_rebuilt(tiny_run):
+    spec = get_model("resnet50")
+    store = ModelStore("resnet50", "tiny")
+    sha = store.entry("fp32")["sha256"]
+    path = store.path("fp32")
+    path.write_bytes(path.read_bytes()[:-100] + b"x" * 100)
+    with pytest.raises(ArtifactError, match="does not match its manifest"):
+        store.verified_path("fp32")
+    assert ensure_fp32(spec, "tiny") == path
+    assert store.entry("fp32")["sha256"] == sha  # re-exported from the same seed: byte-identical
+
+
+def test_calibration_cache_is_reused(tiny_run):
+    spec = get_model("wide_deep")
+    store = ModelStore("wide_deep", "tiny")
+    store.path("int8").unlink()
+    ensure_int8(spec, "tiny")
+    assert store.entry("int8")["calibration"]["cache_reused"] is True
+    ensure_int8(spec, "tiny", calib=CalibrationSettings(samples=8))
+    assert store.entry("int8")["calibration"]["cache_reused"] is False
+
+
+def test_user_calibration_data(tiny_run, tmp_path, capsys):
+    spec = get_model("wide_deep")
+    good = tmp_path / "good.npz"
+    feeds = spec.make_feeds("tiny", 16, 0)
+    np.savez(good, **feeds)
+    args = ["calibrate", "--models", "wide_deep", "--size", "tiny", "--data", str(good), "--samples", "16"]
+    assert suite.main(args) == 0
+    assert "good.npz" in ModelStore("wide_deep", "tiny").entry("int8")["calibration"]["data"]
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **{**feeds, "dense": feeds["dense"][:, :2]})
+    capsys.readouterr()
+    assert suite.main([*args[:-4], "--data", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "dense" in err and "has shape" in err
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["run", "--models", "resnet5"], "unknown model resnet5; valid models: resnet50, densenet121"),
+        (["run", "--engines", "trt"], "unknown engine trt; valid engines: ort-cpu"),
+        (["run", "--precisions", "int4"], "unknown precision int4; valid precisions: fp32, fp16, int8"),
+        (["export", "--models", "nope,resnet50"], "unknown model nope"),
+        (["run", "--batch-sizes", "0"], "--batch-sizes must be positive"),
+        (["run", "--method", "kl"], "unknown calibration method 'kl'"),
+        (["export", "--models", "resnet50", "--weights", "/nonexistent.pt"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_clear_line(argv, fragment, capsys):
+    assert suite.main(argv) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_corrupt_onnx_in_engine_is_a_clear_error(tmp_path):
+    from engines import EngineError
+    from engines.ort_cpu import OrtCpuEngine
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage")
+    with pytest.raises(EngineError, match="cannot load"):
+        OrtCpuEngine().activate(bad)
+
+
+def test_wrong_checkpoint_is_a_failed_export(tmp_path, capsys):
+    bad = tmp_path / "weights.pt"
+    bad.write_bytes(b"junk")
+    assert suite.main(["export", "--models", "resnet50", "--size", "tiny", "--weights", str(bad)]) == 1
+    assert "cannot read checkpoint" in capsys.readouterr().out
+
+
+def test_list_and_engines_do_not_import_frameworks():
+    code = (
+        "import sys, suite; suite.main(['list']); suite.main(['engines']);"
+        "heavy = [m for m in ('torch', 'tensorflow', 'tensorrt', 'onnxruntime') if m in sys.modules];"
+        "assert heavy == ['onnxruntime'] or heavy == [], heavy"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "resnet50" in result.stdout and "ort-cpu" in result.stdout

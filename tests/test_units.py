@@ -1,0 +1,176 @@
+"""Unit tests of the pieces that need no model: timer, accuracy metrics, feeds, isolation, results."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from analysis.accuracy import compare, ranking_agreement
+from bench.isolation import run_isolated
+from bench.results import ResultsFile, summary_markdown, to_frame
+from bench.timer import LatencyStats, TimerSettings, measure
+from calibration.feeds import FeedError, file_feeds, synthetic_feeds
+from models import InputSpec
+
+
+def test_latency_stats_from_known_values():
+    stats = LatencyStats.from_values([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert (stats.mean, stats.p50, stats.min, stats.max) == (3.0, 3.0, 1.0, 5.0)
+    assert stats.p90 == pytest.approx(4.6)
+    assert stats.std == pytest.approx(np.std([1, 2, 3, 4, 5], ddof=1))
+    assert stats.iterations == 5
+    assert set(stats.to_row()) == {f"latency_ms_{k}" for k in ("mean", "p50", "p90", "p95", "p99", "min", "max", "std")}
+
+
+def test_timer_meets_duration_and_iterations():
+    calls = []
+    stats = measure(lambda: calls.append(time.sleep(0.002)), TimerSettings(0.0, 3, 0.05, 5))
+    assert stats.iterations >= 5
+    assert sum(stats.samples_ms) >= 45  # at least the 0.05 s duration was measured
+    assert len(calls) == stats.iterations + 3  # warm-up runs are not measured
+    assert min(stats.samples_ms) >= 1.9
+
+
+def test_timer_min_iters_dominates_short_duration():
+    stats = measure(lambda: None, TimerSettings(0.0, 0, 0.0, 17))
+    assert stats.iterations == 17
+
+
+def test_timer_rejects_bad_settings():
+    with pytest.raises(ValueError):
+        TimerSettings(min_iters=0)
+    with pytest.raises(ValueError):
+        TimerSettings(duration_s=-1)
+
+
+def test_classification_agreement_and_cosine():
+    ref = {"logits": np.array([[1.0, 2.0], [3.0, 1.0], [0.0, 5.0], [2.0, 1.0]])}
+    cand = {"logits": np.array([[1.0, 2.0], [1.0, 3.0], [0.0, 5.0], [2.0, 1.0]])}
+    result = compare("classification", ref, cand)
+    assert result["accuracy_metric"] == "top1_agreement"
+    assert result["accuracy_value"] == 0.75
+    assert result["accuracy_max_abs_error"] == 2.0
+    assert 0.5 < result["accuracy_cosine"] < 1.0
+
+
+def test_span_agreement_needs_start_and_end():
+    ref = {"start": np.eye(3), "end": np.eye(3)}
+    cand = {"start": np.eye(3), "end": np.eye(3)[[0, 2, 1]]}
+    result = compare("span_qa", ref, cand)
+    assert result["accuracy_start_agreement"] == 1.0
+    assert result["accuracy_value"] == pytest.approx(1 / 3)
+
+
+def test_ctr_error_and_ranking():
+    ref = {"p": np.array([[0.1], [0.5], [0.9]])}
+    cand = {"p": np.array([[0.1], [0.95], [0.9]])}
+    result = compare("ctr", ref, cand)
+    assert result["accuracy_value"] == pytest.approx(0.45)
+    assert result["accuracy_ranking_agreement"] == pytest.approx(2 / 3)
+    assert ranking_agreement(np.array([1.0, 2.0]), np.array([5.0, 6.0])) == 1.0
+
+
+SPECS = [InputSpec("ids", ("batch", 4), "int64", 0, 10), InputSpec("x", ("batch", 2, 3), "float32", -1, 1)]
+
+
+def test_input_spec_validates():
+    with pytest.raises(ValueError):
+        InputSpec("x", (3, 4), "float32")
+    with pytest.raises(ValueError):
+        InputSpec("x", ("batch", "n"), "float32")
+
+
+def test_synthetic_feeds_are_valid_and_seeded():
+    feeds = synthetic_feeds(SPECS, 10, 4, seed=3)
+    assert [b["ids"].shape[0] for b in feeds] == [4, 4, 2]
+    assert feeds.samples == 10
+    for batch in feeds:
+        assert batch["ids"].min() >= 0 and batch["ids"].max() < 10 and batch["ids"].dtype == np.int64
+        assert batch["x"].dtype == np.float32 and np.all(np.abs(batch["x"]) <= 1)
+    again = synthetic_feeds(SPECS, 10, 4, seed=3)
+    assert all(np.array_equal(a["x"], b["x"]) for a, b in zip(feeds, again, strict=False))
+    assert feeds.digest == again.digest != synthetic_feeds(SPECS, 10, 4, seed=4).digest
+
+
+def test_feeds_reader_protocol_and_strides():
+    feeds = synthetic_feeds(SPECS, 6, 2, seed=0)
+    assert sum(1 for _ in iter(feeds.get_next, None)) == 3
+    feeds.set_range(1, 2)
+    assert feeds.get_next() is feeds.batches[1] and feeds.get_next() is None
+
+
+def test_file_feeds_accepts_matching_data(tmp_path):
+    path = tmp_path / "data.npz"
+    np.savez(path, ids=np.zeros((5, 4), np.int32), x=np.zeros((5, 2, 3), np.float64))
+    feeds = file_feeds(path, SPECS, batch=2)
+    assert feeds.samples == 5 and feeds.batches[0]["ids"].dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"ids": np.zeros((5, 4), np.int64)}, "lacks inputs ['x']"),
+        ({"ids": np.zeros((5, 3), np.int64), "x": np.zeros((5, 2, 3), np.float32)}, "has shape (5, 3)"),
+        ({"ids": np.zeros((5, 4), np.float32), "x": np.zeros((5, 2, 3), np.float32)}, "has dtype float32"),
+        ({"ids": np.zeros((5, 4), np.int64), "x": np.zeros((4, 2, 3), np.float32)}, "different sample counts"),
+    ],
+)
+def test_file_feeds_rejects_mismatches(tmp_path, arrays, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(FeedError) as info:
+        file_feeds(path, SPECS, batch=2)
+    assert message in str(info.value)
+
+
+def test_file_feeds_rejects_unreadable(tmp_path):
+    path = tmp_path / "junk.npz"
+    path.write_bytes(b"not a zip")
+    with pytest.raises(FeedError, match="cannot read"):
+        file_feeds(path, SPECS, batch=2)
+    with pytest.raises(FeedError, match="does not exist"):
+        file_feeds(tmp_path / "absent.npz", SPECS, batch=2)
+
+
+def test_isolation_returns_value_and_errors():
+    assert run_isolated("tests.child_targets:add", {"a": 2, "b": 3}, 60).value == 5
+    failed = run_isolated("tests.child_targets:fail", {}, 60)
+    assert not failed.ok and failed.error == "ValueError: bad thing" and "Traceback" in failed.detail
+
+
+def test_isolation_survives_crash_and_hang():
+    crashed = run_isolated("tests.child_targets:crash", {}, 60)
+    assert not crashed.ok and "SIGABRT" in crashed.error
+    hung = run_isolated("tests.child_targets:hang", {}, 1.0)
+    assert not hung.ok and hung.error == "timed out after 1 s"
+
+
+def test_results_file_appends_and_resumes(tmp_path):
+    results = ResultsFile(tmp_path)
+    results.append({"cell_id": "a", "model": "m", "status": "ok", "latency_ms_p50": 2.0}, [1.0, 2.0])
+    with open(results.path, "a") as handle:
+        handle.write('{"cell_id": "trunc')  # a crash mid-line must not hide the rows before it
+    assert results.finished_ids() == {"a"}
+    assert json.loads(results.samples_path.read_text())["samples_ms"] == [1.0, 2.0]
+    frame = to_frame(results.rows())
+    assert frame.columns[:3] == ["model", "category", "framework"] and frame.height == 1
+
+
+def test_summary_has_speedup_over_fp32():
+    rows = [
+        {
+            "model": "m",
+            "size": "tiny",
+            "engine": "e",
+            "precision": p,
+            "batch_size": 1,
+            "status": "ok",
+            "latency_ms_p50": t,
+        }
+        for p, t in (("fp32", 4.0), ("int8", 1.0))
+    ]
+    lines = summary_markdown(rows).splitlines()
+    assert len(lines) == 4 and "| 4 |" in lines[3]
