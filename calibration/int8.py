@@ -144,15 +144,31 @@ def quantize(
 
 
 def quantized_summary(path: Path) -> dict:
-    """Which compute op types in a QDQ model take quantized inputs and which stay float, with node counts."""
+    """Which op types in a QDQ model run quantized and which compute ops stay float, with node counts.
+
+    A node runs quantized when it reads at least one dequantized tensor and every one of its outputs goes
+    only into QuantizeLinear: the DQ -> op -> Q group that runtimes fuse into an integer kernel. A float op
+    that merely follows a quantized one (reading a DQ output, writing float) does not count.
+    """
     model = onnx.load(str(path), load_external_data=False)
-    dq_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    graph = model.graph
+    dq_outputs = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    consumers: dict[str, list[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    graph_outputs = {o.name for o in graph.output}
     quantized: Counter[str] = Counter()
     float_compute: Counter[str] = Counter()
-    for node in model.graph.node:
+    for node in graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             continue
-        if any(i in dq_outputs for i in node.input):
+        reads_dq = any(i in dq_outputs for i in node.input)
+        writes_q = all(
+            o not in graph_outputs and consumers.get(o) and set(consumers[o]) == {"QuantizeLinear"}
+            for o in node.output
+        )
+        if reads_dq and writes_q:
             quantized[node.op_type] += 1
         elif node.op_type in COMPUTE_OPS:
             float_compute[node.op_type] += 1
