@@ -7,6 +7,9 @@ cosine similarity and max abs error of the raw outputs for every task.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
 # task -> (primary metric name, higher is better)
@@ -14,6 +17,10 @@ PRIMARY = {
     "classification": ("top1_agreement", True),
     "ctr": ("max_abs_error", False),
     "span_qa": ("span_agreement", True),
+    "detection": ("box_f1", True),
+    "pose": ("keypoint_agreement", True),
+    "ctc_text": ("string_agreement", True),
+    "translation": ("token_agreement", True),
 }
 
 
@@ -40,12 +47,74 @@ def ranking_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(np.mean(ref_diff[mask] == cand_diff[mask]))
 
 
-def compare(task: str, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> dict[str, float | str]:
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of boxes ``a`` (N, 4) and ``b`` (M, 4), both as x1, y1, x2, y2."""
+    a = a.astype(np.float64)[:, None, :]
+    b = b.astype(np.float64)[None, :, :]
+    inter_w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    inter_h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = inter_w * inter_h
+    area = lambda x: np.clip(x[..., 2] - x[..., 0], 0, None) * np.clip(x[..., 3] - x[..., 1], 0, None)  # noqa: E731
+    union = area(a) + area(b) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def detection_match(
+    reference: tuple[np.ndarray, np.ndarray, np.ndarray],
+    candidate: tuple[np.ndarray, np.ndarray, np.ndarray],
+    score_threshold: float,
+    iou_threshold: float = 0.5,
+) -> tuple[int, int, int]:
+    """Greedy matching of one image's candidate detections to the FP32 detections taken as ground truth.
+
+    Each argument is (boxes (K, 4), scores (K,), labels (K,)); detections below ``score_threshold`` are
+    ignored (padding has score 0). A candidate matches an unmatched reference box of the same label with
+    IoU >= ``iou_threshold``, best-scoring candidates first. Returns (matched, reference count, candidate count).
+    """
+    keep_r = reference[1] >= score_threshold
+    keep_c = candidate[1] >= score_threshold
+    rb, rl = reference[0][keep_r], reference[2][keep_r]
+    order = np.argsort(-candidate[1][keep_c], kind="stable")
+    cb, cl = candidate[0][keep_c][order], candidate[2][keep_c][order]
+    if not len(rb) or not len(cb):
+        return 0, len(rb), len(cb)
+    iou = box_iou(cb, rb)
+    used = np.zeros(len(rb), dtype=bool)
+    matched = 0
+    for i in range(len(cb)):
+        ok = (~used) & (rl == cl[i]) & (iou[i] >= iou_threshold)
+        if ok.any():
+            used[np.argmax(np.where(ok, iou[i], -1.0))] = True
+            matched += 1
+    return matched, len(rb), len(cb)
+
+
+def ctc_greedy_decode(logits: np.ndarray, blank: int) -> list[tuple[int, ...]]:
+    """Greedy CTC decoding of (batch, time, classes) scores: argmax per frame, merge repeats, drop blanks."""
+    best = logits.argmax(-1)
+    decoded = []
+    for row in best:
+        keep = np.ones(len(row), dtype=bool)
+        keep[1:] = row[1:] != row[:-1]
+        decoded.append(tuple(int(c) for c in row[keep] if c != blank))
+    return decoded
+
+
+def compare(
+    task: str,
+    reference: dict[str, np.ndarray],
+    candidate: dict[str, np.ndarray],
+    options: Mapping[str, Any] | None = None,
+) -> dict[str, float | str]:
     """Compare ``candidate`` outputs with ``reference`` outputs (name -> array, samples on axis 0).
 
     Returns ``accuracy_metric`` (the task's primary metric name), ``accuracy_value`` and the details
-    ``accuracy_cosine`` and ``accuracy_max_abs_error`` (worst over outputs), plus task extras.
+    ``accuracy_cosine`` and ``accuracy_max_abs_error`` (worst over outputs), plus task extras. The task's
+    outputs are read in the spec's order: detection (boxes, scores, labels, ...), pose (heatmaps
+    (B, K, H, W)), ctc_text (logits (B, T, C); ``options["blank"]``, default C - 1), translation (token
+    ids (B, T); ``options["eos"]`` ends a sentence when given).
     """
+    options = options or {}
     if task not in PRIMARY:
         raise ValueError(f"no accuracy metric for task {task!r}")
     missing = sorted(set(reference) - set(candidate))
@@ -57,10 +126,46 @@ def compare(task: str, reference: dict[str, np.ndarray], candidate: dict[str, np
     )
     result: dict[str, float | str] = {"accuracy_cosine": min(cosines), "accuracy_max_abs_error": max_abs}
     first = next(iter(reference))
+    names = list(reference)
     if task == "classification":
         value = float(np.mean(reference[first].argmax(-1) == candidate[first].argmax(-1)))
+    elif task == "detection":
+        boxes, scores, labels = names[:3]
+        totals = np.zeros(3)
+        for i in range(reference[boxes].shape[0]):
+            totals += detection_match(
+                (reference[boxes][i], reference[scores][i], reference[labels][i]),
+                (candidate[boxes][i], candidate[scores][i], candidate[labels][i]),
+                float(options.get("score_threshold", 0.05)),
+            )
+        matched, ref_count, cand_count = totals
+        recall = matched / ref_count if ref_count else 1.0
+        precision = matched / cand_count if cand_count else 1.0
+        result["accuracy_box_recall"] = float(recall)
+        result["accuracy_box_precision"] = float(precision)
+        result["accuracy_reference_boxes"] = float(ref_count)
+        value = float(2 * recall * precision / (recall + precision)) if recall + precision else 0.0
+    elif task == "pose":
+        ref, cand = reference[first], candidate[first]
+        flat = (ref.shape[0], ref.shape[1], -1)
+        value = float(np.mean(ref.reshape(flat).argmax(-1) == cand.reshape(flat).argmax(-1)))
+    elif task == "ctc_text":
+        blank = int(options.get("blank", reference[first].shape[-1] - 1))
+        ref_text = ctc_greedy_decode(reference[first], blank)
+        cand_text = ctc_greedy_decode(candidate[first], blank)
+        value = float(np.mean([a == b for a, b in zip(ref_text, cand_text, strict=True)]))
+    elif task == "translation":
+        ref, cand = reference[first], candidate[first]
+        if "eos" in options:
+            # Positions after the reference's end of sentence are padding: compare only the sentence.
+            ended = np.cumsum(ref == options["eos"], axis=-1) - (ref == options["eos"]) > 0
+            mask = ~ended
+        else:
+            mask = np.ones(ref.shape, dtype=bool)
+        value = float(np.sum((ref == cand) & mask) / max(1, np.sum(mask)))
+        result["accuracy_sentence_agreement"] = float(np.mean(np.all((ref == cand) | ~mask, axis=-1)))
     elif task == "span_qa":
-        start, end = list(reference)[:2]
+        start, end = names[:2]
         start_ok = reference[start].argmax(-1) == candidate[start].argmax(-1)
         end_ok = reference[end].argmax(-1) == candidate[end].argmax(-1)
         result["accuracy_start_agreement"] = float(np.mean(start_ok))

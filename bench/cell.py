@@ -127,7 +127,7 @@ def run_cell(cell: dict, timer: dict, accuracy_samples: int, engine_options: dic
             with np.load(reference) as data:
                 expected = {name: data[name] for name in data.files}
             got = concat([engine.infer(f) for f in accuracy_feeds(spec, c.size, c.batch_size, accuracy_samples)])
-            row.update(compare(spec.task, expected, got))
+            row.update(compare(spec.task, expected, got, spec.task_options))
             row["accuracy_samples"] = next(iter(expected.values())).shape[0]
         engine.prepare(spec.make_feeds(c.size, c.batch_size, TIMING_SEED))
         stats = measure(engine.run_prepared, TimerSettings(**timer))

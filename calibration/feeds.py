@@ -7,7 +7,7 @@ replaces them, after a check that its arrays match the model's inputs by name, s
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -66,14 +66,21 @@ class Feeds:
         return sum(next(iter(b.values())).shape[0] for b in self.batches)
 
 
-def synthetic_feeds(specs: list[InputSpec], samples: int, batch: int, seed: int) -> Feeds:
-    """``samples`` seeded samples from the input specs, cut into batches of at most ``batch``."""
+def synthetic_feeds(
+    specs: list[InputSpec],
+    samples: int,
+    batch: int,
+    seed: int,
+    sampler: Callable[[int, np.random.Generator], dict[str, np.ndarray]] | None = None,
+) -> Feeds:
+    """``samples`` seeded samples cut into batches of at most ``batch``: drawn by ``sampler(batch, rng)``
+    when given (a model's own sampler), else by each input spec."""
     rng = np.random.default_rng(seed)
     batches = []
     left = samples
     while left > 0:
         size = min(batch, left)
-        batches.append({s.name: s.sample(rng, size) for s in specs})
+        batches.append(sampler(size, rng) if sampler else {s.name: s.sample(rng, size) for s in specs})
         left -= size
     digest = hashlib.sha256(repr((sorted(s.describe() for s in specs), samples, batch, seed)).encode()).hexdigest()
     return Feeds(batches, f"synthetic(seed={seed}, samples={samples})", digest)

@@ -165,8 +165,7 @@ def quantized_summary(path: Path) -> dict:
             continue
         reads_dq = any(i in dq_outputs for i in node.input)
         writes_q = all(
-            o not in graph_outputs and consumers.get(o) and set(consumers[o]) == {"QuantizeLinear"}
-            for o in node.output
+            o not in graph_outputs and consumers.get(o) and set(consumers[o]) == {"QuantizeLinear"} for o in node.output
         )
         if reads_dq and writes_q:
             quantized[node.op_type] += 1

@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 SIZES = ("full", "tiny")
 FRAMEWORKS = ("pytorch", "tensorflow")
-TASKS = ("classification", "ctr", "span_qa")
+TASKS = ("classification", "ctr", "span_qa", "detection", "pose", "ctc_text", "translation")
 
 # Adding a model: write models/<name>.py defining SPECS (a list of ModelSpec) and add its module name here.
-_MODULES = ("resnet50", "densenet121", "wide_deep", "bert")
+_MODULES = (
+    "resnet50",
+    "densenet121",
+    "wide_deep",
+    "bert",
+)
 
 
 class UnknownModelError(ValueError):
@@ -96,6 +101,11 @@ class ModelSpec:
     parity_rtol: float = 1e-3
     # A variant (``bert_base`` of ``bert``) is listed and runnable but left out of the default job.
     variant_of: str | None = None
+    # Inputs whose validity couples several arrays (history lengths and masks, graph edges) need their own
+    # sampler: ``sampler(cfg, batch, rng) -> {name: array}``. Without one, each InputSpec samples itself.
+    sampler: Callable[[Mapping[str, Any], int, np.random.Generator], dict[str, np.ndarray]] | None = None
+    # Options for the task's accuracy metric (``analysis.accuracy.compare``), e.g. {"blank": 36} for CTC.
+    task_options: Mapping[str, Any] = field(default_factory=dict)
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -117,10 +127,15 @@ class ModelSpec:
         """The input specs at ``size``."""
         return self.inputs(self.config(size))
 
+    def sample_batch(self, size: str, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """One batch of valid inputs drawn from ``rng`` (the model's sampler, or each InputSpec's)."""
+        if self.sampler is not None:
+            return self.sampler(self.config(size), batch, rng)
+        return {spec.name: spec.sample(rng, batch) for spec in self.input_specs(size)}
+
     def make_feeds(self, size: str, batch: int, seed: int) -> dict[str, np.ndarray]:
         """Seeded, valid inputs for one batch: the same (size, batch, seed) always gives the same arrays."""
-        rng = np.random.default_rng(seed)
-        return {spec.name: spec.sample(rng, batch) for spec in self.input_specs(size)}
+        return self.sample_batch(size, batch, np.random.default_rng(seed))
 
 
 def _load() -> dict[str, ModelSpec]:

@@ -144,7 +144,9 @@ def calibration_feeds(spec: ModelSpec, size: str, calib: CalibrationSettings):
     specs = spec.input_specs(size)
     if calib.data is not None:
         return file_feeds(calib.data, specs, calib.batch, calib.samples)
-    return synthetic_feeds(specs, calib.samples, calib.batch, calib.seed)
+    return synthetic_feeds(
+        specs, calib.samples, calib.batch, calib.seed, lambda batch, rng: spec.sample_batch(size, batch, rng)
+    )
 
 
 def ensure_int8(

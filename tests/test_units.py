@@ -174,3 +174,44 @@ def test_summary_has_speedup_over_fp32():
     ]
     lines = summary_markdown(rows).splitlines()
     assert len(lines) == 4 and "| 4 |" in lines[3]
+
+
+def test_detection_f1_matches_same_class_boxes_only():
+    boxes = np.array([[[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 0, 0]]], float)
+    scores = np.array([[0.9, 0.8, 0.0]])  # the third box is padding
+    ref = {"boxes": boxes, "scores": scores, "labels": np.array([[1, 2, 0]])}
+    cand = {"boxes": boxes + 1, "scores": scores, "labels": np.array([[1, 3, 0]])}
+    result = compare("detection", ref, cand)
+    assert result["accuracy_metric"] == "box_f1"
+    assert (result["accuracy_box_recall"], result["accuracy_box_precision"], result["accuracy_value"]) == (
+        0.5,
+        0.5,
+        0.5,
+    )
+    assert compare("detection", ref, ref)["accuracy_value"] == 1.0
+
+
+def test_pose_keypoint_argmax_agreement():
+    ref = np.zeros((1, 2, 3, 3))
+    ref[0, 0, 1, 1] = ref[0, 1, 2, 2] = 1
+    cand = ref.copy()
+    cand[0, 1, 0, 0] = 2
+    assert compare("pose", {"heatmaps": ref}, {"heatmaps": cand})["accuracy_value"] == 0.5
+
+
+def test_ctc_decoding_and_string_agreement():
+    from analysis.accuracy import ctc_greedy_decode
+
+    frames = np.eye(4)[[[0, 0, 3, 1, 1, 3, 1], [2, 3, 3, 3, 3, 3, 3]]]
+    assert ctc_greedy_decode(frames, blank=3) == [(0, 1, 1), (2,)]
+    other = frames.copy()
+    other[1, 0] = np.eye(4)[1]
+    result = compare("ctc_text", {"logits": frames}, {"logits": other}, {"blank": 3})
+    assert result["accuracy_metric"] == "string_agreement" and result["accuracy_value"] == 0.5
+
+
+def test_translation_token_agreement_stops_at_eos():
+    ref = {"tokens": np.array([[5, 6, 2, 0, 0]])}
+    cand = {"tokens": np.array([[5, 7, 2, 9, 9]])}
+    result = compare("translation", ref, cand, {"eos": 2})
+    assert result["accuracy_value"] == pytest.approx(2 / 3) and result["accuracy_sentence_agreement"] == 0.0
