@@ -66,12 +66,15 @@ def quantize(
     flavour: str,
     cache_path: Path,
     check_feeds: dict,
+    exclude_op_types: tuple[str, ...] = (),
+    exclude_nodes: tuple[str, ...] = (),
 ) -> dict:
     """Quantize ``fp32_path`` into the QDQ model ``out_path``; returns manifest info.
 
     ``feeds`` are the calibration batches (read one batch at a time, so memory stays at one batch's
     activations whatever the method); ``cache_path`` holds the tensor ranges: when it exists, calibration
-    is skipped. ``check_feeds`` is one batch the result must run on with finite outputs.
+    is skipped. ``check_feeds`` is one batch the result must run on with finite outputs. ``exclude_op_types``
+    and ``exclude_nodes`` keep more of the graph in float for a model that needs it.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -110,7 +113,8 @@ def quantize(
                 str(partial),
                 calibration_data_reader=feeds,
                 quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=quantizable_op_types(),
+                op_types_to_quantize=[t for t in quantizable_op_types() if t not in exclude_op_types],
+                nodes_to_exclude=list(exclude_nodes),
                 per_channel=True,
                 reduce_range=False,
                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
@@ -138,7 +142,8 @@ def quantize(
             "cache_reused": cache_hit,
         },
         "graph_cleanup": clean_note,
-        "kept_float": sorted(KEEP_FLOAT),
+        "kept_float": sorted(KEEP_FLOAT | set(exclude_op_types)),
+        "excluded_nodes": list(exclude_nodes),
         **quantized_summary(out_path),
     }
 

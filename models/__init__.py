@@ -106,6 +106,9 @@ class ModelSpec:
     sampler: Callable[[Mapping[str, Any], int, np.random.Generator], dict[str, np.ndarray]] | None = None
     # Options for the task's accuracy metric (``analysis.accuracy.compare``), e.g. {"blank": 36} for CTC.
     task_options: Mapping[str, Any] = field(default_factory=dict)
+    # Model-specific INT8 choices: {"exclude_op_types": [...], "exclude_nodes": [...]} keep those in float
+    # on top of calibration.int8.KEEP_FLOAT (say why in the model file).
+    int8_options: Mapping[str, Any] = field(default_factory=dict)
     notes: str = ""
 
     def __post_init__(self) -> None:

@@ -169,7 +169,10 @@ def ensure_int8(
     calib_key = cache_key(
         source=source, method=calib.method, samples=calib.samples, data=feeds.digest, rule="calib-v2"
     )
-    key = cache_key(calib=calib_key, flavour=flavour, onnxruntime=_version("onnxruntime"), rule="int8-v2")
+    options = dict(spec.int8_options)
+    key = cache_key(
+        calib=calib_key, flavour=flavour, options=options, onnxruntime=_version("onnxruntime"), rule="int8-v2"
+    )
     if store.valid(name, key):
         return store.path(name)
     from calibration import int8
@@ -183,6 +186,8 @@ def ensure_int8(
         flavour=flavour,
         cache_path=store.dir / f"calibration-{calib_key}.json",
         check_feeds=spec.make_feeds(size, 1, CHECK_SEED),
+        exclude_op_types=tuple(options.get("exclude_op_types", ())),
+        exclude_nodes=tuple(options.get("exclude_nodes", ())),
     )
     store.record(name, key, source_sha256=source, **info)
     return store.path(name)
