@@ -324,8 +324,8 @@ def _small_cnn(path) -> onnx.ModelProto:
 
 
 def test_fp16_and_int8_variants_have_the_same_macs(tmp_path):
-    from onnxconverter_common import float16
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_dynamic, quantize_static
+    from onnxruntime.transformers import float16  # the converter calibration/fp16.py uses
 
     class Reader(CalibrationDataReader):
         def __init__(self):
