@@ -1,6 +1,6 @@
 """aimatrix-onnx: the AI Matrix inference benchmark on ONNX.
 
-    python suite.py list | engines | export | calibrate | run
+    python suite.py list | engines | export | calibrate | run | peak | report | compare
 
 ``run`` with no arguments is the default job: every catalogue model, every engine usable here, FP32, FP16
 and INT8, the paper's batch sizes. Importing this module loads no framework (torch, tensorflow, tensorrt):
@@ -57,7 +57,31 @@ def parse_engines(value: str | None) -> list[str]:
     if value is None:
         usable = [e for e in engines.engine_names() if engines.availability(e) is None]
         return usable or list(DEFAULT_ENGINES)
-    return split_names(value, engines.engine_names(), "engine", DEFAULT_ENGINES)
+    # Names that fit a pattern (ort:<ProviderName>) are valid as typed; the rest must be registered.
+    fixed = engines.engine_names()
+    typed = [v.strip() for v in value.split(",") if v.strip() not in fixed and engines.is_engine_name(v.strip())]
+    try:
+        return split_names(value, [*fixed, *typed], "engine", DEFAULT_ENGINES)
+    except UsageError as exc:
+        raise UsageError(f"{exc}, {', '.join(engines.engine_patterns())}") from None
+
+
+def engine_options_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The options every engine of a run gets: threads, ``--provider-options`` (parsed JSON), include-copies
+    and CUDA graphs; a malformed ``--provider-options`` raises UsageError."""
+    from engines.options import parse_provider_options
+
+    options: dict[str, Any] = {"threads": args.threads} if args.threads else {}
+    if args.provider_options is not None:
+        try:
+            options["provider_options"] = parse_provider_options(args.provider_options)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    if args.include_copies:
+        options["include_copies"] = True
+    if args.cuda_graph:
+        options["cuda_graph"] = True
+    return options
 
 
 def parse_batches(value: str, spec: models.ModelSpec) -> list[int]:
@@ -127,16 +151,26 @@ def cmd_engines(args: argparse.Namespace) -> int:
     for name in engines.engine_names():
         reason = engines.availability(name)
         rows.append((name, "yes" if reason is None else "no", reason or ""))
+    for pattern in engines.engine_patterns():
+        reason, offer = engines.pattern_status(pattern)
+        rows.append((pattern, "yes" if reason is None else "no", reason or offer))
     print_table(("engine", "usable", "reason"), rows)
     return 0
 
 
 def build_artifacts(
-    model_list: Iterable[str], size: str, wanted: Sequence[tuple[str, str]], export, calib, title: str
+    model_list: Iterable[str],
+    size: str,
+    wanted: Sequence[tuple[str, str]],
+    export,
+    calib,
+    title: str,
+    unsupported: dict[tuple[str, str], str] | None = None,
 ) -> dict[tuple[str, str], str]:
     """Build each (precision, INT8 flavour) in ``wanted`` for every model, each in a child process.
 
-    Returns {(model, artifact name): error} for the ones that failed; the rest are in the store.
+    Returns {(model, artifact name): error} for the ones that failed; the rest are in the store. When
+    ``unsupported`` is a dict, conversions a brought-in model cannot undergo go there with their reason.
     """
     from tqdm import tqdm
 
@@ -161,7 +195,11 @@ def build_artifacts(
                 calib=asdict(calib),
             )
             result = run_isolated("bench.cell:build_artifact", kwargs, EXPORT_TIMEOUT_S)
-            if not result.ok:
+            if not result.ok and unsupported is not None and result.error.startswith("UnsupportedPrecision: "):
+                unsupported[(model, artifact)] = result.error.removeprefix("UnsupportedPrecision: ")
+                reason = unsupported[(model, artifact)]
+                tqdm.write(f"{model} ({size}) {artifact}: unsupported: {reason}", file=sys.stderr)
+            elif not result.ok:
                 failures[(model, artifact)] = f"building {artifact} failed: {result.error}"
                 tqdm.write(f"{model} ({size}) {artifact}: FAILED: {result.error}", file=sys.stderr)
                 log.debug(result.detail)
@@ -241,6 +279,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.results import ResultsFile, summary_markdown, write_tables
     from bench.timer import TimerSettings
 
+    engine_options = engine_options_from(args)
     export, calib = settings_from(args)
     try:
         timer = TimerSettings(args.warmup_s, 1, args.duration_s, args.min_iters)
@@ -252,7 +291,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     done = results.finished_ids() if args.resume else set()
     if results.rows() and not args.resume:
         raise UsageError(f"{out} already holds results; pass --resume to continue it or choose another --out")
-    engine_options = {"threads": args.threads} if args.threads else {}
     settings = {
         "models": args.model_list,
         "engines": args.engine_list,
@@ -264,6 +302,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         "export": {"seed": export.seed, "weights": str(export.weights) if export.weights else None},
         "engine_options": engine_options,
         "accuracy_samples": args.accuracy_samples,
+        "bytes_model": args.bytes_model,
+        "onnx": str(args.onnx.resolve()) if args.onnx else None,
+        "input_shapes": args.input_shapes,
     }
     (results.out_dir / "env.json").write_text(json.dumps(environment(settings), indent=2))
     print(f"results -> {results.out_dir}", file=sys.stderr)
@@ -289,7 +330,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     wanted = sorted({(c.precision, engine_flavour(c.engine)) for c in runnable})
     wanted.sort(key=lambda pf: PRECISIONS.index(pf[0]))
     needed_models = sorted({c.model for c in runnable}, key=args.model_list.index)
-    failures = build_artifacts(needed_models, args.size, wanted, export, calib, "artifacts")
+    not_convertible: dict[tuple[str, str], str] = {}
+    failures = build_artifacts(needed_models, args.size, wanted, export, calib, "artifacts", not_convertible)
     facts = model_facts(needed_models, args.size, batches, failures, args.accuracy_samples)
 
     from tqdm import tqdm
@@ -299,12 +341,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         for cell in bar:
             bar.set_postfix_str(cell.id)
             spec = models.get_model(cell.model)
-            row = base_row(cell, spec, facts.get((cell.model, cell.batch_size), {}), paper)
+            row = base_row(cell, spec, facts.get((cell.model, cell.batch_size), {}), paper, args.bytes_model)
             if cell.id in unsupported:
                 row.update(status="unsupported", error=unsupported[cell.id])
                 results.append(row)
                 continue
             artifact, _ = artifact_name_for(cell.engine, cell.precision)
+            if (cell.model, artifact) in not_convertible:
+                row.update(status="unsupported", error=not_convertible[(cell.model, artifact)])
+                results.append(row)
+                continue
             error = failures.get((cell.model, artifact))
             if error:
                 row.update(status="failed", error=error)
@@ -342,6 +388,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{sum(1 for r in rows if r.get('status') == 'unsupported')} unsupported; results in {results.out_dir}",
         file=sys.stderr,
     )
+    from bench.report import write_report
+
+    try:
+        _, page = write_report(results.out_dir)
+    except Exception as exc:  # noqa: BLE001 - the measurements are saved; say how to retry the report alone
+        retry = f"python suite.py report {results.out_dir}"
+        print(f"error: the report failed ({exc}); retry with: {retry}", file=sys.stderr)
+        return 1
+    print(f"report: {page}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -384,8 +439,13 @@ def model_facts(
     return facts
 
 
-def base_row(cell: Cell, spec: models.ModelSpec, facts: dict[str, Any], paper: dict[str, dict]) -> dict[str, Any]:
-    """The columns every row has, whatever its status: identity, model facts, paper comparison."""
+def base_row(
+    cell: Cell, spec: models.ModelSpec, facts: dict[str, Any], paper: dict[str, dict], bytes_model: str = "io"
+) -> dict[str, Any]:
+    """The columns every row has, whatever its status: identity, model facts, paper comparison.
+
+    ``bytes_model`` ``io`` counts weights + inputs + outputs per batch; ``activations`` adds every
+    intermediate tensor written once and read once."""
     row: dict[str, Any] = {
         "model": cell.model,
         "category": spec.category,
@@ -403,6 +463,9 @@ def base_row(cell: Cell, spec: models.ModelSpec, facts: dict[str, Any], paper: d
     if "weight_bytes" in facts:
         row["bytes_per_batch"] = facts["weight_bytes"] + facts["io_bytes"]
         row["bytes_model"] = "weights+inputs+outputs"
+        if bytes_model == "activations" and "activation_bytes" in facts:
+            row["bytes_per_batch"] += facts["activation_bytes"]
+            row["bytes_model"] = "weights+inputs+outputs+activations"
         row["arith_intensity"] = facts["flops_per_batch"] / row["bytes_per_batch"] if row["bytes_per_batch"] else None
     # The paper's counts describe the full architectures; a ratio for a shrunk model would mean nothing.
     table = paper.get(spec.paper_model or "") if cell.size == "full" else None
@@ -421,6 +484,91 @@ def derive(row: dict[str, Any]) -> None:
     if row.get("flops_per_batch"):
         row["flops_per_s"] = row["flops_per_batch"] / mean_s
     row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def bring_model(args: argparse.Namespace) -> str:
+    """Register ``--onnx`` (with ``--input-shapes``) as a model the cells can find; returns its name."""
+    from models import byo
+
+    if args.models is not None or args.weights is not None:
+        raise UsageError("--onnx runs one brought-in model: leave out --models and --weights")
+    try:
+        spec = byo.register(args.onnx, byo.parse_input_shapes(args.input_shapes))
+    except byo.ByoError as exc:
+        raise UsageError(str(exc)) from None
+    fixed = spec.config(args.size).get("fixed_batch")
+    if fixed and parse_batches(args.batch_sizes, spec) != [fixed]:
+        raise UsageError(f"{args.onnx.name} has a fixed batch dimension of {fixed}: use --batch-sizes {fixed}")
+    return spec.name
+
+
+def roofs_from(args: argparse.Namespace):
+    """Given roofs (``--peaks``/``--preset``, ``--peak-flops``, ``--peak-bw``) or None; bad values: UsageError."""
+    from analysis.peak import PeakError, given_roofs
+
+    try:
+        return given_roofs(args.peaks, args.peak_flops, args.peak_bw)
+    except PeakError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_peak(args: argparse.Namespace) -> int:
+    """Print the roofs: given ones if any, else measured through ``--engine`` now (and cached)."""
+    import engines
+    from analysis.peak import cache_path, describe, measure_roofs, save_roofs
+
+    roofs = roofs_from(args)
+    if roofs is None:
+        names = parse_engines(args.engine)
+        if len(names) != 1:
+            raise UsageError(f"--engine takes one engine, got {args.engine!r}")
+        reason = engines.availability(names[0])
+        if reason:
+            raise UsageError(f"{names[0]} cannot run here: {reason}")
+        try:
+            sizes = tuple(int(n) for n in args.sizes.split(",")) if args.sizes else None
+        except ValueError:
+            raise UsageError(f"--sizes must be a comma list of integers, got {args.sizes!r}") from None
+        if sizes is not None and (not sizes or min(sizes) < 1):
+            raise UsageError(f"--sizes must be positive integers, got {args.sizes!r}")
+        roofs = measure_roofs(names[0], args.threads, args.quick, gemm_sizes=sizes, progress=print_err)
+        saved = save_roofs(roofs)
+        print(f"cached in {cache_path()}" if saved else "not cached: a full measurement is cached", file=sys.stderr)
+    print("\n".join(describe(roofs)))
+    if args.json:
+        args.json.write_text(json.dumps(roofs.to_json(), indent=2))
+    return 0
+
+
+def print_err(line: str) -> None:
+    """Print a progress line to stderr (stdout carries the results)."""
+    print(line, file=sys.stderr)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write report.md and report.html into a results directory."""
+    from bench.report import write_report
+
+    if not (args.dir / "results.jsonl").is_file():
+        raise UsageError(f"{args.dir} is not a results directory (no results.jsonl)")
+    if not 0 < args.threshold <= 1:
+        raise UsageError(f"--threshold must be in (0, 1], got {args.threshold:g}")
+    md, page = write_report(args.dir, args.threshold, roofs_from(args))
+    print(f"{md}\n{page}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Print and write the comparison of two or more results directories."""
+    from bench.compare import CompareError, compare
+
+    try:
+        text, md, table = compare(args.dirs, args.ignore_engine, args.out)
+    except CompareError as exc:
+        raise UsageError(str(exc)) from None
+    print(text)
+    print(f"written: {md}, {table}", file=sys.stderr)
+    return 0
 
 
 # --------------------------------------------------------------------------------------------- output
@@ -453,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     def calibration(p: argparse.ArgumentParser) -> None:
         p.add_argument("--method", default="minmax", help="INT8 calibration: minmax (default), entropy, percentile")
         p.add_argument("--samples", type=int, default=32, help="calibration samples (default 32)")
-        p.add_argument("--data", type=Path, help=".npz of calibration inputs, one array per input name")
+        p.add_argument("--data", "--calib-data", type=Path, help=".npz of calibration inputs, one array per input name")
 
     common(sub.add_parser("export", help="export FP32 ONNX artifacts with parity checks"))
     cal = sub.add_parser("calibrate", help="make the FP16 and calibrated INT8 artifacts")
@@ -470,10 +618,54 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--duration-s", type=float, default=5.0, help="minimum measured seconds per cell")
     run.add_argument("--min-iters", type=int, default=10, help="minimum measured iterations per cell")
     run.add_argument("--threads", type=int, help="intra-op threads for CPU engines (default: physical cores)")
+    run.add_argument(
+        "--provider-options",
+        metavar="JSON",
+        help='engine provider options, e.g. \'{"device_id": 0}\'; scope them with {"CUDAExecutionProvider": {...}} '
+        'or {"tensorrt": {...}}',
+    )
+    run.add_argument("--include-copies", action="store_true", help="GPU engines: time host<->device copies too")
+    run.add_argument("--cuda-graph", action="store_true", help="GPU engines: capture the inference as a CUDA graph")
     run.add_argument("--accuracy-samples", type=int, default=32, help="samples compared with FP32 (default 32)")
     run.add_argument("--cell-timeout", type=float, default=1800.0, help="seconds before a cell is failed")
     run.add_argument("--out", type=Path, help="results directory (default results/<timestamp>)")
     run.add_argument("--resume", action="store_true", help="skip cells already in --out's results.jsonl")
+    run.add_argument(
+        "--bytes-model",
+        choices=("io", "activations"),
+        default="io",
+        help="bytes per batch: weights+inputs+outputs (io, default) or also every intermediate tensor once each way",
+    )
+    run.add_argument("--onnx", type=Path, help="run this ONNX model (instead of --models) through the suite")
+    run.add_argument("--input-shapes", help="with --onnx: full shapes of dynamic inputs, e.g. x:1x3x224x224,m:1x128")
+
+    def roofs(p: argparse.ArgumentParser) -> None:
+        from analysis.peak import PRESETS
+
+        p.add_argument(
+            "--peaks",
+            "--preset",
+            dest="peaks",
+            help=f"roofs of another machine: a preset ({', '.join(PRESETS)}) or a roofs JSON file (peak --json)",
+        )
+        p.add_argument("--peak-flops", help="given compute roof: 14T (FP32) or fp32=14T,fp16=112T,int8=...")
+        p.add_argument("--peak-bw", help="given memory bandwidth roof in bytes/s, e.g. 900G")
+
+    peak = sub.add_parser("peak", help="measure (and cache) this machine's compute and bandwidth roofs")
+    peak.add_argument("--engine", default="ort-cpu", help="the engine to measure through (default ort-cpu)")
+    peak.add_argument("--threads", type=int, help="intra-op threads (default: physical cores, as a run)")
+    peak.add_argument("--quick", action="store_true", help="smaller GEMMs and streams, shorter timing")
+    peak.add_argument("--sizes", help="GEMM sizes n (n x n x n) to sweep, e.g. 1024,4096 (default 256..2048)")
+    peak.add_argument("--json", type=Path, help="also write the roofs to this JSON file (for --peaks elsewhere)")
+    roofs(peak)
+    report = sub.add_parser("report", help="write report.md and report.html for a results directory")
+    report.add_argument("dir", type=Path, help="a results directory of suite.py run")
+    report.add_argument("--threshold", type=float, default=0.99, help="accuracy pass threshold (default 0.99)")
+    roofs(report)
+    compare = sub.add_parser("compare", help="compare two or more results directories")
+    compare.add_argument("dirs", type=Path, nargs="+", help="results directories; the first is the baseline")
+    compare.add_argument("--ignore-engine", action="store_true", help="join cells of different engines")
+    compare.add_argument("--out", type=Path, help="where compare.md and compare.csv go (default: the first dir)")
     return parser
 
 
@@ -491,9 +683,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "export": cmd_export,
         "calibrate": cmd_calibrate,
         "run": cmd_run,
+        "peak": cmd_peak,
+        "report": cmd_report,
+        "compare": cmd_compare,
     }
     try:
-        if args.command in ("export", "calibrate", "run"):
+        if args.command == "run" and args.onnx is not None:
+            args.model_list = [bring_model(args)]
+        elif args.command in ("export", "calibrate", "run"):
             catalogue = list(models.all_models())
             args.model_list = split_names(args.models, catalogue, "model", models.default_models())
         if args.command in ("calibrate", "run"):

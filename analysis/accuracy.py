@@ -21,6 +21,8 @@ PRIMARY = {
     "pose": ("keypoint_agreement", True),
     "ctc_text": ("string_agreement", True),
     "translation": ("token_agreement", True),
+    # Any model brought as an ONNX file: no task is known, so the raw outputs' cosine similarity is primary.
+    "generic": ("cosine_similarity", True),
 }
 
 
@@ -164,6 +166,8 @@ def compare(
             mask = np.ones(ref.shape, dtype=bool)
         value = float(np.sum((ref == cand) & mask) / max(1, np.sum(mask)))
         result["accuracy_sentence_agreement"] = float(np.mean(np.all((ref == cand) | ~mask, axis=-1)))
+    elif task == "generic":
+        value = result["accuracy_cosine"]
     elif task == "span_qa":
         start, end = names[:2]
         start_ok = reference[start].argmax(-1) == candidate[start].argmax(-1)

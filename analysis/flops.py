@@ -75,6 +75,10 @@ Parameters and bytes:
   once) counts once per Identity as well, so the count does not depend on the weight values.
 - ``weight_bytes``: bytes of all initializers (sub-byte types packed).
 - ``io_bytes``: bytes of the graph inputs and outputs for one batch.
+- ``activation_bytes``: twice the bytes of every intermediate tensor of the top-level graph (each node output
+  that is not a graph output and not a Constant), i.e. each written once and read once, at the dtypes and
+  shapes resolved above. Tensors inside Loop/Scan/If bodies and intermediates whose shape or type stays
+  unknown are left out, so it is a lower bound for the activation traffic of an unfused execution.
 """
 
 from __future__ import annotations
@@ -142,6 +146,7 @@ class GraphCost:
     params: int
     weight_bytes: int
     io_bytes: int
+    activation_bytes: int = 0
     by_op: dict[str, float] = field(default_factory=dict)
     uncounted: dict[str, int] = field(default_factory=dict)
     unknown_shapes: list[str] = field(default_factory=list)
@@ -150,6 +155,11 @@ class GraphCost:
     def bytes_lower_bound(self) -> int:
         """Bytes any execution must move at least once: all weights plus the batch's inputs and outputs."""
         return self.weight_bytes + self.io_bytes
+
+    @property
+    def bytes_with_activations(self) -> int:
+        """``bytes_lower_bound`` plus every intermediate tensor written once and read once."""
+        return self.bytes_lower_bound + self.activation_bytes
 
     @property
     def arith_intensity(self) -> float:
@@ -212,6 +222,13 @@ def count(
             io_bytes += _nbytes(math.prod(shapes[out.name]), out.type.tensor_type.elem_type)
         else:
             acc.unknown.append(f"graph output {out.name}: shape unknown, left out of io_bytes")
+    activation_bytes = 0
+    for node in light.graph.node:
+        if node.op_type == "Constant":
+            continue
+        for name in node.output:
+            if name and name not in output_names and name in shapes:
+                activation_bytes += 2 * _nbytes(math.prod(shapes[name]), types.get(name, TensorProto.UNDEFINED))
     params, weight_bytes = _weights(proto.graph)
     return GraphCost(
         flops=acc.flops,
@@ -219,6 +236,7 @@ def count(
         params=params,
         weight_bytes=weight_bytes,
         io_bytes=io_bytes,
+        activation_bytes=activation_bytes,
         by_op=dict(acc.by_op),
         uncounted=dict(acc.uncounted),
         unknown_shapes=acc.unknown,
@@ -633,11 +651,10 @@ def _sub_ctx(graph: onnx.GraphProto, bound: Mapping[str, tuple[Shape | None, int
         elif name in ctx.types:
             standalone.input.append(helper.make_tensor_value_info(name, ctx.types[name], ctx.shapes.get(name)))
     standalone.initializer.extend(_weightless(t, None) for t in graph.initializer)
-    for vi in graph.output:
-        new = standalone.output.add()
-        new.name = vi.name
-        if vi.type.HasField("tensor_type"):
-            new.type.tensor_type.elem_type = vi.type.tensor_type.elem_type
+    # The body's outputs are left undeclared: every node output then lands in value_info, which is all the
+    # count reads. Declaring them breaks inference when one is a body input passed straight through (tf2onnx
+    # carries loop-invariant tensors that way): ONNX then drops the shapes of unrelated nodes (a Slice of
+    # that very input, measured with onnx 1.23).
     model = helper.make_model(standalone, opset_imports=ctx.opsets)
     model.ir_version = ctx.ir_version
     inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)

@@ -47,27 +47,34 @@ def build_artifact(model: str, size: str, precision: str, flavour: str, export: 
 
 
 def count_flops(model: str, size: str, batches: list[int]) -> dict[int, dict]:
-    """FLOPs, params and bytes of the stored FP32 artifact at each batch size, cached next to it by sha256."""
+    """FLOPs, params and bytes of the stored FP32 artifact at each batch size, cached next to it by sha256.
+
+    Inputs take the shapes of the timed feeds at each batch size, so graphs with dynamic dimensions besides
+    the batch (brought-in ONNX models) are counted at the shapes that are measured."""
     from analysis.flops import count
+    from models import get_model
     from onnx_models.store import ModelStore
 
     store = ModelStore(model, size)
     path = store.verified_path("fp32")
+    spec = get_model(model)
     cache = store.dir / f"flops-{store.entry('fp32')['sha256'][:16]}.json"
     known = json.loads(cache.read_text()) if cache.is_file() else {}
-    missing = [b for b in batches if str(b) not in known]
+    missing = [b for b in batches if "activation_bytes" not in known.get(str(b), {})]
     if missing:
         import onnx
 
         graph = onnx.load(str(path))
         for batch in missing:
-            cost = count(graph, batch)
+            shapes = {name: array.shape for name, array in spec.make_feeds(size, batch, TIMING_SEED).items()}
+            cost = count(graph, batch, shapes)
             known[str(batch)] = {
                 "flops_per_batch": cost.flops,
                 "mac_flops_per_batch": cost.mac_flops,
                 "params": cost.params,
                 "weight_bytes": cost.weight_bytes,
                 "io_bytes": cost.io_bytes,
+                "activation_bytes": cost.activation_bytes,
                 "uncounted_ops": sorted(cost.uncounted),
                 "unknown_shapes": len(cost.unknown_shapes),
             }
@@ -119,7 +126,10 @@ def run_cell(cell: dict, timer: dict, accuracy_samples: int, engine_options: dic
     store = ModelStore(c.model, c.size)
     path = store.verified_path(artifact)
     row: dict = {"artifact": str(path), "artifact_sha256": store.entry(artifact)["sha256"]}
-    with engine_cls(engine_options) as engine:
+    feeds = spec.make_feeds(c.size, c.batch_size, TIMING_SEED)
+    # Engines that build for fixed shapes (TensorRT's optimisation profiles) learn the cell's shapes up front.
+    options = {**engine_options, "input_shapes": {name: list(array.shape) for name, array in feeds.items()}}
+    with engine_cls(options) as engine:
         start = time.perf_counter()
         engine.activate(path)
         row["engine_build_s"] = time.perf_counter() - start
@@ -129,8 +139,9 @@ def run_cell(cell: dict, timer: dict, accuracy_samples: int, engine_options: dic
             got = concat([engine.infer(f) for f in accuracy_feeds(spec, c.size, c.batch_size, accuracy_samples)])
             row.update(compare(spec.task, expected, got, spec.task_options))
             row["accuracy_samples"] = next(iter(expected.values())).shape[0]
-        engine.prepare(spec.make_feeds(c.size, c.batch_size, TIMING_SEED))
+        engine.prepare(feeds)
         stats = measure(engine.run_prepared, TimerSettings(**timer))
+        row.update(engine.timing_breakdown(stats.iterations))
         row["engine_settings"] = json.dumps(engine.describe(), sort_keys=True)
     row.update(stats.to_row())
     row["iterations"] = stats.iterations

@@ -1,4 +1,5 @@
-"""The environment of a run (``env.json``): packages, CPU model and flags, threads, execution providers."""
+"""The environment of a run (``env.json``): packages, CPU model and flags, threads, execution providers, and
+where there is one, the GPU with its driver, CUDA, cuDNN and TensorRT versions."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ PACKAGES = (
     "tensorflow-cpu",
     "tf2onnx",
     "tensorrt",
+    "tensorrt-cu12",
+    "tensorrt-cu13",
     "pycuda",
 )
 # The CPU flags that decide which kernels run (FMA/AVX for FP32, VNNI/AMX for INT8, F16C/AVX512-FP16 for FP16).
@@ -79,7 +82,7 @@ def environment(settings: dict[str, Any]) -> dict[str, Any]:
         providers = ort.get_available_providers()
     except ImportError:
         providers = []
-    return {
+    env = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpu": cpu_info(),
@@ -88,3 +91,10 @@ def environment(settings: dict[str, Any]) -> dict[str, Any]:
         "thread_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
         "settings": settings,
     }
+    from engines.cuda import gpu_environment
+
+    # GPUs, driver, CUDA, cuDNN and TensorRT, each only where it can be found; absent on a CPU-only machine.
+    gpu = gpu_environment()
+    if gpu:
+        env["gpu"] = gpu
+    return env

@@ -28,7 +28,75 @@ def clean(path: Path) -> tuple[onnx.ModelProto, str]:
     except Exception as exc:  # noqa: BLE001 - onnxslim raises many kinds; the graph stays usable without it
         log.warning("onnxslim failed on %s (%s); using the graph as exported", path, exc)
         return model, f"not slimmed: {str(exc).splitlines()[0][:200]}"
-    return slimmed, f"onnxslim {onnxslim.__version__}: {len(model.graph.node)} -> {len(slimmed.graph.node)} nodes"
+    note = f"onnxslim {onnxslim.__version__}: {len(model.graph.node)} -> {len(slimmed.graph.node)} nodes"
+    renamed = unique_initializer_names(slimmed)
+    if renamed:
+        note += f"; {renamed} repeated initializer names in Loop/Scan/If bodies made unique"
+    return slimmed, note
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    graphs = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            graphs.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            graphs.extend(attr.graphs)
+    return graphs
+
+
+def _rename_references(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Point every use of ``old`` in ``graph`` (and in bodies nested in it that do not define ``old``) at ``new``."""
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        for sub in _subgraphs(node):
+            defined = {vi.name for vi in sub.input} | {t.name for t in sub.initializer}
+            if old not in defined and not any(old in n.output for n in sub.node):
+                _rename_references(sub, old, new)
+
+
+def unique_initializer_names(model: onnx.ModelProto) -> int:
+    """Rename Loop / Scan / If body initializers whose names another graph of the model also uses; returns
+    how many were renamed.
+
+    onnxslim folds constants in every body separately and can give the results of two bodies (or of a body
+    and the main graph) one name. ONNX Runtime accepts that, but the FP16 converter keys its initializer
+    bookkeeping by name across all graphs and stops on the repeat (an assertion), so every name is made
+    unique, with its uses inside the body renamed alike.
+    """
+    seen = {t.name for t in model.graph.initializer}
+    taken: set[str] = set()
+
+    def collect(graph: onnx.GraphProto) -> None:
+        taken.update(t.name for t in graph.initializer)
+        taken.update(vi.name for vi in graph.input)
+        for node in graph.node:
+            taken.update(node.output)
+            for sub in _subgraphs(node):
+                collect(sub)
+
+    collect(model.graph)
+    renamed = 0
+
+    def visit(graph: onnx.GraphProto) -> None:
+        nonlocal renamed
+        for node in graph.node:
+            for sub in _subgraphs(node):
+                for tensor in sub.initializer:
+                    if tensor.name in seen:
+                        k = 1
+                        while f"{tensor.name}__{k}" in taken:
+                            k += 1
+                        new = f"{tensor.name}__{k}"
+                        taken.add(new)
+                        _rename_references(sub, tensor.name, new)
+                        tensor.name = new
+                        renamed += 1
+                    seen.add(tensor.name)
+                visit(sub)
+
+    visit(model.graph)
+    return renamed
 
 
 def check_runs(model: onnx.ModelProto | Path, feeds: dict) -> list:

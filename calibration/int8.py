@@ -153,19 +153,27 @@ def quantized_summary(path: Path) -> dict:
 
     A node runs quantized when it reads at least one dequantized tensor and every one of its outputs goes
     only into QuantizeLinear: the DQ -> op -> Q group that runtimes fuse into an integer kernel. A float op
-    that merely follows a quantized one (reading a DQ output, writing float) does not count.
+    that merely follows a quantized one (reading a DQ output, writing float) does not count. Loop, Scan and
+    If bodies are searched too: the quantizer does not enter them, so their matmuls show up as float.
     """
     model = onnx.load(str(path), load_external_data=False)
-    graph = model.graph
+    quantized: Counter[str] = Counter()
+    float_compute: Counter[str] = Counter()
+    _summarise(model.graph, quantized, float_compute)
+    return {"quantized_ops": dict(sorted(quantized.items())), "float_compute_ops": dict(sorted(float_compute.items()))}
+
+
+def _summarise(graph: onnx.GraphProto, quantized: Counter[str], float_compute: Counter[str]) -> None:
     dq_outputs = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     consumers: dict[str, list[str]] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node.op_type)
     graph_outputs = {o.name for o in graph.output}
-    quantized: Counter[str] = Counter()
-    float_compute: Counter[str] = Counter()
     for node in graph.node:
+        for attr in node.attribute:
+            for body in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                _summarise(body, quantized, float_compute)
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             continue
         reads_dq = any(i in dq_outputs for i in node.input)
@@ -176,4 +184,3 @@ def quantized_summary(path: Path) -> dict:
             quantized[node.op_type] += 1
         elif node.op_type in COMPUTE_OPS:
             float_compute[node.op_type] += 1
-    return {"quantized_ops": dict(sorted(quantized.items())), "float_compute_ops": dict(sorted(float_compute.items()))}

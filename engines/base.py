@@ -23,6 +23,10 @@ class Engine:
 
     Class attributes: ``name`` (the registry name), ``precisions`` it can run, and ``int8_flavour``, the
     INT8 artifact it consumes (``cpu`` for U8S8 QDQ, ``tensorrt`` for symmetric QDQ).
+
+    ``options`` come from the command line (``threads``, ``provider_options``, ``include_copies``,
+    ``cuda_graph``) plus, when a cell runs, ``input_shapes``: {input name: shape} of the cell's feeds, which
+    engines that build for fixed shapes (TensorRT's optimisation profiles) use at activation.
     """
 
     name = "base"
@@ -78,6 +82,12 @@ class Engine:
 
     def describe(self) -> dict[str, Any]:
         """The settings this engine actually ran with (threads, providers, ...), for the results row."""
+        return {}
+
+    def timing_breakdown(self, iterations: int) -> dict[str, float]:
+        """Extra row columns on where the time of the last ``iterations`` ``run_prepared`` calls went, as the
+        engine's device measured it (``h2d_ms``, ``compute_ms``, ``d2h_ms``: CUDA events, like trtexec's
+        report). Empty by default. The latency columns still come from the shared timer alone."""
         return {}
 
     def deactivate(self) -> None:

@@ -70,7 +70,7 @@ def export(spec: ModelSpec, size: str, out_path: Path, *, seed: int = 0, weights
     result = exporter_module(spec.framework).to_onnx(
         spec, cfg, tmp, seed=seed, weights=weights, opset=OPSET, feeds=feeds
     )
-    max_abs, max_rel = parity_errors(tmp, feeds, result.outputs)
+    max_abs, max_rel = parity_errors(tmp, feeds, result.outputs, align=spec.parity_align)
     if max_rel > spec.parity_rtol:
         raise ExportError(
             f"{spec.name} ({size}): ONNX Runtime output differs from {spec.framework}: max abs {max_abs:.3g}, "
@@ -81,18 +81,21 @@ def export(spec: ModelSpec, size: str, out_path: Path, *, seed: int = 0, weights
 
 
 def parity_errors(
-    onnx_path: Path, feeds: dict[str, np.ndarray], expected: dict[str, np.ndarray]
+    onnx_path: Path, feeds: dict[str, np.ndarray], expected: dict[str, np.ndarray], align=None
 ) -> tuple[float, float]:
     """Run ``onnx_path`` on ONNX Runtime CPU and compare with ``expected`` (by output name).
 
     Returns (max abs error, max abs error divided by the largest magnitude of the expected output), the
-    worst over all outputs. An output that is missing or of another shape raises ExportError.
+    worst over all outputs. An output that is missing or of another shape raises ExportError. ``align``
+    (a spec's ``parity_align``) reorders ONNX Runtime's rows to the framework's before the comparison.
     """
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     got = dict(zip(names, session.run(names, feeds), strict=False))
+    if align is not None and all(name in got and got[name].shape == want.shape for name, want in expected.items()):
+        got = align(expected, got)
     worst_abs = worst_rel = 0.0
     for name, want in expected.items():
         if name not in got:

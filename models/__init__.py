@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 SIZES = ("full", "tiny")
-FRAMEWORKS = ("pytorch", "tensorflow")
-TASKS = ("classification", "ctr", "span_qa", "detection", "pose", "ctc_text", "translation")
+# "onnx" is a model brought as an ONNX file (models/byo.py): copied, not exported.
+FRAMEWORKS = ("pytorch", "tensorflow", "onnx")
+TASKS = ("classification", "ctr", "span_qa", "detection", "pose", "ctc_text", "translation", "generic")
 
 # Adding a model: write models/<name>.py defining SPECS (a list of ModelSpec) and add its module name here.
 _MODULES = (
@@ -24,6 +25,20 @@ _MODULES = (
     "densenet121",
     "wide_deep",
     "bert",
+    "faster_rcnn",
+    "mask_rcnn",
+    "googlenet",
+    "resnet101",
+    "ssd",
+    "dssd",
+    "din",
+    "dien",
+    "gcn",
+    "ncf",
+    "nmt",
+    "cpn",
+    "seglink",
+    "crnn",
 )
 
 
@@ -109,6 +124,12 @@ class ModelSpec:
     # Model-specific INT8 choices: {"exclude_op_types": [...], "exclude_nodes": [...]} keep those in float
     # on top of calibration.int8.KEEP_FLOAT (say why in the model file).
     int8_options: Mapping[str, Any] = field(default_factory=dict)
+    # A smaller INT8 calibration batch than the default, for models whose calibration would not fit in memory:
+    # the quantizer holds every intermediate tensor of a batch at once (about 4 GB per image for Faster R-CNN).
+    calibration_batch: int | None = None
+    # Outputs whose row order rests on near-equal scores (detections sorted by score) are compared with the
+    # framework's after ``parity_align(framework_outputs, onnx_outputs)`` reorders the ONNX rows to match.
+    parity_align: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -169,8 +190,14 @@ def default_models() -> list[str]:
 
 
 def get_model(name: str) -> ModelSpec:
-    """The spec called ``name``; an unknown name raises UnknownModelError listing the valid ones."""
+    """The spec called ``name``; an unknown name raises UnknownModelError listing the valid ones.
+
+    Names starting ``byo/`` are models brought with ``--onnx``, rebuilt from their spec in the store."""
     models = all_models()
+    if name not in models and name.startswith("byo/"):
+        from models import byo
+
+        return byo.load(name)
     if name not in models:
         raise UnknownModelError(f"unknown model {name!r}; valid models: {', '.join(models)}")
     return models[name]

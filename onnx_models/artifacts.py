@@ -62,6 +62,8 @@ def int8_artifact_name(flavour: str) -> str:
 
 def ensure_fp32(spec: ModelSpec, size: str, settings: ExportSettings = ExportSettings()) -> Path:
     """The FP32 ONNX of ``spec`` at ``size``, exported (with parity check) unless a valid one is stored."""
+    if spec.framework == "onnx":
+        return _copy_onnx(spec, size)
     store = ModelStore(spec.name, size)
     weights_sha = sha256_file(settings.weights) if settings.weights else None
     framework_pkg = "torch" if spec.framework == "pytorch" else "tensorflow-cpu"
@@ -97,6 +99,43 @@ def ensure_fp32(spec: ModelSpec, size: str, settings: ExportSettings = ExportSet
     )
     _record_model_facts(spec, size, store)
     return store.path("fp32")
+
+
+def _copy_onnx(spec: ModelSpec, size: str) -> Path:
+    """A brought-in ONNX file is its own FP32 artifact: copied into the store with its sha256, no parity check."""
+    import shutil
+
+    store = ModelStore(spec.name, size)
+    cfg = spec.config(size)
+    source = Path(cfg["onnx"])
+    if not source.is_file():
+        raise ArtifactError(f"{source} (brought with --onnx) no longer exists")
+    sha = sha256_file(source)
+    if sha != cfg["sha256"]:
+        raise ArtifactError(f"{source} changed since it was brought in; run again with --onnx to register it anew")
+    key = cache_key(model=spec.name, source_sha256=sha, rule="byo-copy-v1")
+    if store.valid("fp32", key):
+        return store.path("fp32")
+    store.dir.mkdir(parents=True, exist_ok=True)
+    tmp = store.path("fp32").with_suffix(".tmp.onnx")
+    shutil.copyfile(source, tmp)
+    tmp.replace(store.path("fp32"))
+    store.record("fp32", key, source=str(source), source_sha256=sha, parity="none: the brought-in file is FP32")
+    store.update(
+        framework=spec.framework,
+        category=spec.category,
+        task=spec.task,
+        config=dict(cfg),
+        inputs=[s.describe() for s in spec.input_specs(size)],
+        outputs=list(spec.outputs),
+        code_version=spec.version,
+    )
+    return store.path("fp32")
+
+
+class UnsupportedPrecision(ArtifactError):
+    """A brought-in model that the FP16 or INT8 conversion cannot handle: a fact about the model, whose cells
+    are reported ``unsupported`` with this reason rather than failed."""
 
 
 def _record_model_facts(spec: ModelSpec, size: str, store: ModelStore) -> None:
@@ -142,10 +181,13 @@ def calibration_feeds(spec: ModelSpec, size: str, calib: CalibrationSettings):
     from calibration.feeds import file_feeds, synthetic_feeds
 
     specs = spec.input_specs(size)
+    # A brought-in graph with a fixed batch dimension N (models/byo.py) is calibrated N samples at a time.
+    # A model whose calibration would not fit in memory at the default batch names a smaller one.
+    batch = spec.config(size).get("fixed_batch") or min(calib.batch, spec.calibration_batch or calib.batch)
     if calib.data is not None:
-        return file_feeds(calib.data, specs, calib.batch, calib.samples)
+        return file_feeds(calib.data, specs, batch, calib.samples)
     return synthetic_feeds(
-        specs, calib.samples, calib.batch, calib.seed, lambda batch, rng: spec.sample_batch(size, batch, rng)
+        specs, calib.samples, batch, calib.seed, lambda batch, rng: spec.sample_batch(size, batch, rng)
     )
 
 
@@ -166,9 +208,7 @@ def ensure_int8(
     name = int8_artifact_name(flavour)
     feeds = calibration_feeds(spec, size, calib)
     source = store.entry("fp32")["sha256"]
-    calib_key = cache_key(
-        source=source, method=calib.method, samples=calib.samples, data=feeds.digest, rule="calib-v2"
-    )
+    calib_key = cache_key(source=source, method=calib.method, samples=calib.samples, data=feeds.digest, rule="calib-v2")
     options = dict(spec.int8_options)
     key = cache_key(
         calib=calib_key, flavour=flavour, options=options, onnxruntime=_version("onnxruntime"), rule="int8-v2"
@@ -201,7 +241,18 @@ def ensure(
     calib: CalibrationSettings = CalibrationSettings(),
     int8_flavour: str = "cpu",
 ) -> Path:
-    """The artifact for one precision (``fp32``, ``fp16`` or ``int8``), built if needed."""
+    """The artifact for one precision (``fp32``, ``fp16`` or ``int8``), built if needed.
+
+    For a brought-in model (framework ``onnx``) a conversion that fails raises UnsupportedPrecision."""
+    if spec.framework == "onnx" and precision in ("fp16", "int8"):
+        ensure_fp32(spec, size, settings)
+        try:
+            if precision == "fp16":
+                return ensure_fp16(spec, size, settings)
+            return ensure_int8(spec, size, settings, calib, int8_flavour)
+        except Exception as exc:  # noqa: BLE001 - whatever the converter or its check raises is the reason
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UnsupportedPrecision(f"{spec.name} cannot be converted to {precision}: {reason}") from exc
     if precision == "fp32":
         return ensure_fp32(spec, size, settings)
     if precision == "fp16":

@@ -13,6 +13,8 @@ import pytest
 # never touch the repository's own store.
 _STORE = Path(tempfile.mkdtemp(prefix="aimatrix-test-store-"))
 os.environ["AIMATRIX_STORE"] = str(_STORE)
+# Measured machine roofs are cached per machine; tests keep theirs out of the user's home directory.
+os.environ["AIMATRIX_CACHE"] = str(_STORE / "cache")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -32,7 +32,9 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
 ]
 
-TF_MODELS = [name for name, spec in all_models().items() if spec.framework == "tensorflow"]
+# The exporter's own checks run on the models it was written against; every other TensorFlow model is
+# exported, converted and run by its family's zoo test.
+TF_MODELS = ["wide_deep", "bert", "bert_base"]
 # Seed 0 twice (determinism), seed 1 once (the seed reaches the weights).
 RUNS = {"first": 0, "again": 0, "other_seed": 1}
 
@@ -69,7 +71,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, ex
 
 
 def test_catalogue_has_the_tensorflow_models() -> None:
-    assert set(TF_MODELS) >= {"wide_deep", "bert", "bert_base"}
+    assert all(all_models()[name].framework == "tensorflow" for name in TF_MODELS)
 
 
 @pytest.mark.parametrize("name", TF_MODELS)

@@ -1,0 +1,171 @@
+"""Compare runs: "vendor A against vendor B", "1 thread against 2", "ONNX Runtime against TensorRT".
+
+Runs are labelled A, B, C, ... in the order given; A is the baseline. Cells are joined on (model, size,
+precision, batch size, engine), or without the engine (``ignore_engine``) to compare engines with each other.
+For each other run X the ratios are X / A: ``p50`` (latency; below 1 means X is faster), ``samples/s``
+(throughput) and ``FLOP/s`` (above 1 means X is faster). Cells missing or not ok in a run have no ratio.
+The environments (CPU, GPU, packages, threads) are listed side by side.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Any
+
+from bench.report import fmt, load_run
+
+METRICS = (("latency_ms_p50", "p50 ms"), ("throughput_samples_per_s", "samples/s"), ("flops_per_s", "FLOP/s"))
+
+
+class CompareError(ValueError):
+    """Runs that cannot be compared as asked."""
+
+
+def labels(count: int) -> list[str]:
+    """A, B, ..., Z, then R27, R28, ..."""
+    return [string.ascii_uppercase[i] if i < 26 else f"R{i + 1}" for i in range(count)]
+
+
+def _key(row: dict[str, Any], ignore_engine: bool) -> tuple:
+    base = (row.get("model"), row.get("size"), row.get("precision"), row.get("batch_size"))
+    return base if ignore_engine else (*base, row.get("engine"))
+
+
+def join(runs: list[list[dict[str, Any]]], ignore_engine: bool = False) -> list[dict[str, Any]]:
+    """One flat record per cell key present in any run, with each run's metrics and the ratios to run A.
+
+    Raises CompareError when ``ignore_engine`` leaves one run with two cells for one key.
+    """
+    names = labels(len(runs))
+    indexed: list[dict[tuple, dict]] = []
+    for name, rows in zip(names, runs, strict=True):
+        by_key: dict[tuple, dict] = {}
+        for row in rows:
+            key = _key(row, ignore_engine)
+            if key in by_key:
+                raise CompareError(
+                    f"run {name} has cells of several engines for {key[:4]} "
+                    f"({by_key[key].get('engine')}, {row.get('engine')}); compare without --ignore-engine"
+                )
+            by_key[key] = row
+        indexed.append(by_key)
+    keys = list(dict.fromkeys(k for by_key in indexed for k in by_key))
+    records = []
+    for key in keys:
+        record: dict[str, Any] = dict(zip(("model", "size", "precision", "batch_size"), key[:4], strict=True))
+        engines = [by_key.get(key, {}).get("engine") for by_key in indexed]
+        record["engine"] = key[4] if not ignore_engine else " / ".join(str(e or "-") for e in engines)
+        rows = [by_key.get(key) for by_key in indexed]
+        record["status"] = " / ".join((r or {}).get("status") or "absent" for r in rows)
+        for name, row in zip(names, rows, strict=True):
+            ok = row is not None and row.get("status") == "ok"
+            for column, title in METRICS:
+                record[f"{title} {name}"] = row.get(column) if ok else None
+        for name in names[1:]:
+            for _, title in METRICS:
+                base, other = record[f"{title} A"], record[f"{title} {name}"]
+                record[f"{name}/A {title}"] = other / base if base and other else None
+        records.append(record)
+    return records
+
+
+def environment_table(envs: list[dict[str, Any]], dirs: list[Path], runs: list[list[dict]]) -> list[list[Any]]:
+    """Rows (what, value in A, value in B, ...) describing each run's machine, software and settings."""
+    from bench.report import engine_threads
+
+    def cpu(key: str):
+        return [env.get("cpu", {}).get(key) for env in envs]
+
+    rows = [
+        ["directory", *[str(d) for d in dirs]],
+        ["cpu", *cpu("model")],
+        ["cores (logical)", *cpu("logical_cores")],
+        ["cores (physical)", *cpu("physical_cores")],
+        ["memory GiB", *cpu("memory_gib")],
+        ["cpu flags", *[" ".join(f or []) for f in cpu("flags")]],
+        ["gpu", *[_gpu(env) for env in envs]],
+        ["onnxruntime providers", *[", ".join(env.get("onnxruntime_providers", [])) for env in envs]],
+        ["python", *[env.get("python") for env in envs]],
+        ["platform", *[env.get("platform") for env in envs]],
+    ]
+    engines = sorted({r.get("engine") for rows in runs for r in rows if r.get("engine")})
+    for engine in engines:
+        rows.append(
+            [
+                f"{engine} threads",
+                *[
+                    engine_threads(rs, engine, env) if _has(rs, engine) else None
+                    for rs, env in zip(runs, envs, strict=True)
+                ],
+            ]
+        )
+    packages = sorted({name for env in envs for name in env.get("packages", {})})
+    rows += [[name, *[env.get("packages", {}).get(name) for env in envs]] for name in packages]
+    return rows
+
+
+def _has(rows: list[dict], engine: str) -> bool:
+    return any(r.get("engine") == engine for r in rows)
+
+
+def _gpu(env: dict[str, Any]) -> str | None:
+    """A run's GPU description, from whichever field the environment recorded (none on CPU machines)."""
+    for key in ("gpu", "gpus", "cuda_devices"):
+        value = env.get(key)
+        if value:
+            if isinstance(value, list):
+                return "; ".join(v.get("name", str(v)) if isinstance(v, dict) else str(v) for v in value)
+            if isinstance(value, dict):
+                return str(value.get("name") or value)
+            return str(value)
+    return None
+
+
+def compare(dirs: list[Path], ignore_engine: bool = False, out: Path | None = None) -> tuple[str, Path, Path]:
+    """Join the runs in ``dirs`` and write ``compare.md`` and ``compare.csv`` into ``out`` (default: the first
+    run directory). Returns (the Markdown text, its path, the CSV path). Raises CompareError for fewer than
+    two runs or a directory without results."""
+    import polars as pl
+
+    if len(dirs) < 2:
+        raise CompareError("compare needs at least two run directories")
+    runs, envs = [], []
+    for directory in dirs:
+        try:
+            rows, env = load_run(directory)
+        except FileNotFoundError as exc:
+            raise CompareError(str(exc)) from None
+        runs.append(rows)
+        envs.append(env)
+    records = join(runs, ignore_engine)
+    names = labels(len(dirs))
+    lines = [
+        "# Comparison of runs",
+        "",
+        "Runs: " + "; ".join(f"{n} = {d}" for n, d in zip(names, dirs, strict=True)) + ".",
+        "",
+        f"Cells joined on model, size, precision, batch size{'' if ignore_engine else ' and engine'}. Ratios are "
+        "X / A: p50 latency below 1, samples/s and FLOP/s above 1 mean X is faster than A.",
+        "",
+        "## Environments",
+        "",
+    ]
+    lines += _markdown_table(["what", *names], environment_table(envs, dirs, runs))
+    lines += ["", "## Cells", ""]
+    columns = list(records[0]) if records else ["model"]
+    lines += _markdown_table(columns, [[record[c] for c in columns] for record in records])
+    text = "\n".join(lines) + "\n"
+    out_dir = Path(out) if out else Path(dirs[0])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md_path, csv_path = out_dir / "compare.md", out_dir / "compare.csv"
+    md_path.write_text(text)
+    frame = pl.DataFrame(records, infer_schema_length=None) if records else pl.DataFrame({"model": []})
+    frame.write_csv(csv_path)
+    return text, md_path, csv_path
+
+
+def _markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(fmt(v).replace("|", "/") for v in row) + " |" for row in rows]
+    return lines

@@ -1,0 +1,471 @@
+"""The report of a run directory: ``report.md`` and one self-contained ``report.html`` (images inlined).
+
+Sections: the summary table; speed-up of FP16 and INT8 over FP32 per model, engine and batch size; accuracy
+against FP32 with pass or fail against a threshold; the roofline per engine with each cell's percent of its
+roof; the comparison with the paper's Table I where the run has full-size catalogue models; the environment.
+
+Accuracy pass rule (``threshold``, default 0.99, as MLPerf's "99% of FP32"): a metric where higher is better
+(agreement of top-1 classes, spans, boxes, keypoints, strings or tokens; cosine similarity for brought-in
+models) passes when its value >= threshold, FP32's agreement with itself being 1. An error metric (the CTR
+models' max abs error of the probability) has no scale-free bound, so those cells pass when the cosine
+similarity of their raw outputs to FP32 >= threshold.
+
+Roofs come from ``roofs_for``: given roofs (preset, file or values) when any; otherwise the measured roofs
+cached for the machine and engine the run used (``analysis.peak``); otherwise, when the run was made on this
+machine, they are measured now (quick) and cached; otherwise the roofline shows the points without roofs.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from analysis.peak import Roofs, format_rate, unit
+
+DEFAULT_THRESHOLD = 0.99
+TABLE1 = Path(__file__).resolve().parent.parent / "analysis" / "table1.csv"
+PEAK_TIMEOUT_S = 600.0
+
+
+# ----------------------------------------------------------------------------------------------- document
+
+
+@dataclass
+class Document:
+    """A report as blocks, rendered to Markdown and to HTML from the same content."""
+
+    blocks: list[tuple] = field(default_factory=list)
+
+    def heading(self, level: int, text: str) -> None:
+        self.blocks.append(("heading", level, text))
+
+    def para(self, text: str) -> None:
+        self.blocks.append(("para", text))
+
+    def table(self, header: list[str], rows: list[list[Any]]) -> None:
+        self.blocks.append(("table", header, [[fmt(v) for v in row] for row in rows]))
+
+    def image(self, path: Path, alt: str) -> None:
+        self.blocks.append(("image", Path(path), alt))
+
+    def code(self, text: str) -> None:
+        self.blocks.append(("code", text))
+
+    def markdown(self) -> str:
+        """The document as Markdown; images are links relative to the report's directory."""
+        out = []
+        for block in self.blocks:
+            kind = block[0]
+            if kind == "heading":
+                out.append("#" * block[1] + " " + block[2])
+            elif kind == "para":
+                out.append(block[1])
+            elif kind == "table":
+                header, rows = block[1], block[2]
+                lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+                lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
+                out.append("\n".join(lines))
+            elif kind == "image":
+                out.append(f"![{block[2]}]({block[1].name})")
+            elif kind == "code":
+                out.append("```\n" + block[1].rstrip() + "\n```")
+        return "\n\n".join(out) + "\n"
+
+    def html(self, title: str) -> str:
+        """The document as one HTML page with every image embedded as base64 (no file beside it needed)."""
+        body = []
+        for block in self.blocks:
+            kind = block[0]
+            if kind == "heading":
+                body.append(f"<h{block[1]}>{html.escape(block[2])}</h{block[1]}>")
+            elif kind == "para":
+                body.append(f"<p>{html.escape(block[1])}</p>")
+            elif kind == "table":
+                head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
+                rows = "".join(
+                    "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in block[2]
+                )
+                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            elif kind == "image":
+                data = base64.b64encode(block[1].read_bytes()).decode("ascii")
+                body.append(f'<p><img alt="{html.escape(block[2])}" src="data:image/png;base64,{data}"></p>')
+            elif kind == "code":
+                body.append(f"<pre>{html.escape(block[1])}</pre>")
+        style = (
+            "body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0;"
+            "font-size:13px}th,td{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#eee}"
+            "img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:12px}"
+        )
+        return (
+            f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+        )
+
+
+def fmt(value: Any) -> str:
+    """A table cell: floats to about four significant digits, None as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if value != value:
+            return ""
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+            return f"{value:.3g}"
+        return f"{value:.4g}"
+    return str(value)
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+
+def load_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(rows of results.jsonl, env.json) of a run directory; raises FileNotFoundError if it has no results."""
+    from bench.results import ResultsFile
+
+    if not (Path(run_dir) / "results.jsonl").is_file():
+        raise FileNotFoundError(f"{run_dir} has no results.jsonl")
+    results = ResultsFile(Path(run_dir))
+    env_path = Path(run_dir) / "env.json"
+    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    return results.rows(), env
+
+
+def engine_threads(rows: Iterable[dict[str, Any]], engine: str, env: dict[str, Any]) -> int | None:
+    """The intra-op threads ``engine`` ran with: from its cells' settings, else the run's options or cores."""
+    for row in rows:
+        if row.get("engine") == engine and row.get("engine_settings"):
+            try:
+                threads = json.loads(row["engine_settings"]).get("intra_op_threads")
+            except (json.JSONDecodeError, AttributeError):
+                threads = None
+            if threads:
+                return int(threads)
+    settings = env.get("settings", {})
+    return (settings.get("engine_options") or {}).get("threads") or env.get("cpu", {}).get("physical_cores")
+
+
+def run_machine_key(env: dict[str, Any], engine: str, threads: int | None) -> dict[str, Any]:
+    """The ``analysis.peak.machine_key`` of the machine a run was made on, from its env.json."""
+    packages = env.get("packages", {})
+    return {
+        "cpu": env.get("cpu", {}).get("model"),
+        "logical_cores": env.get("cpu", {}).get("logical_cores"),
+        "onnxruntime": packages.get("onnxruntime") or packages.get("onnxruntime-gpu") or "absent",
+        "engine": engine,
+        "threads": threads,
+    }
+
+
+def roofs_for(
+    rows: list[dict[str, Any]], env: dict[str, Any], engine: str, given: Roofs | None, measure: bool = True
+) -> Roofs | None:
+    """The roofs to draw ``engine``'s cells against (see the module docstring for the order tried)."""
+    if given is not None:
+        return given
+    from analysis.peak import cached_roofs, machine_key
+
+    threads = engine_threads(rows, engine, env)
+    key = run_machine_key(env, engine, threads)
+    cached = cached_roofs(key)
+    if cached is not None or not measure:
+        return cached
+    here = machine_key(engine, threads)
+    if any(here[k] != key[k] for k in ("cpu", "logical_cores", "onnxruntime")):
+        return None
+    import engines
+    from bench.isolation import run_isolated
+
+    if engines.availability(engine) is not None:
+        return None
+    print(f"measuring {engine} roofs for the report (quick; `suite.py peak` measures fully)", file=sys.stderr)
+    result = run_isolated(
+        "analysis.peak:measure_and_cache", {"engine": engine, "threads": threads, "quick": True}, PEAK_TIMEOUT_S
+    )
+    return Roofs.from_json(result.value) if result.ok else None
+
+
+def paper_rows() -> dict[str, dict[str, str]]:
+    """The paper's Table I by its model name."""
+    with open(TABLE1) as handle:
+        return {row["model"]: row for row in csv.DictReader(handle)}
+
+
+def paper_model(name: str) -> str | None:
+    """The paper's name for a suite model, or None (unknown models, brought-in models)."""
+    import models
+
+    try:
+        return models.get_model(name).paper_model
+    except (models.UnknownModelError, ValueError, OSError):
+        return None
+
+
+# --------------------------------------------------------------------------------------------- judgements
+
+
+def accuracy_verdict(row: dict[str, Any], threshold: float) -> tuple[str, str]:
+    """(``pass``/``FAIL``/``-``, the rule applied) for one cell's accuracy against FP32."""
+    from analysis.accuracy import PRIMARY
+
+    metric = row.get("accuracy_metric")
+    higher_better = next((better for name, better in PRIMARY.values() if name == metric), None)
+    if higher_better and row.get("accuracy_value") is not None:
+        return ("pass" if row["accuracy_value"] >= threshold else "FAIL"), f"{metric} >= {threshold:g}"
+    if row.get("accuracy_cosine") is not None:
+        return ("pass" if row["accuracy_cosine"] >= threshold else "FAIL"), f"cosine >= {threshold:g}"
+    return "-", "no accuracy measured"
+
+
+def cell_key(row: dict[str, Any]) -> tuple:
+    return (row.get("model"), row.get("size"), row.get("engine"), row.get("batch_size"))
+
+
+# ------------------------------------------------------------------------------------------------- report
+
+
+SUMMARY = (
+    ("model", "model"),
+    ("size", "size"),
+    ("engine", "engine"),
+    ("precision", "prec"),
+    ("batch_size", "batch"),
+    ("status", "status"),
+    ("latency_ms_p50", "p50 ms"),
+    ("latency_ms_p99", "p99 ms"),
+    ("throughput_samples_per_s", "samples/s"),
+    ("flops_per_s", "FLOP/s"),
+    ("arith_intensity", "FLOP/byte"),
+    ("accuracy_metric", "accuracy metric"),
+    ("accuracy_value", "value"),
+    ("error", "reason"),
+)
+
+
+def build(
+    run_dir: Path,
+    threshold: float = DEFAULT_THRESHOLD,
+    given: Roofs | None = None,
+    measure: bool = True,
+) -> Document:
+    """The report of ``run_dir`` as a Document; draws the roofline images into ``run_dir`` on the way."""
+    from analysis.roofline import plot
+
+    run_dir = Path(run_dir)
+    rows, env = load_run(run_dir)
+    doc = Document()
+    counts = {s: sum(1 for r in rows if r.get("status") == s) for s in ("ok", "failed", "unsupported")}
+    doc.heading(1, f"aimatrix-onnx report: {run_dir.name}")
+    doc.para(
+        f"{len(rows)} cells: {counts['ok']} ok, {counts['failed']} failed, {counts['unsupported']} unsupported. "
+        f"Run directory {run_dir.resolve()}; report written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}."
+    )
+
+    doc.heading(2, "Summary")
+    doc.table(
+        [title for _, title in SUMMARY],
+        [[str(r.get(k))[:120] if k == "error" and r.get(k) else r.get(k) for k, _ in SUMMARY] for r in rows],
+    )
+
+    _speedups(doc, rows)
+    _accuracy(doc, rows, threshold)
+    engines = list(dict.fromkeys(r.get("engine") for r in rows if r.get("engine")))
+    roofs = {engine: roofs_for(rows, env, engine, given, measure) for engine in engines}
+    _roofline(doc, rows, roofs, run_dir, plot)
+    _paper(doc, rows)
+    _environment(doc, env)
+    return doc
+
+
+def _speedups(doc: Document, rows: list[dict[str, Any]]) -> None:
+    doc.heading(2, "Speed-up over FP32")
+    doc.para("FP32 p50 latency divided by the FP16 or INT8 p50 latency of the same model, size, engine and batch.")
+    groups: dict[tuple, dict[str, dict]] = {}
+    for row in rows:
+        groups.setdefault(cell_key(row), {})[row.get("precision")] = row
+    table = []
+    for (model, size, engine, batch), by_precision in groups.items():
+        base = by_precision.get("fp32", {})
+        line: list[Any] = [model, size, engine, batch, _p50(base)]
+        for precision in ("fp16", "int8"):
+            other = by_precision.get(precision, {})
+            line.append(_p50(other) if other else None)
+            speedup = _p50(base) / _p50(other) if _p50(base) and _p50(other) else None
+            line.append(f"{speedup:.2f}x" if speedup else (other.get("status") if other else None))
+        table.append(line)
+    doc.table(
+        ["model", "size", "engine", "batch", "fp32 p50 ms", "fp16 p50 ms", "fp16 x", "int8 p50 ms", "int8 x"], table
+    )
+
+
+def _p50(row: dict[str, Any]) -> float | None:
+    return row.get("latency_ms_p50") if row.get("status") == "ok" else None
+
+
+def _accuracy(doc: Document, rows: list[dict[str, Any]], threshold: float) -> None:
+    doc.heading(2, f"Accuracy against FP32 (threshold {threshold:g})")
+    doc.para(
+        "Each cell's outputs on the seeded accuracy inputs against ONNX Runtime CPU FP32 on the same inputs. "
+        f"Agreement metrics (higher is better) pass when value >= {threshold:g}; error metrics (max_abs_error) "
+        f"have no scale-free bound and pass when the cosine similarity of the outputs >= {threshold:g}. "
+        "FP32 cells are listed as a check of the comparison path itself."
+    )
+    table = []
+    for row in rows:
+        if row.get("status") != "ok" or row.get("accuracy_metric") is None:
+            continue
+        verdict, rule = accuracy_verdict(row, threshold)
+        table.append(
+            [
+                row["model"],
+                row["engine"],
+                row["precision"],
+                row["batch_size"],
+                row["accuracy_metric"],
+                row.get("accuracy_value"),
+                row.get("accuracy_cosine"),
+                row.get("accuracy_max_abs_error"),
+                rule,
+                verdict,
+            ]
+        )
+    header = ["model", "engine", "prec", "batch", "metric", "value", "cosine", "max abs error", "rule", "result"]
+    doc.table(header, table)
+
+
+def _roofline(doc: Document, rows: list[dict[str, Any]], roofs: dict[str, Roofs | None], run_dir: Path, plot) -> None:
+    doc.heading(2, "Roofline")
+    byte_models = sorted({str(r["bytes_model"]) for r in rows if r.get("bytes_model")})
+    doc.para(
+        "Achieved FLOP/s (FLOPs of the FP32 graph per batch / mean latency) against arithmetic intensity "
+        f"(FLOPs / bytes per batch, bytes = {', '.join(byte_models) or 'unknown'}). Bytes are counted at the FP32 "
+        "graph's element sizes for every precision, so FP16 and INT8 points sit at FP32's intensity (their real "
+        "intensity is higher). Percent of roof = achieved / min(compute roof of the precision, bandwidth x "
+        "intensity)."
+    )
+    for engine, engine_roofs in roofs.items():
+        doc.heading(3, engine)
+        if engine_roofs is None:
+            doc.para("No roofs for this engine's machine: run `python suite.py peak` there, or give --peaks.")
+        else:
+            roof_rows = [[p, format_rate(v, unit(p))] for p, v in engine_roofs.compute.items()]
+            roof_rows.append(["bandwidth", format_rate(engine_roofs.bandwidth, "B/s")])
+            doc.para(f"Roofs: {engine_roofs.source}.")
+            doc.table(["roof", "value"], roof_rows)
+        png, _svg = plot(rows, engine_roofs, run_dir, engine)
+        doc.image(png, f"roofline of {engine}")
+        table = []
+        for row in rows:
+            if row.get("engine") != engine or row.get("status") != "ok" or not row.get("flops_per_s"):
+                continue
+            intensity = row.get("arith_intensity")
+            bound = engine_roofs.attainable(row["precision"], intensity) if engine_roofs else None
+            table.append(
+                [
+                    row["model"],
+                    row["precision"],
+                    row["batch_size"],
+                    intensity,
+                    format_rate(row["flops_per_s"], unit(row["precision"])),
+                    format_rate(bound, unit(row["precision"])) if bound else None,
+                    f"{100 * row['flops_per_s'] / bound:.1f}%" if bound else None,
+                    engine_roofs.bound(row["precision"], intensity) if engine_roofs else None,
+                ]
+            )
+        doc.table(["model", "prec", "batch", "FLOP/byte", "achieved", "roof", "% of roof", "bound by"], table)
+
+
+def _paper(doc: Document, rows: list[dict[str, Any]]) -> None:
+    table1 = paper_rows()
+    table = []
+    for row in rows:
+        if row.get("precision") != "fp32" or not row.get("paper_flops_per_sample"):
+            continue
+        paper = table1.get(paper_model(row["model"]) or "", {})
+        paper_batch = int(paper["batch_size"]) if paper.get("batch_size") else None
+        table.append(
+            [
+                row["model"],
+                row["engine"],
+                row["batch_size"],
+                row["flops_per_batch"] / row["batch_size"] if row.get("flops_per_batch") else None,
+                row["paper_flops_per_sample"],
+                row.get("flops_ratio_to_paper"),
+                paper_batch,
+                float(paper["time_per_batch_s"]) * 1e3 if paper.get("time_per_batch_s") else None,
+                row.get("latency_ms_mean") if row.get("batch_size") == paper_batch else None,
+                float(paper["flops_per_s"]) if paper.get("flops_per_s") else None,
+                row.get("flops_per_s"),
+            ]
+        )
+    if not table:
+        return
+    doc.heading(2, "The paper's Table I")
+    doc.para(
+        "Our analytic FLOPs per sample (FP32 graph) against the paper's hardware counts on an NVIDIA V100 (FP32, "
+        "no tensor cores), and the paper's time per batch at its batch size against ours where the batch matches."
+    )
+    doc.table(
+        [
+            "model",
+            "engine",
+            "batch",
+            "FLOPs/sample",
+            "paper FLOPs/sample",
+            "ratio",
+            "paper batch",
+            "paper ms/batch",
+            "our mean ms/batch",
+            "paper FLOP/s",
+            "our FLOP/s",
+        ],
+        table,
+    )
+
+
+def _environment(doc: Document, env: dict[str, Any]) -> None:
+    doc.heading(2, "Environment")
+    if not env:
+        doc.para("The run directory has no env.json.")
+        return
+    cpu = env.get("cpu", {})
+    facts = [
+        ["cpu", cpu.get("model")],
+        ["cores (logical / physical)", f"{cpu.get('logical_cores')} / {cpu.get('physical_cores')}"],
+        ["memory GiB", cpu.get("memory_gib")],
+        ["cpu flags", " ".join(cpu.get("flags", []))],
+        ["python", env.get("python")],
+        ["platform", env.get("platform")],
+        ["onnxruntime providers", ", ".join(env.get("onnxruntime_providers", []))],
+    ]
+    facts += [[name, version] for name, version in env.get("packages", {}).items()]
+    doc.table(["what", "value"], facts)
+    doc.code(json.dumps(env, indent=2))
+
+
+def write_report(
+    run_dir: Path,
+    threshold: float = DEFAULT_THRESHOLD,
+    given: Roofs | None = None,
+    measure: bool = True,
+) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` (and the roofline images) into ``run_dir``; returns both paths.
+
+    ``given`` roofs replace measured ones; ``measure`` allows measuring roofs now when none are cached for a
+    run made on this machine.
+    """
+    if not 0 < threshold <= 1:
+        raise ValueError(f"the accuracy threshold must be in (0, 1], got {threshold:g}")
+    run_dir = Path(run_dir)
+    doc = build(run_dir, threshold, given, measure)
+    md, page = run_dir / "report.md", run_dir / "report.html"
+    md.write_text(doc.markdown())
+    page.write_text(doc.html(f"aimatrix-onnx report: {run_dir.name}"))
+    return md, page

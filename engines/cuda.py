@@ -1,0 +1,266 @@
+"""The CUDA driver reached through ctypes: is there a device, what is it, which driver and libraries; plus the
+CUDA graph calls the native TensorRT engine uses.
+
+Nothing here imports a framework or a CUDA Python package, so ``suite.py engines`` can say why a GPU engine is
+unusable without loading TensorRT, and a machine without a driver gets a reason instead of a crash. The driver
+API (``libcuda``) is used rather than the runtime because it ships with the driver itself: if it cannot be
+loaded, no CUDA engine can run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any
+
+# What to do when a GPU package is missing.
+GPU_INSTALL = (
+    "pip install -e '.[gpu]' in a new virtual environment; its onnxruntime-gpu replaces onnxruntime (the two "
+    "install the same module: never install both)"
+)
+# CUresult codes worth naming in a reason (cuda.h).
+_ERRORS = {
+    1: "CUDA_ERROR_INVALID_VALUE",
+    2: "CUDA_ERROR_OUT_OF_MEMORY",
+    3: "CUDA_ERROR_NOT_INITIALIZED",
+    34: "CUDA_ERROR_STUB_LIBRARY",
+    35: "CUDA_ERROR_INSUFFICIENT_DRIVER",
+    46: "CUDA_ERROR_DEVICES_UNAVAILABLE",
+    100: "CUDA_ERROR_NO_DEVICE",
+    101: "CUDA_ERROR_INVALID_DEVICE",
+    304: "CUDA_ERROR_OPERATING_SYSTEM",
+    900: "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED",
+    901: "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED",
+    999: "CUDA_ERROR_UNKNOWN",
+}
+# CUstreamCaptureMode: thread-local, as trtexec captures, so work other threads queue is not swept in.
+_CAPTURE_THREAD_LOCAL = 1
+
+
+class CudaError(RuntimeError):
+    """A CUDA driver call that failed; the message names the call and the CUresult."""
+
+
+def unusable(problems: list[str], missing_package: bool) -> str | None:
+    """One reason line from ``problems`` (None when there are none), ending with the install command when a
+    package is missing."""
+    problems = list(dict.fromkeys(p for p in problems if p))
+    if not problems:
+        return None
+    return "; ".join(problems) + (f". Install: {GPU_INSTALL}" if missing_package else "")
+
+
+def error_name(code: int) -> str:
+    """The CUresult name of ``code`` (``CUDA_ERROR_NO_DEVICE``), or the bare number."""
+    return _ERRORS.get(code, f"CUresult {code}")
+
+
+@functools.cache
+def _driver() -> ctypes.CDLL | None:
+    for name in ("libcuda.so.1", "libcuda.so", ctypes.util.find_library("cuda")):
+        if not name:
+            continue
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None
+
+
+def _call(what: str, code: int) -> None:
+    if code != 0:
+        raise CudaError(f"{what} failed: {error_name(code)}")
+
+
+@functools.cache
+def device_problem() -> str | None:
+    """None when the driver loads and sees at least one CUDA device; otherwise why not, in one line."""
+    lib = _driver()
+    if lib is None:
+        smi = "" if shutil.which("nvidia-smi") else "; no nvidia-smi"
+        return f"no NVIDIA driver (libcuda.so.1 cannot be loaded{smi})"
+    code = lib.cuInit(0)
+    if code != 0:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        hint = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+        return f"no usable CUDA device: cuInit returned {error_name(code)}{hint}"
+    count = ctypes.c_int(0)
+    code = lib.cuDeviceGetCount(ctypes.byref(count))
+    if code != 0 or count.value == 0:
+        return "no CUDA device is visible to the driver"
+    return None
+
+
+def device_names() -> list[str]:
+    """Names of the visible CUDA devices in driver order; empty when there is no usable device."""
+    if device_problem() is not None:
+        return []
+    lib = _driver()
+    count = ctypes.c_int(0)
+    lib.cuDeviceGetCount(ctypes.byref(count))
+    names = []
+    for index in range(count.value):
+        device = ctypes.c_int(0)
+        buffer = ctypes.create_string_buffer(256)
+        if lib.cuDeviceGet(ctypes.byref(device), index) == 0 and lib.cuDeviceGetName(buffer, 256, device) == 0:
+            names.append(buffer.value.decode(errors="replace"))
+    return names
+
+
+def driver_cuda_version() -> str | None:
+    """The newest CUDA version the installed driver supports (``12.8``), or None without a driver."""
+    lib = _driver()
+    if lib is None:
+        return None
+    version = ctypes.c_int(0)
+    if lib.cuDriverGetVersion(ctypes.byref(version)) != 0 or version.value == 0:
+        return None
+    return f"{version.value // 1000}.{version.value % 1000 // 10}"
+
+
+def nvidia_smi_gpus() -> list[dict[str, Any]]:
+    """Each GPU as nvidia-smi reports it (name, driver, memory in MiB, compute capability); empty without it."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    # compute_cap is a newer query field; an older nvidia-smi rejects it, so ask again without it.
+    base = ("name", "driver_version", "memory.total")
+    for fields in ((*base, "compute_cap"), base):
+        try:
+            result = subprocess.run(
+                ["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return []
+        if result.returncode != 0:
+            continue
+        gpus = []
+        for line in result.stdout.strip().splitlines():
+            values = [v.strip() for v in line.split(",")]
+            if len(values) != len(fields):
+                continue
+            gpu: dict[str, Any] = {"name": values[0], "driver": values[1]}
+            try:
+                gpu["memory_mib"] = int(float(values[2]))
+            except ValueError:
+                pass
+            if len(values) > 3:
+                gpu["compute_capability"] = values[3]
+            gpus.append(gpu)
+        return gpus
+    return []
+
+
+def module_version(module: str) -> str | None:
+    """The installed version of the distribution that provides the top-level module ``module``, read from
+    package metadata without importing the module (TensorRT's comes from ``tensorrt-cu12-bindings`` and
+    the like)."""
+    return package_version(*metadata.packages_distributions().get(module, []))
+
+
+def package_version(*names: str) -> str | None:
+    """The version of the first of the distributions ``names`` that is installed, or None."""
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _cudnn_from_library() -> str | None:
+    for name in ("libcudnn.so.9", "libcudnn.so.8", "libcudnn.so"):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        lib.cudnnGetVersion.restype = ctypes.c_size_t
+        version = int(lib.cudnnGetVersion())
+        # cuDNN 9 encodes major*10000 + minor*100 + patch; cuDNN 8 major*1000 + minor*100 + patch.
+        major, rest = (version // 10000, version % 10000) if version >= 90000 else (version // 1000, version % 1000)
+        return f"{major}.{rest // 100}.{rest % 100}"
+    return None
+
+
+def gpu_environment() -> dict[str, Any]:
+    """GPU facts for ``env.json``: GPUs, driver, CUDA, cuDNN and TensorRT versions. Empty where no GPU is
+    visible (CUDA libraries that a framework merely installed describe nothing then); keys whose value cannot
+    be found are left out; never raises."""
+    info: dict[str, Any] = {}
+    try:
+        gpus = nvidia_smi_gpus() or [{"name": name} for name in device_names()]
+        if not gpus:
+            return {}
+        info["gpus"] = gpus
+        driver_cuda = driver_cuda_version()
+        if driver_cuda:
+            info["cuda_driver_api"] = driver_cuda
+        runtime = package_version("nvidia-cuda-runtime-cu12", "nvidia-cuda-runtime-cu13", "nvidia-cuda-runtime")
+        if runtime:
+            info["cuda_runtime"] = runtime
+        try:
+            from onnxruntime.capi import build_and_package_info as ort_build
+
+            if getattr(ort_build, "cuda_version", None):
+                info["onnxruntime_cuda_build"] = ort_build.cuda_version
+            if getattr(ort_build, "cudnn_version", None):
+                info["onnxruntime_cudnn_build"] = ort_build.cudnn_version
+        except ImportError:
+            pass
+        cudnn = package_version("nvidia-cudnn-cu12", "nvidia-cudnn-cu13") or _cudnn_from_library()
+        if cudnn:
+            info["cudnn"] = cudnn
+        tensorrt = module_version("tensorrt") or package_version("tensorrt")
+        if tensorrt:
+            info["tensorrt"] = tensorrt
+    except Exception as exc:  # noqa: BLE001 - an environment report must never stop a run
+        info["error"] = f"{type(exc).__name__}: {exc}"
+    return info
+
+
+class CudaGraph:
+    """The work that ``enqueue`` puts on a stream, captured once as a CUDA graph and replayed by ``launch``.
+
+    ``stream`` is a CUstream handle (``pycuda.driver.Stream().handle``); the capturing context must be current.
+    """
+
+    def __init__(self, stream: int, enqueue: Callable[[], None]):
+        lib = _driver()
+        if lib is None:
+            raise CudaError("CUDA graphs need the NVIDIA driver (libcuda.so.1)")
+        self._lib = lib
+        self._graph = ctypes.c_void_p()
+        self._exec = ctypes.c_void_p()
+        handle = ctypes.c_void_p(stream)
+        _call("cuStreamBeginCapture", lib.cuStreamBeginCapture_v2(handle, ctypes.c_int(_CAPTURE_THREAD_LOCAL)))
+        try:
+            enqueue()
+        finally:
+            # Capture must be ended even when the enqueue failed, or the stream stays unusable.
+            ended = lib.cuStreamEndCapture(handle, ctypes.byref(self._graph))
+        _call("cuStreamEndCapture", ended)
+        _call(
+            "cuGraphInstantiateWithFlags",
+            lib.cuGraphInstantiateWithFlags(ctypes.byref(self._exec), self._graph, ctypes.c_ulonglong(0)),
+        )
+
+    def launch(self, stream: int) -> None:
+        """Replay the graph on ``stream`` (asynchronous, like any launch)."""
+        _call("cuGraphLaunch", self._lib.cuGraphLaunch(self._exec, ctypes.c_void_p(stream)))
+
+    def close(self) -> None:
+        """Free the graph; safe to call twice."""
+        if self._exec:
+            self._lib.cuGraphExecDestroy(self._exec)
+            self._exec = ctypes.c_void_p()
+        if self._graph:
+            self._lib.cuGraphDestroy(self._graph)
+            self._graph = ctypes.c_void_p()

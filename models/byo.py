@@ -1,0 +1,233 @@
+"""Bring your own model: a ModelSpec built from any ONNX file (``suite.py run --onnx FILE``).
+
+This is not a catalogue model file (it has no ``SPECS``): ``register`` reads the file's graph inputs and
+outputs and writes the description to ``<store>/byo/<stem>/spec.json``, next to the model's artifacts, and
+the spec is named ``byo/<stem>``, so its artifacts live in ``<store>/byo/<stem>/<size>/``. Child processes
+look models up by name (``models.get_model``), which rebuilds the spec from that file with ``load``.
+
+Inputs take their dtype from the graph and their shape from the graph, with the first dimension as the
+batch; any other dimension that is not a fixed number must be given with ``--input-shapes`` (whose first
+value, the batch, is replaced by each batch size of the run). A graph whose first dimension is a fixed
+number runs at that batch size only. Synthetic inputs are valid whatever the model means by them: floats
+uniform in [0, 1), integers drawn from {0, 1} (valid as ids, masks and segment ids of any vocabulary),
+booleans True. ``--calib-data`` replaces the synthetic calibration inputs with real ones (for a graph with a
+fixed batch N they are read N samples at a time, so give a multiple of N).
+
+The file is the FP32 reference as it is: it is copied into the store (with its sha256), not exported, so
+there is no parity check. Its task is ``generic``: accuracy is the cosine similarity and max abs error of
+every output against FP32.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models import InputSpec, ModelSpec, UnknownModelError
+
+PREFIX = "byo/"
+_FLOAT_RANGE = (0.0, 1.0)
+_INT_RANGE = (0, 2)
+
+
+class ByoError(ValueError):
+    """An ONNX file, or input shapes for it, that the suite cannot run as given; the message says the fix."""
+
+
+def parse_input_shapes(text: str | None) -> dict[str, tuple[int, ...]]:
+    """``x:1x3x224x224,mask:1x128`` -> {"x": (1, 3, 224, 224), "mask": (1, 128)}; bad text raises ByoError."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        name, sep, dims = part.strip().rpartition(":")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or any(d < 1 for d in shape):
+            raise ByoError(f"--input-shapes: cannot read {part.strip()!r}; write name:1x3x224x224,other:1x128")
+        shapes[name] = shape
+    return shapes
+
+
+def _stem(path: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem) or "model"
+
+
+def describe_onnx(path: Path, input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
+    """The JSON description of an ONNX file's spec: name, source, sha256, inputs, outputs, fixed batch.
+
+    Raises ByoError when the file cannot be read, keeps its weights in external files, has an input type the
+    suite cannot feed, or has dynamic dimensions (other than the batch) that ``input_shapes`` does not give:
+    one message names all of them.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    from onnx_models.store import sha256_file
+
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise ByoError(f"--onnx {path} does not exist")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ByoError(f"--onnx {path} is not a readable ONNX model ({exc})") from None
+    if any(t.data_location == TensorProto.EXTERNAL for t in proto.graph.initializer):
+        raise ByoError(
+            f"{path} keeps its weights in external data files; save it as one file first "
+            "(onnx.save(onnx.load(path), new_path), for models under 2 GiB)"
+        )
+    shapes = dict(input_shapes or {})
+    init_names = {t.name for t in proto.graph.initializer}
+    graph_inputs = [vi for vi in proto.graph.input if vi.name not in init_names]
+    unknown = sorted(set(shapes) - {vi.name for vi in graph_inputs})
+    if unknown:
+        raise ByoError(
+            f"--input-shapes names inputs the model does not have: {', '.join(unknown)}; "
+            f"its inputs are {', '.join(vi.name for vi in graph_inputs)}"
+        )
+    inputs, dynamic, problems, batches = [], [], [], set()
+    for vi in graph_inputs:
+        tensor_type = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type") or tensor_type.elem_type in (TensorProto.STRING, 0):
+            problems.append(f"input {vi.name} is not a numeric tensor")
+            continue
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
+        dims = list(tensor_type.shape.dim) if tensor_type.HasField("shape") else None
+        given = shapes.get(vi.name)
+        if dims is None and given is None:
+            dynamic.append(f"{vi.name} (rank unknown)")
+            continue
+        if dims is not None and given is not None and len(given) != len(dims):
+            problems.append(f"--input-shapes gives {vi.name} rank {len(given)}, the model has rank {len(dims)}")
+            continue
+        rank = len(given) if given is not None else len(dims)
+        if rank == 0:
+            problems.append(f"input {vi.name} is a scalar; only inputs with a batch dimension can be run")
+            continue
+        shape: list[int | str] = ["batch"]
+        if dims is not None and dims[0].WhichOneof("value") == "dim_value":
+            batches.add(dims[0].dim_value)
+        else:
+            batches.add(None)
+        for i in range(1, rank):
+            fixed = dims[i].dim_value if dims is not None and dims[i].WhichOneof("value") == "dim_value" else None
+            if given is not None:
+                if fixed is not None and given[i] != fixed:
+                    problems.append(
+                        f"--input-shapes gives {vi.name} dimension {i} = {given[i]}, the model fixes {fixed}"
+                    )
+                shape.append(given[i])
+            elif fixed is not None:
+                shape.append(fixed)
+            else:
+                symbol = dims[i].dim_param if dims is not None else ""
+                dynamic.append(f"{vi.name} dimension {i}" + (f" ({symbol})" if symbol else ""))
+        low, high = _INT_RANGE if np.issubdtype(np.dtype(dtype), np.integer) else _FLOAT_RANGE
+        inputs.append({"name": vi.name, "shape": shape, "dtype": dtype, "low": low, "high": high})
+    if dynamic:
+        example = ",".join(f"{vi.name}:1x..." for vi in graph_inputs)
+        raise ByoError(
+            f"{path.name}: dynamic dimensions without a size: {'; '.join(dynamic)}; "
+            f"give every input's full shape with --input-shapes {example}"
+        )
+    if problems:
+        raise ByoError(f"{path.name}: " + "; ".join(problems))
+    if len(batches) > 1:
+        raise ByoError(
+            f"{path.name}: the inputs' first dimensions disagree ({sorted(batches, key=str)}); "
+            "every input must have the same batch dimension, dynamic or fixed"
+        )
+    return {
+        "name": PREFIX + _stem(path),
+        "source": str(path),
+        "sha256": sha256_file(path),
+        "inputs": inputs,
+        "outputs": [o.name for o in proto.graph.output],
+        "fixed_batch": next(iter(batches)) if batches else None,
+        "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
+    }
+
+
+def spec_path(name: str) -> Path:
+    """Where the spec of BYO model ``name`` is kept: ``<store>/<name>/spec.json``."""
+    from onnx_models import store_root
+
+    return store_root() / name / "spec.json"
+
+
+def register(path: Path, input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> ModelSpec:
+    """Describe ``path`` (see ``describe_onnx``), persist it for child processes, and return its ModelSpec.
+
+    A store entry belongs to one file and one set of input shapes: when either changed since the last
+    registration, the entry's artifacts and cached analyses (FLOPs, FP32 references) are removed first.
+    """
+    description = describe_onnx(path, input_shapes)
+    target = spec_path(description["name"])
+    if target.is_file():
+        try:
+            old = json.loads(target.read_text())
+        except json.JSONDecodeError:
+            old = None
+        if old != description:
+            shutil.rmtree(target.parent)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(description, indent=2, sort_keys=True))
+    return build_spec(description)
+
+
+def load(name: str) -> ModelSpec:
+    """The spec of a registered BYO model; raises UnknownModelError if ``name`` was never registered here."""
+    path = spec_path(name)
+    if not path.is_file():
+        raise UnknownModelError(f"unknown model {name!r}: no {path}; bring it with suite.py run --onnx FILE")
+    return build_spec(json.loads(path.read_text()))
+
+
+def _not_exportable(cfg: Mapping[str, Any], seed: int) -> None:
+    raise RuntimeError("a brought-in ONNX model is copied into the store, never exported")
+
+
+def build_spec(description: Mapping[str, Any]) -> ModelSpec:
+    """The ModelSpec of a description written by ``describe_onnx``."""
+    inputs = [
+        InputSpec(i["name"], tuple(i["shape"]), i["dtype"], float(i["low"]), float(i["high"]))
+        for i in description["inputs"]
+    ]
+    fixed = description.get("fixed_batch")
+    sampler = None
+    if fixed:
+        # A graph traced at batch N runs only N: every batch drawn (checks, calibration) has N samples.
+        def sampler(cfg: Mapping[str, Any], batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+            return {spec.name: spec.sample(rng, fixed) for spec in inputs}
+
+    config = {
+        "onnx": description["source"],
+        "sha256": description["sha256"],
+        "inputs": [s.describe() for s in inputs],
+        "fixed_batch": fixed,
+    }
+    return ModelSpec(
+        name=description["name"],
+        category="byo",
+        framework="onnx",
+        task="generic",
+        paper_model=None,
+        paper_batch=fixed or 1,
+        summary=f"ONNX file {description['source']}",
+        configs={"full": config, "tiny": config},
+        inputs=lambda cfg: list(inputs),
+        outputs=tuple(description["outputs"]),
+        build=_not_exportable,
+        version=description["sha256"][:16],
+        sampler=sampler,
+        notes="brought in with --onnx: copied, not exported; accuracy is cosine similarity against FP32",
+    )

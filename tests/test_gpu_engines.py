@@ -1,0 +1,517 @@
+"""GPU and vendor engines.
+
+Without a GPU: engine discovery and the reasons an engine is unusable, ``--provider-options`` parsing and
+exactly what reaches ``onnxruntime.InferenceSession``, native TensorRT engine-cache keys, ``unsupported``
+rows in a run that asks for GPU engines, and ``ort:CPUExecutionProvider`` as a real end-to-end run of the
+generic provider route. With a GPU (marked ``gpu``): every engine at fp32, fp16 and int8 against ort-cpu
+FP32, the CUDA-graph and include-copies paths, and TensorRT's engine cache reused on a second activation.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, save
+
+import engines
+import suite
+from bench.env import environment
+from bench.isolation import run_isolated
+from engines import EngineError, UnknownEngineError
+from engines.cuda import device_problem, gpu_environment, nvidia_smi_gpus
+from engines.options import parse_provider_options, provider_share
+from engines.ort_cuda import OrtCudaEngine, OrtDeviceEngine
+from engines.ort_trt import OrtTrtEngine, profile_string
+from engines.tensorrt_native import TensorRTEngine, engine_cache_key, exact_profile, shapes_from_onnx
+
+GPU_ENGINES = ("ort-cuda", "ort-trt", "tensorrt")
+QUICK = ["--size", "tiny", "--warmup-s", "0", "--duration-s", "0.2", "--min-iters", "3", "--accuracy-samples", "8"]
+REAL_SESSION = ort.InferenceSession
+
+
+@pytest.fixture
+def tiny_onnx(tmp_path):
+    """A real one-node ONNX model, y = x + 1 with x of shape (batch, 4), saved as ``fp32.onnx``."""
+    one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "one"], ["y"])],
+        "add_one",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [one],
+    )
+    path = tmp_path / "fp32.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.fixture
+def sessions(monkeypatch):
+    """Replace onnxruntime.InferenceSession with a recorder of its arguments that then refuses to start."""
+    calls = []
+
+    def record(path, sess_options=None, providers=None, **kwargs):
+        calls.append({"path": path, "options": sess_options, "providers": providers})
+        raise RuntimeError("session creation recorded")
+
+    monkeypatch.setattr(ort, "InferenceSession", record)
+    return calls
+
+
+def run_options(*argv: str) -> dict:
+    """The engine options ``suite.py run ARGV`` hands to every engine."""
+    return suite.engine_options_from(suite.build_parser().parse_args(["run", *argv]))
+
+
+# ----------------------------------------------------------------------------------- discovery and reasons
+
+
+def test_registry_names_patterns_and_flavours():
+    assert engines.engine_names() == ["ort-cpu", "ort-cuda", "ort-trt", "tensorrt"]
+    assert engines.engine_patterns() == ["ort:<ProviderName>"]
+    assert engines.is_engine_name("ort:OpenVINOExecutionProvider") and engines.is_engine_name("tensorrt")
+    assert not engines.is_engine_name("ort:") and not engines.is_engine_name("trt")
+    with pytest.raises(UnknownEngineError, match="valid engines: ort-cpu, ort-cuda, ort-trt, tensorrt, ort:<Provi"):
+        engines.engine_class("ort:")
+    cls = engines.engine_class("ort:ROCMExecutionProvider")
+    assert cls is engines.engine_class("ort:ROCMExecutionProvider")
+    assert (cls.name, cls.provider, cls.int8_flavour) == ("ort:ROCMExecutionProvider", "ROCMExecutionProvider", "cpu")
+    assert engines.engine_class("ort:TensorrtExecutionProvider").int8_flavour == "tensorrt"
+    # The GPU engines all consume the symmetric INT8 artifact TensorRT needs.
+    assert {engines.engine_class(e).int8_flavour for e in GPU_ENGINES} == {"tensorrt"}
+
+
+def test_pattern_engine_resolves_in_a_fresh_child_process():
+    # Cells run in spawned children that know their engine only by name.
+    assert run_isolated("engines:availability", {"name": "ort:CPUExecutionProvider"}, 120).value is None
+    missing = run_isolated("engines:availability", {"name": "ort:NoSuchExecutionProvider"}, 120)
+    assert missing.ok and "NoSuchExecutionProvider is not in onnxruntime.get_available_providers()" in missing.value
+
+
+def test_reasons_on_this_machine():
+    reasons = {e: engines.availability(e) for e in GPU_ENGINES}
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        for engine in ("ort-cuda", "ort-trt"):
+            assert "is not in onnxruntime.get_available_providers()" in reasons[engine]
+            assert "pip install -e '.[gpu]'" in reasons[engine] and "replaces onnxruntime" in reasons[engine]
+    if importlib.util.find_spec("tensorrt") is None:
+        assert "tensorrt is not installed" in reasons["tensorrt"]
+        assert "pip install -e '.[gpu]'" in reasons["tensorrt"]
+    if importlib.util.find_spec("pycuda") is None:
+        assert "pycuda is not installed" in reasons["tensorrt"]
+    if device_problem() is not None:
+        assert all(device_problem() in reason for reason in reasons.values())
+    # The default engine list is every usable registered engine, whatever this machine has.
+    assert suite.parse_engines(None) == [e for e in engines.engine_names() if engines.availability(e) is None]
+
+
+def test_reasons_follow_each_missing_piece(monkeypatch):
+    import engines.ort_cuda as ort_cuda
+    import engines.tensorrt_native as native
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort_cuda, "package_version", lambda *names: "1.31.1" if "onnxruntime-gpu" in names else None)
+    monkeypatch.setattr(ort_cuda, "device_problem", lambda: None)
+    assert OrtCudaEngine.unavailable_reason() is None
+    monkeypatch.setattr(ort_cuda, "device_problem", lambda: "no CUDA device is visible to the driver")
+    # No package is missing, so no install command: only the device.
+    assert OrtCudaEngine.unavailable_reason() == "no CUDA device is visible to the driver"
+    monkeypatch.setattr(ort_cuda, "package_version", lambda *names: "1.31.1")
+    assert "both installed" in OrtCudaEngine.unavailable_reason()
+
+    found = {"tensorrt": object(), "pycuda": object()}
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: found.get(name) or real_find_spec(name, *a))
+    monkeypatch.setattr(native, "device_problem", lambda: None)
+    monkeypatch.setattr(native, "module_version", lambda module: "11.4.0.106")
+    assert TensorRTEngine.unavailable_reason() is None
+    monkeypatch.setattr(native, "module_version", lambda module: "8.6.1")
+    assert TensorRTEngine.unavailable_reason().startswith("TensorRT 8.6.1 is too old")
+
+
+def test_engines_command_lists_each_engine_and_the_pattern(capsys):
+    assert suite.main(["engines"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line for line in lines[2:]}
+    assert set(rows) == {*engines.engine_names(), "ort:<ProviderName>"}
+    for engine in GPU_ENGINES:
+        reason = engines.availability(engine)
+        assert (" no " in rows[engine] and reason in rows[engine]) if reason else " yes " in rows[engine]
+    assert "ort:CPUExecutionProvider" in rows["ort:<ProviderName>"]
+
+
+# ------------------------------------------------------------------------------ options -> InferenceSession
+
+
+def test_provider_options_parsing_and_scoping():
+    raw = parse_provider_options(
+        '{"device_id": 1, "flag": true, "CUDAExecutionProvider": {"cudnn_conv_algo_search": "HEURISTIC"},'
+        ' "tensorrt": {"workspace_mib": 1024}}'
+    )
+    options = {"provider_options": raw}
+    assert provider_share(options, ["CUDAExecutionProvider", "ort-cuda"], primary=True) == {
+        "device_id": 1,
+        "flag": True,
+        "cudnn_conv_algo_search": "HEURISTIC",
+    }
+    assert provider_share(options, ["CUDAExecutionProvider"], primary=False) == {"cudnn_conv_algo_search": "HEURISTIC"}
+    assert provider_share(options, ["tensorrt"], primary=True) == {"device_id": 1, "flag": True, "workspace_mib": 1024}
+    assert run_options("--provider-options", '{"a": 1}', "--cuda-graph", "--include-copies", "--threads", "3") == {
+        "threads": 3,
+        "provider_options": {"a": 1},
+        "include_copies": True,
+        "cuda_graph": True,
+    }
+    assert run_options() == {}
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("{bad", "--provider-options is not valid JSON"),
+        ("[1, 2]", "--provider-options must be a JSON object"),
+        ('{"foo": {"a": 1}}', "only a provider name"),
+        ('{"a": [1]}', "must be a string, number or boolean"),
+    ],
+)
+def test_bad_provider_options_are_one_clear_line(text, fragment, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert suite.main(["run", "--models", "resnet50", "--provider-options", text, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1 and not out.exists()
+
+
+def test_unknown_engine_names_the_pattern(capsys):
+    assert suite.main(["run", "--engines", "ort-cpu,ort:", "--size", "tiny"]) == 2
+    assert "unknown engine ort:; valid engines: ort-cpu, ort-cuda, ort-trt, tensorrt, ort:<ProviderName>" in (
+        capsys.readouterr().err
+    )
+    assert suite.parse_engines("ort-cpu,ort:CPUExecutionProvider") == ["ort-cpu", "ort:CPUExecutionProvider"]
+
+
+def test_ort_cuda_session_arguments(sessions, tiny_onnx):
+    with pytest.raises(EngineError, match="cannot load .*session creation recorded"):
+        OrtCudaEngine({"threads": 3}).activate(tiny_onnx)
+    assert sessions[-1]["providers"] == [("CUDAExecutionProvider", {"device_id": "0"}), "CPUExecutionProvider"]
+    assert sessions[-1]["options"].intra_op_num_threads == 3
+    options = run_options(
+        "--provider-options",
+        '{"device_id": 1, "cudnn_conv_algo_search": "HEURISTIC", "TensorrtExecutionProvider": {"trt_dla_enable": 1}}',
+        "--cuda-graph",
+    )
+    with pytest.raises(EngineError):
+        OrtCudaEngine(options).activate(tiny_onnx)
+    assert sessions[-1]["providers"] == [
+        ("CUDAExecutionProvider", {"device_id": "1", "enable_cuda_graph": "1", "cudnn_conv_algo_search": "HEURISTIC"}),
+        "CPUExecutionProvider",
+    ]
+
+
+def test_ort_trt_session_arguments(sessions, tiny_onnx):
+    options = run_options(
+        "--provider-options",
+        '{"device_id": 1, "trt_builder_optimization_level": 5,'
+        ' "CUDAExecutionProvider": {"cudnn_conv_algo_search": "DEFAULT"}, "ort-cuda": {"ignored": 1}}',
+        "--cuda-graph",
+    )
+    with pytest.raises(EngineError):
+        OrtTrtEngine({**options, "input_shapes": {"x": [2, 4]}}).activate(tiny_onnx)
+    trt, cuda, cpu = sessions[-1]["providers"]
+    assert trt[0] == "TensorrtExecutionProvider" and cpu == "CPUExecutionProvider"
+    cache = trt[1]["trt_engine_cache_path"]
+    assert trt[1] == {
+        "device_id": "1",
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": cache,
+        "trt_timing_cache_enable": "1",
+        "trt_timing_cache_path": str(tiny_onnx.parent / "engines" / "ort-trt"),
+        "trt_profile_min_shapes": "x:2x4",
+        "trt_profile_opt_shapes": "x:2x4",
+        "trt_profile_max_shapes": "x:2x4",
+        "trt_cuda_graph_enable": "1",
+        "trt_builder_optimization_level": "5",
+    }
+    # Precision comes from the artifact: the provider's precision switches are never set.
+    assert cache.startswith(str(tiny_onnx.parent / "engines" / "ort-trt" / "fp32-")) and os.path.isdir(cache)
+    assert cuda == ("CUDAExecutionProvider", {"device_id": "1", "cudnn_conv_algo_search": "DEFAULT"})
+    # Another batch size gets its own engine directory rather than evicting this one's engine.
+    with pytest.raises(EngineError):
+        OrtTrtEngine({"input_shapes": {"x": [8, 4]}}).activate(tiny_onnx)
+    assert sessions[-1]["providers"][0][1]["trt_engine_cache_path"] != cache
+    assert profile_string({"ids": (2, 384), "mask": (2, 384)}) == "ids:2x384,mask:2x384"
+    with pytest.raises(EngineError, match="cannot express"):
+        profile_string({"a:b": (1,)})
+
+
+def test_named_provider_session_arguments(sessions, tiny_onnx):
+    options = run_options(
+        "--provider-options",
+        '{"device_type": "GPU", "num_of_threads": 2, "ort:OpenVINOExecutionProvider": {"cache_dir": "/c"},'
+        ' "CUDAExecutionProvider": {"ignored": 1}}',
+    )
+    with pytest.raises(EngineError):
+        engines.engine_class("ort:OpenVINOExecutionProvider")(options).activate(tiny_onnx)
+    assert sessions[-1]["providers"] == [
+        ("OpenVINOExecutionProvider", {"device_type": "GPU", "num_of_threads": "2", "cache_dir": "/c"}),
+        "CPUExecutionProvider",
+    ]
+    with pytest.raises(EngineError):
+        engines.engine_class("ort:CPUExecutionProvider")({}).activate(tiny_onnx)
+    assert sessions[-1]["providers"] == [("CPUExecutionProvider", {})]
+
+
+def test_a_provider_that_falls_back_is_an_error(monkeypatch, tiny_onnx):
+    def fall_back(path, sess_options=None, providers=None, **kwargs):
+        # What ONNX Runtime's Python layer does when a provider fails to start: print, then retry on the CPU.
+        print(f"EP Error provider bridge failed when using {providers}")
+        return REAL_SESSION(path, sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "InferenceSession", fall_back)
+    with pytest.raises(EngineError, match="could not start CUDAExecutionProvider and fell back to CPUExecutionPr"):
+        OrtCudaEngine().activate(tiny_onnx)
+    with pytest.raises(EngineError, match="did not start OpenVINOExecutionProvider.*provider bridge failed"):
+        engines.engine_class("ort:OpenVINOExecutionProvider")().activate(tiny_onnx)
+
+
+class BoundOnCpu(OrtDeviceEngine):
+    """ort-cuda's I/O-binding engine with its buffers in CPU memory, so that a real session runs its code here."""
+
+    name = "bound-cpu"
+    primary_provider = "CPUExecutionProvider"
+    device_type = "cpu"
+
+    def provider_list(self) -> list:
+        return [("CPUExecutionProvider", {})]
+
+
+@pytest.mark.parametrize("include_copies", [False, True])
+def test_io_binding_path_on_a_real_session(tiny_onnx, include_copies):
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    with BoundOnCpu({"include_copies": include_copies}) as engine:
+        engine.activate(tiny_onnx)
+        np.testing.assert_array_equal(engine.infer({"x": x})["y"], x + 1)
+        bound = engine._device_outputs["y"]
+        # Same shapes: the inputs are updated in place and the outputs stay where they were bound.
+        np.testing.assert_array_equal(engine.infer({"x": 2 * x})["y"], 2 * x + 1)
+        assert engine._device_outputs["y"] is bound
+        engine.prepare({"x": 3 * x})
+        engine.run_prepared()
+        np.testing.assert_array_equal(engine._device_outputs["y"].numpy(), 3 * x + 1)
+        # Another batch rebinds (without CUDA graphs).
+        np.testing.assert_array_equal(engine.infer({"x": x[:1]})["y"], x[:1] + 1)
+        settings = engine.describe()
+        assert settings["io_binding"] == "device" and settings["include_copies"] is include_copies
+    with BoundOnCpu({"cuda_graph": True}) as engine:
+        engine.activate(tiny_onnx)
+        engine.infer({"x": x})
+        with pytest.raises(EngineError, match="a CUDA graph replays fixed shapes"):
+            engine.infer({"x": x[:1]})
+
+
+def test_named_cpu_provider_runs_a_real_session(tiny_onnx):
+    engine = engines.engine_class("ort:CPUExecutionProvider")({"threads": 1})
+    with engine:
+        engine.activate(tiny_onnx)
+        x = np.arange(8, dtype=np.float32).reshape(2, 4)
+        np.testing.assert_array_equal(engine.infer({"x": x})["y"], x + 1)
+        engine.prepare({"x": x})
+        engine.run_prepared()
+        assert engine.describe()["providers"] == ["CPUExecutionProvider"]
+        assert engine.timing_breakdown(1) == {}
+
+
+# --------------------------------------------------------------------------------- native TensorRT, offline
+
+
+def test_tensorrt_engine_cache_key():
+    base = {
+        "artifact_sha256": "a" * 64,
+        "tensorrt_version": "10.13.0.35",
+        "gpu_name": "NVIDIA H200",
+        "profile": exact_profile({"ids": (2, 384), "mask": (2, 384)}),
+        "settings": {"workspace_mib": 4096},
+    }
+    key = engine_cache_key(**base)
+    assert key == engine_cache_key(**base)
+    reordered = {**base, "profile": exact_profile({"mask": (2, 384), "ids": (2, 384)})}
+    assert engine_cache_key(**reordered) == key
+    changes = {
+        "artifact_sha256": "b" * 64,
+        "tensorrt_version": "11.4.0.106",
+        "gpu_name": "NVIDIA L4",
+        "profile": exact_profile({"ids": (8, 384), "mask": (8, 384)}),
+        "settings": {"workspace_mib": 2048},
+    }
+    keys = {field: engine_cache_key(**{**base, field: value}) for field, value in changes.items()}
+    # Only the minimum of one input's profile changes here: still a different engine.
+    wider = dict(base["profile"], ids=((1, 384), (2, 384), (2, 384)))
+    keys["profile min"] = engine_cache_key(**{**base, "profile": wider})
+    assert len({key, *keys.values()}) == len(keys) + 1, keys
+
+
+def test_tensorrt_settings_and_shapes(tiny_onnx):
+    assert TensorRTEngine({"provider_options": {"ort-cuda": {"x": 1}}}).settings() == {
+        "device_id": 0,
+        "workspace_mib": 4096,
+    }
+    options = {"provider_options": {"device_id": 1, "tensorrt": {"workspace_mib": 1024, "cache_dir": "/c"}}}
+    assert TensorRTEngine(options).settings() == {"device_id": 1, "workspace_mib": 1024, "cache_dir": "/c"}
+    with pytest.raises(EngineError, match="unknown option cudnn_conv_algo_search"):
+        TensorRTEngine({"provider_options": {"cudnn_conv_algo_search": "DEFAULT"}}).settings()
+    with pytest.raises(EngineError, match="workspace_mib must be an integer"):
+        TensorRTEngine({"provider_options": {"workspace_mib": "lots"}}).settings()
+    assert shapes_from_onnx(tiny_onnx, 3) == {"x": (3, 4)}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_tensorrt_without_the_package_is_a_clear_error(tiny_onnx):
+    with pytest.raises(EngineError, match=r"cannot import .*Install: pip install -e '\.\[gpu\]'"):
+        TensorRTEngine().activate(tiny_onnx)
+
+
+# ------------------------------------------------------------------------------------------- environment
+
+
+def fake_nvidia_smi(directory, knows_compute_cap: bool):
+    """An executable ``nvidia-smi`` in ``directory`` answering the query the way a real one does."""
+    script = directory / "nvidia-smi"
+    reply = 'echo "NVIDIA H200, 570.86.15, 143771, 9.0"' if knows_compute_cap else "exit 2"
+    script.write_text(
+        f'#!/bin/sh\ncase "$*" in *compute_cap*) {reply};; *) echo "NVIDIA H200, 570.86.15, 143771";; esac\n'
+    )
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+
+
+def test_gpu_facts_from_nvidia_smi(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    fake_nvidia_smi(tmp_path, knows_compute_cap=True)
+    gpu = {"name": "NVIDIA H200", "driver": "570.86.15", "memory_mib": 143771}
+    assert nvidia_smi_gpus() == [{**gpu, "compute_capability": "9.0"}]
+    fake_nvidia_smi(tmp_path, knows_compute_cap=False)
+    assert nvidia_smi_gpus() == [gpu]
+    assert environment({})["gpu"]["gpus"] == [gpu]
+
+
+def test_no_gpu_means_no_gpu_section():
+    if device_problem() is None or nvidia_smi_gpus():
+        pytest.skip("this machine has a GPU")
+    assert gpu_environment() == {} and "gpu" not in environment({})
+
+
+# ------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def mixed_run(tmp_path_factory):
+    """A tiny run that asks for every engine, ort:CPUExecutionProvider included, in all three precisions."""
+    out = tmp_path_factory.mktemp("mixed")
+    asked = ["ort-cpu", *GPU_ENGINES, "ort:CPUExecutionProvider"]
+    status = suite.main(
+        ["run", "--models", "resnet50", "--engines", ",".join(asked), "--batch-sizes", "2"]
+        + QUICK
+        + ["--out", str(out)]
+    )
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    return status, rows, out
+
+
+def test_unusable_engines_give_unsupported_rows(mixed_run):
+    status, rows, _ = mixed_run
+    assert status == 0 and len(rows) == 5 * 3
+    for row in rows:
+        reason = engines.availability(row["engine"])
+        if reason is None:
+            assert row["status"] == "ok", row["error"]
+        else:
+            assert row["status"] == "unsupported" and row["error"] == f"{row['engine']}: {reason}"
+
+
+def test_named_cpu_provider_end_to_end(mixed_run):
+    _, rows, out = mixed_run
+    named = {r["precision"]: r for r in rows if r["engine"] == "ort:CPUExecutionProvider"}
+    assert {p: r["status"] for p, r in named.items()} == {"fp32": "ok", "fp16": "ok", "int8": "ok"}
+    assert named["fp32"]["accuracy_cosine"] == pytest.approx(1.0) and named["fp32"]["accuracy_max_abs_error"] < 1e-4
+    assert named["fp16"]["accuracy_cosine"] > 0.99 and named["int8"]["accuracy_cosine"] > 0.9
+    # The generic route takes the CPU-style INT8 artifact for a non-TensorRT provider, like ort-cpu.
+    assert named["int8"]["artifact"].endswith("/int8.onnx")
+    settings = json.loads(named["fp32"]["engine_settings"])
+    assert settings["providers"] == ["CPUExecutionProvider"] and settings["io_binding"] == "host"
+    assert "samples_ms" not in named["fp32"] and named["fp32"]["iterations"] >= 3
+    assert json.loads((out / "env.json").read_text())["settings"]["engine_options"] == {}
+
+
+# ------------------------------------------------------------------------------------------------ on a GPU
+
+
+@pytest.fixture(scope="module")
+def gpu_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu")
+    argv = ["run", "--models", "resnet50", "--engines", "ort-cpu," + ",".join(GPU_ENGINES), "--batch-sizes", "2"]
+    status = suite.main([*argv, *QUICK, "--out", str(out)])
+    return status, [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()], out
+
+
+# Cosine similarity to ort-cpu FP32 each precision must reach on the tiny ResNet-50. GPU "FP32" may run its
+# convolutions and matrix products in TF32 (both ONNX Runtime's CUDA provider and TensorRT allow it by
+# default), hence not 1.0; ort-cpu's own INT8 reaches about 0.995 on this model.
+MIN_COSINE = {"fp32": 0.999, "fp16": 0.99, "int8": 0.9}
+
+
+@pytest.mark.gpu
+def test_gpu_engines_agree_with_cpu_fp32(gpu_run):
+    status, rows, out = gpu_run
+    for engine in GPU_ENGINES:
+        assert engines.availability(engine) is None, engines.availability(engine)
+    assert status == 0 and {r["status"] for r in rows} == {"ok"}, [r["error"] for r in rows if r["error"]]
+    for row in rows:
+        assert row["accuracy_cosine"] >= MIN_COSINE[row["precision"]], row
+        if row["engine"] == "tensorrt":
+            assert 0 < row["compute_ms"] and 0 < row["h2d_ms"] and 0 < row["d2h_ms"]
+            assert json.loads(row["engine_settings"])["strongly_typed"]
+    assert json.loads((out / "env.json").read_text())["gpu"]["gpus"]
+    # ort-trt kept its engines next to the artifacts, for the next run to reuse.
+    for row in (r for r in rows if r["engine"] == "ort-trt"):
+        assert any(p.suffix == ".engine" for p in (Path(row["artifact"]).parent / "engines" / "ort-trt").rglob("*"))
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_graph_and_copies(tmp_path):
+    argv = ["run", "--models", "resnet50", "--engines", "ort-cuda,tensorrt", "--precisions", "fp32"]
+    status = suite.main(
+        [*argv, "--batch-sizes", "2", "--cuda-graph", "--include-copies", *QUICK, "--out", str(tmp_path)]
+    )
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert status == 0 and {r["status"] for r in rows} == {"ok"}, [r["error"] for r in rows]
+    for row in rows:
+        settings = json.loads(row["engine_settings"])
+        assert settings["cuda_graph"] and settings["include_copies"] and row["accuracy_cosine"] >= MIN_COSINE["fp32"]
+
+
+@pytest.mark.gpu
+def test_tensorrt_engine_cache_is_reused(gpu_run, tmp_path):
+    from models import get_model
+    from onnx_models.store import ModelStore
+
+    feeds = get_model("resnet50").make_feeds("tiny", 2, 1)
+    options = {
+        "input_shapes": {k: list(v.shape) for k, v in feeds.items()},
+        "provider_options": {"cache_dir": str(tmp_path)},
+    }
+    results = []
+    for _ in range(2):
+        with TensorRTEngine(options) as engine:
+            engine.activate(ModelStore("resnet50", "tiny").verified_path("fp16"))
+            results.append((engine.describe(), engine.infer(feeds)))
+    (first, out_first), (second, out_second) = results
+    assert (first["engine_cache"], second["engine_cache"]) == ("built", "hit")
+    assert first["engine_file"] == second["engine_file"] and os.path.isfile(first["engine_file"])
+    assert second["load_or_build_s"] < first["load_or_build_s"]
+    for name in out_first:
+        np.testing.assert_array_equal(out_first[name], out_second[name])

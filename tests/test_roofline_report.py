@@ -1,0 +1,370 @@
+"""Machine roofs, the activation byte model, the roofline plot, the report, run comparison and brought-in ONNX
+models, on real ONNX Runtime sessions with small sizes (no timing thresholds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import polars as pl
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+import suite
+from analysis.flops import count
+from analysis.peak import (
+    PRESETS,
+    PeakError,
+    Roofs,
+    cached_roofs,
+    given_roofs,
+    machine_key,
+    measure_roofs,
+    parse_flops,
+    parse_rate,
+    save_roofs,
+)
+from analysis.roofline import DPI, FIG_SIZE_IN, plot
+from bench.compare import join
+from bench.report import accuracy_verdict, write_report
+from onnx_models.store import ModelStore, sha256_file
+
+QUICK = ["--warmup-s", "0", "--duration-s", "0.2", "--min-iters", "3", "--accuracy-samples", "8"]
+
+
+@pytest.fixture
+def peak_cache(tmp_path, monkeypatch) -> Path:
+    """A private roofs cache (inherited by the suite's child processes)."""
+    monkeypatch.setenv("AIMATRIX_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "peaks.json"
+
+
+# --------------------------------------------------------------------------------------------------- peaks
+
+
+def test_peaks_measured_through_the_engine(peak_cache):
+    roofs = measure_roofs("ort-cpu", gemm_sizes=(16, 192), stream_bytes=2**20, duration_s=0.05)
+    assert set(roofs.compute) == {"fp32", "fp16", "int8"}
+    assert all(v > 0 for v in roofs.compute.values()) and roofs.bandwidth > 0
+    for precision, (tiny, large) in roofs.details["gemm"].items():
+        assert tiny["n"] == 16 and large["n"] == 192
+        # A GEMM 1700x larger must not look orders of magnitude slower per operation than a tiny one.
+        assert large["best"] > tiny["best"] / 100, precision
+        assert roofs.compute[precision] == max(tiny["best"], large["best"])
+    # ONNX Runtime fuses the QDQ GEMM into one integer kernel: the INT8 roof is an integer kernel's.
+    assert roofs.details["gemm"]["int8"][1]["kernels"] == ["QLinearMatMul"]
+    assert roofs.details["stream"]["array_bytes"] == 2**20
+
+    assert save_roofs(roofs) and peak_cache.is_file()
+    key = machine_key("ort-cpu")
+    assert cached_roofs(key).compute == roofs.compute
+    # A quick measurement never replaces a full one.
+    quick = Roofs({"fp32": 1.0}, 1.0, "measured (quick)", {"machine": key, "quick": True})
+    assert not save_roofs(quick)
+    assert cached_roofs(key).compute == roofs.compute
+    assert cached_roofs({**key, "threads": key["threads"] + 7}) is None
+
+
+def test_given_roofs_and_presets(tmp_path):
+    assert parse_rate("14T") == 14e12 and parse_rate("900G") == 900e9 and parse_rate("1.5e3") == 1500
+    assert parse_flops("14T") == {"fp32": 14e12}
+    assert parse_flops("fp32=1T,int8=4T") == {"fp32": 1e12, "int8": 4e12}
+    assert given_roofs() is None
+    v100 = given_roofs("v100")
+    assert v100.compute["fp32"] == 14e12 and v100.bandwidth == 900e9 and "Figure 1" in v100.source
+    # Given values override the preset's, and only those.
+    mixed = given_roofs("v100", peak_bw="1T")
+    assert mixed.bandwidth == 1e12 and mixed.compute == PRESETS["v100"].compute
+    assert PRESETS["v100"].bandwidth == 900e9  # the preset itself is untouched
+    path = tmp_path / "roofs.json"
+    path.write_text(json.dumps(Roofs({"int8": 5e12}, 2e11, "machine B").to_json()))
+    assert given_roofs(str(path)).compute == {"int8": 5e12}
+    for bad in ({"preset": "v99"}, {"peak_flops": "fast"}, {"peak_flops": "fp64=1T"}, {"peak_bw": "-3G"}):
+        with pytest.raises(PeakError):
+            given_roofs(**bad)
+    roofs = Roofs({"fp32": 1e11}, 1e10, "test")
+    assert roofs.attainable("fp32", 2.0) == 2e10 and roofs.bound("fp32", 2.0) == "memory"
+    assert roofs.attainable("fp32", 100.0) == 1e11 and roofs.bound("fp32", 100.0) == "compute"
+    assert roofs.attainable("int8", 100.0) is None
+
+
+def test_peak_command_prints_given_roofs(capsys):
+    assert suite.main(["peak", "--preset", "v100"]) == 0
+    assert "fp32 14 TFLOP/s" in capsys.readouterr().out
+    assert suite.main(["peak", "--peak-flops", "nonsense"]) == 2
+
+
+# ----------------------------------------------------------------------------------------------- byte model
+
+
+def conv_relu_gemm(path: Path, height: int | str = 16, batch: int | str = "N") -> Path:
+    """Conv(3->8, 3x3, pad 1) + Relu + GlobalAveragePool + Flatten + Gemm(8->10), float32."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], transB=1),
+    ]
+    weights = [
+        numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w"),
+        numpy_helper.from_array(np.zeros(8, np.float32), "b"),
+        numpy_helper.from_array(rng.standard_normal((10, 8)).astype(np.float32), "fw"),
+        numpy_helper.from_array(np.zeros(10, np.float32), "fb"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv_relu_gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, height, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 10])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_activation_bytes_write_and_read_every_intermediate(tmp_path):
+    cost = count(onnx.load(str(conv_relu_gemm(tmp_path / "m.onnx"))), 2)
+    # Intermediates at batch 2: c and r (2x8x16x16 floats each), p (2x8x1x1) and f (2x8), each written once
+    # and read once; y is a graph output (io_bytes), so not an activation.
+    assert cost.activation_bytes == 2 * 4 * (2 * 8 * 16 * 16 * 2 + 2 * 8 * 2)
+    assert cost.io_bytes == 4 * (2 * 3 * 16 * 16 + 2 * 10)
+    assert cost.bytes_with_activations == cost.weight_bytes + cost.io_bytes + cost.activation_bytes
+
+
+# --------------------------------------------------------------------------------------- synthetic results
+
+
+def _row(model, precision, p50, **extra):
+    row = {
+        "model": model,
+        "size": "full",
+        "engine": "ort-cpu",
+        "precision": precision,
+        "batch_size": 8,
+        "status": "ok",
+        "error": None,
+        "latency_ms_p50": p50,
+        "latency_ms_mean": p50,
+        "latency_ms_p99": p50 * 1.1 if p50 else None,
+        "throughput_samples_per_s": 8 / (p50 / 1e3) if p50 else None,
+        "flops_per_batch": 1e9,
+        "flops_per_s": 1e9 / (p50 / 1e3) if p50 else None,
+        "bytes_per_batch": 1e7,
+        "bytes_model": "weights+inputs+outputs",
+        "arith_intensity": 100.0,
+        "accuracy_metric": "top1_agreement",
+        "accuracy_value": 1.0,
+        "accuracy_cosine": 1.0,
+        "accuracy_max_abs_error": 0.0,
+        "engine_settings": json.dumps({"intra_op_threads": 2}),
+    }
+    row["cell_id"] = f"{model}/full/ort-cpu/{precision}/b8"
+    row.update(extra)
+    return row
+
+
+def _write_run(directory: Path, rows: list[dict], cpu: str = "Test CPU", ort: str = "1.32.0") -> Path:
+    directory.mkdir(parents=True)
+    (directory / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {
+        "python": "3.11.7",
+        "cpu": {"model": cpu, "logical_cores": 2, "physical_cores": 2, "flags": ["avx2"], "memory_gib": 24},
+        "packages": {"onnxruntime": ort, "numpy": "2.4"},
+        "onnxruntime_providers": ["CPUExecutionProvider"],
+        "settings": {"engine_options": {}},
+    }
+    (directory / "env.json").write_text(json.dumps(env))
+    return directory
+
+
+def synthetic_rows() -> list[dict]:
+    return [
+        _row("resnet50", "fp32", 100.0, paper_flops_per_sample=6.69e9, flops_ratio_to_paper=1.23),
+        _row("resnet50", "fp16", 100.0, accuracy_value=0.995),
+        _row("resnet50", "int8", 25.0, accuracy_value=0.90, accuracy_cosine=0.999),
+        _row("wide_deep", "fp32", 2.0, arith_intensity=1.0, accuracy_metric="max_abs_error", accuracy_value=0.0),
+        _row(
+            "wide_deep",
+            "int8",
+            1.0,
+            arith_intensity=1.0,
+            accuracy_metric="max_abs_error",
+            accuracy_value=0.06,
+            accuracy_cosine=0.95,
+        ),
+        _row("wide_deep", "fp16", None, status="failed", error="engine crashed"),
+    ]
+
+
+def test_roofline_png_is_a_valid_image_of_the_expected_size(tmp_path):
+    roofs = Roofs({"fp32": 1e11, "fp16": 1e11, "int8": 4e11}, 2e10, "test roofs")
+    png, svg = plot(synthetic_rows(), roofs, tmp_path, "ort-cpu")
+    assert png.name == "roofline-ort-cpu.png" and svg.name == "roofline-ort-cpu.svg"
+    with Image.open(png) as image:
+        image.verify()
+    with Image.open(png) as image:
+        assert image.format == "PNG"
+        assert image.size == (round(FIG_SIZE_IN[0] * DPI), round(FIG_SIZE_IN[1] * DPI))
+        # Not a blank canvas: the roofs and points put several colours on it.
+        assert len(image.convert("RGB").getcolors(maxcolors=1_000_000)) > 10
+    assert svg.read_text().lstrip().startswith("<?xml") and "<svg" in svg.read_text()
+
+
+def test_accuracy_verdicts():
+    assert accuracy_verdict(_row("m", "int8", 1.0, accuracy_value=0.99), 0.99)[0] == "pass"
+    assert accuracy_verdict(_row("m", "int8", 1.0, accuracy_value=0.98), 0.99)[0] == "FAIL"
+    error_metric = _row("m", "int8", 1.0, accuracy_metric="max_abs_error", accuracy_value=5.0)
+    assert accuracy_verdict(error_metric, 0.99) == ("pass", "cosine >= 0.99")
+    assert accuracy_verdict({**error_metric, "accuracy_cosine": 0.9}, 0.99)[0] == "FAIL"
+
+
+def test_report_has_every_cell_speedups_verdicts_and_roof_percentages(tmp_path, peak_cache):
+    run = _write_run(tmp_path / "run", synthetic_rows())
+    md, page = write_report(run, 0.99, Roofs({"fp32": 2e10, "int8": 8e10}, 1e10, "test roofs"))
+    text = md.read_text()
+    for row in synthetic_rows():
+        assert f"| {row['model']} | full | ort-cpu | {row['precision']} | 8 | {row['status']} |" in text
+    assert "| resnet50 | full | ort-cpu | 8 | 100 | 100 | 1.00x | 25 | 4.00x |" in text
+    assert "| wide_deep | full | ort-cpu | 8 | 2 |  | failed | 1 | 2.00x |" in text
+    # Agreement 0.995 passes, 0.90 fails; the CTR error metric is judged by cosine (0.95 fails).
+    assert "| resnet50 | ort-cpu | fp16 | 8 | top1_agreement | 0.995 | 1 | 0 | top1_agreement >= 0.99 | pass |" in text
+    assert (
+        "| resnet50 | ort-cpu | int8 | 8 | top1_agreement | 0.9 | 0.999 | 0 | top1_agreement >= 0.99 | FAIL |" in text
+    )
+    assert "| wide_deep | ort-cpu | int8 | 8 | max_abs_error | 0.06 | 0.95 | 0 | cosine >= 0.99 | FAIL |" in text
+    # resnet50 fp32: 1e10 FLOP/s at intensity 100 under a 2e10 compute roof; wide_deep fp32: 5e11 FLOP/s
+    # is above its memory roof (1e10 B/s x 1 FLOP/B), i.e. 5000%: the table shows what was measured.
+    assert "| resnet50 | fp32 | 8 | 100 | 10 GFLOP/s | 20 GFLOP/s | 50.0% | compute |" in text
+    assert "| resnet50 | int8 | 8 | 100 | 40 GOP/s | 80 GOP/s | 50.0% | compute |" in text
+    assert "| resnet50 | fp16 | 8 | 100 | 10 GFLOP/s |  |  |  |" in text  # no fp16 roof given
+    assert "| wide_deep | fp32 | 8 | 1 | 500 GFLOP/s | 10 GFLOP/s | 5000.0% | memory |" in text
+    # The paper's Table I: ResNet50 at its batch 32 took 29 ms per batch on the V100 (7.33e12 FLOP/s).
+    assert "| resnet50 | ort-cpu | 8 | 1.25e+08 | 6.69e+09 | 1.23 | 32 | 29 |  | 7.33e+12 | 1e+10 |" in text
+    assert "![roofline of ort-cpu](roofline-ort-cpu.png)" in text and (run / "roofline-ort-cpu.png").is_file()
+    html = page.read_text()
+    assert html.count("data:image/png;base64,") == 1 and 'src="roofline' not in html
+    assert html.count("<tr>") > len(synthetic_rows()) and "Test CPU" in html
+    # The run was not made on this machine and nothing is cached for it: no roofs, said so, no measurement.
+    md, _ = write_report(run)
+    assert "No roofs for this engine's machine" in md.read_text() and not peak_cache.exists()
+
+
+def test_report_command_rejects_bad_input(tmp_path):
+    assert suite.main(["report", str(tmp_path)]) == 2
+    run = _write_run(tmp_path / "run", synthetic_rows())
+    assert suite.main(["report", str(run), "--threshold", "99"]) == 2
+    assert suite.main(["report", str(run), "--peaks", "v100", "--threshold", "0.95"]) == 0
+    assert "preset v100" in (run / "report.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------------ compare
+
+
+def test_compare_gives_known_ratios(tmp_path, capsys):
+    a = _write_run(tmp_path / "a", [_row("resnet50", "fp32", 10.0), _row("bert", "int8", 40.0)], cpu="CPU A")
+    b_rows = [_row("resnet50", "fp32", 5.0), _row("bert", "int8", 80.0), _row("bert", "fp32", 90.0)]
+    b = _write_run(tmp_path / "b", b_rows, cpu="CPU B", ort="1.20.0")
+    out = tmp_path / "cmp"
+    assert suite.main(["compare", str(a), str(b), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| cpu | CPU A | CPU B |" in printed and "| onnxruntime | 1.32.0 | 1.20.0 |" in printed
+    frame = pl.read_csv(out / "compare.csv")
+    resnet = frame.filter(pl.col("model") == "resnet50").row(0, named=True)
+    assert resnet["B/A p50 ms"] == pytest.approx(0.5)
+    assert resnet["B/A samples/s"] == pytest.approx(2.0)
+    assert resnet["B/A FLOP/s"] == pytest.approx(2.0)
+    bert = frame.filter((pl.col("model") == "bert") & (pl.col("precision") == "int8")).row(0, named=True)
+    assert bert["B/A p50 ms"] == pytest.approx(2.0) and bert["B/A FLOP/s"] == pytest.approx(0.5)
+    only_b = frame.filter((pl.col("model") == "bert") & (pl.col("precision") == "fp32")).row(0, named=True)
+    assert only_b["status"] == "absent / ok" and only_b["B/A p50 ms"] is None
+    assert (out / "compare.md").read_text() == printed.rstrip("\n") + "\n"
+
+
+def test_compare_across_engines(tmp_path):
+    rows_a = [_row("resnet50", "fp32", 10.0)]
+    rows_b = [_row("resnet50", "fp32", 2.0, engine="tensorrt")]
+    assert join([rows_a, rows_b])[0]["status"] == "ok / absent"
+    joined = join([rows_a, rows_b], ignore_engine=True)
+    assert len(joined) == 1 and joined[0]["engine"] == "ort-cpu / tensorrt"
+    assert joined[0]["B/A p50 ms"] == pytest.approx(0.2)
+    a = _write_run(tmp_path / "a", rows_a)
+    assert suite.main(["compare", str(a)]) == 2
+    assert suite.main(["compare", str(a), str(tmp_path / "missing")]) == 2
+
+
+# ------------------------------------------------------------------------------------- bring your own model
+
+
+@pytest.fixture
+def cached_peaks(peak_cache):
+    """Roofs cached for this machine, so that reports at the end of runs do not measure them."""
+    save_roofs(Roofs({"fp32": 1e11, "fp16": 1e11, "int8": 4e11}, 2e10, "test", {"machine": machine_key("ort-cpu")}))
+
+
+def test_byo_model_runs_every_precision(tmp_path, cached_peaks):
+    model = conv_relu_gemm(tmp_path / "small.onnx")
+    out = tmp_path / "run"
+    assert suite.main(["run", "--onnx", str(model), "--batch-sizes", "2", "--out", str(out), *QUICK]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["model"], r["precision"], r["status"]) for r in rows] == [
+        ("byo/small", "fp32", "ok"),
+        ("byo/small", "fp16", "ok"),
+        ("byo/small", "int8", "ok"),
+    ], [r["error"] for r in rows]
+    for row in rows:
+        assert row["framework"] == "onnx" and row["accuracy_metric"] == "cosine_similarity"
+        assert row["accuracy_value"] == row["accuracy_cosine"] > 0.9
+        # Conv 2*(2*8*16*16)*27 + bias, Relu, GAP, Gemm 2*2*8*10 + bias: the FLOP counter ran on the file.
+        assert row["mac_flops_per_batch"] == 2 * 2 * 8 * 16 * 16 * 27 + 2 * 2 * 8 * 10
+    store = ModelStore("byo/small", "full")
+    assert store.entry("fp32")["sha256"] == sha256_file(model)  # copied as it is, not exported
+    assert json.loads((store.dir.parent / "spec.json").read_text())["inputs"][0]["shape"] == ["batch", 3, 16, 16]
+    assert (out / "report.html").is_file() and (out / "roofline-ort-cpu.png").is_file()
+
+
+def test_byo_conversion_failure_is_unsupported(tmp_path, cached_peaks):
+    # The second column is 1e6 times smaller than the first: INT8's per-tensor activation scale rounds it to
+    # zero, and its reciprocal becomes infinite, so the INT8 artifact fails its check. FP32 is finite.
+    weight = np.stack([np.full(16, 100.0), np.full(16, 1e-4)], axis=1).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Reciprocal", ["m"], ["y"])],
+        "recip",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    path = tmp_path / "recip.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    out = tmp_path / "run"
+    args = ["run", "--onnx", str(path), "--precisions", "fp32,int8", "--batch-sizes", "2", "--out", str(out)]
+    assert suite.main([*args, *QUICK]) == 0
+    rows = {r["precision"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert rows["fp32"]["status"] == "ok"
+    assert rows["int8"]["status"] == "unsupported"
+    assert rows["int8"]["error"] == "byo/recip cannot be converted to int8: output y has NaN or infinite values"
+
+
+def test_byo_unresolved_dynamic_dimension_is_one_clear_error(tmp_path, capsys):
+    model = conv_relu_gemm(tmp_path / "dyn.onnx", height="height")
+    assert suite.main(["run", "--onnx", str(model), "--out", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (
+        "error: dyn.onnx: dynamic dimensions without a size: x dimension 2 (height); "
+        "give every input's full shape with --input-shapes x:1x..."
+    )
+    assert not (tmp_path / "run").exists()
+    assert suite.main(["run", "--onnx", str(model), "--input-shapes", "x:1x3x9", "--out", str(tmp_path / "r")]) == 2
+    assert "rank 3, the model has rank 4" in capsys.readouterr().err
+
+
+def test_byo_fixed_batch_runs_only_that_batch(tmp_path, capsys):
+    model = conv_relu_gemm(tmp_path / "fixed.onnx", batch=1)
+    assert suite.main(["run", "--onnx", str(model), "--batch-sizes", "4", "--out", str(tmp_path / "run")]) == 2
+    assert "fixed batch dimension of 1: use --batch-sizes 1" in capsys.readouterr().err
