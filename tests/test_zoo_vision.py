@@ -244,7 +244,7 @@ def test_batchnorm_folding_keeps_outputs_and_damping_scales_residual_branches():
     net = ssd.damp_residual_branches(ssd.build_net(cfg))
     gammas = torch.cat([b.bn3.weight.detach() for b in net.modules() if isinstance(b, Bottleneck)])
     torch.testing.assert_close(gammas, torch.full_like(gammas, ssd.RESIDUAL_SCALE))
-    settle_batchnorm(net, cfg["resolution"], 0)
+    settle_batchnorm(net, cfg["resolution"], 0, batches=1, batch_size=4)
     images = ssd.synthetic_images(cfg["resolution"], seed=5, batch=2)
     with torch.no_grad():
         before = net(images)
