@@ -98,6 +98,15 @@ def test_int8_quantizes_the_network_but_not_the_boxes(tiny_run, model):
             assert producers.get(node.input[0]) != "DequantizeLinear", node.name
     outputs = {o.name for o in graph.output}
     assert not any(producers.get(o) == "DequantizeLinear" for o in outputs & {"boxes", "scores"})
+    # The score and box-delta predictors are kept float by node name: the names must still be the exporter's.
+    consumers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, set()).add(node.op_type)
+    nodes = {node.name: node for node in graph.node}
+    for name in get_model(model).int8_options["exclude_nodes"]:
+        assert name in nodes, f"{name} is not in the exported graph"
+        assert "QuantizeLinear" not in consumers[nodes[name].output[0]], name
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
