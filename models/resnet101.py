@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from models import ModelSpec
-from models._vision import image_inputs, settle_batchnorm
+from models._vision import image_inputs
 
-
-def build(cfg: Mapping[str, Any], seed: int) -> Any:
-    """A torchvision ResNet with bottleneck blocks ``cfg['layers']``, seeded weights, eval mode."""
-    import torch
-    from torchvision.models.resnet import Bottleneck, ResNet
-
-    torch.manual_seed(seed)
-    model = ResNet(Bottleneck, list(cfg["layers"]), num_classes=cfg["classes"])
-    return settle_batchnorm(model, cfg["resolution"], seed)
-
+# Same torchvision ResNet code as ResNet-50, with 23 blocks in the third stage.
+from models.resnet50 import build
 
 SPECS = [
     ModelSpec(
