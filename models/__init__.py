@@ -20,25 +20,26 @@ FRAMEWORKS = ("pytorch", "tensorflow", "onnx")
 TASKS = ("classification", "ctr", "span_qa", "detection", "pose", "ctc_text", "translation", "generic")
 
 # Adding a model: write models/<name>.py defining SPECS (a list of ModelSpec) and add its module name here.
+# The order is Table I's, which `suite.py list` and the default job follow.
 _MODULES = (
-    "resnet50",
-    "densenet121",
-    "wide_deep",
-    "bert",
-    "faster_rcnn",
-    "mask_rcnn",
     "googlenet",
+    "resnet50",
     "resnet101",
+    "densenet121",
     "ssd",
     "dssd",
-    "din",
-    "dien",
-    "gcn",
-    "ncf",
-    "nmt",
+    "mask_rcnn",
+    "faster_rcnn",
     "cpn",
     "seglink",
     "crnn",
+    "din",
+    "dien",
+    "wide_deep",
+    "gcn",
+    "ncf",
+    "nmt",
+    "bert",
 )
 
 

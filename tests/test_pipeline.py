@@ -139,7 +139,7 @@ def test_user_calibration_data(tiny_run, tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, fragment",
     [
-        (["run", "--models", "resnet5"], "unknown model resnet5; valid models: resnet50, densenet121"),
+        (["run", "--models", "resnet5"], "unknown model resnet5; valid models: googlenet, resnet50, resnet101"),
         (["run", "--engines", "trt"], "unknown engine trt; valid engines: ort-cpu"),
         (["run", "--precisions", "int4"], "unknown precision int4; valid precisions: fp32, fp16, int8"),
         (["export", "--models", "nope,resnet50"], "unknown model nope"),
