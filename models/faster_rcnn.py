@@ -18,10 +18,10 @@ from typing import Any
 
 from models import ModelSpec
 from models._rcnn import (
+    INT8_OPTIONS,
     SCORE_THRESHOLD,
     align_detections,
     detector_inputs,
-    int8_options,
     rescale_outputs,
     two_stage_detector,
 )
@@ -129,7 +129,7 @@ SPECS = [
         build=build,
         task_options={"score_threshold": SCORE_THRESHOLD},
         parity_align=align_detections,
-        int8_options=int8_options(rpn_levels=1),
+        int8_options=INT8_OPTIONS,
         # Calibrating the full model at the default batch of 4 took over 15 GB (every VGG16 activation of four
         # 600x1000 images at once); the paper runs it at batch 1.
         calibration_batch=1,
