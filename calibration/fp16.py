@@ -13,6 +13,7 @@ from pathlib import Path
 
 import onnx
 
+from bench.errors import first_line
 from calibration.graph import check_runs, clean
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def convert(fp32_path: Path, out_path: Path, feeds: dict) -> dict:
             )
             check_runs(converted, feeds)
         except Exception as exc:  # noqa: BLE001 - converter and runtime failures are both retried
-            errors.append(f"block={list(block) or 'default'}: {str(exc).splitlines()[0][:300]}")
+            errors.append(f"block={list(block) or 'default'}: {first_line(exc)}")
             log.info("fp16 conversion attempt failed: %s", errors[-1])
             continue
         onnx.save(converted, str(out_path))

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import onnx
 
+from bench.errors import first_line
+
 log = logging.getLogger(__name__)
 
 
@@ -27,7 +29,7 @@ def clean(path: Path) -> tuple[onnx.ModelProto, str]:
         slimmed = onnxslim.slim(model)
     except Exception as exc:  # noqa: BLE001 - onnxslim raises many kinds; the graph stays usable without it
         log.warning("onnxslim failed on %s (%s); using the graph as exported", path, exc)
-        return model, f"not slimmed: {str(exc).splitlines()[0][:200]}"
+        return model, f"not slimmed: {first_line(exc, 200)}"
     note = f"onnxslim {onnxslim.__version__}: {len(model.graph.node)} -> {len(slimmed.graph.node)} nodes"
     renamed = unique_initializer_names(slimmed)
     if renamed:

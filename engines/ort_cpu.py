@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.errors import first_line
 from engines.base import Engine, EngineError
 
 _ORT_TYPES = {
@@ -56,7 +57,7 @@ class OrtSessionEngine(Engine):
         try:
             self.session = ort.InferenceSession(str(model_path), self.session_options(), providers=self.provider_list())
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for bad files
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            first = first_line(exc)
             raise EngineError(f"{self.name}: cannot load {model_path}: {first}") from exc
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._feeds: Mapping[str, np.ndarray] = {}

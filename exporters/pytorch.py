@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.errors import first_line
 from exporters import ExportError, FrameworkExport
 from models import ModelSpec
 
@@ -25,7 +26,7 @@ def load_checkpoint(model: torch.nn.Module, weights: Path) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
+        first = first_line(exc)
         raise ExportError(f"checkpoint {weights} does not fit this model: {first}") from exc
 
 

@@ -215,3 +215,11 @@ def test_translation_token_agreement_stops_at_eos():
     cand = {"tokens": np.array([[5, 7, 2, 9, 9]])}
     result = compare("translation", ref, cand, {"eos": 2})
     assert result["accuracy_value"] == pytest.approx(2 / 3) and result["accuracy_sentence_agreement"] == 0.0
+
+
+def test_first_line_survives_empty_and_multiline_messages():
+    from bench.errors import first_line
+
+    assert first_line(AssertionError()) == "AssertionError"
+    assert first_line(ValueError("\n  cause here  \nmore")) == "cause here"
+    assert first_line(ValueError("x" * 500), 10) == "x" * 10
