@@ -1,6 +1,6 @@
 """aimatrix-onnx: the AI Matrix inference benchmark on ONNX.
 
-    python suite.py list | engines | export | calibrate | run | peak | report | compare
+    python suite.py list | engines | export | calibrate | flops | run | peak | report | compare
 
 ``run`` with no arguments is the default job: every catalogue model, every engine usable here, FP32, FP16
 and INT8, the paper's batch sizes. Importing this module loads no framework (torch, tensorflow, tensorrt):
@@ -25,7 +25,6 @@ from bench.cell import Cell, artifact_name_for
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_ENGINES = ("ort-cpu",)
 EXPORT_TIMEOUT_S = 3600.0
-TABLE1 = Path(__file__).resolve().parent / "analysis" / "table1.csv"
 
 log = logging.getLogger("suite")
 
@@ -256,19 +255,76 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_flops(args: argparse.Namespace) -> int:
+    """Count FLOPs, parameters and bytes per batch of the FP32 exports (exported first if needed), with the
+    ratio to the paper's Table I; nothing is timed, so this is cheap once the models are in the store."""
+    from tqdm import tqdm
+
+    from analysis.paper import flops_ratio, paper_flops_per_sample
+    from bench.isolation import run_isolated
+
+    export, calib = settings_from(args)
+    failures = build_artifacts(args.model_list, args.size, [("fp32", "cpu")], export, calib, "export")
+    header = ("model", "batch", "FLOPs/batch", "MAC-FLOPs/batch", "params", "paper FLOPs/batch", "ratio")
+    rows, records = [], []
+    with tqdm(args.model_list, desc="count", unit="model", file=sys.stderr) as bar:
+        for model in bar:
+            bar.set_postfix_str(model)
+            spec = models.get_model(model)
+            batches = parse_batches(args.batch_sizes, spec)
+            if (model, "fp32") in failures:
+                rows.extend((model, str(b), "FAILED", failures[(model, "fp32")], "", "", "") for b in batches)
+                continue
+            counted = run_isolated(
+                "bench.cell:count_flops", {"model": model, "size": args.size, "batches": batches}, EXPORT_TIMEOUT_S
+            )
+            if not counted.ok:
+                failures[(model, "count")] = counted.error
+                rows.extend((model, str(b), "FAILED", counted.error, "", "", "") for b in batches)
+                continue
+            for batch in batches:
+                cost = counted.value[batch]
+                per_sample = paper_flops_per_sample(spec.paper_model) if args.size == "full" else None
+                ratio = flops_ratio(cost["flops_per_batch"], batch, spec.paper_model) if per_sample else None
+                record = {
+                    "model": model,
+                    "size": args.size,
+                    "batch_size": batch,
+                    "flops_per_batch": cost["flops_per_batch"],
+                    "mac_flops_per_batch": cost["mac_flops_per_batch"],
+                    "params": cost["params"],
+                    "paper_model": spec.paper_model,
+                    "paper_flops_per_batch": per_sample * batch if per_sample else None,
+                    "flops_ratio_to_paper": ratio,
+                    "uncounted_ops": ",".join(cost["uncounted_ops"]),
+                }
+                records.append(record)
+                rows.append(
+                    (
+                        model,
+                        str(batch),
+                        f"{cost['flops_per_batch']:.3g}",
+                        f"{cost['mac_flops_per_batch']:.3g}",
+                        f"{cost['params'] / 1e6:.2f} M",
+                        f"{record['paper_flops_per_batch']:.3g}" if per_sample else "-",
+                        f"{ratio:.3g}" if ratio else "-",
+                    )
+                )
+    print_table(header, rows)
+    if args.csv and records:
+        import polars as pl
+
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        pl.DataFrame(records).write_csv(args.csv)
+        print(f"written: {args.csv}", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def engine_flavour(engine: str) -> str:
     """The INT8 flavour ``engine`` consumes."""
     import engines
 
     return engines.engine_class(engine).int8_flavour
-
-
-def paper_table() -> dict[str, dict[str, str]]:
-    """The paper's Table I (copied from the AI Matrix paper, as data) by model name."""
-    import csv
-
-    with open(TABLE1) as handle:
-        return {row["model"]: row for row in csv.DictReader(handle)}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -336,12 +392,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    paper = paper_table()
     with tqdm(todo, desc="cells", unit="cell", file=sys.stderr) as bar:
         for cell in bar:
             bar.set_postfix_str(cell.id)
             spec = models.get_model(cell.model)
-            row = base_row(cell, spec, facts.get((cell.model, cell.batch_size), {}), paper, args.bytes_model)
+            row = base_row(cell, spec, facts.get((cell.model, cell.batch_size), {}), args.bytes_model)
             if cell.id in unsupported:
                 row.update(status="unsupported", error=unsupported[cell.id])
                 results.append(row)
@@ -439,9 +494,7 @@ def model_facts(
     return facts
 
 
-def base_row(
-    cell: Cell, spec: models.ModelSpec, facts: dict[str, Any], paper: dict[str, dict], bytes_model: str = "io"
-) -> dict[str, Any]:
+def base_row(cell: Cell, spec: models.ModelSpec, facts: dict[str, Any], bytes_model: str = "io") -> dict[str, Any]:
     """The columns every row has, whatever its status: identity, model facts, paper comparison.
 
     ``bytes_model`` ``io`` counts weights + inputs + outputs per batch; ``activations`` adds every
@@ -468,12 +521,13 @@ def base_row(
             row["bytes_model"] = "weights+inputs+outputs+activations"
         row["arith_intensity"] = facts["flops_per_batch"] / row["bytes_per_batch"] if row["bytes_per_batch"] else None
     # The paper's counts describe the full architectures; a ratio for a shrunk model would mean nothing.
-    table = paper.get(spec.paper_model or "") if cell.size == "full" else None
-    if table:
-        per_sample = float(table["flops_per_batch"]) / float(table["batch_size"])
-        row["paper_flops_per_sample"] = per_sample
-        if row["flops_per_batch"]:
-            row["flops_ratio_to_paper"] = row["flops_per_batch"] / cell.batch_size / per_sample
+    if cell.size == "full":
+        from analysis.paper import flops_ratio, paper_flops_per_sample
+
+        per_sample = paper_flops_per_sample(spec.paper_model)
+        if per_sample:
+            row["paper_flops_per_sample"] = per_sample
+            row["flops_ratio_to_paper"] = flops_ratio(row["flops_per_batch"], cell.batch_size, spec.paper_model)
     return row
 
 
@@ -608,6 +662,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(cal)
     calibration(cal)
     cal.add_argument("--engines", help="INT8 flavours for these engines (default: ort-cpu)")
+    flops = sub.add_parser("flops", help="FLOPs, params and the ratio to the paper's Table I, without timing")
+    common(flops)
+    flops.add_argument("--batch-sizes", default="paper", help="'paper' (default) or a comma list such as 1,8,32")
+    flops.add_argument("--csv", type=Path, help="also write the table to this CSV file")
     run = sub.add_parser("run", help="measure the matrix (the default job)")
     common(run)
     calibration(run)
@@ -682,6 +740,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "engines": cmd_engines,
         "export": cmd_export,
         "calibrate": cmd_calibrate,
+        "flops": cmd_flops,
         "run": cmd_run,
         "peak": cmd_peak,
         "report": cmd_report,
@@ -690,7 +749,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run" and args.onnx is not None:
             args.model_list = [bring_model(args)]
-        elif args.command in ("export", "calibrate", "run"):
+        elif args.command in ("export", "calibrate", "flops", "run"):
             catalogue = list(models.all_models())
             args.model_list = split_names(args.models, catalogue, "model", models.default_models())
         if args.command in ("calibrate", "run"):

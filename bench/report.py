@@ -18,7 +18,6 @@ machine, they are measured now (quick) and cached; otherwise the roofline shows 
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import json
 import sys
@@ -29,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from analysis.peak import Roofs, format_rate, unit
+from bench.results import CELL_COLUMNS
 
 DEFAULT_THRESHOLD = 0.99
-TABLE1 = Path(__file__).resolve().parent.parent / "analysis" / "table1.csv"
 PEAK_TIMEOUT_S = 600.0
 
 
@@ -192,12 +191,6 @@ def roofs_for(
     return Roofs.from_json(result.value) if result.ok else None
 
 
-def paper_rows() -> dict[str, dict[str, str]]:
-    """The paper's Table I by its model name."""
-    with open(TABLE1) as handle:
-        return {row["model"]: row for row in csv.DictReader(handle)}
-
-
 def paper_model(name: str) -> str | None:
     """The paper's name for a suite model, or None (unknown models, brought-in models)."""
     import models
@@ -232,16 +225,7 @@ def cell_key(row: dict[str, Any]) -> tuple:
 
 
 SUMMARY = (
-    ("model", "model"),
-    ("size", "size"),
-    ("engine", "engine"),
-    ("precision", "prec"),
-    ("batch_size", "batch"),
-    ("status", "status"),
-    ("latency_ms_p50", "p50 ms"),
-    ("latency_ms_p99", "p99 ms"),
-    ("throughput_samples_per_s", "samples/s"),
-    ("flops_per_s", "FLOP/s"),
+    *CELL_COLUMNS,
     ("arith_intensity", "FLOP/byte"),
     ("accuracy_metric", "accuracy metric"),
     ("accuracy_value", "value"),
@@ -383,12 +367,13 @@ def _roofline(doc: Document, rows: list[dict[str, Any]], roofs: dict[str, Roofs 
 
 
 def _paper(doc: Document, rows: list[dict[str, Any]]) -> None:
-    table1 = paper_rows()
+    from analysis.paper import table1
+
     table = []
     for row in rows:
         if row.get("precision") != "fp32" or not row.get("paper_flops_per_sample"):
             continue
-        paper = table1.get(paper_model(row["model"]) or "", {})
+        paper = table1().get(paper_model(row["model"]) or "", {})
         paper_batch = int(paper["batch_size"]) if paper.get("batch_size") else None
         table.append(
             [

@@ -120,7 +120,9 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-SUMMARY_COLUMNS = (
+# (key, title) of the columns that say which cell a row is and how fast it ran: the start of the run's
+# summary.md (below) and of the report's Summary table (bench/report.py), which add their own columns.
+CELL_COLUMNS = (
     ("model", "model"),
     ("size", "size"),
     ("engine", "engine"),
@@ -131,6 +133,9 @@ SUMMARY_COLUMNS = (
     ("latency_ms_p99", "p99 ms"),
     ("throughput_samples_per_s", "samples/s"),
     ("flops_per_s", "FLOP/s"),
+)
+SUMMARY_COLUMNS = (
+    *CELL_COLUMNS,
     ("speedup_vs_fp32", "x fp32"),
     ("accuracy_metric", "accuracy metric"),
     ("accuracy_value", "value"),

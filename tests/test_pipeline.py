@@ -180,3 +180,26 @@ def test_list_and_engines_do_not_import_frameworks():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "resnet50" in result.stdout and "ort-cpu" in result.stdout
+
+
+def test_flops_counts_without_timing(tiny_run, tmp_path, capsys):
+    out = tmp_path / "flops.csv"
+    args = ["flops", "--models", "resnet50,wide_deep", "--size", "tiny", "--batch-sizes", "1,4", "--csv", str(out)]
+    assert suite.main(args) == 0
+    table = pl.read_csv(out)
+    assert table.height == 4
+    per_batch = {(r["model"], r["batch_size"]): r["flops_per_batch"] for r in table.iter_rows(named=True)}
+    # Everything in these two models scales with the batch.
+    assert per_batch[("resnet50", 4)] == pytest.approx(4 * per_batch[("resnet50", 1)], rel=1e-6)
+    assert per_batch[("wide_deep", 4)] == pytest.approx(4 * per_batch[("wide_deep", 1)], rel=1e-6)
+    # A tiny model is not the paper's architecture, so it gets no ratio.
+    assert table["flops_ratio_to_paper"].null_count() == 4
+    assert "resnet50" in capsys.readouterr().out
+
+
+def test_paper_ratio_is_per_sample():
+    from analysis.paper import flops_ratio, paper_flops_per_sample
+
+    assert paper_flops_per_sample("ResNet50") == pytest.approx(2.14e11 / 32)
+    assert flops_ratio(2 * 2.14e11 / 32, 2, "ResNet50") == pytest.approx(1.0)
+    assert flops_ratio(1e9, 1, None) is None and flops_ratio(None, 1, "ResNet50") is None
