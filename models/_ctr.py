@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from models import InputSpec
+from models import InputSpec, ModelSpec
 
 # tf.layers.batch_normalization's epsilon, used by the DIN code's Dice and by the DIEN code's batch norm.
 NORM_EPS = 1e-3
@@ -261,3 +261,28 @@ def settle(model: Any, cfg: Mapping[str, Any], seed: int) -> None:
         axes = tuple(range(x.ndim - 1))
         layer.moving_mean.assign(x.mean(axis=axes))
         layer.moving_variance.assign(x.var(axis=axes))
+
+
+# Amazon Electronics sizes and the DIN/DIEN code's dimensions, shared by both models' configs.
+AMAZON_FULL = {"items": 63001, "categories": 801, "embedding_dim": 18, "history": 100}
+AMAZON_TINY = {"items": 50, "categories": 7, "embedding_dim": 4, "history": 6}
+
+
+def history_model_spec(name: str, paper_model: str, summary: str, build: Any, full: dict, tiny: dict) -> ModelSpec:
+    """The catalogue entry of a behaviour-sequence CTR model: Table I batch 512, the five history inputs, a
+    click ``probability`` output, Amazon Electronics sizes plus the model's own ``full`` / ``tiny`` settings."""
+    return ModelSpec(
+        name=name,
+        category="recommendation",
+        framework="tensorflow",
+        task="ctr",
+        paper_model=paper_model,
+        paper_batch=512,
+        summary=summary,
+        configs={"full": {**AMAZON_FULL, **full}, "tiny": {**AMAZON_TINY, **tiny}},
+        inputs=history_inputs,
+        outputs=("probability",),
+        build=build,
+        sampler=history_sampler,
+        int8_options=INT8_OPTIONS,
+    )

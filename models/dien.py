@@ -24,12 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from models import ModelSpec
 from models._ctr import (
-    INT8_OPTIONS,
     embed_behaviours,
-    history_inputs,
-    history_sampler,
+    history_model_spec,
     keras_inputs,
     layers,
     mlp_head,
@@ -200,38 +197,12 @@ def build(cfg: Mapping[str, Any], seed: int) -> Any:
 
 
 SPECS = [
-    ModelSpec(
-        name="dien",
-        category="recommendation",
-        framework="tensorflow",
-        task="ctr",
-        paper_model="DIEN",
-        paper_batch=512,
-        summary="DIEN, Amazon Electronics sizes, history 100, GRU 36 + attention 80-40 + AUGRU 36, MLP 200-80-2",
-        configs={
-            "full": {
-                "items": 63001,
-                "categories": 801,
-                "embedding_dim": 18,
-                "hidden": 36,
-                "history": 100,
-                "attention": (80, 40),
-                "mlp": (200, 80),
-            },
-            "tiny": {
-                "items": 50,
-                "categories": 7,
-                "embedding_dim": 4,
-                "hidden": 8,
-                "history": 6,
-                "attention": (8, 4),
-                "mlp": (8, 4),
-            },
-        },
-        inputs=history_inputs,
-        outputs=("probability",),
-        build=build,
-        sampler=history_sampler,
-        int8_options=INT8_OPTIONS,
+    history_model_spec(
+        "dien",
+        "DIEN",
+        "DIEN, Amazon Electronics sizes, history 100, GRU 36 + attention 80-40 + AUGRU 36, MLP 200-80-2",
+        build,
+        full={"hidden": 36, "attention": (80, 40), "mlp": (200, 80)},
+        tiny={"hidden": 8, "attention": (8, 4), "mlp": (8, 4)},
     )
 ]

@@ -18,12 +18,9 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-from models import ModelSpec
 from models._ctr import (
-    INT8_OPTIONS,
     embed_behaviours,
-    history_inputs,
-    history_sampler,
+    history_model_spec,
     keras_inputs,
     layers,
     mlp_head,
@@ -80,36 +77,12 @@ def build(cfg: Mapping[str, Any], seed: int) -> Any:
 
 
 SPECS = [
-    ModelSpec(
-        name="din",
-        category="recommendation",
-        framework="tensorflow",
-        task="ctr",
-        paper_model="DIN",
-        paper_batch=512,
-        summary="DIN, Amazon Electronics sizes, history 100, Dice activation unit 80-40, MLP 200-80-2",
-        configs={
-            "full": {
-                "items": 63001,
-                "categories": 801,
-                "embedding_dim": 18,
-                "history": 100,
-                "attention": (80, 40),
-                "mlp": (200, 80),
-            },
-            "tiny": {
-                "items": 50,
-                "categories": 7,
-                "embedding_dim": 4,
-                "history": 6,
-                "attention": (8, 4),
-                "mlp": (8, 4),
-            },
-        },
-        inputs=history_inputs,
-        outputs=("probability",),
-        build=build,
-        sampler=history_sampler,
-        int8_options=INT8_OPTIONS,
+    history_model_spec(
+        "din",
+        "DIN",
+        "DIN, Amazon Electronics sizes, history 100, Dice activation unit 80-40, MLP 200-80-2",
+        build,
+        full={"attention": (80, 40), "mlp": (200, 80)},
+        tiny={"attention": (8, 4), "mlp": (8, 4)},
     )
 ]
