@@ -7,7 +7,6 @@ are shared across tests (module fixture) because each one costs a TF trace and a
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -21,6 +20,7 @@ import pytest
 
 import exporters
 from models import InputSpec, ModelSpec, all_models, get_model
+from tests.zoo import import_torch_first
 
 pytestmark = [
     # Checked without importing: TensorFlow must not be imported while tests are collected (see below).
@@ -41,15 +41,8 @@ RUNS = {"first": 0, "again": 0, "other_seed": 1}
 
 @pytest.fixture(scope="module", autouse=True)
 def frameworks_in_safe_order() -> None:
-    """Import torch and torchvision (when installed) before TensorFlow, in this process.
-
-    With TensorFlow imported first, building a torchvision model later in the same process segfaults here
-    (tensorflow-cpu 2.21 with torch 2.14.1); the other order works. Importing TensorFlow at collection time
-    would so crash the PyTorch tests that run after it in one pytest session.
-    """
-    for name in ("torch", "torchvision"):
-        with contextlib.suppress(ImportError):
-            importlib.import_module(name)
+    """Torch before TensorFlow, and TensorFlow not at collection time (see tests/zoo.py)."""
+    import_torch_first()
 
 
 def sha256(path: Path) -> str:

@@ -4,8 +4,6 @@ against torchvision."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -13,10 +11,10 @@ import pytest
 import torch
 import torchvision
 
-import suite
 from models import get_model
 from models._rcnn import SCORE_THRESHOLD, align_detections, grouped_nms, multiscale_roi_align
 from onnx_models.store import ModelStore
+from tests.zoo import run_tiny
 
 MODELS = ("faster_rcnn", "mask_rcnn")
 
@@ -24,11 +22,9 @@ MODELS = ("faster_rcnn", "mask_rcnn")
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     """The result rows of one tiny run of both detectors (fp32, fp16, int8 on ort-cpu, batch 2)."""
-    out = tmp_path_factory.mktemp("detection_run")
-    args = ["run", "--models", ",".join(MODELS), "--size", "tiny", "--batch-sizes", "2", "--warmup-s", "0"]
-    args += ["--duration-s", "0.1", "--min-iters", "2", "--accuracy-samples", "4", "--out", str(out)]
-    assert suite.main(args) == 0
-    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    status, rows = run_tiny(MODELS, tmp_path_factory.mktemp("detection_run"))
+    assert status == 0
+    return rows
 
 
 def _session(model: str, artifact: str = "fp32") -> ort.InferenceSession:

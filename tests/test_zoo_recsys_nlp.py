@@ -4,18 +4,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
-import json
 
 import numpy as np
 import pytest
 
-import suite
 from analysis.flops import count
 from models import get_model
 from onnx_models.store import ModelStore
+from tests.zoo import import_torch_first, run_tiny
 
 MODELS = ("din", "dien", "gcn", "ncf", "nmt")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -35,39 +33,15 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module", autouse=True)
 def frameworks_in_safe_order() -> None:
-    """Import torch (when installed) before TensorFlow: the other order makes torchvision segfault later in the
-    same pytest process (see tests/test_tensorflow_models.py)."""
-    for name in ("torch", "torchvision"):
-        with contextlib.suppress(ImportError):
-            importlib.import_module(name)
+    """Torch before TensorFlow (see tests/zoo.py)."""
+    import_torch_first()
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, list[dict]]:
     """One run of the five tiny models at batch 2 in all three precisions; (exit status, result rows)."""
-    out = tmp_path_factory.mktemp("recsys_nlp_run")
-    status = suite.main(
-        [
-            "run",
-            "--models",
-            ",".join(MODELS),
-            "--size",
-            "tiny",
-            "--batch-sizes",
-            "2",
-            "--warmup-s",
-            "0",
-            "--duration-s",
-            "0.1",
-            "--min-iters",
-            "2",
-            "--accuracy-samples",
-            "4",
-            "--out",
-            str(out),
-        ]
-    )
-    return status, [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    status, rows = run_tiny(MODELS, tmp_path_factory.mktemp("recsys_nlp_run"))
+    return status, rows
 
 
 def test_every_cell_runs_with_accuracy_and_flops(tiny_run: tuple[int, list[dict]]) -> None:

@@ -3,10 +3,8 @@ and the hand-written bidirectional LSTM against Keras's own."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
-import json
 
 import numpy as np
 import onnxruntime as ort
@@ -14,6 +12,7 @@ import pytest
 
 import suite
 from models import get_model
+from tests.zoo import import_torch_first, run_tiny
 
 pytestmark = [
     # Checked without importing: TensorFlow must not be imported while tests are collected.
@@ -29,20 +28,16 @@ MODELS = ("cpn", "seglink", "crnn")
 
 @pytest.fixture(scope="module", autouse=True)
 def frameworks_in_safe_order() -> None:
-    """Import torch before TensorFlow (the other order segfaults torchvision later in the same process)."""
-    for name in ("torch", "torchvision"):
-        with contextlib.suppress(ImportError):
-            importlib.import_module(name)
+    """Torch before TensorFlow (see tests/zoo.py)."""
+    import_torch_first()
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     """The result rows of one tiny run of the three models (fp32, fp16, int8 on ort-cpu)."""
-    out = tmp_path_factory.mktemp("tf_vision_run")
-    args = ["run", "--models", ",".join(MODELS), "--size", "tiny", "--batch-sizes", "2", "--warmup-s", "0"]
-    args += ["--duration-s", "0.1", "--min-iters", "2", "--accuracy-samples", "4", "--out", str(out)]
-    assert suite.main(args) == 0
-    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    status, rows = run_tiny(MODELS, tmp_path_factory.mktemp("tf_vision_run"))
+    assert status == 0
+    return rows
 
 
 def _fp32_session(name: str) -> ort.InferenceSession:

@@ -4,16 +4,15 @@ detection output (NMS over a dynamic batch), head settling and DSSD's deconvolut
 
 from __future__ import annotations
 
-import json
 import warnings
 
 import numpy as np
 import pytest
 import torch
 
-import suite
 from analysis.accuracy import box_iou
 from models import dssd, get_model, ssd
+from tests.zoo import run_tiny
 
 # Each artifact and cell runs in a child process whose start-up dominates at tiny size, so the full run takes
 # one model per code path. resnet101 is resnet50's torchvision code (run by test_pipeline) with other depths
@@ -26,29 +25,8 @@ DETECTORS = {"ssd", "ssd_resnet50", "dssd"}
 @pytest.fixture(scope="module")
 def tiny_rows(tmp_path_factory):
     """Every model here at tiny size, batch 2, fp32/fp16/int8 on ort-cpu: (exit status, result rows)."""
-    out = tmp_path_factory.mktemp("zoo-vision")
-    status = suite.main(
-        [
-            "run",
-            "--models",
-            ",".join(MODELS),
-            "--size",
-            "tiny",
-            "--batch-sizes",
-            "2",
-            "--warmup-s",
-            "0",
-            "--duration-s",
-            "0.1",
-            "--min-iters",
-            "2",
-            "--accuracy-samples",
-            "4",
-            "--out",
-            str(out),
-        ]
-    )
-    return status, [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    status, rows = run_tiny(MODELS, tmp_path_factory.mktemp("zoo-vision"))
+    return status, rows
 
 
 def test_every_cell_runs_with_accuracy_and_flops(tiny_rows):
