@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from models import InputSpec
+from models._detection import nms_node
 
 # Raw pixel values in [0, 1]: the graph normalises them with the ImageNet mean and std, as torchvision's
 # detection transform does.
@@ -79,14 +80,7 @@ def _nms_class():
         @staticmethod
         def symbolic(g, boxes, scores, iou_threshold, score_threshold, max_per_group):
             scores = g.op("Unsqueeze", scores, g.op("Constant", value_t=torch.tensor([1])))
-            return g.op(
-                "NonMaxSuppression",
-                boxes,
-                scores,
-                g.op("Constant", value_t=torch.tensor([max_per_group], dtype=torch.int64)),
-                g.op("Constant", value_t=torch.tensor([iou_threshold], dtype=torch.float32)),
-                g.op("Constant", value_t=torch.tensor([score_threshold], dtype=torch.float32)),
-            )
+            return nms_node(g, boxes, scores, max_per_group, iou_threshold, score_threshold)
 
     return GroupedNMS
 
@@ -269,47 +263,6 @@ def two_stage_detector(
             return chosen.reshape(boxes.shape[0], boxes.shape[1], *logits.shape[-2:])
 
     return Detector().eval()
-
-
-def align_detections(reference: Mapping[str, Any], candidate: Mapping[str, Any]) -> dict[str, Any]:
-    """``candidate``'s detections reordered, per image, to the row order of ``reference`` (the parity check's
-    ``parity_align``).
-
-    Both map output names to arrays with images on axis 0 and detections on axis 1, in the detector's output
-    order (boxes, scores, labels, then any per-detection output such as masks). Rows are sorted by score, so
-    two detections whose scores differ by less than the framework-to-ONNX Runtime error (about 1e-4 at full
-    size, after fifty layers of float32 accumulation in different orders) can trade places. Each reference
-    row takes the unused candidate row of the same label that overlaps it most (IoU >= 0.5); rows left over
-    keep their order. A detection that one side has and the other lacks stays unmatched and still fails
-    the comparison.
-    """
-    import numpy as np
-
-    from analysis.accuracy import box_iou
-
-    names = list(reference)
-    boxes, labels = names[0], names[2]
-    orders = []
-    for image in range(reference[boxes].shape[0]):
-        overlap = box_iou(reference[boxes][image], candidate[boxes][image])
-        same = reference[labels][image][:, None] == candidate[labels][image][None, :]
-        overlap = np.where(same & (overlap >= 0.5), overlap, -1.0)
-        used = np.zeros(overlap.shape[1], dtype=bool)
-        order = []
-        for row in overlap:
-            best = int(np.argmax(np.where(used, -2.0, row)))
-            if row[best] >= 0 and not used[best]:
-                used[best] = True
-                order.append(best)
-            else:
-                order.append(-1)
-        leftover = iter(np.flatnonzero(~used))
-        orders.append([j if j >= 0 else next(leftover) for j in order])
-    index = np.asarray(orders)
-    return {
-        name: np.take_along_axis(value, index.reshape(*index.shape, *([1] * (value.ndim - 2))), axis=1)
-        for name, value in candidate.items()
-    }
 
 
 def rescale_outputs(detector: Any, targets: Mapping[Any, float], cfg: Mapping[str, Any], seed: int) -> None:

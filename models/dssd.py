@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from models import ModelSpec
-from models._rcnn import align_detections
+from models._detection import align_detections
 from models._vision import image_inputs, settle_batchnorm
 from models.ssd import (
     OUTPUTS,

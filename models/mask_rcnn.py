@@ -21,10 +21,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from models import ModelSpec
+from models._detection import align_detections
 from models._rcnn import (
     INT8_OPTIONS,
     SCORE_THRESHOLD,
-    align_detections,
     detector_inputs,
     multiscale_roi_align,
     rescale_outputs,

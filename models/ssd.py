@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from models import ModelSpec
-from models._rcnn import align_detections
+from models._detection import align_detections, nms_node
 from models._vision import PIXEL_HIGH, PIXEL_LOW, image_inputs, settle_batchnorm
 
 VARIANCES = (0.1, 0.2)
@@ -154,14 +154,7 @@ def _nms_function():
 
         @staticmethod
         def symbolic(g, boxes, scores, max_per_class: int, iou_threshold: float, score_threshold: float):
-            return g.op(
-                "NonMaxSuppression",
-                boxes,
-                scores,
-                g.op("Constant", value_t=torch.tensor([max_per_class], dtype=torch.int64)),
-                g.op("Constant", value_t=torch.tensor([iou_threshold], dtype=torch.float32)),
-                g.op("Constant", value_t=torch.tensor([score_threshold], dtype=torch.float32)),
-            )
+            return nms_node(g, boxes, scores, max_per_class, iou_threshold, score_threshold)
 
     return BatchedClassNMS
 

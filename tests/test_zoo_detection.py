@@ -12,7 +12,8 @@ import torch
 import torchvision
 
 from models import get_model
-from models._rcnn import SCORE_THRESHOLD, align_detections, grouped_nms, multiscale_roi_align
+from models._detection import align_detections
+from models._rcnn import SCORE_THRESHOLD, grouped_nms, multiscale_roi_align
 from onnx_models.store import ModelStore
 from tests.zoo import run_tiny
 
