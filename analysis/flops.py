@@ -96,6 +96,8 @@ import onnx.inliner
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import load_external_data_for_model, load_external_data_for_tensor
 
+from analysis.graphs import subgraphs
+
 Shape = tuple[int, ...]
 
 # Initializers up to this many elements keep their values in the shape-inference copy: data propagation needs
@@ -506,7 +508,7 @@ def _weights(graph: onnx.GraphProto) -> tuple[int, int]:
                 else:
                     role = "other"
                 roles.setdefault(name, set()).add(role)
-            for sub in _subgraphs(node):
+            for sub in subgraphs(node):
                 visit(sub)
 
     visit(graph)
@@ -523,16 +525,6 @@ def _weights(graph: onnx.GraphProto) -> tuple[int, int]:
     # zero biases of an untrained model, say); counting each copy keeps params independent of weight values.
     params += sum(param_numel.get(name, 0) for name in copied)
     return params, weight_bytes
-
-
-def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    found = []
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            found.append(attr.g)
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            found.extend(attr.graphs)
-    return found
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -624,7 +616,7 @@ def _sub_ctx(graph: onnx.GraphProto, bound: Mapping[str, tuple[Shape | None, int
         for node in g.node:
             consumed.extend(n for n in node.input if n)
             produced.update(n for n in node.output if n)
-            for sub in _subgraphs(node):
+            for sub in subgraphs(node):
                 scan(sub)
 
     scan(graph)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import onnx
 
+from analysis.graphs import subgraphs
 from bench.errors import first_line
 
 log = logging.getLogger(__name__)
@@ -37,21 +38,11 @@ def clean(path: Path) -> tuple[onnx.ModelProto, str]:
     return slimmed, note
 
 
-def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    graphs = []
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            graphs.append(attr.g)
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            graphs.extend(attr.graphs)
-    return graphs
-
-
 def _rename_references(graph: onnx.GraphProto, old: str, new: str) -> None:
     """Point every use of ``old`` in ``graph`` (and in bodies nested in it that do not define ``old``) at ``new``."""
     for node in graph.node:
         node.input[:] = [new if name == old else name for name in node.input]
-        for sub in _subgraphs(node):
+        for sub in subgraphs(node):
             defined = {vi.name for vi in sub.input} | {t.name for t in sub.initializer}
             if old not in defined and not any(old in n.output for n in sub.node):
                 _rename_references(sub, old, new)
@@ -74,7 +65,7 @@ def unique_initializer_names(model: onnx.ModelProto) -> int:
         taken.update(vi.name for vi in graph.input)
         for node in graph.node:
             taken.update(node.output)
-            for sub in _subgraphs(node):
+            for sub in subgraphs(node):
                 collect(sub)
 
     collect(model.graph)
@@ -83,7 +74,7 @@ def unique_initializer_names(model: onnx.ModelProto) -> int:
     def visit(graph: onnx.GraphProto) -> None:
         nonlocal renamed
         for node in graph.node:
-            for sub in _subgraphs(node):
+            for sub in subgraphs(node):
                 for tensor in sub.initializer:
                     if tensor.name in seen:
                         k = 1

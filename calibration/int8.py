@@ -26,6 +26,7 @@ from pathlib import Path
 
 import onnx
 
+from analysis.graphs import subgraphs
 from calibration.feeds import Feeds
 from calibration.graph import batchnorm_to_depthwise, check_runs, clean
 
@@ -171,9 +172,8 @@ def _summarise(graph: onnx.GraphProto, quantized: Counter[str], float_compute: C
             consumers.setdefault(name, []).append(node.op_type)
     graph_outputs = {o.name for o in graph.output}
     for node in graph.node:
-        for attr in node.attribute:
-            for body in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                _summarise(body, quantized, float_compute)
+        for body in subgraphs(node):
+            _summarise(body, quantized, float_compute)
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             continue
         reads_dq = any(i in dq_outputs for i in node.input)
