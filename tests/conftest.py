@@ -4,6 +4,7 @@ every test that needs them (exports are the slow part)."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -39,3 +40,8 @@ def pytest_collection_modifyitems(config, items):
 def store_root() -> Path:
     """The session's artifact store root."""
     return _STORE
+
+
+def pytest_unconfigure(config):
+    """Remove the session's private store (tiny artifacts, reference outputs, caches) when the session ends."""
+    shutil.rmtree(_STORE, ignore_errors=True)
