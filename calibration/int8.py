@@ -8,6 +8,9 @@ Two flavours of the same calibration (the ranges are shared through one cache fi
 - ``tensorrt``: signed, symmetric 8-bit activations and weights (zero point 0), per-channel weights: the
   explicit-quantization form TensorRT requires (TensorRT 11 has no implicit INT8 calibration).
 
+MatMuls inside Loop bodies, which the static quantizer does not enter, get int8 weights with activations
+quantized at run time in the ``cpu`` flavour (``calibration.loop_int8``).
+
 What must stay in float stays in float: embedding lookups (Gather), sorting and selection (TopK, NMS),
 softmax and index arithmetic are never quantized. The manifest lists which op types were quantized.
 
@@ -126,6 +129,7 @@ def quantize(
             )
         finally:
             root.setLevel(level)
+    loop_matmuls = _quantize_loops(partial) if flavour == "cpu" else 0
     check_runs(partial, check_feeds)
     os.replace(partial, out_path)
     return {
@@ -145,17 +149,35 @@ def quantize(
         "graph_cleanup": clean_note,
         "kept_float": sorted(KEEP_FLOAT | set(exclude_op_types)),
         "excluded_nodes": list(exclude_nodes),
+        "loop_matmuls_dynamic_int8": loop_matmuls,
         **quantized_summary(out_path),
     }
+
+
+def _quantize_loops(path: Path) -> int:
+    """Int8 weights for the MatMuls in ``path``'s Loop bodies (``calibration.loop_int8``), rewriting the file
+    when there are any; returns their number."""
+    from calibration.loop_int8 import quantize_loop_matmuls
+
+    model = onnx.load(str(path), load_external_data=False)
+    if not any(n.op_type == "Loop" for n in model.graph.node):
+        return 0
+    model = onnx.load(str(path))
+    rewritten = quantize_loop_matmuls(model)
+    if rewritten:
+        onnx.save(model, str(path))
+    return rewritten
 
 
 def quantized_summary(path: Path) -> dict:
     """Which op types in a QDQ model run quantized and which compute ops stay float, with node counts.
 
-    A node runs quantized when it reads at least one dequantized tensor and every one of its outputs goes
-    only into QuantizeLinear: the DQ -> op -> Q group that runtimes fuse into an integer kernel. A float op
+    A node runs quantized when it reads at least one dequantized tensor (Conv, MatMul and the other
+    ``COMPUTE_OPS``: its weight operand too) and every one of its outputs goes only into QuantizeLinear: the
+    DQ -> op -> Q group that runtimes fuse into an integer kernel. A float op
     that merely follows a quantized one (reading a DQ output, writing float) does not count. Loop, Scan and
-    If bodies are searched too: the quantizer does not enter them, so their matmuls show up as float.
+    If bodies are searched too: the static quantizer does not enter them, so their matmuls show up as float
+    unless ``calibration.loop_int8`` made them DynamicQuantizeMatMul (counted as quantized).
     """
     model = onnx.load(str(path), load_external_data=False)
     quantized: Counter[str] = Counter()
@@ -176,7 +198,13 @@ def _summarise(graph: onnx.GraphProto, quantized: Counter[str], float_compute: C
             _summarise(body, quantized, float_compute)
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             continue
-        reads_dq = any(i in dq_outputs for i in node.input)
+        if node.op_type == "DynamicQuantizeMatMul":
+            quantized[node.op_type] += 1
+            continue
+        # An arithmetic op with float weights (one left out of quantization between two quantized ones)
+        # runs in float even inside a DQ -> op -> Q group.
+        weights_dq = node.op_type not in COMPUTE_OPS or (len(node.input) > 1 and node.input[1] in dq_outputs)
+        reads_dq = weights_dq and any(i in dq_outputs for i in node.input)
         writes_q = all(
             o not in graph_outputs and consumers.get(o) and set(consumers[o]) == {"QuantizeLinear"} for o in node.output
         )

@@ -211,7 +211,7 @@ def ensure_int8(
     calib_key = cache_key(source=source, method=calib.method, samples=calib.samples, data=feeds.digest, rule="calib-v2")
     options = dict(spec.int8_options)
     key = cache_key(
-        calib=calib_key, flavour=flavour, options=options, onnxruntime=_version("onnxruntime"), rule="int8-v2"
+        calib=calib_key, flavour=flavour, options=options, onnxruntime=_version("onnxruntime"), rule="int8-v3"
     )
     if store.valid(name, key):
         return store.path(name)

@@ -223,3 +223,107 @@ def test_first_line_survives_empty_and_multiline_messages():
     assert first_line(AssertionError()) == "AssertionError"
     assert first_line(ValueError("\n  cause here  \nmore")) == "cause here"
     assert first_line(ValueError("x" * 500), 10) == "x" * 10
+
+
+def _loop_model(weight: np.ndarray, steps: int, changes_weight: bool = False):
+    """x (B, K) -> a Loop of ``steps`` iterations, each h = tanh(h @ W) with W carried through the Loop (as
+    tf2onnx passes a while loop's captured weights); with ``changes_weight`` the body also rescales W."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    k = weight.shape[0]
+    body_nodes = [
+        helper.make_node("MatMul", ["h_in", "w_in"], ["hw"], name="step_matmul"),
+        helper.make_node("Tanh", ["hw"], ["h_out"]),
+        helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+    ]
+    if changes_weight:
+        body_nodes.append(helper.make_node("Add", ["w_in", "w_in"], ["w_out"]))
+    else:
+        body_nodes.append(helper.make_node("Identity", ["w_in"], ["w_out"]))
+    body = helper.make_graph(
+        body_nodes,
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_in", TensorProto.FLOAT, ["B", k]),
+            helper.make_tensor_value_info("w_in", TensorProto.FLOAT, [k, k]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_out", TensorProto.FLOAT, ["B", k]),
+            helper.make_tensor_value_info("w_out", TensorProto.FLOAT, [k, k]),
+        ],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["steps", "", "x", "W"], ["h", "w_final"], body=body, name="loop")],
+        "loop_model",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", k])],
+        [helper.make_tensor_value_info("h", TensorProto.FLOAT, ["B", k])],
+        [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(np.array(steps, dtype=np.int64), "steps")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_loop_matmuls_get_int8_weights_and_stay_close():
+    import onnxruntime as ort
+
+    from calibration.loop_int8 import quantize_loop_matmuls
+
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((256, 256)) / 16).astype(np.float32)
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    model = _loop_model(weight, steps=5)
+    (reference,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )
+    assert quantize_loop_matmuls(model) == 1
+    (node,) = model.graph.node[0].attribute[0].g.node[:1]
+    assert (node.op_type, node.domain, node.name) == ("DynamicQuantizeMatMul", "com.microsoft", "step_matmul")
+    (quantized,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )
+    # Five chained steps of 8-bit arithmetic: close to float, not equal to it.
+    assert 0 < np.abs(quantized - reference).max() < 0.05
+    # A weight the body changes is not a constant, and a small one is not worth it: both left alone.
+    assert quantize_loop_matmuls(_loop_model(weight, steps=5, changes_weight=True)) == 0
+    assert quantize_loop_matmuls(_loop_model(weight[:64, :64].copy(), steps=5)) == 0
+
+
+def test_quantized_summary_counts_loop_matmuls(tmp_path):
+    import onnx
+
+    from calibration.int8 import quantized_summary
+    from calibration.loop_int8 import quantize_loop_matmuls
+
+    model = _loop_model(np.eye(8, dtype=np.float32), steps=2)
+    path = tmp_path / "plain.onnx"
+    onnx.save(model, str(path))
+    assert quantized_summary(path) == {"quantized_ops": {}, "float_compute_ops": {"MatMul": 1}}
+    quantize_loop_matmuls(model, min_weight_elements=0)
+    onnx.save(model, str(path))
+    assert quantized_summary(path) == {"quantized_ops": {"DynamicQuantizeMatMul": 1}, "float_compute_ops": {}}
+
+
+def test_a_float_weight_conv_between_quantized_ones_counts_as_float(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from calibration.int8 import quantized_summary
+
+    scale, zero = numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.uint8(128), "z")
+    weight = numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["x"]),
+            helper.make_node("Conv", ["x", "w"], ["y"]),  # float weights: not an integer kernel
+            helper.make_node("QuantizeLinear", ["y", "s", "z"], ["yq"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("xq", TensorProto.UINT8, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("yq", TensorProto.UINT8, [1, 2, 4, 4])],
+        [scale, zero, weight],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert quantized_summary(path) == {"quantized_ops": {}, "float_compute_ops": {"Conv": 1}}

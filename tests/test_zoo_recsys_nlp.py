@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from analysis.flops import count
@@ -71,6 +72,24 @@ def test_int8_keeps_the_logits_layer_float(name: str, tiny_run: tuple[int, list[
     (node,) = [n for n in graph.node if n.name == node_name]
     assert node.op_type == "MatMul" and not set(node.input) & dequantized
     assert any(n.op_type == "DequantizeLinear" for n in graph.node)  # the rest is quantized
+
+
+def test_int8_quantizes_the_large_matmuls_inside_loops(tiny_run) -> None:
+    """NMT's recurrent and projection weights run as int8 DynamicQuantizeMatMul (the threshold is lowered for
+    the tiny widths); its attention over the encoder outputs (an activation, not a weight) stays float."""
+    import onnx
+
+    from calibration.loop_int8 import quantize_loop_matmuls
+
+    store = ModelStore("nmt", "tiny")
+    assert store.entry("int8")["loop_matmuls_dynamic_int8"] == 0  # tiny weights are under the threshold
+    model = onnx.load(str(store.verified_path("int8")))
+    assert quantize_loop_matmuls(model, min_weight_elements=0) == 15
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (tokens,) = session.run(None, get_model("nmt").make_feeds("tiny", 2, 0))
+    assert tokens.shape[0] == 2
+    # DIEN's GRU weights (36 x 108 at full size) are under the threshold at either size: they stay float.
+    assert ModelStore("dien", "tiny").entry("int8")["loop_matmuls_dynamic_int8"] == 0
 
 
 # --- FLOPs: hand counts of the multiply-accumulates, 2 FLOPs each --------------------------------------------
