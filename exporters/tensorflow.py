@@ -36,6 +36,7 @@ import tf2onnx.graph  # noqa: E402
 import tf2onnx.optimizer  # noqa: E402
 import tf2onnx.utils  # noqa: E402
 
+from analysis.graphs import all_graphs  # noqa: E402
 from exporters import ExportError, FrameworkExport  # noqa: E402
 from models import ModelSpec  # noqa: E402
 
@@ -223,22 +224,10 @@ def _tf2onnx_patched() -> Iterator[None]:
         registry.update(saved)
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """``graph`` and every subgraph inside it (If / Loop / Scan bodies), depth first."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from _graphs(sub)
-
-
 def _tensor_names(proto: onnx.ModelProto) -> set[str]:
     """Every tensor name the model uses: node inputs and outputs, initializers, graph inputs and outputs."""
     names: set[str] = set()
-    for graph in _graphs(proto.graph):
+    for graph in all_graphs(proto.graph):
         names.update(i.name for i in graph.initializer)
         names.update(v.name for v in (*graph.input, *graph.output, *graph.value_info))
         for node in graph.node:
@@ -255,7 +244,7 @@ def _rename_tensors(proto: onnx.ModelProto, old: list[str], new: list[str]) -> N
     clash = (set(mapping.values()) & _tensor_names(proto)) - set(mapping)
     if clash:
         raise ExportError(f"cannot rename graph tensors to {sorted(clash)}: the converted graph already uses them")
-    for graph in _graphs(proto.graph):
+    for graph in all_graphs(proto.graph):
         for init in graph.initializer:
             init.name = mapping.get(init.name, init.name)
         for value in (*graph.input, *graph.output, *graph.value_info):
