@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing as mp
+import os
 import signal
 import traceback
 from dataclasses import dataclass
@@ -38,8 +39,11 @@ def run_isolated(target: str, kwargs: dict, timeout_s: float | None) -> ChildRes
     """Call ``module:function`` with ``kwargs`` in a fresh (spawned) process and wait at most ``timeout_s``.
 
     Arguments and the return value must be picklable. Returns a ChildResult; never raises for anything
-    that happens inside the child.
+    that happens inside the child. Children start with string hashing seeded (``PYTHONHASHSEED``, 0 unless
+    the caller set one): tf2onnx's conversion of models with loops follows the iteration order of sets of
+    names, and with a random seed the same NMT export came out in different bytes from run to run.
     """
+    os.environ.setdefault("PYTHONHASHSEED", "0")
     context = mp.get_context("spawn")
     parent, child = context.Pipe(duplex=False)
     process = context.Process(target=_child, args=(target, kwargs, child), daemon=True)

@@ -20,3 +20,7 @@ def crash() -> None:
 
 def hang() -> None:
     time.sleep(60)
+
+
+def hash_seed() -> str | None:
+    return os.environ.get("PYTHONHASHSEED")

@@ -327,3 +327,10 @@ def test_a_float_weight_conv_between_quantized_ones_counts_as_float(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     assert quantized_summary(path) == {"quantized_ops": {}, "float_compute_ops": {"Conv": 1}}
+
+
+def test_children_hash_strings_with_a_fixed_seed(monkeypatch):
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    assert run_isolated("tests.child_targets:hash_seed", {}, 60).value == "0"
+    monkeypatch.setenv("PYTHONHASHSEED", "7")  # a seed the user chose is kept
+    assert run_isolated("tests.child_targets:hash_seed", {}, 60).value == "7"
