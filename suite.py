@@ -256,8 +256,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_flops(args: argparse.Namespace) -> int:
-    """Count FLOPs, parameters and bytes per batch of the FP32 exports (exported first if needed), with the
-    ratio to the paper's Table I; nothing is timed, so this is cheap once the models are in the store."""
+    """Print FLOPs and parameters per batch of the FP32 exports (exported first if needed) with the ratio to
+    the paper's Table I, and write them to ``--csv``; nothing is timed, so this is cheap once the models
+    are in the store. Returns 1 when an export or a count failed."""
     from tqdm import tqdm
 
     from analysis.paper import flops_ratio, paper_flops_per_sample
