@@ -180,8 +180,24 @@ def layers() -> dict[str, type]:
         def call(self, logits: Any) -> Any:
             return tf.nn.softmax(logits, axis=-1)[:, :1]
 
+    class Interactions(keras.layers.Layer):
+        """(sequence (batch, L, D), one vector (batch, D)) -> the attention MLP's input (batch, L, 4D): for each
+        position s and the vector v, [s, v, s - v, s * v] (DIN's activation unit), or with ``vector_first``
+        [v, s, v - s, v * s] (DIEN's din_fcn_attention)."""
+
+        def __init__(self, vector_first: bool = False, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.vector_first = vector_first
+
+        def call(self, inputs: Any) -> Any:
+            sequence, vector = inputs
+            v = tf.broadcast_to(vector[:, tf.newaxis, :], tf.shape(sequence))
+            a, b = (v, sequence) if self.vector_first else (sequence, v)
+            return tf.concat([a, b, a - b, a * b], axis=-1)
+
     return {
         "Linear": Linear,
+        "Interactions": Interactions,
         "Table": Table,
         "Dice": Dice,
         "BatchNorm": BatchNorm,

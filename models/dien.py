@@ -134,14 +134,6 @@ def dien_layers() -> dict[str, type]:
         def call(self, x: Any) -> Any:
             return tf.maximum(0.0, x) + self.alpha * tf.minimum(0.0, x)
 
-    class AttentionInput(keras.layers.Layer):
-        """(query (batch, D), facts (batch, L, D)) -> [q, f, q - f, q * f], (batch, L, 4D), as din_fcn_attention."""
-
-        def call(self, inputs: Any) -> Any:
-            query, facts = inputs
-            q = tf.broadcast_to(query[:, tf.newaxis, :], tf.shape(facts))
-            return tf.concat([q, facts, q - facts, q * facts], axis=-1)
-
     class MaskedSoftmax(keras.layers.Layer):
         """(scores (batch, L, 1), mask (batch, L)) -> softmax over the real positions, (batch, L)."""
 
@@ -159,7 +151,6 @@ def dien_layers() -> dict[str, type]:
     return {
         "InterestGRU": InterestGRU,
         "PReLU": PReLU,
-        "AttentionInput": AttentionInput,
         "MaskedSoftmax": MaskedSoftmax,
         "BatchMajor": BatchMajor,
     }
@@ -181,7 +172,7 @@ def build(cfg: Mapping[str, Any], seed: int) -> Any:
     interests = dien["BatchMajor"](name="interests")(interests_time_major)
     query = lib["Linear"](hidden, name="attention_query")(target)
     query = dien["PReLU"](name="attention_query_prelu")(query)
-    x = dien["AttentionInput"](name="attention_input")([query, interests])
+    x = lib["Interactions"](vector_first=True, name="attention_input")([interests, query])
     for i, units in enumerate(cfg["attention"]):
         x = lib["Linear"](units, activation=keras.activations.sigmoid, name=f"attention_{i}")(x)
     scores = lib["Linear"](1, name="attention_score")(x)

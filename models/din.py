@@ -35,14 +35,6 @@ def _din_layers() -> dict[str, type]:
     import keras
     import tensorflow as tf
 
-    class ActivationUnitInput(keras.layers.Layer):
-        """(history (batch, L, D), target (batch, D)) -> [h, t, h - t, h * t], (batch, L, 4D)."""
-
-        def call(self, inputs: Any) -> Any:
-            history, target = inputs
-            t = tf.broadcast_to(target[:, tf.newaxis, :], tf.shape(history))
-            return tf.concat([history, t, history - t, history * t], axis=-1)
-
     class WeightedSumPooling(keras.layers.Layer):
         """(weights (batch, L, 1), mask (batch, L), history (batch, L, D)) -> sum_j mask_j w_j h_j, (batch, D)."""
 
@@ -51,7 +43,7 @@ def _din_layers() -> dict[str, type]:
             weights = tf.squeeze(weights, -1) * mask
             return tf.squeeze(tf.matmul(weights[:, tf.newaxis, :], history), 1)
 
-    return {"ActivationUnitInput": ActivationUnitInput, "WeightedSumPooling": WeightedSumPooling}
+    return {"WeightedSumPooling": WeightedSumPooling}
 
 
 def build(cfg: Mapping[str, Any], seed: int) -> Any:
@@ -63,7 +55,7 @@ def build(cfg: Mapping[str, Any], seed: int) -> Any:
     model_inputs = keras_inputs(cfg)
     history, target, mask = embed_behaviours(cfg, model_inputs)
 
-    x = din["ActivationUnitInput"](name="activation_unit_input")([history, target])
+    x = lib["Interactions"](name="activation_unit_input")([history, target])
     for i, units in enumerate(cfg["attention"]):
         x = lib["Linear"](units, name=f"activation_unit_{i}")(x)
         x = lib["Dice"](name=f"activation_unit_dice_{i}")(x)
