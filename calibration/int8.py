@@ -159,9 +159,6 @@ def _quantize_loops(path: Path) -> int:
     when there are any; returns their number."""
     from calibration.loop_int8 import quantize_loop_matmuls
 
-    model = onnx.load(str(path), load_external_data=False)
-    if not any(n.op_type == "Loop" for n in model.graph.node):
-        return 0
     model = onnx.load(str(path))
     rewritten = quantize_loop_matmuls(model)
     if rewritten:
@@ -174,8 +171,8 @@ def quantized_summary(path: Path) -> dict:
 
     A node runs quantized when it reads at least one dequantized tensor (Conv, MatMul and the other
     ``COMPUTE_OPS``: its weight operand too) and every one of its outputs goes only into QuantizeLinear: the
-    DQ -> op -> Q group that runtimes fuse into an integer kernel. A float op
-    that merely follows a quantized one (reading a DQ output, writing float) does not count. Loop, Scan and
+    DQ -> op -> Q group that runtimes fuse into an integer kernel. A float op that merely follows a
+    quantized one (reading a DQ output, writing float) does not count. Loop, Scan and
     If bodies are searched too: the static quantizer does not enter them, so their matmuls show up as float
     unless ``calibration.loop_int8`` made them DynamicQuantizeMatMul (counted as quantized).
     """
