@@ -250,6 +250,19 @@ def mlp_head(cfg: Mapping[str, Any], x: Any) -> Any:
     return lib["ClickProbability"](name="probability")(logits)
 
 
+def click_model(name: str, cfg: Mapping[str, Any], seed: int, model_inputs: list[Any], embedded: tuple, interest: Any):
+    """The settled Keras model that ends either network: the MLP reads the target, the behaviour sum, their
+    product and the model's ``interest`` vector. ``embedded`` is ``embed_behaviours``'s (history, target,
+    mask)."""
+    import keras
+
+    history, target, mask = embedded
+    features = keras.layers.Concatenate(name="fcn_input")([*summary_features(target, history, mask), interest])
+    model = keras.Model(model_inputs, mlp_head(cfg, features), name=name)
+    settle(model, cfg, seed)
+    return model
+
+
 def keras_inputs(cfg: Mapping[str, Any]) -> list[Any]:
     """Keras inputs named and shaped as ``history_inputs``."""
     import keras

@@ -25,13 +25,11 @@ from typing import Any
 import numpy as np
 
 from models._ctr import (
+    click_model,
     embed_behaviours,
     history_model_spec,
     keras_inputs,
     layers,
-    mlp_head,
-    settle,
-    summary_features,
 )
 
 # The code pads masked attention scores with -2**32 + 1 before the softmax.
@@ -181,10 +179,7 @@ def build(cfg: Mapping[str, Any], seed: int) -> Any:
         hidden, attentional=True, return_sequences=False, time_major=True, name="interest_evolution"
     )([interests_time_major, mask, scores])
 
-    features = keras.layers.Concatenate(name="fcn_input")([*summary_features(target, history, mask), evolved])
-    model = keras.Model(model_inputs, mlp_head(cfg, features), name="dien")
-    settle(model, cfg, seed)
-    return model
+    return click_model("dien", cfg, seed, model_inputs, (history, target, mask), evolved)
 
 
 SPECS = [

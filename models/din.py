@@ -19,13 +19,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from models._ctr import (
+    click_model,
     embed_behaviours,
     history_model_spec,
     keras_inputs,
     layers,
-    mlp_head,
-    settle,
-    summary_features,
 )
 
 
@@ -62,10 +60,7 @@ def build(cfg: Mapping[str, Any], seed: int) -> Any:
     weights = lib["Linear"](1, name="activation_unit_weight")(x)
     interest = din["WeightedSumPooling"](name="weighted_sum_pooling")([weights, mask, history])
 
-    features = keras.layers.Concatenate(name="fcn_input")([*summary_features(target, history, mask), interest])
-    model = keras.Model(model_inputs, mlp_head(cfg, features), name="din")
-    settle(model, cfg, seed)
-    return model
+    return click_model("din", cfg, seed, model_inputs, (history, target, mask), interest)
 
 
 SPECS = [
