@@ -21,6 +21,7 @@ from typing import Any
 
 import models
 from bench.cell import Cell, artifact_name_for
+from common.cpu_isa import isa as cpu_isa
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_ENGINES = ("ort-cpu",)
@@ -111,6 +112,7 @@ def settings_from(args: argparse.Namespace):
         calib = CalibrationSettings(
             method=getattr(args, "method", "minmax"),
             samples=getattr(args, "samples", 32),
+            int8_weights=getattr(args, "int8_weights", "auto"),
             data=data.resolve() if data else None,
         )
     except ValueError as exc:
@@ -180,7 +182,7 @@ def build_artifacts(
     jobs = [(m, p, f) for m in model_list for p, f in wanted]
     with tqdm(jobs, desc=title, unit="artifact", file=sys.stderr) as bar:
         for model, precision, flavour in bar:
-            artifact = int8_artifact_name(flavour) if precision == "int8" else precision
+            artifact = int8_artifact_name(flavour, calib.int8_weights) if precision == "int8" else precision
             bar.set_postfix_str(f"{model} {artifact}")
             if (model, "fp32") in failures:
                 failures[(model, artifact)] = failures[(model, "fp32")]
@@ -402,7 +404,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 row.update(status="unsupported", error=unsupported[cell.id])
                 results.append(row)
                 continue
-            artifact, _ = artifact_name_for(cell.engine, cell.precision)
+            artifact, _ = artifact_name_for(cell.engine, cell.precision, calib.int8_weights)
             if (cell.model, artifact) in not_convertible:
                 row.update(status="unsupported", error=not_convertible[(cell.model, artifact)])
                 results.append(row)
@@ -419,6 +421,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 accuracy_samples=args.accuracy_samples,
                 engine_options=engine_options,
                 reference=reference,
+                int8_weights=calib.int8_weights,
             )
             result = run_isolated("bench.cell:run_cell", kwargs, args.cell_timeout)
             samples = None
@@ -454,6 +457,141 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     print(f"report: {page}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def cmd_int8_check(args: argparse.Namespace) -> int:
+    """Run each model's CPU INT8 artifact with 8-bit and 7-bit weights, on the real integer kernels and simulated
+    in float, next to FP32, and say for each whether this CPU's kernels cost accuracy (``bench.int8_check``).
+    Prints the table and verdicts; writes ``int8-check.csv`` and ``int8-check.json`` into ``--out``."""
+    import tempfile
+    from dataclasses import replace
+
+    import polars as pl
+    from tqdm import tqdm
+
+    from bench.env import cpu_info
+    from bench.int8_check import VARIANTS, kernel_gap, verdict
+    from bench.isolation import run_isolated
+    from bench.timer import TimerSettings
+    from onnx_models.artifacts import int8_artifact_name
+
+    export, calib = settings_from(args)
+    try:
+        timer = TimerSettings(args.warmup_s, 1, args.duration_s, args.min_iters)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.batch_size < 1 or args.accuracy_samples < 1:
+        raise UsageError("--batch-size and --accuracy-samples must be at least 1")
+    out = args.out or Path("results") / time.strftime("int8-check-%Y%m%d-%H%M%S")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; name a directory")
+    cpu = cpu_info()
+    saturates = {True: "saturate", False: "are exact", None: "were not probed"}[cpu["int8_saturates"]]
+    print(f"CPU: {cpu['model']}, 8-bit kernels on {cpu['isa']}: u8 x s8 dot products {saturates}", file=sys.stderr)
+    failures: dict[tuple[str, str], str] = {}
+    for weights in ("8bit", "7bit"):
+        wanted = [("fp32", "cpu"), ("int8", "cpu")]
+        weighted = replace(calib, int8_weights=weights)
+        failures |= build_artifacts(args.model_list, args.size, wanted, export, weighted, f"artifacts ({weights})")
+    records: list[dict[str, Any]] = []
+    verdicts: list[str] = []
+    jobs = [(m, v) for m in args.model_list for v in VARIANTS]
+    with (
+        tempfile.TemporaryDirectory(prefix="aimatrix-int8-check-") as tmp,
+        tqdm(jobs, desc="int8 check", unit="run", file=sys.stderr) as bar,
+    ):
+        references: dict[str, Any] = {}
+        for model, variant in bar:
+            bar.set_postfix_str(f"{model} {variant.label}")
+            artifact = "fp32" if variant.precision == "fp32" else int8_artifact_name("cpu", variant.weights)
+            record: dict[str, Any] = {"model": model, "size": args.size, "variant": variant.label}
+            record |= {"artifact": artifact, "batch_size": args.batch_size, "cpu_isa": cpu["isa"]}
+            records.append(record)
+            error = failures.get((model, "fp32")) or failures.get((model, artifact))
+            if model not in references and not error:
+                kwargs = {"model": model, "size": args.size, "batch": args.batch_size, "samples": args.accuracy_samples}
+                references[model] = run_isolated("bench.cell:reference_outputs", kwargs, EXPORT_TIMEOUT_S)
+            if not error and not references[model].ok:
+                error = f"FP32 reference failed: {references[model].error}"
+            if error:
+                record.update(status="failed", error=error)
+                continue
+            outputs = Path(tmp) / f"{model}-{variant.label.replace(' ', '_')}.npz"
+            result = run_isolated(
+                "bench.int8_check:measure_variant",
+                {
+                    "model": model,
+                    "size": args.size,
+                    "artifact": artifact,
+                    "simulated": variant.simulated,
+                    "batch": args.batch_size,
+                    "samples": args.accuracy_samples,
+                    "reference": references[model].value,
+                    "timer": asdict(timer),
+                    "outputs_path": str(outputs),
+                },
+                args.cell_timeout,
+            )
+            if not result.ok:
+                record.update(status="failed", error=result.error)
+                tqdm.write(f"{model} {variant.label}: FAILED: {result.error}", file=sys.stderr)
+                continue
+            record.update(status="ok", outputs=str(outputs), **result.value)
+        for model in args.model_list:
+            verdicts.extend(_kernel_verdicts(model, [r for r in records if r["model"] == model], kernel_gap, verdict))
+        for record in records:
+            record.pop("outputs", None)
+    print_table(
+        ("model", "variant", "accuracy vs FP32", "1 - cosine", "agrees with simulation", "p50 ms", "vs FP32"),
+        [_int8_check_line(r) for r in records],
+    )
+    print("\n".join(verdicts))
+    out.mkdir(parents=True, exist_ok=True)
+    pl.DataFrame(records, infer_schema_length=None).write_csv(out / "int8-check.csv")
+    report = {"cpu": cpu, "settings": {"batch_size": args.batch_size, "samples": args.accuracy_samples}}
+    (out / "int8-check.json").write_text(json.dumps({**report, "rows": records, "verdicts": verdicts}, indent=1))
+    print(f"written: {out / 'int8-check.csv'}, {out / 'int8-check.json'}", file=sys.stderr)
+    return 1 if any(r["status"] != "ok" for r in records) else 0
+
+
+def _kernel_verdicts(model: str, records: list[dict[str, Any]], kernel_gap, verdict) -> list[str]:
+    """Fill each real INT8 record's speed-up and agreement with its simulation; return one verdict line per
+    weight range (whether the kernels cost accuracy)."""
+    by_label = {r["variant"]: r for r in records if r.get("status") == "ok"}
+    fp32 = by_label.get("fp32")
+    lines = []
+    for record in by_label.values():
+        if fp32 and record.get("latency_ms_p50") and record is not fp32:
+            record["speedup_vs_fp32"] = fp32["latency_ms_p50"] / record["latency_ms_p50"]
+        simulated = by_label.get(f"{record['variant']} simulated")
+        if simulated is None:
+            continue
+        from models import get_model
+
+        spec = get_model(model)
+        record.update(kernel_gap(spec.task, spec.task_options, simulated["outputs"], record["outputs"]))
+        costs, sentence = verdict(record, simulated)
+        record["kernels_cost_accuracy"] = costs
+        lines.append(f"{model} {record['variant']}: {sentence}")
+    return lines
+
+
+def _int8_check_line(record: dict[str, Any]) -> tuple[str, ...]:
+    """One printed line of the INT8 kernel check."""
+    if record["status"] != "ok":
+        return (record["model"], record["variant"], "FAILED", record.get("error", ""), "", "", "")
+    agreement = record.get("kernel_agreement")
+    p50 = record.get("latency_ms_p50")
+    speedup = record.get("speedup_vs_fp32")
+    return (
+        record["model"],
+        record["variant"],
+        f"{record['accuracy_metric']} {record['accuracy_value']:.3g}",
+        f"{1 - record['accuracy_cosine']:.2g}",
+        "-" if agreement is None else f"{agreement:.3g}",
+        "-" if p50 is None else f"{p50:.3g}",
+        "-" if speedup is None else f"{speedup:.2f}x",
+    )
 
 
 def model_facts(
@@ -511,6 +649,8 @@ def base_row(cell: Cell, spec: models.ModelSpec, facts: dict[str, Any], bytes_mo
         "status": None,
         "error": None,
         "cell_id": cell.id,
+        # The instruction set decides which integer kernels an INT8 cell ran on (and so its accuracy and speed).
+        "cpu_isa": cpu_isa(),
     }
     for key in ("flops_per_batch", "mac_flops_per_batch", "params"):
         row[key] = facts.get(key)
@@ -657,6 +797,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--method", default="minmax", help="INT8 calibration: minmax (default), entropy, percentile")
         p.add_argument("--samples", type=int, default=32, help="calibration samples (default 32)")
         p.add_argument("--data", "--calib-data", type=Path, help=".npz of calibration inputs, one array per input name")
+        p.add_argument(
+            "--int8-weights",
+            choices=("auto", "8bit", "7bit"),
+            default="auto",
+            help="weight range of the CPU INT8 artifacts: auto (default: 7bit where this CPU's 8-bit dot products "
+            "saturate, 8bit elsewhere), 8bit or 7bit",
+        )
 
     common(sub.add_parser("export", help="export FP32 ONNX artifacts with parity checks"))
     cal = sub.add_parser("calibrate", help="make the FP16 and calibrated INT8 artifacts")
@@ -721,6 +868,21 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("dir", type=Path, help="a results directory of suite.py run")
     report.add_argument("--threshold", type=float, default=0.99, help="accuracy pass threshold (default 0.99)")
     roofs(report)
+    check = sub.add_parser(
+        "int8-check",
+        help="INT8 with 8-bit and 7-bit weights, real integer kernels vs simulated in float: do the kernels cost "
+        "accuracy on this CPU?",
+    )
+    common(check)
+    check.add_argument("--method", default="minmax", help="INT8 calibration: minmax (default), entropy, percentile")
+    check.add_argument("--samples", type=int, default=32, help="calibration samples (default 32)")
+    check.add_argument("--batch-size", type=int, default=1, help="batch size of every run (default 1)")
+    check.add_argument("--accuracy-samples", type=int, default=32, help="samples compared with FP32 (default 32)")
+    check.add_argument("--warmup-s", type=float, default=1.0, help="warm-up seconds of each timed run")
+    check.add_argument("--duration-s", type=float, default=3.0, help="minimum measured seconds of each timed run")
+    check.add_argument("--min-iters", type=int, default=10, help="minimum measured iterations of each timed run")
+    check.add_argument("--cell-timeout", type=float, default=1800.0, help="seconds before a run is failed")
+    check.add_argument("--out", type=Path, help="where int8-check.csv/.json go (default results/int8-check-<time>)")
     compare = sub.add_parser("compare", help="compare two or more results directories")
     compare.add_argument("dirs", type=Path, nargs="+", help="results directories; the first is the baseline")
     compare.add_argument("--ignore-engine", action="store_true", help="join cells of different engines")
@@ -746,11 +908,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "peak": cmd_peak,
         "report": cmd_report,
         "compare": cmd_compare,
+        "int8-check": cmd_int8_check,
     }
     try:
         if args.command == "run" and args.onnx is not None:
             args.model_list = [bring_model(args)]
-        elif args.command in ("export", "calibrate", "flops", "run"):
+        elif args.command in ("export", "calibrate", "flops", "run", "int8-check"):
             catalogue = list(models.all_models())
             args.model_list = split_names(args.models, catalogue, "model", models.default_models())
         if args.command in ("calibrate", "run"):

@@ -109,23 +109,32 @@ def reference_outputs(model: str, size: str, batch: int, samples: int) -> str:
     return str(path)
 
 
-def run_cell(cell: dict, timer: dict, accuracy_samples: int, engine_options: dict, reference: str | None) -> dict:
+def run_cell(
+    cell: dict,
+    timer: dict,
+    accuracy_samples: int,
+    engine_options: dict,
+    reference: str | None,
+    int8_weights: str = "auto",
+) -> dict:
     """Measure one cell: load the artifact in the engine, check accuracy against ``reference`` (an .npz of
-    FP32 outputs, or None to skip), then time it. Returns the measured columns plus ``samples_ms``."""
+    FP32 outputs, or None to skip), then time it. ``int8_weights`` picks the CPU INT8 artifact's weight range
+    (``calibration.int8_recipe``). Returns the measured columns plus ``samples_ms``."""
     from analysis.accuracy import compare, concat
     from bench.timer import TimerSettings, measure
     from engines import engine_class
     from models import get_model
-    from onnx_models.artifacts import int8_artifact_name
     from onnx_models.store import ModelStore
 
     c = Cell(**cell)
     spec = get_model(c.model)
     engine_cls = engine_class(c.engine)
-    artifact = int8_artifact_name(engine_cls.int8_flavour) if c.precision == "int8" else c.precision
+    artifact, _ = artifact_name_for(c.engine, c.precision, int8_weights)
     store = ModelStore(c.model, c.size)
     path = store.verified_path(artifact)
     row: dict = {"artifact": str(path), "artifact_sha256": store.entry(artifact)["sha256"]}
+    if c.precision == "int8":
+        row["int8_weight_bits"] = store.entry(artifact).get("weight_bits")
     feeds = spec.make_feeds(c.size, c.batch_size, TIMING_SEED)
     # Engines that build for fixed shapes (TensorRT's optimisation profiles) learn the cell's shapes up front.
     options = {**engine_options, "input_shapes": {name: list(array.shape) for name, array in feeds.items()}}
@@ -149,10 +158,11 @@ def run_cell(cell: dict, timer: dict, accuracy_samples: int, engine_options: dic
     return row
 
 
-def artifact_name_for(engine: str, precision: str) -> tuple[str, str]:
-    """(store artifact name, INT8 flavour) that ``engine`` runs at ``precision``."""
+def artifact_name_for(engine: str, precision: str, int8_weights: str = "auto") -> tuple[str, str]:
+    """(store artifact name, INT8 flavour) that ``engine`` runs at ``precision``; ``int8_weights`` is the CPU
+    INT8 weight range asked for (``auto``, ``8bit``, ``7bit``)."""
     from engines import engine_class
     from onnx_models.artifacts import int8_artifact_name
 
     flavour = engine_class(engine).int8_flavour
-    return (int8_artifact_name(flavour) if precision == "int8" else precision), flavour
+    return (int8_artifact_name(flavour, int8_weights) if precision == "int8" else precision), flavour

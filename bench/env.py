@@ -9,6 +9,9 @@ import sys
 from importlib import metadata
 from typing import Any
 
+from common.cpu_isa import cpu_flags
+from common.cpu_isa import describe as int8_facts
+
 PACKAGES = (
     "onnx",
     "onnxruntime",
@@ -48,22 +51,25 @@ def cpu_info() -> dict[str, Any]:
     """CPU model name, core counts and the relevant instruction-set flags, from /proc/cpuinfo and psutil."""
     import psutil
 
-    model, flags = platform.processor() or platform.machine(), set()
+    model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
                 key, _, value = line.partition(":")
-                if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                if key.strip() == "model name":
                     model = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
+                    break
     except OSError:
         pass
+    flags = cpu_flags()
     return {
         "model": model,
         "logical_cores": psutil.cpu_count(),
         "physical_cores": psutil.cpu_count(logical=False),
         "flags": [f for f in CPU_FLAGS if f in flags],
+        # The 8-bit kernels' instruction set, whether it is documented to saturate u8 x s8 dot products, and
+        # whether ONNX Runtime's kernels here do (probed): what INT8 accuracy on this CPU depends on.
+        **int8_facts(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
     }
 

@@ -259,7 +259,7 @@ def build(
     )
 
     _speedups(doc, rows)
-    _accuracy(doc, rows, threshold)
+    _accuracy(doc, rows, threshold, env)
     engines = list(dict.fromkeys(r.get("engine") for r in rows if r.get("engine")))
     roofs = {engine: roofs_for(rows, env, engine, given, measure) for engine in engines}
     _roofline(doc, rows, roofs, run_dir, plot)
@@ -293,7 +293,7 @@ def _p50(row: dict[str, Any]) -> float | None:
     return row.get("latency_ms_p50") if row.get("status") == "ok" else None
 
 
-def _accuracy(doc: Document, rows: list[dict[str, Any]], threshold: float) -> None:
+def _accuracy(doc: Document, rows: list[dict[str, Any]], threshold: float, env: dict[str, Any]) -> None:
     doc.heading(2, f"Accuracy against FP32 (threshold {threshold:g})")
     doc.para(
         "Each cell's outputs on the seeded accuracy inputs against ONNX Runtime CPU FP32 on the same inputs. "
@@ -322,6 +322,40 @@ def _accuracy(doc: Document, rows: list[dict[str, Any]], threshold: float) -> No
         )
     header = ["model", "engine", "prec", "batch", "metric", "value", "cosine", "max abs error", "rule", "result"]
     doc.table(header, table)
+    note = kernel_note(rows, env)
+    if note:
+        doc.para(note)
+
+
+# Engines whose INT8 runs on the CPU's integer kernels (the ones that saturate on x86 without VNNI or AMX).
+CPU_ENGINES = ("ort-cpu", "ort:CPUExecutionProvider")
+
+
+def kernel_note(rows: list[dict[str, Any]], env: dict[str, Any]) -> str | None:
+    """What the CPU's 8-bit kernels did to the INT8 rows' accuracy, or None when no INT8 ran on the CPU: a
+    warning when 8-bit weights ran where u8 x s8 dot products saturate (kernel error mixed into the accuracy),
+    otherwise which weight range this CPU got and why."""
+    cpu = env.get("cpu", {})
+    int8 = [
+        r for r in rows if r.get("precision") == "int8" and r.get("engine") in CPU_ENGINES and r.get("status") == "ok"
+    ]
+    if not int8 or "isa" not in cpu:
+        return None
+    isa = cpu["isa"]
+    check = "`python suite.py int8-check --models <model>` measures the kernels against INT8 simulated in float"
+    if not cpu.get("int8_saturates"):
+        return f"INT8 on the CPU ran on {isa} integer kernels, whose 8-bit dot products are exact here; {check}."
+    full = sorted({r["model"] for r in int8 if r.get("int8_weight_bits") == 8})
+    if full:
+        return (
+            f"Warning: {', '.join(full)} ran INT8 with 8-bit weights on {isa}, whose u8 x s8 dot products saturate "
+            f"in 16 bits: their INT8 accuracy includes kernel error, not only quantization error. Run with "
+            f"--int8-weights auto (7-bit weights here) or see {check}."
+        )
+    return (
+        f"INT8 on the CPU used 7-bit weights ([-64, 64]): 8-bit dot products saturate on {isa}, so the full range "
+        f"would add kernel error; {check}."
+    )
 
 
 def _roofline(doc: Document, rows: list[dict[str, Any]], roofs: dict[str, Roofs | None], run_dir: Path, plot) -> None:
@@ -426,6 +460,7 @@ def _environment(doc: Document, env: dict[str, Any]) -> None:
         ["cores (logical / physical)", f"{cpu.get('logical_cores')} / {cpu.get('physical_cores')}"],
         ["memory GiB", cpu.get("memory_gib")],
         ["cpu flags", " ".join(cpu.get("flags", []))],
+        ["8-bit kernels", f"{cpu.get('isa')}, dot products {'saturate' if cpu.get('int8_saturates') else 'exact'}"],
         ["python", env.get("python")],
         ["platform", env.get("platform")],
         ["onnxruntime providers", ", ".join(env.get("onnxruntime_providers", []))],

@@ -42,6 +42,8 @@ COLUMNS = (
     "accuracy_cosine",
     "accuracy_max_abs_error",
     "accuracy_samples",
+    "cpu_isa",
+    "int8_weight_bits",
     "paper_flops_per_sample",
     "flops_ratio_to_paper",
     "engine_build_s",

@@ -4,7 +4,9 @@ Two flavours of the same calibration (the ranges are shared through one cache fi
 
 - ``cpu``: unsigned 8-bit activations with zero points, signed 8-bit per-channel weights (U8S8). This is
   what x86 VNNI kernels in ONNX Runtime run fastest: on ResNet-50 here it measured 3.2x faster than FP32
-  at batch 1, whereas signed activations are known to run slower than FP32 on some graphs.
+  at batch 1, whereas signed activations are known to run slower than FP32 on some graphs. Where the CPU's
+  u8 x s8 dot products saturate (x86 without VNNI or AMX), the weights are limited to [-64, 64]
+  (``calibration.int8_recipe``).
 - ``tensorrt``: signed, symmetric 8-bit activations and weights (zero point 0), per-channel weights: the
   explicit-quantization form TensorRT requires (TensorRT 11 has no implicit INT8 calibration).
 
@@ -32,6 +34,7 @@ import onnx
 from analysis.graphs import subgraphs
 from calibration.feeds import Feeds
 from calibration.graph import batchnorm_to_depthwise, check_runs, clean
+from common.cpu_isa import FULL_WEIGHT_MAX, REDUCED_WEIGHT_MAX
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +75,16 @@ def quantize(
     check_feeds: dict,
     exclude_op_types: tuple[str, ...] = (),
     exclude_nodes: tuple[str, ...] = (),
+    weight_bits: int = 8,
 ) -> dict:
     """Quantize ``fp32_path`` into the QDQ model ``out_path``; returns manifest info.
 
     ``feeds`` are the calibration batches (read one batch at a time, so memory stays at one batch's
     activations whatever the method); ``cache_path`` holds the tensor ranges: when it exists, calibration
     is skipped. ``check_feeds`` is one batch the result must run on with finite outputs. ``exclude_op_types``
-    and ``exclude_nodes`` keep more of the graph in float for a model that needs it.
+    and ``exclude_nodes`` keep more of the graph in float for a model that needs it. ``weight_bits`` 7 limits
+    the weights to [-64, 64] (ONNX Runtime's reduced range; ``calibration.int8_recipe`` says when), in the
+    static graph and in the Loop MatMuls alike.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -86,6 +92,8 @@ def quantize(
         raise ValueError(f"unknown calibration method {method!r}; valid: {', '.join(METHODS)}")
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown INT8 flavour {flavour!r}; valid: {', '.join(FLAVOURS)}")
+    if weight_bits not in (7, 8):
+        raise ValueError(f"weight_bits must be 8 or 7, got {weight_bits!r}")
     model, clean_note = clean(fp32_path)
     model, depthwise = batchnorm_to_depthwise(model)
     if depthwise:
@@ -120,7 +128,8 @@ def quantize(
                 op_types_to_quantize=[t for t in quantizable_op_types() if t not in exclude_op_types],
                 nodes_to_exclude=list(exclude_nodes),
                 per_channel=True,
-                reduce_range=False,
+                # Weights only: activations keep the full uint8/int8 range either way.
+                reduce_range=weight_bits == 7,
                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=_method(method),
@@ -129,14 +138,16 @@ def quantize(
             )
         finally:
             root.setLevel(level)
-    loop_matmuls = _quantize_loops(partial) if flavour == "cpu" else 0
+    loop_matmuls = _quantize_loops(partial, weight_bits) if flavour == "cpu" else 0
     check_runs(partial, check_feeds)
     os.replace(partial, out_path)
+    weight_max = REDUCED_WEIGHT_MAX if weight_bits == 7 else FULL_WEIGHT_MAX
     return {
         "quantizer": "onnxruntime.quantization.quantize_static (QDQ)",
         "flavour": flavour,
         "activations": "int8 symmetric" if symmetric else "uint8 asymmetric",
-        "weights": "int8 symmetric per-channel",
+        "weights": f"int8 symmetric per-channel, {weight_bits}-bit range [-{weight_max}, {weight_max}]",
+        "weight_bits": weight_bits,
         "calibration": {
             "method": method,
             "samples": feeds.samples,
@@ -154,13 +165,13 @@ def quantize(
     }
 
 
-def _quantize_loops(path: Path) -> int:
-    """Int8 weights for the MatMuls in ``path``'s Loop bodies (``calibration.loop_int8``), rewriting the file
-    when there are any; returns their number."""
+def _quantize_loops(path: Path, weight_bits: int) -> int:
+    """Int8 weights (``weight_bits`` wide) for the MatMuls in ``path``'s Loop bodies (``calibration.loop_int8``),
+    rewriting the file when there are any; returns their number."""
     from calibration.loop_int8 import quantize_loop_matmuls
 
     model = onnx.load(str(path))
-    rewritten = quantize_loop_matmuls(model)
+    rewritten = quantize_loop_matmuls(model, weight_max=REDUCED_WEIGHT_MAX if weight_bits == 7 else FULL_WEIGHT_MAX)
     if rewritten:
         onnx.save(model, str(path))
     return rewritten

@@ -27,9 +27,12 @@ FUSED_OP = "DynamicQuantizeMatMul"
 MIN_WEIGHT_ELEMENTS = 1 << 16
 
 
-def quantize_loop_matmuls(model: onnx.ModelProto, min_weight_elements: int = MIN_WEIGHT_ELEMENTS) -> int:
+def quantize_loop_matmuls(
+    model: onnx.ModelProto, min_weight_elements: int = MIN_WEIGHT_ELEMENTS, weight_max: int = 127
+) -> int:
     """Rewrite ``model`` in place: MatMuls in top-level Loop bodies whose weight is passed through the loop and
-    has at least ``min_weight_elements`` values become DynamicQuantizeMatMul with int8 per-column weights.
+    has at least ``min_weight_elements`` values become DynamicQuantizeMatMul with int8 per-column weights in
+    [-weight_max, weight_max] (127, or 64 where the CPU's dot products saturate: ``common.cpu_isa``).
     Returns how many MatMuls were rewritten."""
     initializers = {t.name: t for t in model.graph.initializer}
     quantized: dict[str, tuple[str, str, str]] = {}
@@ -46,7 +49,7 @@ def quantize_loop_matmuls(model: onnx.ModelProto, min_weight_elements: int = MIN
                 continue
             source = weights[node.input[1]]
             if source not in quantized:
-                quantized[source] = _add_int8_weight(model.graph, initializers[source])
+                quantized[source] = _add_int8_weight(model.graph, initializers[source], weight_max)
             q_name, scale_name, zero_name = quantized[source]
             fused = helper.make_node(
                 FUSED_OP,
@@ -82,13 +85,14 @@ def _passthrough_weights(
     return found
 
 
-def _add_int8_weight(graph: onnx.GraphProto, weight: onnx.TensorProto) -> tuple[str, str, str]:
-    """Add ``weight`` (K, N) as int8 with a symmetric scale per column N and a zero point of 0 to the main
-    graph's initializers; returns the three names (the Loop body reads them from the outer scope)."""
+def _add_int8_weight(graph: onnx.GraphProto, weight: onnx.TensorProto, weight_max: int) -> tuple[str, str, str]:
+    """Add ``weight`` (K, N) as int8 in [-weight_max, weight_max] with a symmetric scale per column N and a zero
+    point of 0 to the main graph's initializers; returns the three names (the Loop body reads them from the
+    outer scope)."""
     values = numpy_helper.to_array(weight).astype(np.float32)
-    scale = np.abs(values).max(axis=0) / 127.0
+    scale = np.abs(values).max(axis=0) / float(weight_max)
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-    q = np.clip(np.rint(values / scale), -127, 127).astype(np.int8)
+    q = np.clip(np.rint(values / scale), -weight_max, weight_max).astype(np.int8)
     names = (f"{weight.name}_int8", f"{weight.name}_int8_scale", f"{weight.name}_int8_zero_point")
     graph.initializer.extend(
         [
@@ -98,3 +102,30 @@ def _add_int8_weight(graph: onnx.GraphProto, weight: onnx.TensorProto) -> tuple[
         ]
     )
     return names
+
+
+def simulate_loop_matmuls(model: onnx.ModelProto) -> int:
+    """Rewrite ``model`` in place: each DynamicQuantizeMatMul in a Loop body becomes the same arithmetic in
+    float (DynamicQuantizeLinear and DequantizeLinear of the activation, DequantizeLinear of the int8 weight,
+    MatMul), so that with graph optimisation off the quantization error stays and no integer kernel runs.
+    Returns how many nodes were rewritten."""
+    rewritten = 0
+    for loop in (n for n in model.graph.node if n.op_type == "Loop"):
+        body = next(a.g for a in loop.attribute if a.name == "body")
+        nodes = []
+        for node in body.node:
+            if node.op_type != FUSED_OP or node.domain != CONTRIB_DOMAIN:
+                nodes.append(node)
+                continue
+            x, w, w_scale, w_zero = node.input
+            tag = f"{node.name or node.output[0]}_sim"
+            nodes += [
+                helper.make_node("DynamicQuantizeLinear", [x], [f"{tag}_xq", f"{tag}_xs", f"{tag}_xz"]),
+                helper.make_node("DequantizeLinear", [f"{tag}_xq", f"{tag}_xs", f"{tag}_xz"], [f"{tag}_x"]),
+                helper.make_node("DequantizeLinear", [w, w_scale, w_zero], [f"{tag}_w"], axis=1),
+                helper.make_node("MatMul", [f"{tag}_x", f"{tag}_w"], list(node.output), name=node.name),
+            ]
+            rewritten += 1
+        del body.node[:]
+        body.node.extend(nodes)
+    return rewritten

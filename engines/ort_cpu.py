@@ -36,11 +36,19 @@ class OrtSessionEngine(Engine):
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
 
     def session_options(self):
-        """SessionOptions: full graph optimisation, sequential execution, ``threads`` intra-op threads."""
+        """SessionOptions: full graph optimisation, sequential execution, ``threads`` intra-op threads.
+
+        The option ``optimization: "disabled"`` turns graph optimisation off: a QDQ graph then runs as written,
+        every quantized op in float between its DequantizeLinear and QuantizeLinear (INT8 simulated in float,
+        no integer kernel; ``bench.int8_check``)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            if self.options.get("optimization") == "disabled"
+            else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        )
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.intra_op_num_threads = int(self.options.get("threads") or physical_cores())
         options.inter_op_num_threads = 1
@@ -80,7 +88,10 @@ class OrtSessionEngine(Engine):
 
     def describe(self) -> dict[str, Any]:
         options = self.session_options()
-        return {"providers": self.session.get_providers(), "intra_op_threads": options.intra_op_num_threads}
+        described = {"providers": self.session.get_providers(), "intra_op_threads": options.intra_op_num_threads}
+        if self.options.get("optimization") == "disabled":
+            described["graph_optimization"] = "disabled"
+        return described
 
     def deactivate_impl(self) -> None:
         del self.session

@@ -45,19 +45,29 @@ class CalibrationSettings:
     batch: int = 4
     data: Path | None = None
     seed: int = 7
+    # Weight range of the cpu INT8 flavour: auto (7-bit where this CPU's dot products saturate), 8bit, 7bit.
+    int8_weights: str = "auto"
 
     def __post_init__(self) -> None:
         from calibration.int8 import METHODS
+        from calibration.int8_recipe import WEIGHT_RANGES
 
         if self.method not in METHODS:
             raise ValueError(f"unknown calibration method {self.method!r}; valid: {', '.join(METHODS)}")
+        if self.int8_weights not in WEIGHT_RANGES:
+            raise ValueError(f"unknown --int8-weights {self.int8_weights!r}; valid: {', '.join(WEIGHT_RANGES)}")
         if self.samples < 1 or self.batch < 1:
             raise ValueError("calibration samples and batch must be at least 1")
 
 
-def int8_artifact_name(flavour: str) -> str:
-    """The store name of an INT8 artifact: ``int8`` for the CPU flavour, ``int8-<flavour>`` otherwise."""
-    return "int8" if flavour == "cpu" else f"int8-{flavour}"
+def int8_artifact_name(flavour: str, int8_weights: str = "auto") -> str:
+    """The store name of an INT8 artifact: ``int8`` for the CPU flavour with 8-bit weights, ``int8-w7`` with
+    7-bit ones (``calibration.int8_recipe`` resolves ``int8_weights``), ``int8-<flavour>`` otherwise."""
+    from calibration.int8_recipe import weight_recipe
+
+    if flavour != "cpu":
+        return f"int8-{flavour}"
+    return "int8" if weight_recipe(flavour, int8_weights).bits == 8 else "int8-w7"
 
 
 def ensure_fp32(spec: ModelSpec, size: str, settings: ExportSettings = ExportSettings()) -> Path:
@@ -201,17 +211,27 @@ def ensure_int8(
     """The INT8 QDQ artifact of ``flavour``, quantized from the FP32 export unless a valid one is stored.
 
     The calibration cache is keyed by the FP32 file and the calibration settings and data, so a new
-    flavour or a rebuilt quantized file reuses the ranges instead of calibrating again.
+    flavour, weight range or rebuilt quantized file reuses the ranges instead of calibrating again. The
+    weight range (``calib.int8_weights``, resolved for this machine) is in the name and the build key.
     """
+    from calibration.int8_recipe import weight_recipe
+    from common.cpu_isa import isa
+
     fp32 = ensure_fp32(spec, size, settings)
     store = ModelStore(spec.name, size)
-    name = int8_artifact_name(flavour)
+    recipe = weight_recipe(flavour, calib.int8_weights)
+    name = int8_artifact_name(flavour, calib.int8_weights)
     feeds = calibration_feeds(spec, size, calib)
     source = store.entry("fp32")["sha256"]
     calib_key = cache_key(source=source, method=calib.method, samples=calib.samples, data=feeds.digest, rule="calib-v2")
     options = dict(spec.int8_options)
     key = cache_key(
-        calib=calib_key, flavour=flavour, options=options, onnxruntime=_version("onnxruntime"), rule="int8-v3"
+        calib=calib_key,
+        flavour=flavour,
+        weight_bits=recipe.bits,
+        options=options,
+        onnxruntime=_version("onnxruntime"),
+        rule="int8-v3",
     )
     if store.valid(name, key):
         return store.path(name)
@@ -228,8 +248,9 @@ def ensure_int8(
         check_feeds=spec.make_feeds(size, 1, CHECK_SEED),
         exclude_op_types=tuple(options.get("exclude_op_types", ())),
         exclude_nodes=tuple(options.get("exclude_nodes", ())),
+        weight_bits=recipe.bits,
     )
-    store.record(name, key, source_sha256=source, **info)
+    store.record(name, key, source_sha256=source, weight_recipe=recipe.reason, built_on_isa=isa(), **info)
     return store.path(name)
 
 

@@ -30,6 +30,7 @@ from engines.options import parse_provider_options, provider_share
 from engines.ort_cuda import OrtCudaEngine, OrtDeviceEngine
 from engines.ort_trt import OrtTrtEngine, profile_string
 from engines.tensorrt_native import TensorRTEngine, engine_cache_key, exact_profile, shapes_from_onnx
+from onnx_models.artifacts import int8_artifact_name
 
 GPU_ENGINES = ("ort-cuda", "ort-trt", "tensorrt")
 QUICK = ["--size", "tiny", "--warmup-s", "0", "--duration-s", "0.2", "--min-iters", "3", "--accuracy-samples", "8"]
@@ -440,7 +441,7 @@ def test_named_cpu_provider_end_to_end(mixed_run):
     assert named["fp32"]["accuracy_cosine"] == pytest.approx(1.0) and named["fp32"]["accuracy_max_abs_error"] < 1e-4
     assert named["fp16"]["accuracy_cosine"] > 0.99 and named["int8"]["accuracy_cosine"] > 0.9
     # The generic route takes the CPU-style INT8 artifact for a non-TensorRT provider, like ort-cpu.
-    assert named["int8"]["artifact"].endswith("/int8.onnx")
+    assert named["int8"]["artifact"].endswith(f"/{int8_artifact_name('cpu')}.onnx")
     settings = json.loads(named["fp32"]["engine_settings"])
     assert settings["providers"] == ["CPUExecutionProvider"] and settings["io_binding"] == "host"
     assert "samples_ms" not in named["fp32"] and named["fp32"]["iterations"] >= 3

@@ -12,9 +12,11 @@ import polars as pl
 import pytest
 
 import suite
+from common.cpu_isa import isa, saturation_probe
 from models import get_model
 from onnx_models.artifacts import CalibrationSettings, ensure_fp32, ensure_int8
 from onnx_models.store import ArtifactError, ModelStore
+from tests.zoo import CPU_INT8
 
 FOUR = ("resnet50", "densenet121", "wide_deep", "bert")
 QUICK = ["--size", "tiny", "--warmup-s", "0", "--duration-s", "0.2", "--min-iters", "3", "--accuracy-samples", "8"]
@@ -61,6 +63,12 @@ def test_run_writes_tables_env_and_samples(tiny_run):
     assert pl.read_csv(out / "results.csv").height == frame.height
     env = json.loads((out / "env.json").read_text())
     assert "CPUExecutionProvider" in env["onnxruntime_providers"] and env["cpu"]["logical_cores"] >= 1
+    # Which 8-bit kernels ran: the ISA in env.json and on every row, the INT8 weight width on INT8 rows.
+    assert env["cpu"]["isa"] == isa() and env["cpu"]["int8_saturates"] == saturation_probe()
+    assert set(frame["cpu_isa"]) == {isa()}
+    bits = 7 if saturation_probe() else 8
+    assert set(frame.filter(pl.col("precision") == "int8")["int8_weight_bits"]) == {bits}
+    assert frame.filter(pl.col("precision") != "int8")["int8_weight_bits"].null_count() == 2 * len(FOUR)
     assert (out / "summary.md").read_text().count("| ort-cpu |") == frame.height
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == frame.height and all(len(s["samples_ms"]) >= 3 for s in samples)
@@ -75,7 +83,7 @@ def suite_columns():
 def test_int8_manifest_says_what_was_quantized(tiny_run):
     for model in FOUR:
         manifest = ModelStore(model, "tiny").manifest()
-        int8 = manifest["artifacts"]["int8"]
+        int8 = manifest["artifacts"][CPU_INT8]
         assert int8["flavour"] == "cpu" and int8["activations"] == "uint8 asymmetric"
         assert int8["calibration"]["method"] == "minmax" and int8["calibration"]["samples"] == 32
         assert sum(int8["quantized_ops"].values()) > 0
@@ -113,11 +121,11 @@ def test_same_seed_same_bytes_and_corrupt_file_is_rebuilt(tiny_run):
 def test_calibration_cache_is_reused(tiny_run):
     spec = get_model("wide_deep")
     store = ModelStore("wide_deep", "tiny")
-    store.path("int8").unlink()
+    store.path(CPU_INT8).unlink()
     ensure_int8(spec, "tiny")
-    assert store.entry("int8")["calibration"]["cache_reused"] is True
+    assert store.entry(CPU_INT8)["calibration"]["cache_reused"] is True
     ensure_int8(spec, "tiny", calib=CalibrationSettings(samples=8))
-    assert store.entry("int8")["calibration"]["cache_reused"] is False
+    assert store.entry(CPU_INT8)["calibration"]["cache_reused"] is False
 
 
 def test_user_calibration_data(tiny_run, tmp_path, capsys):
@@ -127,7 +135,7 @@ def test_user_calibration_data(tiny_run, tmp_path, capsys):
     np.savez(good, **feeds)
     args = ["calibrate", "--models", "wide_deep", "--size", "tiny", "--data", str(good), "--samples", "16"]
     assert suite.main(args) == 0
-    assert "good.npz" in ModelStore("wide_deep", "tiny").entry("int8")["calibration"]["data"]
+    assert "good.npz" in ModelStore("wide_deep", "tiny").entry(CPU_INT8)["calibration"]["data"]
     bad = tmp_path / "bad.npz"
     np.savez(bad, **{**feeds, "dense": feeds["dense"][:, :2]})
     capsys.readouterr()

@@ -368,3 +368,18 @@ def test_byo_fixed_batch_runs_only_that_batch(tmp_path, capsys):
     model = conv_relu_gemm(tmp_path / "fixed.onnx", batch=1)
     assert suite.main(["run", "--onnx", str(model), "--batch-sizes", "4", "--out", str(tmp_path / "run")]) == 2
     assert "fixed batch dimension of 1: use --batch-sizes 1" in capsys.readouterr().err
+
+
+def test_report_says_when_int8_ran_on_saturating_kernels():
+    from bench.report import kernel_note
+
+    cpu = {"isa": "avx2", "int8_saturates": True}
+    full = [_row("resnet50", "int8", 25.0, int8_weight_bits=8), _row("bert", "int8", 9.0, int8_weight_bits=7)]
+    note = kernel_note(full, {"cpu": cpu})
+    assert note.startswith("Warning: resnet50 ran INT8 with 8-bit weights on avx2") and "bert" not in note
+    assert "7-bit weights" in kernel_note(full[1:], {"cpu": cpu})
+    exact = kernel_note(full, {"cpu": {"isa": "avx512-vnni", "int8_saturates": False}})
+    assert exact.startswith("INT8 on the CPU ran on avx512-vnni integer kernels, whose 8-bit dot products are exact")
+    # No INT8 on the CPU (or a run from before the ISA was recorded): nothing to say.
+    assert kernel_note([_row("resnet50", "fp32", 9.0)], {"cpu": cpu}) is None
+    assert kernel_note(full, {"cpu": {}}) is None

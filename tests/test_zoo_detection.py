@@ -15,7 +15,7 @@ from models import get_model
 from models._detection import align_detections
 from models._rcnn import SCORE_THRESHOLD, grouped_nms, multiscale_roi_align
 from onnx_models.store import ModelStore
-from tests.zoo import run_tiny
+from tests.zoo import CPU_INT8, run_tiny
 
 MODELS = ("faster_rcnn", "mask_rcnn")
 
@@ -85,9 +85,9 @@ def test_batch_dimension_is_dynamic_and_images_independent(tiny_run, model):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_int8_quantizes_the_network_but_not_the_boxes(tiny_run, model):
-    entry = ModelStore(model, "tiny").entry("int8")
+    entry = ModelStore(model, "tiny").entry(CPU_INT8)
     assert {"Conv", "Gemm"} <= set(entry["quantized_ops"])
-    graph = onnx.load(str(ModelStore(model, "tiny").verified_path("int8"))).graph
+    graph = onnx.load(str(ModelStore(model, "tiny").verified_path(CPU_INT8))).graph
     assert_quantizes_only_network_tensors(graph)
     producers = {o: n.op_type for n in graph.node for o in n.output}
     outputs = {o.name for o in graph.output}

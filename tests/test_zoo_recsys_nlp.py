@@ -14,7 +14,7 @@ import pytest
 from analysis.flops import count
 from models import get_model
 from onnx_models.store import ModelStore
-from tests.zoo import import_torch_first, run_tiny
+from tests.zoo import CPU_INT8, import_torch_first, run_tiny
 
 MODELS = ("din", "dien", "gcn", "ncf", "nmt")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -66,8 +66,8 @@ def test_int8_keeps_the_logits_layer_float(name: str, tiny_run: tuple[int, list[
 
     (node_name,) = get_model(name).int8_options["exclude_nodes"]
     store = ModelStore(name, "tiny")
-    assert store.entry("int8")["excluded_nodes"] == [node_name]
-    graph = onnx.load(str(store.verified_path("int8"))).graph
+    assert store.entry(CPU_INT8)["excluded_nodes"] == [node_name]
+    graph = onnx.load(str(store.verified_path(CPU_INT8))).graph
     dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     (node,) = [n for n in graph.node if n.name == node_name]
     assert node.op_type == "MatMul" and not set(node.input) & dequantized
@@ -82,14 +82,14 @@ def test_int8_quantizes_the_large_matmuls_inside_loops(tiny_run) -> None:
     from calibration.loop_int8 import quantize_loop_matmuls
 
     store = ModelStore("nmt", "tiny")
-    assert store.entry("int8")["loop_matmuls_dynamic_int8"] == 0  # tiny weights are under the threshold
-    model = onnx.load(str(store.verified_path("int8")))
+    assert store.entry(CPU_INT8)["loop_matmuls_dynamic_int8"] == 0  # tiny weights are under the threshold
+    model = onnx.load(str(store.verified_path(CPU_INT8)))
     assert quantize_loop_matmuls(model, min_weight_elements=0) == 15
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (tokens,) = session.run(None, get_model("nmt").make_feeds("tiny", 2, 0))
     assert tokens.shape[0] == 2
     # DIEN's GRU weights (36 x 108 at full size) are under the threshold at either size: they stay float.
-    assert ModelStore("dien", "tiny").entry("int8")["loop_matmuls_dynamic_int8"] == 0
+    assert ModelStore("dien", "tiny").entry(CPU_INT8)["loop_matmuls_dynamic_int8"] == 0
 
 
 # --- FLOPs: hand counts of the multiply-accumulates, 2 FLOPs each --------------------------------------------

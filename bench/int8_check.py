@@ -1,0 +1,135 @@
+"""The INT8 kernel check: is the INT8 accuracy lost on this CPU lost to quantization or to its integer kernels?
+
+One model is run five ways on ONNX Runtime's CPU provider, on the same seeded accuracy inputs: FP32; the INT8
+artifact with 8-bit weights on the real integer kernels; the same file simulated in float (graph optimisation
+off, so every quantized op runs in float between its DequantizeLinear and QuantizeLinear and only the
+quantization's rounding remains); and the same two with 7-bit weights. The simulated runs measure quantization
+error, the gap between a real run and its simulation measures kernel error: on CPUs whose u8 x s8 dot products
+saturate (``common.cpu_isa``) the 8-bit gap is large and the 7-bit one is not.
+
+``measure_variant`` runs in a child process; ``verdict`` is pure and compares the saved outputs.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of running the model: a precision, the INT8 weight range, and real or simulated kernels."""
+
+    label: str
+    precision: str
+    weights: str | None = None
+    simulated: bool = False
+
+
+VARIANTS = (
+    Variant("fp32", "fp32"),
+    Variant("int8 8-bit", "int8", "8bit"),
+    Variant("int8 8-bit simulated", "int8", "8bit", simulated=True),
+    Variant("int8 7-bit", "int8", "7bit"),
+    Variant("int8 7-bit simulated", "int8", "7bit", simulated=True),
+)
+# A real run whose error against FP32 exceeds its simulation's by this factor (in 1 - cosine) has lost accuracy
+# to the kernels: exact integer kernels round like the simulation does and land within a few per cent of it.
+KERNEL_ERROR_FACTOR = 1.5
+
+
+def _simulation_file(path: Path, tmp: Path) -> Path:
+    """``path`` itself, or a copy whose Loop-body DynamicQuantizeMatMuls (integer kernels that no optimisation
+    level turns off) are rewritten as their float simulation."""
+    import onnx
+
+    from calibration.loop_int8 import simulate_loop_matmuls
+
+    model = onnx.load(str(path))
+    if not simulate_loop_matmuls(model):
+        return path
+    copy = tmp / "simulated.onnx"
+    onnx.save(model, str(copy))
+    return copy
+
+
+def measure_variant(
+    model: str,
+    size: str,
+    artifact: str,
+    simulated: bool,
+    batch: int,
+    samples: int,
+    reference: str,
+    timer: dict,
+    outputs_path: str,
+) -> dict:
+    """Run the stored ``artifact`` of ``model`` on the accuracy inputs (saving its outputs to ``outputs_path``),
+    compare with the FP32 ``reference`` .npz, and time it unless ``simulated`` (a float simulation's speed
+    means nothing). Returns the accuracy columns plus ``latency_ms_p50``/``latency_ms_mean``."""
+    from analysis.accuracy import compare, concat
+    from bench.cell import TIMING_SEED, accuracy_feeds
+    from bench.timer import TimerSettings, measure
+    from engines.ort_cpu import OrtCpuEngine
+    from models import get_model
+    from onnx_models.store import ModelStore
+
+    spec = get_model(model)
+    store = ModelStore(model, size)
+    path = store.verified_path(artifact)
+    row: dict = {"artifact": artifact, "artifact_sha256": store.entry(artifact)["sha256"]}
+    with tempfile.TemporaryDirectory(prefix="aimatrix-int8-check-") as tmp:
+        source = _simulation_file(path, Path(tmp)) if simulated else path
+        with OrtCpuEngine({"optimization": "disabled"} if simulated else {}) as engine:
+            engine.activate(source)
+            outputs = concat([engine.infer(f) for f in accuracy_feeds(spec, size, batch, samples)])
+            if not simulated:
+                engine.prepare(spec.make_feeds(size, batch, TIMING_SEED))
+                stats = measure(engine.run_prepared, TimerSettings(**timer))
+                row.update(latency_ms_p50=stats.p50, latency_ms_mean=stats.mean, iterations=stats.iterations)
+    np.savez(outputs_path, **outputs)
+    with np.load(reference) as data:
+        expected = {name: data[name] for name in data.files}
+    row.update(compare(spec.task, expected, outputs, spec.task_options))
+    row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return row
+
+
+def kernel_gap(task: str, options: dict, simulated: str, real: str) -> dict:
+    """How far the real kernels' outputs (.npz ``real``) are from their float simulation (``simulated``): the
+    task's agreement metric and cosine of real against simulated."""
+    from analysis.accuracy import compare
+
+    with np.load(simulated) as a, np.load(real) as b:
+        gap = compare(task, {k: a[k] for k in a.files}, {k: b[k] for k in b.files}, options)
+    return {"kernel_agreement": gap["accuracy_value"], "kernel_cosine": gap["accuracy_cosine"]}
+
+
+def verdict(real: dict, simulated: dict) -> tuple[bool, str]:
+    """(whether the kernels add error of their own, one sentence saying so and whether the task metric shows
+    it) from a real run's and its simulation's accuracy rows against FP32 (``accuracy_metric``,
+    ``accuracy_value``, ``accuracy_cosine``)."""
+    from analysis.accuracy import PRIMARY
+
+    metric = real["accuracy_metric"]
+    higher_better = next((better for name, better in PRIMARY.values() if name == metric), True)
+    real_err, sim_err = 1 - real["accuracy_cosine"], 1 - simulated["accuracy_cosine"]
+    worse_metric = (
+        real["accuracy_value"] < simulated["accuracy_value"]
+        if higher_better
+        else real["accuracy_value"] > simulated["accuracy_value"] * KERNEL_ERROR_FACTOR
+    )
+    costs = real_err > max(sim_err * KERNEL_ERROR_FACTOR, 1e-6)
+    numbers = (
+        f"{metric} {real['accuracy_value']:.3g} on the integer kernels vs {simulated['accuracy_value']:.3g} "
+        f"simulated in float; 1 - cosine {real_err:.2g} vs {sim_err:.2g}"
+    )
+    if costs and worse_metric:
+        return True, f"the kernels cost accuracy: {numbers}"
+    if costs:
+        return True, f"the kernels add error of their own, not (yet) visible in {metric}: {numbers}"
+    return False, f"the kernels are faithful: {numbers}"

@@ -1,0 +1,1 @@
+"""Leaf helpers every layer may import: they import nothing of the suite."""
