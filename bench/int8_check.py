@@ -38,8 +38,10 @@ VARIANTS = (
     Variant("int8 7-bit simulated", "int8", "7bit", simulated=True),
 )
 # A real run whose error against FP32 exceeds its simulation's by this factor (in 1 - cosine) has lost accuracy
-# to the kernels: exact integer kernels round like the simulation does and land within a few per cent of it.
-KERNEL_ERROR_FACTOR = 1.5
+# to the kernels: exact integer kernels round like the simulation does and land within a few per cent of it
+# (7-bit weights on AVX2: ResNet-50 0.019 vs 0.019, DenseNet-121 0.0080 vs 0.0081, BERT-base 0.0028 vs 0.0028),
+# while saturating ones came out 1.4x (ResNet-50), 2.9x (DenseNet-121) and 3.9x (BERT-base) above it.
+KERNEL_ERROR_FACTOR = 1.2
 
 
 def _simulation_file(path: Path, tmp: Path) -> Path:

@@ -200,7 +200,8 @@ def test_weight_range_is_in_the_artifact_name_key_and_manifest():
         assert path == store.path(name)
         entry = store.entry(name)
         assert entry["weight_bits"] == int(weights[0]) and entry["built_on_isa"] == isa()
-        assert f"[-{extreme}, {extreme}]" in entry["weights"] and "given" in entry["weight_recipe"]
+        # The reason is the first build's: an auto build with the same width is the same artifact.
+        assert f"[-{extreme}, {extreme}]" in entry["weights"] and entry["weight_recipe"]
         assert _weight_extremes(path) == extreme
     # Same FP32 file, calibration and options: only the weight range tells the two builds apart.
     assert store.entry("int8")["key"] != store.entry("int8-w7")["key"]
