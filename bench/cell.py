@@ -47,7 +47,10 @@ def build_artifact(model: str, size: str, precision: str, flavour: str, export: 
 
 
 def count_flops(model: str, size: str, batches: list[int]) -> dict[int, dict]:
-    """FLOPs, params and bytes of the stored FP32 artifact at each batch size, cached next to it by sha256.
+    """FLOPs, params and bytes of the stored FP32 artifact at each batch size: ``{batch: {column: value}}``.
+
+    Cached next to it under the artifact's sha256; the cache is used only while its own bytes match the
+    sha256 the manifest recorded for it, and is recounted otherwise.
 
     Inputs take the shapes of the timed feeds at each batch size, so graphs with dynamic dimensions besides
     the batch (brought-in ONNX models) are counted at the shapes that are measured."""
@@ -58,8 +61,8 @@ def count_flops(model: str, size: str, batches: list[int]) -> dict[int, dict]:
     store = ModelStore(model, size)
     path = store.verified_path("fp32")
     spec = get_model(model)
-    cache = store.dir / f"flops-{store.entry('fp32')['sha256'][:16]}.json"
-    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    cache = f"flops-{store.entry('fp32')['sha256'][:16]}.json"
+    known = _read_json_cache(store, cache)
     missing = [b for b in batches if "activation_bytes" not in known.get(str(b), {})]
     if missing:
         import onnx
@@ -78,8 +81,25 @@ def count_flops(model: str, size: str, batches: list[int]) -> dict[int, dict]:
                 "uncounted_ops": sorted(cost.uncounted),
                 "unknown_shapes": len(cost.unknown_shapes),
             }
-        cache.write_text(json.dumps(known, indent=1, sort_keys=True))
+        text = json.dumps(known, indent=1, sort_keys=True)
+        store.write_cache(cache, lambda tmp: tmp.write_text(text))
     return {b: known[str(b)] for b in batches}
+
+
+def _read_json_cache(store, name: str) -> dict:
+    """The JSON object in cache ``name`` of ``store`` if the manifest vouches for its bytes and it parses; else
+    {} (and the file is deleted), so the caller counts again."""
+    path = store.verified_cache(name)
+    if path is None:
+        return {}
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = None
+    if isinstance(known, dict):
+        return known
+    path.unlink(missing_ok=True)
+    return {}
 
 
 def accuracy_feeds(spec, size: str, batch: int, samples: int) -> list[dict[str, np.ndarray]]:
@@ -88,7 +108,8 @@ def accuracy_feeds(spec, size: str, batch: int, samples: int) -> list[dict[str, 
 
 
 def reference_outputs(model: str, size: str, batch: int, samples: int) -> str:
-    """FP32 ONNX Runtime CPU outputs on the accuracy inputs, cached in the store; returns the .npz path."""
+    """FP32 ONNX Runtime CPU outputs on the accuracy inputs, cached in the store; returns the .npz path, whose
+    bytes match the sha256 recorded in the manifest when it was written."""
     from analysis.accuracy import concat
     from engines.ort_cpu import OrtCpuEngine
     from models import get_model
@@ -96,17 +117,17 @@ def reference_outputs(model: str, size: str, batch: int, samples: int) -> str:
 
     store = ModelStore(model, size)
     fp32 = store.verified_path("fp32")
-    path = store.dir / f"reference-{store.entry('fp32')['sha256'][:16]}-b{batch}-n{samples}.npz"
-    if path.is_file():
+    name = f"reference-{store.entry('fp32')['sha256'][:16]}-b{batch}-n{samples}.npz"
+    # Only a file whose sha256 the manifest recorded is used: a truncated one would fail every cell, an edited
+    # one would move every accuracy number. Anything else is deleted and computed again.
+    path = store.verified_cache(name)
+    if path is not None:
         return str(path)
     spec = get_model(model)
     with OrtCpuEngine() as engine:
         engine.activate(fp32)
         outputs = concat([engine.infer(feeds) for feeds in accuracy_feeds(spec, size, batch, samples)])
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **outputs)
-    tmp.replace(path)
-    return str(path)
+    return str(store.write_cache(name, lambda tmp: np.savez(tmp, **outputs)))
 
 
 def run_cell(

@@ -15,6 +15,7 @@ import onnx
 
 from bench.errors import first_line
 from calibration.graph import check_runs, clean
+from onnx_models.store import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,9 @@ def convert(fp32_path: Path, out_path: Path, feeds: dict) -> dict:
             errors.append(f"block={list(block) or 'default'}: {first_line(exc)}")
             log.info("fp16 conversion attempt failed: %s", errors[-1])
             continue
-        onnx.save(converted, str(out_path))
+        # Written like every artifact: a run reading the old file never sees a half-written new one.
+        with atomic_path(out_path) as tmp:
+            onnx.save(converted, str(tmp))
         return {
             "converter": "onnxruntime.transformers.float16",
             "graph_cleanup": clean_note,

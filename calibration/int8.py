@@ -35,6 +35,7 @@ from analysis.graphs import subgraphs
 from calibration.feeds import Feeds
 from calibration.graph import batchnorm_to_depthwise, check_runs, clean
 from common.cpu_isa import FULL_WEIGHT_MAX, REDUCED_WEIGHT_MAX
+from onnx_models.store import unique_temp
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,9 @@ def quantize(
     if depthwise:
         clean_note += f"; {depthwise} BatchNormalization -> depthwise 1x1 Conv"
     cache_hit = cache_path.is_file()
+    # ONNX Runtime writes the ranges straight to the path it is given: give it a unique temporary (one that
+    # does not exist yet, or it would be read as a cache) and move the complete file into place afterwards.
+    ort_cache = cache_path if cache_hit else unique_temp(cache_path)
     symmetric = flavour == "tensorrt"
     extra = {
         # One batch at a time through the calibrator: entropy and percentile otherwise keep every batch's
@@ -113,7 +117,7 @@ def quantize(
         onnx.save(model, str(cleaned))
         del model
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        partial = out_path.with_suffix(f".{os.getpid()}.tmp")
+        partial = unique_temp(out_path)
         # The quantizer logs advice through the root logger on every call ("consider pre-processing",
         # per-axis notes on 1-D weights); our graph is already cleaned, so keep the run's output readable.
         root = logging.getLogger()
@@ -134,10 +138,14 @@ def quantize(
                 weight_type=QuantType.QInt8,
                 calibrate_method=_method(method),
                 extra_options=extra,
-                calibration_cache_path=str(cache_path),
+                calibration_cache_path=str(ort_cache),
             )
+            if not cache_hit:
+                os.replace(ort_cache, cache_path)
         finally:
             root.setLevel(level)
+            if not cache_hit:
+                ort_cache.unlink(missing_ok=True)
     loop_matmuls = _quantize_loops(partial, weight_bits) if flavour == "cpu" else 0
     check_runs(partial, check_feeds)
     os.replace(partial, out_path)

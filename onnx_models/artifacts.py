@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 from models import ModelSpec
-from onnx_models.store import ArtifactError, ModelStore, cache_key, sha256_file
+from onnx_models.store import ArtifactError, ModelStore, atomic_path, cache_key, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +127,8 @@ def _copy_onnx(spec: ModelSpec, size: str) -> Path:
     if store.valid("fp32", key):
         return store.path("fp32")
     store.dir.mkdir(parents=True, exist_ok=True)
-    tmp = store.path("fp32").with_suffix(".tmp.onnx")
-    shutil.copyfile(source, tmp)
-    tmp.replace(store.path("fp32"))
+    with atomic_path(store.path("fp32")) as tmp:  # a unique name: another run may be copying the same file
+        shutil.copyfile(source, tmp)
     store.record("fp32", key, source=str(source), source_sha256=sha, parity="none: the brought-in file is FP32")
     store.update(
         framework=spec.framework,
@@ -238,18 +237,23 @@ def ensure_int8(
     from calibration import int8
 
     log.info("quantizing %s (%s) to int8 (%s, %s)", spec.name, size, flavour, calib.method)
+    # ONNX Runtime uses any calibration cache it finds: one whose bytes the manifest does not vouch for is
+    # deleted here, so calibration runs again; the cache it writes is recorded once quantize() returns.
+    calib_cache = f"calibration-{calib_key}.json"
+    store.verified_cache(calib_cache)
     info = int8.quantize(
         fp32,
         store.path(name),
         feeds,
         method=calib.method,
         flavour=flavour,
-        cache_path=store.dir / f"calibration-{calib_key}.json",
+        cache_path=store.cache_path(calib_cache),
         check_feeds=spec.make_feeds(size, 1, CHECK_SEED),
         exclude_op_types=tuple(options.get("exclude_op_types", ())),
         exclude_nodes=tuple(options.get("exclude_nodes", ())),
         weight_bits=recipe.bits,
     )
+    store.record_cache(calib_cache)
     store.record(name, key, source_sha256=source, weight_recipe=recipe.reason, built_on_isa=isa(), **info)
     return store.path(name)
 

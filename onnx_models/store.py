@@ -2,16 +2,24 @@
 
 Every artifact entry records a ``key`` (a hash of everything the artifact was built from: model code
 version, size, seed, opset, source artifact hash, conversion settings) and the ``sha256`` of the file. An
-artifact is reused only when both match; a file whose bytes changed is rebuilt, never used.
+artifact is reused only when both match; a file whose bytes changed is rebuilt, never used. The caches beside
+the artifacts (FLOP counts, reference outputs, calibration ranges) are held to the same rule: the manifest's
+``caches`` mapping records the sha256 of each, and a cache without a matching record is deleted, not read.
+
+Several runs may share one store: every file is written to a unique temporary beside its final name and
+moved into place atomically, and every read-modify-write of the manifest holds ``<dir>/.manifest.lock``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +33,28 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def unique_temp(final: Path) -> Path:
+    """A new name beside ``final`` for writing it: ``.<name>.<pid>.<random>.tmp<suffix>``, not yet created.
+
+    Same directory, so ``os.replace`` onto ``final`` is atomic; pid and random part, so two runs (or two
+    threads) writing the same file never share a temporary; the suffix kept, so tools that go by it
+    (``np.savez``, ONNX savers) write exactly this path."""
+    return final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{final.suffix}")
+
+
+@contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a unique temporary path (``unique_temp``) to write ``final`` through: when the block ends without
+    an exception it replaces ``final`` atomically, otherwise it is removed. Readers see the old file or the
+    whole new one, never part of it."""
+    tmp = unique_temp(final)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def cache_key(**parts: Any) -> str:
@@ -87,24 +117,102 @@ class ModelStore:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **info,
         }
-        manifest = self.manifest()
-        manifest.setdefault("artifacts", {})[artifact] = entry
-        self._write(manifest)
+        with self.locked():
+            manifest = self.manifest()
+            manifest.setdefault("artifacts", {})[artifact] = entry
+            self._write(manifest)
         return entry
 
     def update(self, **fields: Any) -> None:
         """Set top-level manifest fields (model-wide facts such as inputs and parameter count)."""
+        with self.locked():
+            manifest = self.manifest()
+            manifest.update(fields)
+            self._write(manifest)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold this manifest's lock (``flock`` on ``<dir>/.manifest.lock``, waiting for it) inside the block.
+
+        Every read-modify-write of the manifest runs under it, so two runs recording different artifacts keep
+        both entries. Not re-entrant: a second ``locked()`` inside the block waits forever."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".manifest.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed, or the process dies
+            yield
+
+    def cache_path(self, name: str) -> Path:
+        """Where cache file ``name`` (a plain file name such as ``flops-<key>.json``) lives: in this directory."""
+        if not name or Path(name).name != name or name.startswith("."):
+            raise ValueError(f"a cache name is a plain file name in {self.dir}, not {name!r}")
+        return self.dir / name
+
+    def verified_cache(self, name: str) -> Path | None:
+        """The path of cache ``name`` when its bytes have the sha256 recorded for it in the manifest, else None.
+
+        A file without a matching record (truncated, edited, written before records or by a run killed
+        before recording it) is deleted, so the caller rebuilds it with ``write_cache``."""
+        path = self.cache_path(name)
+        if not path.is_file():
+            return None
+        if self._cache_matches(name):
+            return path
+        with self.locked():
+            # Look again under the lock: another run may have just replaced and recorded it.
+            if self._cache_matches(name):
+                return path
+            path.unlink(missing_ok=True)
+            manifest = self.manifest()
+            if manifest.get("caches", {}).pop(name, None) is not None:
+                self._write(manifest)
+        return None
+
+    def write_cache(self, name: str, write: Callable[[Path], Any]) -> Path:
+        """Write cache ``name``: ``write(tmp)`` fills a unique temporary path beside it, which is then moved into
+        place and its sha256 recorded, both under the manifest lock so file and record always agree. Returns
+        the cache's path; if ``write`` raises, nothing changes."""
+        path = self.cache_path(name)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = unique_temp(path)
+        try:
+            write(tmp)
+            sha = sha256_file(tmp)
+            with self.locked():
+                os.replace(tmp, path)
+                self._record_cache(name, sha)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    def record_cache(self, name: str) -> None:
+        """Record the sha256 of cache ``name`` as it is now: for a cache a library wrote itself (ONNX Runtime's
+        calibration ranges), once it is complete. A file that is gone (another run found it unrecorded and
+        deleted it) is left to be rebuilt."""
+        with self.locked():
+            try:
+                sha = sha256_file(self.cache_path(name))
+            except FileNotFoundError:
+                return
+            self._record_cache(name, sha)
+
+    def _cache_matches(self, name: str) -> bool:
+        entry = self.manifest().get("caches", {}).get(name)
+        try:
+            return entry is not None and sha256_file(self.cache_path(name)) == entry.get("sha256")
+        except FileNotFoundError:
+            return False
+
+    def _record_cache(self, name: str, sha: str) -> None:
+        # Called with the lock held.
         manifest = self.manifest()
-        manifest.update(fields)
+        manifest.setdefault("caches", {})[name] = {"sha256": sha, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         self._write(manifest)
 
     def _write(self, manifest: dict[str, Any]) -> None:
         # Atomic replace: a run killed mid-write must not leave a half manifest that hides good artifacts.
         self.dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".manifest.", suffix=".json")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(manifest, handle, indent=2, sort_keys=True)
-        os.replace(tmp, self.manifest_path)
+        with atomic_path(self.manifest_path) as tmp:
+            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
 
 
 class ArtifactError(RuntimeError):
