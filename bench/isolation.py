@@ -4,10 +4,12 @@ in an engine or exporter becomes a reason string instead of ending the run.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import multiprocessing as mp
 import os
 import signal
+import sys
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +25,31 @@ class ChildResult:
     detail: str = ""
 
 
-def _child(target: str, kwargs: dict, conn) -> None:
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this (child) process end when the process ``parent_pid`` that started it ends, however it ends.
+
+    On Linux the kernel is asked to SIGKILL this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``):
+    a parent killed by SIGKILL runs no cleanup of its own, and its child used to run on under PID 1 for up to
+    a cell's timeout. The request only covers a parent that dies after it is made, so a parent that died
+    between starting this process and now (``os.getppid()`` is no longer ``parent_pid``) ends it here.
+    Where prctl is missing (other systems) only that check is made. The kernel tracks the parent *thread*:
+    ``run_isolated`` blocks its calling thread until the child has ended, so that thread outlives the child.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no usable libc prctl: the check below is all there is
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _child(target: str, kwargs: dict, conn, parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
     try:
         module_name, func_name = target.split(":")
         value = getattr(importlib.import_module(module_name), func_name)(**kwargs)
@@ -42,14 +68,18 @@ def run_isolated(target: str, kwargs: dict, timeout_s: float | None) -> ChildRes
     that happens inside the child. Children start with string hashing seeded (``PYTHONHASHSEED``, 0 unless
     the caller set one): tf2onnx's conversion of models with loops follows the iteration order of sets of
     names, and with a random seed the same NMT export came out in different bytes from run to run.
+
+    The child never outlives this process (see ``_die_with_parent``), and an exception raised while waiting
+    (KeyboardInterrupt, SystemExit, ...) kills and reaps the child before it propagates.
     """
     os.environ.setdefault("PYTHONHASHSEED", "0")
     context = mp.get_context("spawn")
     parent, child = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(target, kwargs, child), daemon=True)
+    process = context.Process(target=_child, args=(target, kwargs, child, os.getpid()), daemon=True)
     process.start()
     child.close()
     status, value, detail = "died", None, ""
+    ended = False
     try:
         if parent.poll(timeout_s):
             try:
@@ -58,8 +88,12 @@ def run_isolated(target: str, kwargs: dict, timeout_s: float | None) -> ChildRes
                 pass
         else:
             status, value, detail = "timeout", None, ""
+        ended = status != "timeout"
     finally:
-        if status == "timeout":
+        # Killed at once on a timeout, and also when this wait itself ends by an exception (Ctrl-C, SIGTERM
+        # turned into KeyboardInterrupt by suite.py, anything else): the run is over, and a child left to
+        # finish would hold the CPU for up to a cell's timeout after it. Reaped before the exception goes on.
+        if not ended:
             process.kill()
         process.join(30)
         if process.is_alive():

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from common.paths import remove_owned
 from models import InputSpec, ModelSpec, UnknownModelError
 
 PREFIX = "byo/"
@@ -58,7 +58,14 @@ def parse_input_shapes(text: str | None) -> dict[str, tuple[int, ...]]:
 
 
 def _stem(path: Path) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem) or "model"
+    """The model-name part of a file's path: one safe directory name, never ``.``, ``..``, hidden or empty.
+
+    Characters other than letters, digits, ``_``, ``.`` and ``-`` become ``_`` (so no path separator gets
+    through), and so do leading dots: ``...onnx`` (stem ``..``) is ``__``, not the store's parent directory.
+    """
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)
+    stem = re.sub(r"^\.+", lambda dots: "_" * len(dots.group()), stem)
+    return stem or "model"
 
 
 def describe_onnx(path: Path, input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
@@ -157,6 +164,13 @@ def describe_onnx(path: Path, input_shapes: Mapping[str, tuple[int, ...]] | None
     }
 
 
+def byo_root() -> Path:
+    """The directory that holds every BYO model's entry, ``<store>/byo``: the only one ``register`` deletes in."""
+    from onnx_models import store_root
+
+    return store_root() / PREFIX.rstrip("/")
+
+
 def spec_path(name: str) -> Path:
     """Where the spec of BYO model ``name`` is kept: ``<store>/<name>/spec.json``."""
     from onnx_models import store_root
@@ -178,7 +192,7 @@ def register(path: Path, input_shapes: Mapping[str, tuple[int, ...]] | None = No
         except json.JSONDecodeError:
             old = None
         if old != description:
-            shutil.rmtree(target.parent)
+            remove_owned(target.parent, byo_root())
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(description, indent=2, sort_keys=True))
     return build_spec(description)

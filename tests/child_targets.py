@@ -24,3 +24,12 @@ def hang() -> None:
 
 def hash_seed() -> str | None:
     return os.environ.get("PYTHONHASHSEED")
+
+
+def write_pid_and_sleep(pid_file: str, seconds: float = 60.0) -> None:
+    """Write this process's pid to ``pid_file`` (atomically, so a reader never sees half of it), then sleep."""
+    tmp = f"{pid_file}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(tmp, pid_file)
+    time.sleep(seconds)
