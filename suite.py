@@ -58,17 +58,27 @@ def parse_engines(value: str | None) -> list[str]:
         usable = [e for e in engines.engine_names() if engines.availability(e) is None]
         return usable or list(DEFAULT_ENGINES)
     # Names that fit a pattern (ort:<ProviderName>) are valid as typed; the rest must be registered.
+    from engines.ort_provider import unknown_provider
+
     fixed = engines.engine_names()
     typed = [v.strip() for v in value.split(",") if v.strip() not in fixed and engines.is_engine_name(v.strip())]
+    # A provider this onnxruntime has never heard of is a typo: refuse it, rather than run a matrix of
+    # `unsupported` rows and exit 0.
+    for name in typed:
+        problem = unknown_provider(name.removeprefix("ort:")) if name.startswith("ort:") else None
+        if problem:
+            raise UsageError(problem)
     try:
         return split_names(value, [*fixed, *typed], "engine", DEFAULT_ENGINES)
     except UsageError as exc:
         raise UsageError(f"{exc}, {', '.join(engines.engine_patterns())}") from None
 
 
-def engine_options_from(args: argparse.Namespace) -> dict[str, Any]:
+def engine_options_from(args: argparse.Namespace, engine_list: Sequence[str]) -> dict[str, Any]:
     """The options every engine of a run gets: threads, ``--provider-options`` (parsed JSON), include-copies
-    and CUDA graphs; a malformed ``--provider-options`` raises UsageError."""
+    and CUDA graphs; a malformed ``--provider-options``, or one no engine in ``engine_list`` would read, raises
+    UsageError."""
+    import engines
     from engines.options import parse_provider_options
 
     options: dict[str, Any] = {"threads": args.threads} if args.threads else {}
@@ -77,6 +87,12 @@ def engine_options_from(args: argparse.Namespace) -> dict[str, Any]:
             options["provider_options"] = parse_provider_options(args.provider_options)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+        if not any(engines.engine_class(e).takes_provider_options for e in engine_list):
+            raise UsageError(
+                f"--provider-options would be ignored: no engine of this run ({', '.join(engine_list)}) takes any "
+                "(ort-cpu's setting is --threads; ort:CPUExecutionProvider hands options to ONNX Runtime's CPU "
+                "provider)"
+            )
     if args.include_copies:
         options["include_copies"] = True
     if args.cuda_graph:
@@ -267,6 +283,10 @@ def cmd_flops(args: argparse.Namespace) -> int:
     from bench.isolation import run_isolated
 
     export, calib = settings_from(args)
+    # Bad values are refused before minutes of exports, not after.
+    batches_of = {model: parse_batches(args.batch_sizes, models.get_model(model)) for model in args.model_list}
+    if args.csv is not None and args.csv.is_dir():
+        raise UsageError(f"--csv {args.csv} is a directory; name a file such as {args.csv / 'flops.csv'}")
     failures = build_artifacts(args.model_list, args.size, [("fp32", "cpu")], export, calib, "export")
     header = ("model", "batch", "FLOPs/batch", "MAC-FLOPs/batch", "params", "paper FLOPs/batch", "ratio")
     rows, records = [], []
@@ -274,7 +294,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
         for model in bar:
             bar.set_postfix_str(model)
             spec = models.get_model(model)
-            batches = parse_batches(args.batch_sizes, spec)
+            batches = batches_of[model]
             if (model, "fp32") in failures:
                 rows.extend((model, str(b), "FAILED", failures[(model, "fp32")], "", "", "") for b in batches)
                 continue
@@ -335,128 +355,146 @@ def cmd_run(args: argparse.Namespace) -> int:
     import engines
     from bench.env import environment
     from bench.isolation import run_isolated
-    from bench.results import ResultsFile, summary_markdown, write_tables
+    from bench.results import ResultsBusy, ResultsFile, ResumeMismatch, resume_env, summary_markdown, write_tables
     from bench.timer import TimerSettings
 
-    engine_options = engine_options_from(args)
+    engine_options = engine_options_from(args, args.engine_list)
     export, calib = settings_from(args)
     try:
         timer = TimerSettings(args.warmup_s, 1, args.duration_s, args.min_iters)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     batches = {m: parse_batches(args.batch_sizes, models.get_model(m)) for m in args.model_list}
+    if args.retry_failed and not args.resume:
+        raise UsageError("--retry-failed measures the failed cells of an earlier run again: add --resume and its --out")
     out = args.out or Path("results") / time.strftime("%Y%m%d-%H%M%S")
     results = ResultsFile(out)
-    done = results.finished_ids() if args.resume else set()
-    if results.rows() and not args.resume:
-        raise UsageError(f"{out} already holds results; pass --resume to continue it or choose another --out")
-    settings = {
-        "models": args.model_list,
-        "engines": args.engine_list,
-        "precisions": args.precision_list,
-        "batch_sizes": batches,
-        "size": args.size,
-        "timer": asdict(timer),
-        "calibration": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(calib).items()},
-        "export": {"seed": export.seed, "weights": str(export.weights) if export.weights else None},
-        "engine_options": engine_options,
-        "accuracy_samples": args.accuracy_samples,
-        "bytes_model": args.bytes_model,
-        "onnx": str(args.onnx.resolve()) if args.onnx else None,
-        "input_shapes": args.input_shapes,
-    }
-    (results.out_dir / "env.json").write_text(json.dumps(environment(settings), indent=2))
-    print(f"results -> {results.out_dir}", file=sys.stderr)
-
-    cells = [
-        Cell(m, args.size, e, p, b)
-        for m in args.model_list
-        for b in batches[m]
-        for e in args.engine_list
-        for p in args.precision_list
-    ]
-    todo = [c for c in cells if c.id not in done]
-    unusable = {e: engines.availability(e) for e in args.engine_list}
-    unsupported = {}
-    for cell in todo:
-        reason = unusable[cell.engine]
-        if reason is None and cell.precision not in engines.engine_class(cell.engine).precisions:
-            reason = f"{cell.engine} does not run {cell.precision}"
-        if reason:
-            unsupported[cell.id] = f"{cell.engine}: {reason}"
-    runnable = [c for c in todo if c.id not in unsupported]
-
-    wanted = sorted({(c.precision, engine_flavour(c.engine)) for c in runnable})
-    wanted.sort(key=lambda pf: PRECISIONS.index(pf[0]))
-    needed_models = sorted({c.model for c in runnable}, key=args.model_list.index)
-    not_convertible: dict[tuple[str, str], str] = {}
-    failures = build_artifacts(needed_models, args.size, wanted, export, calib, "artifacts", not_convertible)
-    facts = model_facts(needed_models, args.size, batches, failures, args.accuracy_samples)
-
-    from tqdm import tqdm
-
-    with tqdm(todo, desc="cells", unit="cell", file=sys.stderr) as bar:
-        for cell in bar:
-            bar.set_postfix_str(cell.id)
-            spec = models.get_model(cell.model)
-            row = base_row(cell, spec, facts.get((cell.model, cell.batch_size), {}), args.bytes_model)
-            if cell.id in unsupported:
-                row.update(status="unsupported", error=unsupported[cell.id])
-                results.append(row)
-                continue
-            artifact, _ = artifact_name_for(cell.engine, cell.precision, calib.int8_weights)
-            if (cell.model, artifact) in not_convertible:
-                row.update(status="unsupported", error=not_convertible[(cell.model, artifact)])
-                results.append(row)
-                continue
-            error = failures.get((cell.model, artifact))
-            if error:
-                row.update(status="failed", error=error)
-                results.append(row)
-                continue
-            reference = facts.get((cell.model, cell.batch_size), {}).get("reference")
-            kwargs = dict(
-                cell=asdict(cell),
-                timer=asdict(timer),
-                accuracy_samples=args.accuracy_samples,
-                engine_options=engine_options,
-                reference=reference,
-                int8_weights=calib.int8_weights,
-            )
-            result = run_isolated("bench.cell:run_cell", kwargs, args.cell_timeout)
-            samples = None
-            if result.ok:
-                measured = result.value
-                samples = measured.pop("samples_ms")
-                row.update(measured)
-                row["status"] = "ok"
-                derive(row)
-            else:
-                row.update(status="failed", error=result.error)
-                tqdm.write(f"{cell.id}: FAILED: {result.error}", file=sys.stderr)
-            results.append(row, samples)
-
-    rows = results.rows()
-    frame = write_tables(results.out_dir)
-    summary = summary_markdown(rows)
-    (results.out_dir / "summary.md").write_text(summary)
-    print(summary)
-    failed = sum(1 for r in rows if r.get("status") == "failed")
-    print(
-        f"{frame.height} cells: {sum(1 for r in rows if r.get('status') == 'ok')} ok, {failed} failed, "
-        f"{sum(1 for r in rows if r.get('status') == 'unsupported')} unsupported; results in {results.out_dir}",
-        file=sys.stderr,
-    )
-    from bench.report import write_report
-
+    # The directory is this run's until it returns (or dies: the kernel drops the lock), before anything in it
+    # is read or written, so two runs never append to one results.jsonl.
     try:
-        _, page = write_report(results.out_dir)
-    except Exception as exc:  # noqa: BLE001 - the measurements are saved; say how to retry the report alone
-        retry = f"python suite.py report {results.out_dir}"
-        print(f"error: the report failed ({exc}); retry with: {retry}", file=sys.stderr)
-        return 1
-    print(f"report: {page}", file=sys.stderr)
-    return 1 if failed else 0
+        lock = results.lock()
+    except ResultsBusy as exc:
+        raise UsageError(str(exc)) from None
+    with lock:
+        rows = results.rows()
+        if rows and not args.resume:
+            raise UsageError(f"{out} already holds results; pass --resume to continue it or choose another --out")
+        done = results.finished_ids(except_failed=args.retry_failed) if args.resume else set()
+        settings = {
+            "models": args.model_list,
+            "engines": args.engine_list,
+            "precisions": args.precision_list,
+            "batch_sizes": batches,
+            "size": args.size,
+            "timer": asdict(timer),
+            "calibration": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(calib).items()},
+            "export": {"seed": export.seed, "weights": str(export.weights) if export.weights else None},
+            "engine_options": engine_options,
+            "accuracy_samples": args.accuracy_samples,
+            "bytes_model": args.bytes_model,
+            "onnx": str(args.onnx.resolve()) if args.onnx else None,
+            "input_shapes": args.input_shapes,
+        }
+        env = environment(settings)
+        if rows:
+            # The rows already here were measured with the stored settings: a resume must use the same ones
+            # (only the matrix may differ), and env.json keeps describing them.
+            try:
+                env = resume_env(results.read_env(), env, results.env_path)
+            except ResumeMismatch as exc:
+                raise UsageError(str(exc)) from None
+        results.write_env(env)
+        print(f"results -> {results.out_dir}", file=sys.stderr)
+
+        cells = [
+            Cell(m, args.size, e, p, b)
+            for m in args.model_list
+            for b in batches[m]
+            for e in args.engine_list
+            for p in args.precision_list
+        ]
+        todo = [c for c in cells if c.id not in done]
+        unusable = {e: engines.availability(e) for e in args.engine_list}
+        unsupported = {}
+        for cell in todo:
+            reason = unusable[cell.engine]
+            if reason is None and cell.precision not in engines.engine_class(cell.engine).precisions:
+                reason = f"{cell.engine} does not run {cell.precision}"
+            if reason:
+                unsupported[cell.id] = f"{cell.engine}: {reason}"
+        runnable = [c for c in todo if c.id not in unsupported]
+
+        wanted = sorted({(c.precision, engine_flavour(c.engine)) for c in runnable})
+        wanted.sort(key=lambda pf: PRECISIONS.index(pf[0]))
+        needed_models = sorted({c.model for c in runnable}, key=args.model_list.index)
+        not_convertible: dict[tuple[str, str], str] = {}
+        failures = build_artifacts(needed_models, args.size, wanted, export, calib, "artifacts", not_convertible)
+        facts = model_facts(needed_models, args.size, batches, failures, args.accuracy_samples)
+
+        from tqdm import tqdm
+
+        with tqdm(todo, desc="cells", unit="cell", file=sys.stderr) as bar:
+            for cell in bar:
+                bar.set_postfix_str(cell.id)
+                spec = models.get_model(cell.model)
+                row = base_row(cell, spec, facts.get((cell.model, cell.batch_size), {}), args.bytes_model)
+                if cell.id in unsupported:
+                    row.update(status="unsupported", error=unsupported[cell.id])
+                    results.append(row)
+                    continue
+                artifact, _ = artifact_name_for(cell.engine, cell.precision, calib.int8_weights)
+                if (cell.model, artifact) in not_convertible:
+                    row.update(status="unsupported", error=not_convertible[(cell.model, artifact)])
+                    results.append(row)
+                    continue
+                error = failures.get((cell.model, artifact))
+                if error:
+                    row.update(status="failed", error=error)
+                    results.append(row)
+                    continue
+                reference = facts.get((cell.model, cell.batch_size), {}).get("reference")
+                kwargs = dict(
+                    cell=asdict(cell),
+                    timer=asdict(timer),
+                    accuracy_samples=args.accuracy_samples,
+                    engine_options=engine_options,
+                    reference=reference,
+                    int8_weights=calib.int8_weights,
+                )
+                result = run_isolated("bench.cell:run_cell", kwargs, args.cell_timeout)
+                samples = None
+                if result.ok:
+                    measured = result.value
+                    samples = measured.pop("samples_ms")
+                    row.update(measured)
+                    row["status"] = "ok"
+                    derive(row)
+                else:
+                    row.update(status="failed", error=result.error)
+                    tqdm.write(f"{cell.id}: FAILED: {result.error}", file=sys.stderr)
+                results.append(row, samples)
+
+        rows = results.rows()
+        frame = write_tables(results.out_dir)
+        summary = summary_markdown(rows)
+        (results.out_dir / "summary.md").write_text(summary)
+        print(summary)
+        failed = sum(1 for r in rows if r.get("status") == "failed")
+        print(
+            f"{frame.height} cells: {sum(1 for r in rows if r.get('status') == 'ok')} ok, {failed} failed, "
+            f"{sum(1 for r in rows if r.get('status') == 'unsupported')} unsupported; results in {results.out_dir}",
+            file=sys.stderr,
+        )
+        from bench.report import write_report
+
+        try:
+            _, page = write_report(results.out_dir)
+        except Exception as exc:  # noqa: BLE001 - the measurements are saved; say how to retry the report alone
+            retry = f"python suite.py report {results.out_dir}"
+            print(f"error: the report failed ({exc}); retry with: {retry}", file=sys.stderr)
+            return 1
+        print(f"report: {page}", file=sys.stderr)
+        return 1 if failed else 0
 
 
 def cmd_int8_check(args: argparse.Namespace) -> int:
@@ -835,7 +873,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--accuracy-samples", type=int, default=32, help="samples compared with FP32 (default 32)")
     run.add_argument("--cell-timeout", type=float, default=1800.0, help="seconds before a cell is failed")
     run.add_argument("--out", type=Path, help="results directory (default results/<timestamp>)")
-    run.add_argument("--resume", action="store_true", help="skip cells already in --out's results.jsonl")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue --out: skip cells already in its results.jsonl; the options must match its env.json (the "
+        "models, engines, precisions and batch sizes may differ)",
+    )
+    run.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="with --resume: measure the cells whose rows failed again (the new row replaces the old in tables)",
+    )
     run.add_argument(
         "--bytes-model",
         choices=("io", "activations"),
@@ -891,7 +939,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run the command; returns the exit status (2 for a usage error)."""
+    """Parse ``argv`` and run the command; returns the exit status (2 for a usage error, 130 for Ctrl-C or SIGTERM)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -910,6 +958,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "compare": cmd_compare,
         "int8-check": cmd_int8_check,
     }
+    import signal
+
+    def terminate_like_ctrl_c(signum, frame):
+        raise KeyboardInterrupt
+
+    # SIGTERM (what `timeout`, `kill` and job schedulers send) ends the command as Ctrl-C does: the wait on
+    # the child is interrupted, the child is killed (bench.isolation), finished rows stay, and the same
+    # message and status follow. Left to its default, SIGTERM ended this process at once and orphaned the
+    # child. Installed only while main runs, and only from the main thread (the only one Python allows; a
+    # library caller on another thread keeps its own handling).
+    try:
+        previous_sigterm, sigterm_installed = signal.signal(signal.SIGTERM, terminate_like_ctrl_c), True
+    except ValueError:
+        previous_sigterm, sigterm_installed = None, False
     try:
         if args.command == "run" and args.onnx is not None:
             args.model_list = [bring_model(args)]
@@ -929,6 +991,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished cells are in results.jsonl (use --resume)", file=sys.stderr)
         return 130
+    finally:
+        if sigterm_installed:
+            # None: the previous handler was not set from Python; the default is the closest to it.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous_sigterm is None else previous_sigterm)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ def join(runs: list[list[dict[str, Any]]], ignore_engine: bool = False) -> list[
         by_key: dict[tuple, dict] = {}
         for row in rows:
             key = _key(row, ignore_engine)
-            if key in by_key:
+            # The same cell twice in one run (a retried cell appends a new row): the later row is the current one.
+            if key in by_key and by_key[key].get("engine") != row.get("engine"):
                 raise CompareError(
                     f"run {name} has cells of several engines for {key[:4]} "
                     f"({by_key[key].get('engine')}, {row.get('engine')}); compare without --ignore-engine"
@@ -130,6 +131,8 @@ def compare(dirs: list[Path], ignore_engine: bool = False, out: Path | None = No
 
     if len(dirs) < 2:
         raise CompareError("compare needs at least two run directories")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise CompareError(f"--out {out} is a file; name a directory for compare.md and compare.csv")
     runs, envs = [], []
     for directory in dirs:
         try:

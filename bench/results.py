@@ -1,11 +1,17 @@
 """Results of a run: one JSON line per cell, appended and flushed the moment the cell finishes, then the
 same rows as CSV and Parquet tables (polars) and a Markdown summary.
+
+A results directory belongs to one run at a time (``ResultsFile.lock``) and to one set of settings
+(``env.json``; a resume must match it, see ``resume_env``). A cell may have several rows (``--retry-failed``
+appends a new one); the last one is the cell's current row for every reader.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -55,10 +61,73 @@ COLUMNS = (
 
 
 def _append_line(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
+    """Append ``record`` as one JSON line to ``path``, flushed to disk.
+
+    A process killed in the middle of a write leaves a last line without its newline; appending straight
+    after it would glue this record onto the fragment and make both unreadable. So the torn line is ended
+    first: the fragment stays one unreadable line (readers skip it) and this record is a line of its own.
+    """
+    line = (json.dumps(record) + "\n").encode()
+    with open(path, "a+b") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell() > 0:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                line = b"\n" + line
+        # One write in append mode: it lands at the end of the file whatever the position is.
+        handle.write(line)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a unique temporary file in the same directory and an atomic rename,
+    so a reader or a crash never sees half a file."""
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    # os.open with 0o666 lets the umask decide the mode, as a plain write would (mkstemp would make it 0600).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class ResultsBusy(Exception):
+    """The results directory is locked by another run; ``pid`` is that run's process id (None if unknown)."""
+
+    def __init__(self, out_dir: Path, pid: int | None):
+        self.pid = pid
+        holder = f"pid {pid}" if pid is not None else "pid unknown"
+        super().__init__(f"{out_dir} is in use by another run ({holder}); wait for it or choose another --out")
+
+
+class ResumeMismatch(Exception):
+    """A resume cannot continue this results directory: its settings differ, or they cannot be read."""
+
+
+class ResultsLock:
+    """An exclusive ``flock`` on ``<out>/.lock``, held until ``release()``, the end of a ``with`` block, or the
+    end of the process (the kernel drops the lock with the file descriptor, also on a crash or SIGKILL)."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    def release(self) -> None:
+        """Give the directory back (idempotent). The lock file stays: removing it would race a new holder."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> ResultsLock:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
 
 
 class ResultsFile:
@@ -69,6 +138,30 @@ class ResultsFile:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / "results.jsonl"
         self.samples_path = self.out_dir / "samples.jsonl"
+        self.env_path = self.out_dir / "env.json"
+        self.lock_path = self.out_dir / ".lock"
+
+    def lock(self) -> ResultsLock:
+        """Take the directory for this run now, without waiting; returns the held lock (a context manager).
+
+        Raises ``ResultsBusy`` naming the holder's pid when another run (or another open of the lock in this
+        process) holds it. Two runs appending to one ``results.jsonl`` would mix their rows."""
+        # "a+" creates the file without truncating it: the holder's pid must survive our failed attempt.
+        handle = open(self.lock_path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            text = handle.read().strip()
+            handle.close()
+            raise ResultsBusy(self.out_dir, int(text) if text.isdigit() else None) from None
+        except BaseException:
+            handle.close()
+            raise
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        return ResultsLock(handle)
 
     def append(self, row: dict[str, Any], samples_ms: list[float] | None = None) -> None:
         """Write one finished cell now, flushed to disk, so a crash later loses nothing measured."""
@@ -76,21 +169,129 @@ class ResultsFile:
             _append_line(self.samples_path, {"cell_id": row["cell_id"], "samples_ms": samples_ms})
         _append_line(self.path, row)
 
-    def rows(self) -> list[dict[str, Any]]:
-        """Every row written so far; a truncated last line (a crash mid-write) is ignored."""
+    def all_rows(self) -> list[dict[str, Any]]:
+        """Every row in the file in file order, earlier rows of a retried cell included; lines that are not a
+        JSON object (a line torn by a crash mid-write) are skipped."""
         if not self.path.is_file():
             return []
         rows = []
         for line in self.path.read_text().splitlines():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(row, dict):
+                rows.append(row)
         return rows
 
-    def finished_ids(self) -> set[str]:
-        """Cell ids already in the file, for ``--resume``."""
-        return {row["cell_id"] for row in self.rows() if "cell_id" in row}
+    def rows(self) -> list[dict[str, Any]]:
+        """The current row of each cell: the last one written for its ``cell_id`` (a retry appends a new row
+        and leaves the old one in the file), placed where the cell's first row was, so the order stays the
+        run's matrix order. Rows without a ``cell_id`` are kept as they are."""
+        current: dict[Any, dict[str, Any]] = {}
+        for index, row in enumerate(self.all_rows()):
+            # Updating an existing dict key keeps its first position: last value, first place.
+            current[row.get("cell_id", ("no cell id", index))] = row
+        return list(current.values())
+
+    def finished_ids(self, except_failed: bool = False) -> set[str]:
+        """Cell ids already in the file, for ``--resume``; with ``except_failed``, cells whose current row
+        failed are left out so that the resume measures them again (``--retry-failed``)."""
+        return {
+            row["cell_id"]
+            for row in self.rows()
+            if "cell_id" in row and not (except_failed and row.get("status") == "failed")
+        }
+
+    def read_env(self) -> dict[str, Any] | None:
+        """``env.json`` as a dict, or None when it is missing or unreadable."""
+        try:
+            env = json.loads(self.env_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return env if isinstance(env, dict) else None
+
+    def write_env(self, env: dict[str, Any]) -> None:
+        """Write ``env.json`` atomically."""
+        _write_atomic(self.env_path, json.dumps(env, indent=2))
+
+
+# The settings that say which cells a run measures rather than how it measures them. A resume may name other
+# cells (a subset, or new models, engines, precisions or batch sizes); env.json then records the union, so it
+# covers every row in the directory. Every other setting, and the environment that decides the numbers
+# (python, package versions, CPU model, GPU names), must be the same, or the directory would mix rows
+# measured in two ways under one env.json.
+MATRIX_SETTINGS = ("models", "engines", "precisions", "batch_sizes")
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _measured_by(env: dict[str, Any]) -> dict[str, Any]:
+    """The parts of an environment that a resume must keep, flattened to ``a.b`` keys."""
+    settings = {k: v for k, v in _as_dict(env.get("settings")).items() if k not in MATRIX_SETTINGS}
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        # Only leaves count: an empty dict of options and an absent one are the same settings.
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        else:
+            flat[prefix] = value
+
+    walk("", settings)
+    walk("python", env.get("python"))
+    walk("packages", _as_dict(env.get("packages")))
+    walk("cpu", _as_dict(env.get("cpu")).get("model"))
+    gpus = _as_dict(env.get("gpu")).get("gpus")
+    walk("gpus", [_as_dict(gpu).get("name") for gpu in gpus] if isinstance(gpus, list) else [])
+    return flat
+
+
+def _union(stored: Any, current: Any) -> Any:
+    """``stored`` extended by what ``current`` adds: lists keep their order with new items appended; dicts
+    (batch sizes per model) merge per key."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        merged = dict(stored)
+        for key, value in current.items():
+            merged[key] = _union(stored[key], value) if key in stored else value
+        return merged
+    if isinstance(stored, list) and isinstance(current, list):
+        return stored + [item for item in current if item not in stored]
+    return current
+
+
+def resume_env(stored: dict[str, Any] | None, current: dict[str, Any], env_path: Path) -> dict[str, Any]:
+    """The env.json of a resumed run: ``stored`` (what the directory's rows were measured with) with the
+    matrix settings widened to ``current``'s cells. ``current`` is this run's ``environment(settings)``.
+
+    Raises ``ResumeMismatch`` (one line, naming each difference as ``key old -> new``) when a setting other
+    than the matrix, or the environment that decides the numbers, differs, or when ``stored`` is None.
+    """
+    if stored is None or not isinstance(stored.get("settings"), dict):
+        raise ResumeMismatch(
+            f"cannot --resume: {env_path} is missing or unreadable, so the settings of the rows there are "
+            "unknown; choose another --out"
+        )
+    # Compare as JSON sees them (tuples are lists, Paths strings), the way env.json stored them.
+    current = json.loads(json.dumps(current, default=str))
+    old, new = _measured_by(stored), _measured_by(current)
+    changes = [
+        f"{key} {old.get(key, 'unset')} -> {new.get(key, 'unset')}"
+        for key in {**old, **new}
+        if key not in old or key not in new or old[key] != new[key]
+    ]
+    if changes:
+        raise ResumeMismatch(
+            f"--resume with different settings than {env_path}: {', '.join(changes)}; "
+            "use the same options or another --out"
+        )
+    merged = json.loads(json.dumps(stored))
+    for key in MATRIX_SETTINGS:
+        merged["settings"][key] = _union(stored["settings"].get(key), current["settings"].get(key))
+    return merged
 
 
 def to_frame(rows: Iterable[dict[str, Any]]):

@@ -32,6 +32,8 @@ class Engine:
     name = "base"
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     int8_flavour = "cpu"
+    # Whether ``--provider-options`` mean anything to this engine (ort-cpu's settings are its thread count).
+    takes_provider_options = True
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         self.options = dict(options or {})

@@ -101,6 +101,7 @@ class OrtCpuEngine(OrtSessionEngine):
     """``ort-cpu``: the CPU execution provider."""
 
     name = "ort-cpu"
+    takes_provider_options = False
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

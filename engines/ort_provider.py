@@ -92,6 +92,21 @@ def provider_engine(provider: str) -> type[OrtProviderEngine]:
     return _CLASSES[provider]
 
 
+def unknown_provider(provider: str) -> str | None:
+    """Why ``provider`` is no ONNX Runtime provider name at all (a typo, not a provider missing from this
+    build), or None: a name is known when this onnxruntime lists it among all providers or can run it."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    if provider in ort.get_all_providers() or provider in ort.get_available_providers():
+        return None
+    return (
+        f"unknown ONNX Runtime provider {provider!r}; available here: {', '.join(ort.get_available_providers())}; "
+        f"known to onnxruntime {ort.__version__}: {', '.join(ort.get_all_providers())}"
+    )
+
+
 def pattern_status() -> tuple[str | None, str]:
     """(None or why no ``ort:<Name>`` engine can run here, the provider names it takes here)."""
     try:

@@ -66,9 +66,9 @@ def sessions(monkeypatch):
     return calls
 
 
-def run_options(*argv: str) -> dict:
-    """The engine options ``suite.py run ARGV`` hands to every engine."""
-    return suite.engine_options_from(suite.build_parser().parse_args(["run", *argv]))
+def run_options(*argv: str, engine_list=("ort-cuda",)) -> dict:
+    """The engine options ``suite.py run ARGV`` hands to every engine of ``engine_list``."""
+    return suite.engine_options_from(suite.build_parser().parse_args(["run", *argv]), engine_list)
 
 
 # ----------------------------------------------------------------------------------- discovery and reasons
@@ -171,6 +171,10 @@ def test_provider_options_parsing_and_scoping():
         "cuda_graph": True,
     }
     assert run_options() == {}
+    # ort-cpu reads no provider options: given only to it, they are refused rather than silently dropped.
+    with pytest.raises(suite.UsageError, match="would be ignored: no engine of this run \\(ort-cpu\\) takes any"):
+        run_options("--provider-options", '{"a": 1}', engine_list=["ort-cpu"])
+    assert run_options("--provider-options", '{"a": 1}', engine_list=["ort-cpu", "ort:CPUExecutionProvider"])
 
 
 @pytest.mark.parametrize(

@@ -144,6 +144,19 @@ def test_user_calibration_data(tiny_run, tmp_path, capsys):
     assert err.count("\n") == 1 and "dense" in err and "has shape" in err
 
 
+def test_flops_refuses_bad_values_before_exporting(tmp_path, store_root, capsys):
+    """A batch size of 0 or a --csv that is a directory is a usage error before any export (gcn full is
+    exported by no other test, so its store directory tells whether an export ran)."""
+    assert suite.main(["flops", "--models", "gcn", "--batch-sizes", "0"]) == 2
+    assert capsys.readouterr().err == "error: --batch-sizes must be positive integers, got '0'\n"
+    assert suite.main(["flops", "--models", "gcn", "--batch-sizes", "1", "--csv", str(tmp_path)]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: --csv {tmp_path} is a directory; name a file such as {tmp_path / 'flops.csv'}\n"
+    )
+    assert not (store_root / "gcn" / "full").exists()
+
+
 @pytest.mark.parametrize(
     "argv, fragment",
     [

@@ -28,7 +28,7 @@ from analysis.peak import (
     save_roofs,
 )
 from analysis.roofline import DPI, FIG_SIZE_IN, plot
-from bench.compare import join
+from bench.compare import CompareError, join
 from bench.report import accuracy_verdict, write_report
 from onnx_models.store import ModelStore, sha256_file
 
@@ -297,6 +297,22 @@ def test_compare_across_engines(tmp_path):
     a = _write_run(tmp_path / "a", rows_a)
     assert suite.main(["compare", str(a)]) == 2
     assert suite.main(["compare", str(a), str(tmp_path / "missing")]) == 2
+
+
+def test_compare_bad_out_and_repeated_cells(tmp_path, capsys):
+    a = _write_run(tmp_path / "a", [_row("resnet50", "fp32", 10.0)])
+    b = _write_run(tmp_path / "b", [_row("resnet50", "fp32", 7.0, status="failed"), _row("resnet50", "fp32", 5.0)])
+    (tmp_path / "file").write_text("")
+    assert suite.main(["compare", str(a), str(b), "--out", str(tmp_path / "file")]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: --out {tmp_path / 'file'} is a file; name a directory for compare.md and compare.csv"
+    )
+    # A cell measured twice in one run (retried) is one cell, the later row, not "cells of several engines".
+    (record,) = join([[_row("resnet50", "fp32", 10.0)], [_row("resnet50", "fp32", 7.0), _row("resnet50", "fp32", 5.0)]])
+    assert record["B/A p50 ms"] == pytest.approx(0.5)
+    with pytest.raises(CompareError, match="several engines"):
+        join([[_row("resnet50", "fp32", 1.0), _row("resnet50", "fp32", 2.0, engine="tensorrt")]], ignore_engine=True)
 
 
 # ------------------------------------------------------------------------------------- bring your own model
