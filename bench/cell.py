@@ -61,7 +61,10 @@ def count_flops(model: str, size: str, batches: list[int]) -> dict[int, dict]:
     store = ModelStore(model, size)
     path = store.verified_path("fp32")
     spec = get_model(model)
-    cache = f"flops-{store.entry('fp32')['sha256'][:16]}.json"
+    from common.source_hash import source_digest
+
+    # Keyed by the file and by the counting rules' source: a changed rule recounts instead of reusing.
+    cache = f"flops-{store.entry('fp32')['sha256'][:16]}-{source_digest('analysis.flops')[:8]}.json"
     known = _read_json_cache(store, cache)
     missing = [b for b in batches if "activation_bytes" not in known.get(str(b), {})]
     if missing:
@@ -113,17 +116,21 @@ def reference_outputs(model: str, size: str, batch: int, samples: int) -> str:
     from analysis.accuracy import concat
     from engines.ort_cpu import OrtCpuEngine
     from models import get_model
-    from onnx_models.store import ModelStore
+    from onnx_models.artifacts import onnxruntime_version
+    from onnx_models.store import ModelStore, cache_key
 
     store = ModelStore(model, size)
     fp32 = store.verified_path("fp32")
-    name = f"reference-{store.entry('fp32')['sha256'][:16]}-b{batch}-n{samples}.npz"
+    spec = get_model(model)
+    # The outputs depend on the file, on the inputs (the model's sampler code and the accuracy seed) and on the
+    # ONNX Runtime that computed them.
+    inputs = cache_key(sampler=spec.code_digest(), seed=ACCURACY_SEED, onnxruntime=onnxruntime_version())
+    name = f"reference-{store.entry('fp32')['sha256'][:16]}-{inputs[:8]}-b{batch}-n{samples}.npz"
     # Only a file whose sha256 the manifest recorded is used: a truncated one would fail every cell, an edited
     # one would move every accuracy number. Anything else is deleted and computed again.
     path = store.verified_cache(name)
     if path is not None:
         return str(path)
-    spec = get_model(model)
     with OrtCpuEngine() as engine:
         engine.activate(fp32)
         outputs = concat([engine.infer(feeds) for feeds in accuracy_feeds(spec, size, batch, samples)])

@@ -96,8 +96,9 @@ class ModelSpec:
     ``configs`` maps each size (``full``, ``tiny``) to the hyper-parameters ``build`` takes.
     ``inputs(cfg)`` gives the input specs for one size, ``build(cfg, seed)`` returns the framework model
     (a ``torch.nn.Module`` in eval mode, or a Keras model whose inputs carry the input names and whose
-    outputs come in the order of ``outputs``). ``version`` is part of every artifact's cache key: bump it
-    when the model code changes.
+    outputs come in the order of ``outputs``). Artifacts are keyed by ``code_digest()``, the source of the
+    code that builds and samples the model, so an edit rebuilds them; ``version`` is a brought-in model's file
+    hash (catalogue models leave it at "1").
     """
 
     name: str
@@ -141,6 +142,19 @@ class ModelSpec:
         missing = [s for s in SIZES if s not in self.configs]
         if missing:
             raise ValueError(f"{self.name}: no config for sizes {missing}")
+
+    def code_digest(self) -> str:
+        """A digest of the source that builds and samples this model: the modules of ``build``, ``inputs`` and
+        ``sampler`` and every project module they import (the registry itself included, not followed). A
+        brought-in model has no code: its ``version`` (the file's sha256) stands for it."""
+        if self.framework == "onnx":
+            return self.version
+        from common.source_hash import source_digest
+
+        functions = (self.build, self.inputs, self.sampler)
+        modules = sorted({f.__module__ for f in functions if f is not None})
+        # The registry loads every model lazily; following it would make each model's key depend on all others.
+        return source_digest(*modules, leaves=("models",), ignore=("onnx_models", "bench"))
 
     def config(self, size: str) -> Mapping[str, Any]:
         """The hyper-parameters for ``size``; a size that does not exist raises ValueError."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from common.source_hash import source_digest
 from models import ModelSpec
 from onnx_models.store import ArtifactError, ModelStore, atomic_path, cache_key, sha256_file
 
@@ -21,11 +22,46 @@ PRECISIONS = ("fp32", "fp16", "int8")
 CHECK_SEED = 99
 
 
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "absent"
+def _version(*packages: str) -> str:
+    """The version of the first of ``packages`` installed (a module several distributions provide, such as
+    onnxruntime and onnxruntime-gpu, is named by all of them), or "absent"."""
+    for package in packages:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return "absent"
+
+
+def onnxruntime_version() -> str:
+    """The installed ONNX Runtime, CPU or GPU build: what conversions, calibration and references depend on."""
+    return _version("onnxruntime", "onnxruntime-gpu")
+
+
+def exporter_digest(framework: str) -> str:
+    """A digest of the exporter code for ``framework`` (``pytorch`` or ``tensorflow``): the dispatch and the
+    framework's exporter module, with what they import of the suite."""
+    return source_digest("exporters", f"exporters.{framework}", ignore=("onnx_models", "bench", "models"))
+
+
+def fp32_key(spec: ModelSpec, size: str, settings: ExportSettings) -> str:
+    """The build key of ``spec``'s FP32 export at ``size``: model and exporter source, config, seed,
+    checkpoint, opset and the versions of the packages that write the file (ONNX Runtime only checks it)."""
+    from exporters import OPSET
+
+    return cache_key(
+        model=spec.name,
+        size=size,
+        code=spec.code_digest(),
+        exporter=exporter_digest(spec.framework),
+        config=spec.config(size),
+        seed=settings.seed,
+        weights=sha256_file(settings.weights) if settings.weights else None,
+        opset=OPSET,
+        framework=_version("torch") if spec.framework == "pytorch" else _version("tensorflow-cpu", "tensorflow"),
+        converter=_version("tf2onnx") if spec.framework == "tensorflow" else None,
+        onnx=_version("onnx"),
+    )
 
 
 @dataclass(frozen=True)
@@ -76,17 +112,7 @@ def ensure_fp32(spec: ModelSpec, size: str, settings: ExportSettings = ExportSet
         return _copy_onnx(spec, size)
     store = ModelStore(spec.name, size)
     weights_sha = sha256_file(settings.weights) if settings.weights else None
-    framework_pkg = "torch" if spec.framework == "pytorch" else "tensorflow-cpu"
-    key = cache_key(
-        model=spec.name,
-        size=size,
-        code=spec.version,
-        config=spec.config(size),
-        seed=settings.seed,
-        weights=weights_sha,
-        framework=_version(framework_pkg),
-        converter=_version("tf2onnx") if spec.framework == "tensorflow" else None,
-    )
+    key = fp32_key(spec, size, settings)
     if store.valid("fp32", key):
         return store.path("fp32")
     import exporters
@@ -137,7 +163,7 @@ def _copy_onnx(spec: ModelSpec, size: str) -> Path:
         config=dict(cfg),
         inputs=[s.describe() for s in spec.input_specs(size)],
         outputs=list(spec.outputs),
-        code_version=spec.version,
+        code_digest=spec.code_digest(),
     )
     return store.path("fp32")
 
@@ -162,7 +188,7 @@ def _record_model_facts(spec: ModelSpec, size: str, store: ModelStore) -> None:
         inputs=[s.describe() for s in spec.input_specs(size)],
         outputs=list(spec.outputs),
         params=cost.params,
-        code_version=spec.version,
+        code_digest=spec.code_digest(),
     )
 
 
@@ -170,7 +196,12 @@ def ensure_fp16(spec: ModelSpec, size: str, settings: ExportSettings = ExportSet
     """The FP16 artifact (FP32 I/O), converted from the FP32 export unless a valid one is stored."""
     fp32 = ensure_fp32(spec, size, settings)
     store = ModelStore(spec.name, size)
-    key = cache_key(source=store.entry("fp32")["sha256"], onnxruntime=_version("onnxruntime"), rule="fp16-v1")
+    key = cache_key(
+        source=store.entry("fp32")["sha256"],
+        code=source_digest("calibration.fp16"),
+        onnxruntime=onnxruntime_version(),
+        onnxslim=_version("onnxslim"),
+    )
     if store.valid("fp16", key):
         return store.path("fp16")
     from calibration import fp16
@@ -222,15 +253,25 @@ def ensure_int8(
     name = int8_artifact_name(flavour, calib.int8_weights)
     feeds = calibration_feeds(spec, size, calib)
     source = store.entry("fp32")["sha256"]
-    calib_key = cache_key(source=source, method=calib.method, samples=calib.samples, data=feeds.digest, rule="calib-v2")
+    # The ranges depend on the graph clean-up, the calibrator (ONNX Runtime) and the data: for synthetic data
+    # the model's sampler code too, which the feeds' digest (shapes, count, seed) does not cover.
+    calib_key = cache_key(
+        source=source,
+        method=calib.method,
+        samples=calib.samples,
+        data=feeds.digest,
+        sampler=spec.code_digest() if calib.data is None else None,
+        code=source_digest("calibration.graph", "calibration.feeds"),
+        onnxruntime=onnxruntime_version(),
+    )
     options = dict(spec.int8_options)
     key = cache_key(
         calib=calib_key,
         flavour=flavour,
         weight_bits=recipe.bits,
         options=options,
-        onnxruntime=_version("onnxruntime"),
-        rule="int8-v3",
+        code=source_digest("calibration.int8"),
+        onnxruntime=onnxruntime_version(),
     )
     if store.valid(name, key):
         return store.path(name)
