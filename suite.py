@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -358,6 +359,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.results import ResultsBusy, ResultsFile, ResumeMismatch, resume_env, summary_markdown, write_tables
     from bench.timer import TimerSettings
 
+    out = results_dir(args.out, "--out") if args.out else Path("results") / time.strftime("%Y%m%d-%H%M%S")
     engine_options = engine_options_from(args, args.engine_list)
     export, calib = settings_from(args)
     try:
@@ -367,8 +369,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     batches = {m: parse_batches(args.batch_sizes, models.get_model(m)) for m in args.model_list}
     if args.retry_failed and not args.resume:
         raise UsageError("--retry-failed measures the failed cells of an earlier run again: add --resume and its --out")
-    out = args.out or Path("results") / time.strftime("%Y%m%d-%H%M%S")
-    results = ResultsFile(out)
+    try:
+        results = ResultsFile(out)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot create the results directory {out}: {exc.strerror or exc}; choose another --out"
+        ) from None
     # The directory is this run's until it returns (or dies: the kernel drops the lock), before anything in it
     # is read or written, so two runs never append to one results.jsonl.
     try:
@@ -468,6 +474,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                     samples = measured.pop("samples_ms")
                     row.update(measured)
                     row["status"] = "ok"
+                    # Measured, but without what the analysis could not give it: the row says so and why.
+                    row["error"] = missing_analysis(facts.get((cell.model, cell.batch_size), {}))
                     derive(row)
                 else:
                     row.update(status="failed", error=result.error)
@@ -480,8 +488,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         (results.out_dir / "summary.md").write_text(summary)
         print(summary)
         failed = sum(1 for r in rows if r.get("status") == "failed")
+        lacking = sum(1 for r in rows if r.get("status") == "ok" and r.get("error"))
         print(
-            f"{frame.height} cells: {sum(1 for r in rows if r.get('status') == 'ok')} ok, {failed} failed, "
+            f"{frame.height} cells: {sum(1 for r in rows if r.get('status') == 'ok')} ok"
+            + (f" ({lacking} without FLOPs or accuracy: see their reason)" if lacking else "")
+            + f", {failed} failed, "
             f"{sum(1 for r in rows if r.get('status') == 'unsupported')} unsupported; results in {results.out_dir}",
             file=sys.stderr,
         )
@@ -639,7 +650,10 @@ def model_facts(
     failures: dict[tuple[str, str], str],
     accuracy_samples: int,
 ) -> dict[tuple[str, int], dict[str, Any]]:
-    """FLOPs/params/bytes and the FP32 reference outputs for each (model, batch), computed in children."""
+    """FLOPs/params/bytes and the FP32 reference outputs for each (model, batch), computed in children.
+
+    What could not be computed is kept as the reason, under ``flops_error`` or ``reference_error`` (a read-only
+    store, for one, cannot cache them), for ``missing_analysis`` to put in the cells' rows."""
     from tqdm import tqdm
 
     from bench.isolation import run_isolated
@@ -658,6 +672,7 @@ def model_facts(
                 if counted.ok:
                     entry.update(counted.value[batch])
                 else:
+                    entry["flops_error"] = counted.error
                     tqdm.write(f"{model}: FLOP count failed: {counted.error}", file=sys.stderr)
                 ref = run_isolated(
                     "bench.cell:reference_outputs",
@@ -667,8 +682,25 @@ def model_facts(
                 if ref.ok:
                     entry["reference"] = ref.value
                 else:
+                    entry["reference_error"] = ref.error
                     tqdm.write(f"{model} b{batch}: FP32 reference failed: {ref.error}", file=sys.stderr)
     return facts
+
+
+def missing_analysis(facts: dict[str, Any]) -> str | None:
+    """What a measured cell lacks because ``model_facts`` could not compute it, with the reasons, for the row's
+    ``error`` column (``FLOPs not counted: ...; accuracy not measured: ...``); None when it lacks nothing.
+
+    Without it, a cell whose FLOP count or FP32 reference failed was an ``ok`` row silently without FLOPs or
+    accuracy, which reads as "not applicable" rather than "broken"."""
+    flops, reference = facts.get("flops_error"), facts.get("reference_error")
+    # One cause (a read-only store) fails both, naming different files: said once, both labels first, so tables
+    # that cut the reason at 120 characters still show what is missing.
+    if flops and reference and re.sub(r"'[^']*'", "", flops) == re.sub(r"'[^']*'", "", reference):
+        return f"FLOPs not counted and accuracy not measured: {flops}"
+    notes = [f"FLOPs not counted: {flops}"] if flops else []
+    notes += [f"accuracy not measured: {reference}"] if reference else []
+    return "; ".join(notes) or None
 
 
 def base_row(cell: Cell, spec: models.ModelSpec, facts: dict[str, Any], bytes_model: str = "io") -> dict[str, Any]:
@@ -717,6 +749,17 @@ def derive(row: dict[str, Any]) -> None:
     if row.get("flops_per_batch"):
         row["flops_per_s"] = row["flops_per_batch"] / mean_s
     row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def results_dir(out: Path, option: str) -> Path:
+    """``out`` when it is a directory or can be made one; raises UsageError naming the file in the way when it, or
+    a path above it, is a file (creating the directory used to fail with a traceback)."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise UsageError(f"{option} {out} cannot be a results directory: {path} is a file; name a directory")
+            break
+    return out
 
 
 def bring_model(args: argparse.Namespace) -> str:

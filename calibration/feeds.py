@@ -1,7 +1,8 @@
 """Feeds: one rewindable source of input batches for calibration, accuracy checks and timing.
 
 Synthetic feeds are drawn from a model's input specs (valid ids, images in range); a user's ``.npz`` file
-replaces them, after a check that its arrays match the model's inputs by name, shape and dtype.
+replaces them, after a check that its arrays match the model's inputs by name, shape and dtype, and that its ids
+fit the tables they index (``id_range``).
 """
 
 from __future__ import annotations
@@ -86,11 +87,30 @@ def synthetic_feeds(
     return Feeds(batches, f"synthetic(seed={seed}, samples={samples})", digest)
 
 
-def file_feeds(path: Path, specs: list[InputSpec], batch: int, samples: int | None = None) -> Feeds:
+def id_range(spec: InputSpec) -> tuple[int, int] | None:
+    """The values [low, high) that real data for an integer input of a catalogue model may hold, or None when the
+    spec does not say (floats, or sampling ranges that start elsewhere).
+
+    An InputSpec's low/high are where synthetic data is drawn from, not always the valid values: ids are drawn
+    from [0, table size), so there they are the same; masks and lengths are drawn from [1, high) (bert's
+    attention mask is all ones, a history is never empty) while real data holds 0 as well, and still stays
+    below ``high``. So an integer input drawn from [0, high) or [1, high) is valid in [0, high): an id outside
+    it makes ONNX Runtime's Gather fail deep inside calibration, or reads another row of a table.
+    """
+    if not np.issubdtype(np.dtype(spec.dtype), np.integer) or spec.low not in (0, 1):
+        return None
+    return 0, int(spec.high)
+
+
+def file_feeds(
+    path: Path, specs: list[InputSpec], batch: int, samples: int | None = None, check_ranges: bool = True
+) -> Feeds:
     """Read a user's ``.npz`` (one array per input name, first axis = samples) and cut it into batches.
 
     Every input name must be present with the model's per-sample shape and dtype (ints may be any integer
-    width and are converted; floats likewise). Raises FeedError with the mismatch and the expected layout.
+    width and are converted; floats likewise), and with ``check_ranges`` every integer input's values must lie
+    in its ``id_range`` (pass False for specs whose ranges are guesses, such as a brought-in model's). Raises
+    FeedError with the mismatch and the expected layout or range.
     """
     expected = ", ".join(s.describe() for s in specs)
     try:
@@ -121,6 +141,17 @@ def file_feeds(path: Path, specs: list[InputSpec], batch: int, samples: int | No
         count = array.shape[0]
     if not count:
         raise FeedError(f"{path} holds no samples")
+    for spec in specs if check_ranges else ():
+        valid = id_range(spec)
+        array = arrays[spec.name]
+        # Checked before the arrays are cast to the model's dtype, which could wrap a too-large value into range.
+        if valid is None or (array.min() >= valid[0] and array.max() < valid[1]):
+            continue
+        table = f" (it indexes a table of {valid[1]})" if spec.low == 0 else ""
+        raise FeedError(
+            f"{path}: array {spec.name!r} holds values from {array.min()} to {array.max()}, outside the valid range "
+            f"{valid[0]} to {valid[1] - 1}{table}"
+        )
     count = min(count, samples) if samples else count
     batches = []
     for start in range(0, count, batch):

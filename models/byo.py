@@ -83,10 +83,22 @@ def describe_onnx(path: Path, input_shapes: Mapping[str, tuple[int, ...]] | None
     path = Path(path).resolve()
     if not path.is_file():
         raise ByoError(f"--onnx {path} does not exist")
+    fix = "bring a model saved with onnx.save"
+    # An empty file parses as an empty ModelProto, and so do some bytes that are not a model at all: without
+    # these checks such a file was registered, copied into the store and failed in every cell.
+    if path.stat().st_size == 0:
+        raise ByoError(f"--onnx {path} is empty (0 bytes); {fix}")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ByoError(f"--onnx {path} is not a readable ONNX model ({exc})") from None
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ByoError(f"--onnx {path} is not an ONNX model: {detail}; {fix}") from None
+    if not proto.HasField("graph"):
+        raise ByoError(f"--onnx {path} is not an ONNX model: it has no graph; {fix}")
+    if not proto.graph.output:
+        raise ByoError(f"--onnx {path} is not an ONNX model: its graph has no outputs; {fix}")
+    if not proto.ir_version:
+        raise ByoError(f"--onnx {path} is not an ONNX model: it has no IR version; {fix}")
     if any(t.data_location == TensorProto.EXTERNAL for t in proto.graph.initializer):
         raise ByoError(
             f"{path} keeps its weights in external data files; save it as one file first "
@@ -182,19 +194,35 @@ def register(path: Path, input_shapes: Mapping[str, tuple[int, ...]] | None = No
     """Describe ``path`` (see ``describe_onnx``), persist it for child processes, and return its ModelSpec.
 
     A store entry belongs to one file and one set of input shapes: when either changed since the last
-    registration, the entry's artifacts and cached analyses (FLOPs, FP32 references) are removed first.
+    registration, the entry's artifacts and cached analyses (FLOPs, FP32 references) are removed first. A store
+    that cannot be written raises ByoError naming it (and ``AIMATRIX_STORE``, which chooses it).
     """
+    from onnx_models import store_root
+    from onnx_models.store import atomic_path
+
     description = describe_onnx(path, input_shapes)
     target = spec_path(description["name"])
-    if target.is_file():
-        try:
-            old = json.loads(target.read_text())
-        except json.JSONDecodeError:
-            old = None
-        if old != description:
+    registered = target.is_file()
+    try:
+        old = json.loads(target.read_text()) if registered else None
+    except (OSError, ValueError):  # unreadable or not JSON: registered anew
+        old = None
+    if old == description:
+        # Registered as it is: nothing to write, so a store that has since become read-only still runs it.
+        return build_spec(description)
+    try:
+        if registered:
             remove_owned(target.parent, byo_root())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(description, indent=2, sort_keys=True))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Atomic, so a child process never reads half a spec.
+        with atomic_path(target) as tmp:
+            tmp.write_text(json.dumps(description, indent=2, sort_keys=True))
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ByoError(
+            f"cannot register {Path(path).name} in the store {store_root()}: {reason}; make it writable, or point "
+            "AIMATRIX_STORE at a writable directory"
+        ) from None
     return build_spec(description)
 
 
