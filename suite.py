@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
+import signal
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import models
-from bench.cell import Cell, artifact_name_for
-from common.cpu_isa import isa as cpu_isa
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_ENGINES = ("ort-cpu",)
@@ -82,7 +80,7 @@ def engine_options_from(args: argparse.Namespace, engine_list: Sequence[str]) ->
     import engines
     from engines.options import parse_provider_options
 
-    options: dict[str, Any] = {"threads": args.threads} if args.threads else {}
+    options: dict[str, Any] = {"threads": args.threads} if args.threads is not None else {}
     if args.provider_options is not None:
         try:
             options["provider_options"] = parse_provider_options(args.provider_options)
@@ -183,45 +181,17 @@ def build_artifacts(
     export,
     calib,
     title: str,
-    unsupported: dict[tuple[str, str], str] | None = None,
+    jobs: int = 1,
 ) -> dict[tuple[str, str], str]:
-    """Build each (precision, INT8 flavour) in ``wanted`` for every model, each in a child process.
+    """Build each (precision, INT8 flavour) in ``wanted`` for every model, each in a child process, ``jobs``
+    models at a time. Returns {(model, artifact name): error} for the ones that failed or cannot be converted;
+    the rest are in the store."""
+    from bench.executor import LocalExecutor
+    from bench.plan import ArtifactJob
 
-    Returns {(model, artifact name): error} for the ones that failed; the rest are in the store. When
-    ``unsupported`` is a dict, conversions a brought-in model cannot undergo go there with their reason.
-    """
-    from tqdm import tqdm
-
-    from bench.isolation import run_isolated
-    from onnx_models.artifacts import int8_artifact_name
-
-    failures: dict[tuple[str, str], str] = {}
-    jobs = [(m, p, f) for m in model_list for p, f in wanted]
-    with tqdm(jobs, desc=title, unit="artifact", file=sys.stderr) as bar:
-        for model, precision, flavour in bar:
-            artifact = int8_artifact_name(flavour, calib.int8_weights) if precision == "int8" else precision
-            bar.set_postfix_str(f"{model} {artifact}")
-            if (model, "fp32") in failures:
-                failures[(model, artifact)] = failures[(model, "fp32")]
-                continue
-            kwargs = dict(
-                model=model,
-                size=size,
-                precision=precision,
-                flavour=flavour,
-                export=asdict(export),
-                calib=asdict(calib),
-            )
-            result = run_isolated("bench.cell:build_artifact", kwargs, EXPORT_TIMEOUT_S)
-            if not result.ok and unsupported is not None and result.error.startswith("UnsupportedPrecision: "):
-                unsupported[(model, artifact)] = result.error.removeprefix("UnsupportedPrecision: ")
-                reason = unsupported[(model, artifact)]
-                tqdm.write(f"{model} ({size}) {artifact}: unsupported: {reason}", file=sys.stderr)
-            elif not result.ok:
-                failures[(model, artifact)] = f"building {artifact} failed: {result.error}"
-                tqdm.write(f"{model} ({size}) {artifact}: FAILED: {result.error}", file=sys.stderr)
-                log.debug(result.detail)
-    return failures
+    work = [ArtifactJob(m, (("fp32", "cpu"), *[w for w in wanted if w[0] != "fp32"])) for m in model_list]
+    outcome = LocalExecutor(jobs).build(work, size, export, calib, title)
+    return {**outcome.failures, **outcome.unsupported}
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -229,7 +199,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from onnx_models.store import ModelStore
 
     export, calib = settings_from(args)
-    failures = build_artifacts(args.model_list, args.size, [("fp32", "cpu")], export, calib, "export")
+    failures = build_artifacts(args.model_list, args.size, [("fp32", "cpu")], export, calib, "export", args.jobs)
     rows = []
     for model in args.model_list:
         entry = ModelStore(model, args.size).entry("fp32")
@@ -258,7 +228,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     export, calib = settings_from(args)
     flavours = sorted({engine_flavour(e) for e in args.engine_list})
     wanted = [("fp16", "cpu")] + [("int8", f) for f in flavours]
-    failures = build_artifacts(args.model_list, args.size, wanted, export, calib, "calibrate")
+    failures = build_artifacts(args.model_list, args.size, wanted, export, calib, "calibrate", args.jobs)
     rows = []
     for model in args.model_list:
         store = ModelStore(model, args.size)
@@ -288,7 +258,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
     batches_of = {model: parse_batches(args.batch_sizes, models.get_model(model)) for model in args.model_list}
     if args.csv is not None and args.csv.is_dir():
         raise UsageError(f"--csv {args.csv} is a directory; name a file such as {args.csv / 'flops.csv'}")
-    failures = build_artifacts(args.model_list, args.size, [("fp32", "cpu")], export, calib, "export")
+    failures = build_artifacts(args.model_list, args.size, [("fp32", "cpu")], export, calib, "export", args.jobs)
     header = ("model", "batch", "FLOPs/batch", "MAC-FLOPs/batch", "params", "paper FLOPs/batch", "ratio")
     rows, records = [], []
     with tqdm(args.model_list, desc="count", unit="model", file=sys.stderr) as bar:
@@ -351,161 +321,74 @@ def engine_flavour(engine: str) -> str:
     return engines.engine_class(engine).int8_flavour
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """Measure the matrix and write results.jsonl, tables, env.json and summary.md into ``--out``."""
-    import engines
-    from bench.env import environment
-    from bench.isolation import run_isolated
-    from bench.results import ResultsBusy, ResultsFile, ResumeMismatch, resume_env, summary_markdown, write_tables
+def config_from(args: argparse.Namespace):
+    """The RunConfig of ``suite.py run ARGS``: the preset's values, each overridden by its option when given;
+    a value that cannot work raises UsageError."""
+    from bench.config import PRESETS, ConfigError, RunConfig
     from bench.timer import TimerSettings
 
-    out = results_dir(args.out, "--out") if args.out else Path("results") / time.strftime("%Y%m%d-%H%M%S")
+    preset = PRESETS[args.preset]
+
+    def pick(name: str):
+        value = getattr(args, name)
+        return preset[name] if value is None else value
+
+    batches = {m: tuple(parse_batches(pick("batch_sizes"), models.get_model(m))) for m in args.model_list}
     engine_options = engine_options_from(args, args.engine_list)
     export, calib = settings_from(args)
     try:
-        timer = TimerSettings(args.warmup_s, 1, args.duration_s, args.min_iters)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    batches = {m: parse_batches(args.batch_sizes, models.get_model(m)) for m in args.model_list}
-    if args.retry_failed and not args.resume:
-        raise UsageError("--retry-failed measures the failed cells of an earlier run again: add --resume and its --out")
-    try:
-        results = ResultsFile(out)
-    except OSError as exc:
-        raise UsageError(
-            f"cannot create the results directory {out}: {exc.strerror or exc}; choose another --out"
-        ) from None
-    # The directory is this run's until it returns (or dies: the kernel drops the lock), before anything in it
-    # is read or written, so two runs never append to one results.jsonl.
-    try:
-        lock = results.lock()
-    except ResultsBusy as exc:
-        raise UsageError(str(exc)) from None
-    with lock:
-        rows = results.rows()
-        if rows and not args.resume:
-            raise UsageError(f"{out} already holds results; pass --resume to continue it or choose another --out")
-        done = results.finished_ids(except_failed=args.retry_failed) if args.resume else set()
-        settings = {
-            "models": args.model_list,
-            "engines": args.engine_list,
-            "precisions": args.precision_list,
-            "batch_sizes": batches,
-            "size": args.size,
-            "timer": asdict(timer),
-            "calibration": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(calib).items()},
-            "export": {"seed": export.seed, "weights": str(export.weights) if export.weights else None},
-            "engine_options": engine_options,
-            "accuracy_samples": args.accuracy_samples,
-            "bytes_model": args.bytes_model,
-            "onnx": str(args.onnx.resolve()) if args.onnx else None,
-            "input_shapes": args.input_shapes,
-        }
-        env = environment(settings)
-        if rows:
-            # The rows already here were measured with the stored settings: a resume must use the same ones
-            # (only the matrix may differ), and env.json keeps describing them.
-            try:
-                env = resume_env(results.read_env(), env, results.env_path)
-            except ResumeMismatch as exc:
-                raise UsageError(str(exc)) from None
-        results.write_env(env)
-        print(f"results -> {results.out_dir}", file=sys.stderr)
-
-        cells = [
-            Cell(m, args.size, e, p, b)
-            for m in args.model_list
-            for b in batches[m]
-            for e in args.engine_list
-            for p in args.precision_list
-        ]
-        todo = [c for c in cells if c.id not in done]
-        unusable = {e: engines.availability(e) for e in args.engine_list}
-        unsupported = {}
-        for cell in todo:
-            reason = unusable[cell.engine]
-            if reason is None and cell.precision not in engines.engine_class(cell.engine).precisions:
-                reason = f"{cell.engine} does not run {cell.precision}"
-            if reason:
-                unsupported[cell.id] = f"{cell.engine}: {reason}"
-        runnable = [c for c in todo if c.id not in unsupported]
-
-        wanted = sorted({(c.precision, engine_flavour(c.engine)) for c in runnable})
-        wanted.sort(key=lambda pf: PRECISIONS.index(pf[0]))
-        needed_models = sorted({c.model for c in runnable}, key=args.model_list.index)
-        not_convertible: dict[tuple[str, str], str] = {}
-        failures = build_artifacts(needed_models, args.size, wanted, export, calib, "artifacts", not_convertible)
-        facts = model_facts(needed_models, args.size, batches, failures, args.accuracy_samples)
-
-        from tqdm import tqdm
-
-        with tqdm(todo, desc="cells", unit="cell", file=sys.stderr) as bar:
-            for cell in bar:
-                bar.set_postfix_str(cell.id)
-                spec = models.get_model(cell.model)
-                row = base_row(cell, spec, facts.get((cell.model, cell.batch_size), {}), args.bytes_model)
-                if cell.id in unsupported:
-                    row.update(status="unsupported", error=unsupported[cell.id])
-                    results.append(row)
-                    continue
-                artifact, _ = artifact_name_for(cell.engine, cell.precision, calib.int8_weights)
-                if (cell.model, artifact) in not_convertible:
-                    row.update(status="unsupported", error=not_convertible[(cell.model, artifact)])
-                    results.append(row)
-                    continue
-                error = failures.get((cell.model, artifact))
-                if error:
-                    row.update(status="failed", error=error)
-                    results.append(row)
-                    continue
-                reference = facts.get((cell.model, cell.batch_size), {}).get("reference")
-                kwargs = dict(
-                    cell=asdict(cell),
-                    timer=asdict(timer),
-                    accuracy_samples=args.accuracy_samples,
-                    engine_options=engine_options,
-                    reference=reference,
-                    int8_weights=calib.int8_weights,
-                )
-                result = run_isolated("bench.cell:run_cell", kwargs, args.cell_timeout)
-                samples = None
-                if result.ok:
-                    measured = result.value
-                    samples = measured.pop("samples_ms")
-                    row.update(measured)
-                    row["status"] = "ok"
-                    # Measured, but without what the analysis could not give it: the row says so and why.
-                    row["error"] = missing_analysis(facts.get((cell.model, cell.batch_size), {}))
-                    derive(row)
-                else:
-                    row.update(status="failed", error=result.error)
-                    tqdm.write(f"{cell.id}: FAILED: {result.error}", file=sys.stderr)
-                results.append(row, samples)
-
-        rows = results.rows()
-        frame = write_tables(results.out_dir)
-        summary = summary_markdown(rows)
-        (results.out_dir / "summary.md").write_text(summary)
-        print(summary)
-        failed = sum(1 for r in rows if r.get("status") == "failed")
-        lacking = sum(1 for r in rows if r.get("status") == "ok" and r.get("error"))
-        print(
-            f"{frame.height} cells: {sum(1 for r in rows if r.get('status') == 'ok')} ok"
-            + (f" ({lacking} without FLOPs or accuracy: see their reason)" if lacking else "")
-            + f", {failed} failed, "
-            f"{sum(1 for r in rows if r.get('status') == 'unsupported')} unsupported; results in {results.out_dir}",
-            file=sys.stderr,
+        timer = TimerSettings(pick("warmup_s"), 1, pick("duration_s"), pick("min_iters"))
+        return RunConfig(
+            models=tuple(args.model_list),
+            batch_sizes=batches,
+            size=args.size,
+            engines=tuple(args.engine_list),
+            precisions=tuple(args.precision_list),
+            timer=timer,
+            export=export,
+            calib=calib,
+            engine_options=engine_options,
+            accuracy_samples=pick("accuracy_samples"),
+            cell_timeout_s=args.cell_timeout,
+            bytes_model=args.bytes_model,
+            jobs=args.jobs,
+            preset=args.preset,
+            onnx=str(args.onnx.resolve()) if args.onnx else None,
+            input_shapes=args.input_shapes,
         )
-        from bench.report import write_report
+    except (ConfigError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
 
-        try:
-            _, page = write_report(results.out_dir)
-        except Exception as exc:  # noqa: BLE001 - the measurements are saved; say how to retry the report alone
-            retry = f"python suite.py report {results.out_dir}"
-            print(f"error: the report failed ({exc}); retry with: {retry}", file=sys.stderr)
-            return 1
-        print(f"report: {page}", file=sys.stderr)
-        return 1 if failed else 0
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Measure the matrix (``bench.runner``) into ``--out``, print the summary and write the report."""
+    from bench.runner import RunRefused, run
+
+    config = config_from(args)
+    out = args.out or Path("results") / time.strftime("%Y%m%d-%H%M%S")
+    try:
+        outcome = run(config, out, resume=args.resume, retry_failed=args.retry_failed)
+    except RunRefused as exc:
+        raise UsageError(str(exc)) from None
+    print(outcome.summary)
+    ok, failed = outcome.count("ok"), outcome.count("failed")
+    lacking = sum(1 for r in outcome.rows if r.get("status") == "ok" and r.get("error"))
+    print(
+        f"{len(outcome.rows)} cells: {ok} ok"
+        + (f" ({lacking} without FLOPs or accuracy: see their reason)" if lacking else "")
+        + f", {failed} failed, {outcome.count('unsupported')} unsupported; results in {outcome.out_dir}",
+        file=sys.stderr,
+    )
+    from bench.report import write_report
+
+    try:
+        _, page = write_report(outcome.out_dir)
+    except Exception as exc:  # noqa: BLE001 - the measurements are saved; say how to retry the report alone
+        retry = f"python suite.py report {outcome.out_dir}"
+        print(f"error: the report failed ({exc}); retry with: {retry}", file=sys.stderr)
+        return 1
+    print(f"report: {page}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_int8_check(args: argparse.Namespace) -> int:
@@ -541,7 +424,8 @@ def cmd_int8_check(args: argparse.Namespace) -> int:
     for weights in ("8bit", "7bit"):
         wanted = [("fp32", "cpu"), ("int8", "cpu")]
         weighted = replace(calib, int8_weights=weights)
-        failures |= build_artifacts(args.model_list, args.size, wanted, export, weighted, f"artifacts ({weights})")
+        title = f"artifacts ({weights})"
+        failures |= build_artifacts(args.model_list, args.size, wanted, export, weighted, title, args.jobs)
     records: list[dict[str, Any]] = []
     verdicts: list[str] = []
     jobs = [(m, v) for m in args.model_list for v in VARIANTS]
@@ -643,125 +527,6 @@ def _int8_check_line(record: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
-def model_facts(
-    model_list: list[str],
-    size: str,
-    batches: dict[str, list[int]],
-    failures: dict[tuple[str, str], str],
-    accuracy_samples: int,
-) -> dict[tuple[str, int], dict[str, Any]]:
-    """FLOPs/params/bytes and the FP32 reference outputs for each (model, batch), computed in children.
-
-    What could not be computed is kept as the reason, under ``flops_error`` or ``reference_error`` (a read-only
-    store, for one, cannot cache them), for ``missing_analysis`` to put in the cells' rows."""
-    from tqdm import tqdm
-
-    from bench.isolation import run_isolated
-
-    facts: dict[tuple[str, int], dict[str, Any]] = {}
-    with tqdm(model_list, desc="analysis", unit="model", file=sys.stderr) as bar:
-        for model in bar:
-            bar.set_postfix_str(model)
-            if (model, "fp32") in failures:
-                continue
-            counted = run_isolated(
-                "bench.cell:count_flops", {"model": model, "size": size, "batches": batches[model]}, EXPORT_TIMEOUT_S
-            )
-            for batch in batches[model]:
-                entry = facts.setdefault((model, batch), {})
-                if counted.ok:
-                    entry.update(counted.value[batch])
-                else:
-                    entry["flops_error"] = counted.error
-                    tqdm.write(f"{model}: FLOP count failed: {counted.error}", file=sys.stderr)
-                ref = run_isolated(
-                    "bench.cell:reference_outputs",
-                    {"model": model, "size": size, "batch": batch, "samples": accuracy_samples},
-                    EXPORT_TIMEOUT_S,
-                )
-                if ref.ok:
-                    entry["reference"] = ref.value
-                else:
-                    entry["reference_error"] = ref.error
-                    tqdm.write(f"{model} b{batch}: FP32 reference failed: {ref.error}", file=sys.stderr)
-    return facts
-
-
-def missing_analysis(facts: dict[str, Any]) -> str | None:
-    """What a measured cell lacks because ``model_facts`` could not compute it, with the reasons, for the row's
-    ``error`` column (``FLOPs not counted: ...; accuracy not measured: ...``); None when it lacks nothing.
-
-    Without it, a cell whose FLOP count or FP32 reference failed was an ``ok`` row silently without FLOPs or
-    accuracy, which reads as "not applicable" rather than "broken"."""
-    flops, reference = facts.get("flops_error"), facts.get("reference_error")
-    # One cause (a read-only store) fails both, naming different files: said once, both labels first, so tables
-    # that cut the reason at 120 characters still show what is missing.
-    if flops and reference and re.sub(r"'[^']*'", "", flops) == re.sub(r"'[^']*'", "", reference):
-        return f"FLOPs not counted and accuracy not measured: {flops}"
-    notes = [f"FLOPs not counted: {flops}"] if flops else []
-    notes += [f"accuracy not measured: {reference}"] if reference else []
-    return "; ".join(notes) or None
-
-
-def base_row(cell: Cell, spec: models.ModelSpec, facts: dict[str, Any], bytes_model: str = "io") -> dict[str, Any]:
-    """The columns every row has, whatever its status: identity, model facts, paper comparison.
-
-    ``bytes_model`` ``io`` counts weights + inputs + outputs per batch; ``activations`` adds every
-    intermediate tensor written once and read once."""
-    row: dict[str, Any] = {
-        "model": cell.model,
-        "category": spec.category,
-        "framework": spec.framework,
-        "size": cell.size,
-        "engine": cell.engine,
-        "precision": cell.precision,
-        "batch_size": cell.batch_size,
-        "status": None,
-        "error": None,
-        "cell_id": cell.id,
-        # The instruction set decides which integer kernels an INT8 cell ran on (and so its accuracy and speed).
-        "cpu_isa": cpu_isa(),
-    }
-    for key in ("flops_per_batch", "mac_flops_per_batch", "params"):
-        row[key] = facts.get(key)
-    if "weight_bytes" in facts:
-        row["bytes_per_batch"] = facts["weight_bytes"] + facts["io_bytes"]
-        row["bytes_model"] = "weights+inputs+outputs"
-        if bytes_model == "activations" and "activation_bytes" in facts:
-            row["bytes_per_batch"] += facts["activation_bytes"]
-            row["bytes_model"] = "weights+inputs+outputs+activations"
-        row["arith_intensity"] = facts["flops_per_batch"] / row["bytes_per_batch"] if row["bytes_per_batch"] else None
-    # The paper's counts describe the full architectures; a ratio for a shrunk model would mean nothing.
-    if cell.size == "full":
-        from analysis.paper import flops_ratio, paper_flops_per_sample
-
-        per_sample = paper_flops_per_sample(spec.paper_model)
-        if per_sample:
-            row["paper_flops_per_sample"] = per_sample
-            row["flops_ratio_to_paper"] = flops_ratio(row["flops_per_batch"], cell.batch_size, spec.paper_model)
-    return row
-
-
-def derive(row: dict[str, Any]) -> None:
-    """Throughput and FLOP/s from the measured mean latency (FLOPs per batch / mean latency per batch)."""
-    mean_s = row["latency_ms_mean"] / 1e3
-    row["throughput_samples_per_s"] = row["batch_size"] / mean_s
-    if row.get("flops_per_batch"):
-        row["flops_per_s"] = row["flops_per_batch"] / mean_s
-    row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def results_dir(out: Path, option: str) -> Path:
-    """``out`` when it is a directory or can be made one; raises UsageError naming the file in the way when it, or
-    a path above it, is a file (creating the directory used to fail with a traceback)."""
-    for path in (out, *out.parents):
-        if path.exists():
-            if not path.is_dir():
-                raise UsageError(f"{option} {out} cannot be a results directory: {path} is a file; name a directory")
-            break
-    return out
-
-
 def bring_model(args: argparse.Namespace) -> str:
     """Register ``--onnx`` (with ``--input-shapes``) as a model the cells can find; returns its name."""
     from models import byo
@@ -772,8 +537,11 @@ def bring_model(args: argparse.Namespace) -> str:
         spec = byo.register(args.onnx, byo.parse_input_shapes(args.input_shapes))
     except byo.ByoError as exc:
         raise UsageError(str(exc)) from None
+    from bench.config import PRESETS
+
     fixed = spec.config(args.size).get("fixed_batch")
-    if fixed and parse_batches(args.batch_sizes, spec) != [fixed]:
+    batch_sizes = args.batch_sizes if args.batch_sizes is not None else PRESETS[args.preset]["batch_sizes"]
+    if fixed and parse_batches(batch_sizes, spec) != [fixed]:
         raise UsageError(f"{args.onnx.name} has a fixed batch dimension of {fixed}: use --batch-sizes {fixed}")
     return spec.name
 
@@ -860,8 +628,18 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 # -------------------------------------------------------------------------------------------- parser
 
 
+def default_jobs() -> int:
+    """Artifact builds at once by default: one per physical core (exports and quantizers are mostly
+    single-threaded)."""
+    import psutil
+
+    return psutil.cpu_count(logical=False) or 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
+    from bench.config import DEFAULT_PRESET, PRESETS
+
     parser = argparse.ArgumentParser(prog="suite.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is built and why")
     sub = parser.add_subparsers(dest="command")
@@ -873,6 +651,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--size", choices=models.SIZES, default="full")
         p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
         p.add_argument("--weights", type=Path, help="a checkpoint to export instead of random weights (one model)")
+        p.add_argument(
+            "--jobs",
+            type=int,
+            default=default_jobs(),
+            help="artifact builds at once, each in its own process (default: the physical cores)",
+        )
 
     def calibration(p: argparse.ArgumentParser) -> None:
         p.add_argument("--method", default="minmax", help="INT8 calibration: minmax (default), entropy, percentile")
@@ -900,10 +684,17 @@ def build_parser() -> argparse.ArgumentParser:
     calibration(run)
     run.add_argument("--engines", help="comma list (default: every engine usable here)")
     run.add_argument("--precisions", help="comma list of fp32, fp16, int8 (default: all three)")
-    run.add_argument("--batch-sizes", default="paper", help="'paper' (default) or a comma list such as 1,8,32")
-    run.add_argument("--warmup-s", type=float, default=1.0, help="warm-up seconds (at least one run)")
-    run.add_argument("--duration-s", type=float, default=5.0, help="minimum measured seconds per cell")
-    run.add_argument("--min-iters", type=int, default=10, help="minimum measured iterations per cell")
+    run.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=DEFAULT_PRESET,
+        help="starting values of the options below: quick (default: batch 1, 2 s windows, 8 accuracy samples) or "
+        "paper (the paper's batch sizes, 5 s windows, 32 accuracy samples)",
+    )
+    run.add_argument("--batch-sizes", help="'paper' or a comma list such as 1,8,32 (preset: quick 1, paper 'paper')")
+    run.add_argument("--warmup-s", type=float, help="warm-up seconds, at least one run (preset: 0.5 / 1)")
+    run.add_argument("--duration-s", type=float, help="minimum measured seconds per cell (preset: 2 / 5)")
+    run.add_argument("--min-iters", type=int, help="minimum measured iterations per cell (preset: 5 / 10)")
     run.add_argument("--threads", type=int, help="intra-op threads for CPU engines (default: physical cores)")
     run.add_argument(
         "--provider-options",
@@ -913,7 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--include-copies", action="store_true", help="GPU engines: time host<->device copies too")
     run.add_argument("--cuda-graph", action="store_true", help="GPU engines: capture the inference as a CUDA graph")
-    run.add_argument("--accuracy-samples", type=int, default=32, help="samples compared with FP32 (default 32)")
+    run.add_argument("--accuracy-samples", type=int, help="samples compared with FP32 (preset: 8 / 32)")
     run.add_argument("--cell-timeout", type=float, default=1800.0, help="seconds before a cell is failed")
     run.add_argument("--out", type=Path, help="results directory (default results/<timestamp>)")
     run.add_argument(
@@ -1001,7 +792,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "compare": cmd_compare,
         "int8-check": cmd_int8_check,
     }
-    import signal
 
     def terminate_like_ctrl_c(signum, frame):
         raise KeyboardInterrupt
@@ -1025,8 +815,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.engine_list = parse_engines(args.engines)
         if args.command == "run":
             args.precision_list = split_names(args.precisions, PRECISIONS, "precision", PRECISIONS)
-            if args.accuracy_samples < 1:
-                raise UsageError("--accuracy-samples must be at least 1")
         return commands[args.command](args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -10,6 +10,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,20 @@ class ChildResult:
 
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# Children started by run_isolated and not yet reaped, from any thread: builds run several at once in worker
+# threads, and an interrupt reaches only the main thread, which must end them all (kill_children).
+_LIVE: set = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def kill_children() -> int:
+    """SIGKILL every child ``run_isolated`` is waiting on, in any thread (their waits then return failed
+    results); returns how many there were."""
+    with _LIVE_LOCK:
+        live = [p for p in _LIVE if p.is_alive()]
+    for process in live:
+        process.kill()
+    return len(live)
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -76,7 +91,9 @@ def run_isolated(target: str, kwargs: dict, timeout_s: float | None) -> ChildRes
     context = mp.get_context("spawn")
     parent, child = context.Pipe(duplex=False)
     process = context.Process(target=_child, args=(target, kwargs, child, os.getpid()), daemon=True)
-    process.start()
+    with _LIVE_LOCK:
+        process.start()
+        _LIVE.add(process)
     child.close()
     status, value, detail = "died", None, ""
     ended = False
@@ -99,6 +116,8 @@ def run_isolated(target: str, kwargs: dict, timeout_s: float | None) -> ChildRes
         if process.is_alive():
             process.kill()
             process.join()
+        with _LIVE_LOCK:
+            _LIVE.discard(process)
     if status == "ok":
         return ChildResult(True, value)
     if status == "error":

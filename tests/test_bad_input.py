@@ -16,6 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import suite
+from bench.runner import missing_analysis
 from calibration.feeds import FeedError, file_feeds
 from models import get_model
 from models.byo import build_spec
@@ -225,9 +226,9 @@ def test_new_batch_in_read_only_store_says_what_it_lacks(read_only_store, tmp_pa
 
 def test_missing_analysis_says_each_reason():
     """Different causes are each named after what they cost; none is no note."""
-    assert suite.missing_analysis({"flops_per_batch": 1.0, "reference": "r.npz"}) is None
-    assert suite.missing_analysis({"flops_error": "KeyError: 'x'"}) == "FLOPs not counted: KeyError: 'x'"
+    assert missing_analysis({"flops_per_batch": 1.0, "reference": "r.npz"}) is None
+    assert missing_analysis({"flops_error": "KeyError: 'x'"}) == "FLOPs not counted: KeyError: 'x'"
     assert (
-        suite.missing_analysis({"flops_error": "A", "reference_error": "B"})
+        missing_analysis({"flops_error": "A", "reference_error": "B"})
         == "FLOPs not counted: A; accuracy not measured: B"
     )

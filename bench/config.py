@@ -1,0 +1,109 @@
+"""A run as data: ``RunConfig``, validated once, and the presets it starts from.
+
+The command line builds a RunConfig (``suite.py`` parses, this module decides what is valid); a library caller
+builds one directly. Everything a run measures with is here, so a resume can compare it and ``env.json`` can
+record it (``settings()``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.timer import TimerSettings
+from onnx_models.artifacts import PRECISIONS, CalibrationSettings, ExportSettings
+
+
+class ConfigError(ValueError):
+    """A run setting that cannot work (a usage error: the message names the setting and the fix)."""
+
+
+# Presets are RunConfig values that a command-line option overrides one by one. `quick` is the default job:
+# every Table I model at batch 1 with shorter timing windows and 8 accuracy samples, so that the whole
+# catalogue finishes in half an hour on two cores; `paper` is the paper's batch sizes and full windows.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {"batch_sizes": "1", "warmup_s": 0.5, "duration_s": 2.0, "min_iters": 5, "accuracy_samples": 8},
+    "paper": {"batch_sizes": "paper", "warmup_s": 1.0, "duration_s": 5.0, "min_iters": 10, "accuracy_samples": 32},
+}
+DEFAULT_PRESET = "quick"
+
+
+def _finite(name: str, value: float, minimum: float, inclusive: bool) -> None:
+    ok = (
+        isinstance(value, int | float) and math.isfinite(value) and (value >= minimum if inclusive else value > minimum)
+    )
+    if not ok:
+        bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+        raise ConfigError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run: which cells (models x batch sizes x engines x precisions at one size) and how each is built,
+    timed and checked. Invalid values raise ConfigError at construction."""
+
+    models: tuple[str, ...]
+    batch_sizes: Mapping[str, tuple[int, ...]]
+    size: str = "full"
+    engines: tuple[str, ...] = ("ort-cpu",)
+    precisions: tuple[str, ...] = PRECISIONS
+    timer: TimerSettings = field(default_factory=TimerSettings)
+    export: ExportSettings = field(default_factory=ExportSettings)
+    calib: CalibrationSettings = field(default_factory=CalibrationSettings)
+    engine_options: Mapping[str, Any] = field(default_factory=dict)
+    accuracy_samples: int = 32
+    cell_timeout_s: float = 1800.0
+    bytes_model: str = "io"
+    # Artifact builds at once (each in its own child process); cells always run one at a time.
+    jobs: int = 1
+    preset: str | None = None
+    onnx: str | None = None
+    input_shapes: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ConfigError("a run needs at least one model")
+        missing = [m for m in self.models if not self.batch_sizes.get(m)]
+        if missing:
+            raise ConfigError(f"no batch size for {', '.join(missing)}")
+        if any(not isinstance(b, int) or b < 1 for sizes in self.batch_sizes.values() for b in sizes):
+            raise ConfigError(f"batch sizes must be positive integers, got {dict(self.batch_sizes)}")
+        unknown = [p for p in self.precisions if p not in PRECISIONS]
+        if unknown or not self.precisions:
+            raise ConfigError(f"unknown precision {', '.join(unknown)}; valid precisions: {', '.join(PRECISIONS)}")
+        _finite("--warmup-s", self.timer.warmup_s, 0, inclusive=True)
+        _finite("--duration-s", self.timer.duration_s, 0, inclusive=False)
+        _finite("--cell-timeout", self.cell_timeout_s, 0, inclusive=False)
+        threads = self.engine_options.get("threads")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"--threads must be a positive integer, got {threads!r}")
+        if self.accuracy_samples < 1:
+            raise ConfigError("--accuracy-samples must be at least 1")
+        if self.jobs < 1:
+            raise ConfigError(f"--jobs must be at least 1, got {self.jobs}")
+        if self.bytes_model not in ("io", "activations"):
+            raise ConfigError(f"--bytes-model must be io or activations, got {self.bytes_model!r}")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}; valid presets: {', '.join(PRESETS)}")
+
+    def settings(self) -> dict[str, Any]:
+        """What the rows were measured with, as plain JSON values (``env.json``'s ``settings``). The number of
+        build jobs is left out: it changes how fast artifacts are made, not what is measured."""
+        return {
+            "models": list(self.models),
+            "engines": list(self.engines),
+            "precisions": list(self.precisions),
+            "batch_sizes": {m: list(b) for m, b in self.batch_sizes.items()},
+            "size": self.size,
+            "timer": asdict(self.timer),
+            "calibration": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.calib).items()},
+            "export": {"seed": self.export.seed, "weights": str(self.export.weights) if self.export.weights else None},
+            "engine_options": dict(self.engine_options),
+            "accuracy_samples": self.accuracy_samples,
+            "bytes_model": self.bytes_model,
+            "onnx": self.onnx,
+            "input_shapes": self.input_shapes,
+        }

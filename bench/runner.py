@@ -1,0 +1,209 @@
+"""One run, start to end: a RunConfig and a results directory in, rows out.
+
+``run(config, out, ...)`` takes the directory (lock), checks a resume against its ``env.json``, plans, has the
+executor build artifacts and analyses, measures each cell and appends its row the moment it is done, then
+writes the tables and the summary. It decides everything a library caller could want decided; ``suite.py``
+only parses options into a RunConfig and prints.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.cell import Cell, artifact_name_for
+from bench.config import RunConfig
+from bench.executor import LocalExecutor
+from bench.plan import plan
+from bench.results import ResultsBusy, ResultsFile, ResumeMismatch, resume_env, summary_markdown, write_tables
+from common.cpu_isa import isa as cpu_isa
+
+
+class RunRefused(Exception):
+    """The run cannot start as asked (directory in use or holding results, a resume with other settings)."""
+
+
+@dataclass
+class RunOutcome:
+    """Where a run wrote and how its cells ended."""
+
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    summary: str
+
+    def count(self, status: str) -> int:
+        """How many cells ended with ``status`` (``ok``, ``failed``, ``unsupported``)."""
+        return sum(1 for r in self.rows if r.get("status") == status)
+
+
+def base_row(cell: Cell, facts: dict[str, Any], bytes_model: str = "io") -> dict[str, Any]:
+    """The columns every row has, whatever its status: identity, model facts, paper comparison.
+
+    ``bytes_model`` ``io`` counts weights + inputs + outputs per batch; ``activations`` adds every
+    intermediate tensor written once and read once."""
+    import models
+
+    spec = models.get_model(cell.model)
+    row: dict[str, Any] = {
+        "model": cell.model,
+        "category": spec.category,
+        "framework": spec.framework,
+        "size": cell.size,
+        "engine": cell.engine,
+        "precision": cell.precision,
+        "batch_size": cell.batch_size,
+        "status": None,
+        "error": None,
+        "cell_id": cell.id,
+        # The instruction set decides which integer kernels an INT8 cell ran on (and so its accuracy and speed).
+        "cpu_isa": cpu_isa(),
+    }
+    for key in ("flops_per_batch", "mac_flops_per_batch", "params"):
+        row[key] = facts.get(key)
+    if "weight_bytes" in facts:
+        row["bytes_per_batch"] = facts["weight_bytes"] + facts["io_bytes"]
+        row["bytes_model"] = "weights+inputs+outputs"
+        if bytes_model == "activations" and "activation_bytes" in facts:
+            row["bytes_per_batch"] += facts["activation_bytes"]
+            row["bytes_model"] = "weights+inputs+outputs+activations"
+        row["arith_intensity"] = facts["flops_per_batch"] / row["bytes_per_batch"] if row["bytes_per_batch"] else None
+    # The paper's counts describe the full architectures; a ratio for a shrunk model would mean nothing.
+    if cell.size == "full":
+        from analysis.paper import flops_ratio, paper_flops_per_sample
+
+        per_sample = paper_flops_per_sample(spec.paper_model)
+        if per_sample:
+            row["paper_flops_per_sample"] = per_sample
+            row["flops_ratio_to_paper"] = flops_ratio(row["flops_per_batch"], cell.batch_size, spec.paper_model)
+    return row
+
+
+def derive(row: dict[str, Any]) -> None:
+    """Throughput and FLOP/s from the measured mean latency (FLOPs per batch / mean latency per batch)."""
+    mean_s = row["latency_ms_mean"] / 1e3
+    row["throughput_samples_per_s"] = row["batch_size"] / mean_s
+    if row.get("flops_per_batch"):
+        row["flops_per_s"] = row["flops_per_batch"] / mean_s
+    row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def run(
+    config: RunConfig,
+    out: Path,
+    resume: bool = False,
+    retry_failed: bool = False,
+    executor: LocalExecutor | None = None,
+) -> RunOutcome:
+    """Measure ``config``'s matrix into ``out`` (results.jsonl, samples.jsonl, env.json, results.csv/parquet,
+    summary.md). With ``resume`` the cells already in ``out`` are skipped (failed ones too unless
+    ``retry_failed``). Raises RunRefused before anything is written when the run cannot start."""
+    from tqdm import tqdm
+
+    from bench.env import environment
+
+    if retry_failed and not resume:
+        raise RunRefused("--retry-failed measures the failed cells of an earlier run again: add --resume and its --out")
+    results = _results_file(out)
+    # The directory is this run's until it returns (or dies: the kernel drops the lock), before anything in it
+    # is read or written, so two runs never append to one results.jsonl.
+    try:
+        lock = results.lock()
+    except ResultsBusy as exc:
+        raise RunRefused(str(exc)) from None
+    executor = executor or LocalExecutor(config.jobs)
+    with lock:
+        rows = results.rows()
+        if rows and not resume:
+            raise RunRefused(f"{out} already holds results; pass --resume to continue it or choose another --out")
+        done = results.finished_ids(except_failed=retry_failed) if resume else set()
+        env = environment(config.settings())
+        if rows:
+            # The rows already here were measured with the stored settings: a resume must use the same ones
+            # (only the matrix may differ), and env.json keeps describing them.
+            try:
+                env = resume_env(results.read_env(), env, results.env_path)
+            except ResumeMismatch as exc:
+                raise RunRefused(str(exc)) from None
+        results.write_env(env)
+        print(f"results -> {results.out_dir}", file=sys.stderr)
+
+        work = plan(config, done)
+        built = executor.build(work.builds, config.size, config.export, config.calib)
+        batches = {m: list(config.batch_sizes[m]) for m in {c.model for c in work.runnable}}
+        failed_fp32 = {m for (m, a) in built.failures if a == "fp32"}
+        facts = executor.facts(batches, config.size, failed_fp32, config.accuracy_samples)
+
+        with tqdm(work.cells, desc="cells", unit="cell", file=sys.stderr) as bar:
+            for cell in bar:
+                bar.set_postfix_str(cell.id)
+                cell_facts = facts.get((cell.model, cell.batch_size), {})
+                row = base_row(cell, cell_facts, config.bytes_model)
+                row.update(_reasons(cell, work.unsupported, built, config))
+                samples = None
+                if row["status"] is None:
+                    measured, error = executor.measure(cell, config, cell_facts.get("reference"))
+                    if measured is not None:
+                        samples = measured.pop("samples_ms")
+                        row.update(measured, status="ok")
+                        derive(row)
+                        row["error"] = missing_analysis(cell_facts)
+                    else:
+                        row.update(status="failed", error=error)
+                        tqdm.write(f"{cell.id}: FAILED: {error}", file=sys.stderr)
+                results.append(row, samples)
+
+        rows = results.rows()
+        write_tables(results.out_dir)
+        summary = summary_markdown(rows)
+        (results.out_dir / "summary.md").write_text(summary)
+    return RunOutcome(results.out_dir, rows, summary)
+
+
+def _reasons(cell: Cell, unsupported: dict[str, str], built, config: RunConfig) -> dict[str, Any]:
+    """``status`` and ``error`` of a cell that will not be measured (no engine here, a conversion the model
+    cannot undergo, a failed build), or ``status`` None for one to measure."""
+    if cell.id in unsupported:
+        return {"status": "unsupported", "error": unsupported[cell.id]}
+    artifact, _ = artifact_name_for(cell.engine, cell.precision, config.calib.int8_weights)
+    if (cell.model, artifact) in built.unsupported:
+        return {"status": "unsupported", "error": built.unsupported[(cell.model, artifact)]}
+    error = built.failures.get((cell.model, artifact)) or built.failures.get((cell.model, "fp32"))
+    if error:
+        return {"status": "failed", "error": error}
+    return {"status": None}
+
+
+def missing_analysis(facts: dict[str, Any]) -> str | None:
+    """What a measured cell lacks because its FLOP count or FP32 reference failed, with the reasons, for the
+    row's ``error`` column (``FLOPs not counted: ...; accuracy not measured: ...``); None when it lacks nothing.
+
+    Without it, such a cell was an ``ok`` row silently without FLOPs or accuracy, which reads as "not
+    applicable" rather than "broken"."""
+    flops, reference = facts.get("flops_error"), facts.get("reference_error")
+    # One cause (a read-only store) fails both, naming different files: said once, both labels first, so tables
+    # that cut the reason at 120 characters still show what is missing.
+    if flops and reference and re.sub(r"'[^']*'", "", flops) == re.sub(r"'[^']*'", "", reference):
+        return f"FLOPs not counted and accuracy not measured: {flops}"
+    notes = [f"FLOPs not counted: {flops}"] if flops else []
+    notes += [f"accuracy not measured: {reference}"] if reference else []
+    return "; ".join(notes) or None
+
+
+def _results_file(out: Path) -> ResultsFile:
+    """The results directory ``out``, created if need be; RunRefused when it, or a path above it, is a file or
+    it cannot be created (creating it used to fail with a traceback)."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise RunRefused(f"--out {out} cannot be a results directory: {path} is a file; name a directory")
+            break
+    try:
+        return ResultsFile(out)
+    except OSError as exc:
+        raise RunRefused(
+            f"cannot create the results directory {out}: {exc.strerror or exc}; choose another --out"
+        ) from None

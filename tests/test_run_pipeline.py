@@ -1,0 +1,108 @@
+"""The run as data, then work: RunConfig validation, presets, plan(), and parallel artifact builds."""
+
+from __future__ import annotations
+
+import pytest
+
+import suite
+from bench.config import PRESETS, ConfigError, RunConfig
+from bench.executor import LocalExecutor
+from bench.plan import ArtifactJob, plan
+from bench.timer import TimerSettings
+from models import get_model
+from onnx_models.artifacts import CalibrationSettings, ExportSettings
+from onnx_models.store import ModelStore
+
+
+def config_of(*argv: str) -> RunConfig:
+    """The RunConfig that ``suite.py run ARGV`` measures with."""
+    args = suite.build_parser().parse_args(["run", *argv])
+    args.model_list = suite.split_names(args.models, list(suite.models.all_models()), "model", ["resnet50", "nmt"])
+    args.engine_list = suite.parse_engines(args.engines)
+    args.precision_list = suite.split_names(args.precisions, suite.PRECISIONS, "precision", suite.PRECISIONS)
+    return suite.config_from(args)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--duration-s", "nan"], "--duration-s must be a finite number > 0, got nan"),
+        (["--duration-s", "0"], "--duration-s must be a finite number > 0, got 0.0"),
+        (["--warmup-s", "-1"], "warm-up and duration must not be negative"),
+        (["--warmup-s", "inf"], "--warmup-s must be a finite number >= 0, got inf"),
+        (["--cell-timeout", "nan"], "--cell-timeout must be a finite number > 0, got nan"),
+        (["--cell-timeout", "0"], "--cell-timeout must be a finite number > 0, got 0.0"),
+        (["--threads", "0"], "--threads must be a positive integer, got 0"),
+        (["--threads", "-2"], "--threads must be a positive integer, got -2"),
+        (["--jobs", "0"], "--jobs must be at least 1, got 0"),
+        (["--accuracy-samples", "0"], "--accuracy-samples must be at least 1"),
+        (["--min-iters", "0"], "need warmup_iters >= 0 and 1 <= min_iters <= max_iters"),
+    ],
+)
+def test_values_that_cannot_work_are_usage_errors(argv, message, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert suite.main(["run", "--models", "resnet50", *argv, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not out.exists()
+
+
+def test_presets_and_options_over_them():
+    quick = config_of()
+    assert quick.preset == "quick" and dict(quick.batch_sizes) == {"resnet50": (1,), "nmt": (1,)}
+    assert (quick.timer.duration_s, quick.accuracy_samples) == (PRESETS["quick"]["duration_s"], 8)
+    paper = config_of("--preset", "paper")
+    assert dict(paper.batch_sizes) == {"resnet50": (32,), "nmt": (128,)}
+    assert (paper.timer.duration_s, paper.timer.warmup_s, paper.accuracy_samples) == (5.0, 1.0, 32)
+    mixed = config_of("--preset", "paper", "--batch-sizes", "1,2", "--duration-s", "3", "--accuracy-samples", "4")
+    assert dict(mixed.batch_sizes) == {"resnet50": (1, 2), "nmt": (1, 2)}
+    assert (mixed.timer.duration_s, mixed.accuracy_samples, mixed.timer.min_iters) == (3.0, 4, 10)
+    # The build jobs change how fast artifacts are made, not what is measured: not a setting a resume compares.
+    assert "jobs" not in quick.settings() and quick.settings()["timer"]["duration_s"] == 2.0
+
+
+def test_plan_lists_cells_reasons_and_builds():
+    config = RunConfig(
+        models=("resnet50", "wide_deep"),
+        batch_sizes={"resnet50": (1, 2), "wide_deep": (4,)},
+        size="tiny",
+        engines=("ort-cpu", "ort-cuda"),
+        precisions=("fp32", "int8"),
+    )
+    done = {"resnet50/tiny/ort-cpu/fp32/b1"}
+    work = plan(config, done)
+    assert len(work.cells) == 2 * 2 * 2 + 2 * 2 - 1 and all(c.id not in done for c in work.cells)
+    # ort-cuda has no GPU here: its cells are unsupported with the engine's reason, and need no artifacts.
+    assert {c.engine for c in work.runnable} == {"ort-cpu"}
+    assert all(reason.startswith("ort-cuda: ") for reason in work.unsupported.values())
+    assert work.builds == (
+        ArtifactJob("resnet50", (("fp32", "cpu"), ("int8", "cpu"))),
+        ArtifactJob("wide_deep", (("fp32", "cpu"), ("int8", "cpu"))),
+    )
+    with pytest.raises(ConfigError, match="no batch size for wide_deep"):
+        RunConfig(models=("resnet50", "wide_deep"), batch_sizes={"resnet50": (1,)})
+    with pytest.raises(ConfigError, match="unknown precision int4"):
+        RunConfig(models=("resnet50",), batch_sizes={"resnet50": (1,)}, precisions=("int4",))
+    with pytest.raises(ConfigError, match="--duration-s"):
+        RunConfig(models=("resnet50",), batch_sizes={"resnet50": (1,)}, timer=TimerSettings(duration_s=float("nan")))
+
+
+def test_parallel_builds_make_the_same_artifacts(tmp_path, monkeypatch):
+    """Two models built two at a time give the bytes that one at a time gives (seeded exports), and a model
+    whose build fails takes only its own artifacts with it."""
+    shas = {}
+    for jobs in (1, 2):
+        monkeypatch.setenv("AIMATRIX_STORE", str(tmp_path / f"store{jobs}"))
+        work = [ArtifactJob(m, (("fp32", "cpu"), ("fp16", "cpu"))) for m in ("ncf", "wide_deep")]
+        outcome = LocalExecutor(jobs).build(work, "tiny", ExportSettings(), CalibrationSettings())
+        assert not outcome.failures and not outcome.unsupported
+        shas[jobs] = {
+            (m, a): ModelStore(m, "tiny").entry(a)["sha256"] for m in ("ncf", "wide_deep") for a in ("fp32", "fp16")
+        }
+    assert shas[1] == shas[2]
+    broken = tmp_path / "broken.weights.h5"
+    broken.write_bytes(b"not a checkpoint")
+    monkeypatch.setenv("AIMATRIX_STORE", str(tmp_path / "store3"))
+    work = [ArtifactJob("ncf", (("fp32", "cpu"), ("fp16", "cpu")))]
+    outcome = LocalExecutor(2).build(work, "tiny", ExportSettings(weights=broken), CalibrationSettings())
+    assert set(outcome.failures) == {("ncf", "fp32"), ("ncf", "fp16")}
+    assert get_model("ncf").framework == "tensorflow"
