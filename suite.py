@@ -16,7 +16,6 @@ import signal
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -395,17 +394,11 @@ def cmd_int8_check(args: argparse.Namespace) -> int:
     """Run each model's CPU INT8 artifact with 8-bit and 7-bit weights, on the real integer kernels and simulated
     in float, next to FP32, and say for each whether this CPU's kernels cost accuracy (``bench.int8_check``).
     Prints the table and verdicts; writes ``int8-check.csv`` and ``int8-check.json`` into ``--out``."""
-    import tempfile
-    from dataclasses import replace
-
     import polars as pl
-    from tqdm import tqdm
 
     from bench.env import cpu_info
-    from bench.int8_check import VARIANTS, kernel_gap, verdict
-    from bench.isolation import run_isolated
+    from bench.int8_check import TABLE_HEADER, check, table_line
     from bench.timer import TimerSettings
-    from onnx_models.artifacts import int8_artifact_name
 
     export, calib = settings_from(args)
     try:
@@ -420,64 +413,18 @@ def cmd_int8_check(args: argparse.Namespace) -> int:
     cpu = cpu_info()
     saturates = {True: "saturate", False: "are exact", None: "were not probed"}[cpu["int8_saturates"]]
     print(f"CPU: {cpu['model']}, 8-bit kernels on {cpu['isa']}: u8 x s8 dot products {saturates}", file=sys.stderr)
-    failures: dict[tuple[str, str], str] = {}
-    for weights in ("8bit", "7bit"):
-        wanted = [("fp32", "cpu"), ("int8", "cpu")]
-        weighted = replace(calib, int8_weights=weights)
-        title = f"artifacts ({weights})"
-        failures |= build_artifacts(args.model_list, args.size, wanted, export, weighted, title, args.jobs)
-    records: list[dict[str, Any]] = []
-    verdicts: list[str] = []
-    jobs = [(m, v) for m in args.model_list for v in VARIANTS]
-    with (
-        tempfile.TemporaryDirectory(prefix="aimatrix-int8-check-") as tmp,
-        tqdm(jobs, desc="int8 check", unit="run", file=sys.stderr) as bar,
-    ):
-        references: dict[str, Any] = {}
-        for model, variant in bar:
-            bar.set_postfix_str(f"{model} {variant.label}")
-            artifact = "fp32" if variant.precision == "fp32" else int8_artifact_name("cpu", variant.weights)
-            record: dict[str, Any] = {"model": model, "size": args.size, "variant": variant.label}
-            record |= {"artifact": artifact, "batch_size": args.batch_size, "cpu_isa": cpu["isa"]}
-            records.append(record)
-            error = failures.get((model, "fp32")) or failures.get((model, artifact))
-            if model not in references and not error:
-                kwargs = {"model": model, "size": args.size, "batch": args.batch_size, "samples": args.accuracy_samples}
-                references[model] = run_isolated("bench.cell:reference_outputs", kwargs, EXPORT_TIMEOUT_S)
-            if not error and not references[model].ok:
-                error = f"FP32 reference failed: {references[model].error}"
-            if error:
-                record.update(status="failed", error=error)
-                continue
-            outputs = Path(tmp) / f"{model}-{variant.label.replace(' ', '_')}.npz"
-            result = run_isolated(
-                "bench.int8_check:measure_variant",
-                {
-                    "model": model,
-                    "size": args.size,
-                    "artifact": artifact,
-                    "simulated": variant.simulated,
-                    "batch": args.batch_size,
-                    "samples": args.accuracy_samples,
-                    "reference": references[model].value,
-                    "timer": asdict(timer),
-                    "outputs_path": str(outputs),
-                },
-                args.cell_timeout,
-            )
-            if not result.ok:
-                record.update(status="failed", error=result.error)
-                tqdm.write(f"{model} {variant.label}: FAILED: {result.error}", file=sys.stderr)
-                continue
-            record.update(status="ok", outputs=str(outputs), **result.value)
-        for model in args.model_list:
-            verdicts.extend(_kernel_verdicts(model, [r for r in records if r["model"] == model], kernel_gap, verdict))
-        for record in records:
-            record.pop("outputs", None)
-    print_table(
-        ("model", "variant", "accuracy vs FP32", "1 - cosine", "agrees with simulation", "p50 ms", "vs FP32"),
-        [_int8_check_line(r) for r in records],
+    records, verdicts = check(
+        args.model_list,
+        args.size,
+        args.batch_size,
+        args.accuracy_samples,
+        timer,
+        export,
+        calib,
+        args.cell_timeout,
+        args.jobs,
     )
+    print_table(TABLE_HEADER, [table_line(r) for r in records])
     print("\n".join(verdicts))
     out.mkdir(parents=True, exist_ok=True)
     pl.DataFrame(records, infer_schema_length=None).write_csv(out / "int8-check.csv")
@@ -485,46 +432,6 @@ def cmd_int8_check(args: argparse.Namespace) -> int:
     (out / "int8-check.json").write_text(json.dumps({**report, "rows": records, "verdicts": verdicts}, indent=1))
     print(f"written: {out / 'int8-check.csv'}, {out / 'int8-check.json'}", file=sys.stderr)
     return 1 if any(r["status"] != "ok" for r in records) else 0
-
-
-def _kernel_verdicts(model: str, records: list[dict[str, Any]], kernel_gap, verdict) -> list[str]:
-    """Fill each real INT8 record's speed-up and agreement with its simulation; return one verdict line per
-    weight range (whether the kernels cost accuracy)."""
-    by_label = {r["variant"]: r for r in records if r.get("status") == "ok"}
-    fp32 = by_label.get("fp32")
-    lines = []
-    for record in by_label.values():
-        if fp32 and record.get("latency_ms_p50") and record is not fp32:
-            record["speedup_vs_fp32"] = fp32["latency_ms_p50"] / record["latency_ms_p50"]
-        simulated = by_label.get(f"{record['variant']} simulated")
-        if simulated is None:
-            continue
-        from models import get_model
-
-        spec = get_model(model)
-        record.update(kernel_gap(spec.task, spec.task_options, simulated["outputs"], record["outputs"]))
-        costs, sentence = verdict(record, simulated)
-        record["kernels_cost_accuracy"] = costs
-        lines.append(f"{model} {record['variant']}: {sentence}")
-    return lines
-
-
-def _int8_check_line(record: dict[str, Any]) -> tuple[str, ...]:
-    """One printed line of the INT8 kernel check."""
-    if record["status"] != "ok":
-        return (record["model"], record["variant"], "FAILED", record.get("error", ""), "", "", "")
-    agreement = record.get("kernel_agreement")
-    p50 = record.get("latency_ms_p50")
-    speedup = record.get("speedup_vs_fp32")
-    return (
-        record["model"],
-        record["variant"],
-        f"{record['accuracy_metric']} {record['accuracy_value']:.3g}",
-        f"{1 - record['accuracy_cosine']:.2g}",
-        "-" if agreement is None else f"{agreement:.3g}",
-        "-" if p50 is None else f"{p50:.3g}",
-        "-" if speedup is None else f"{speedup:.2f}x",
-    )
 
 
 def bring_model(args: argparse.Namespace) -> str:

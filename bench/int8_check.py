@@ -7,15 +7,18 @@ quantization's rounding remains); and the same two with 7-bit weights. The simul
 error, the gap between a real run and its simulation measures kernel error: on CPUs whose u8 x s8 dot products
 saturate (``common.cpu_isa``) the 8-bit gap is large and the 7-bit one is not.
 
-``measure_variant`` runs in a child process; ``verdict`` is pure and compares the saved outputs.
+``check`` runs the whole comparison (builds through an executor, each run in a child process with
+``measure_variant``); ``verdict`` is pure and compares the saved outputs.
 """
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -135,3 +138,114 @@ def verdict(real: dict, simulated: dict) -> tuple[bool, str]:
     if costs:
         return True, f"the kernels add error of their own, not (yet) visible in {metric}: {numbers}"
     return False, f"the kernels are faithful: {numbers}"
+
+
+def check(
+    model_list: list[str],
+    size: str,
+    batch: int,
+    samples: int,
+    timer,
+    export,
+    calib,
+    cell_timeout_s: float,
+    jobs: int = 1,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Build each model's FP32 and both INT8 widths (``jobs`` builds at once), run every ``VARIANTS`` entry on
+    ``samples`` accuracy samples at batch ``batch``, and compare. Returns (one record per model and variant,
+    one verdict line per model and weight width)."""
+    from tqdm import tqdm
+
+    from bench.executor import BUILD_TIMEOUT_S, LocalExecutor
+    from bench.isolation import run_isolated
+    from bench.plan import ArtifactJob
+    from common.cpu_isa import isa
+    from onnx_models.artifacts import int8_artifact_name
+
+    failures: dict[tuple[str, str], str] = {}
+    for weights in ("8bit", "7bit"):
+        work = [ArtifactJob(m, (("fp32", "cpu"), ("int8", "cpu"))) for m in model_list]
+        built = LocalExecutor(jobs).build(work, size, export, replace(calib, int8_weights=weights), f"{weights} INT8")
+        failures |= built.failures | built.unsupported
+    records: list[dict[str, Any]] = []
+    verdicts: list[str] = []
+    runs = [(m, v) for m in model_list for v in VARIANTS]
+    with (
+        tempfile.TemporaryDirectory(prefix="aimatrix-int8-check-") as tmp,
+        tqdm(runs, desc="int8 check", unit="run", file=sys.stderr) as bar,
+    ):
+        references: dict[str, Any] = {}
+        for model, variant in bar:
+            bar.set_postfix_str(f"{model} {variant.label}")
+            artifact = "fp32" if variant.precision == "fp32" else int8_artifact_name("cpu", variant.weights)
+            record: dict[str, Any] = {"model": model, "size": size, "variant": variant.label, "artifact": artifact}
+            record |= {"batch_size": batch, "cpu_isa": isa()}
+            records.append(record)
+            error = failures.get((model, "fp32")) or failures.get((model, artifact))
+            if model not in references and not error:
+                kwargs = {"model": model, "size": size, "batch": batch, "samples": samples}
+                references[model] = run_isolated("bench.cell:reference_outputs", kwargs, BUILD_TIMEOUT_S)
+            if not error and not references[model].ok:
+                error = f"FP32 reference failed: {references[model].error}"
+            if error:
+                record.update(status="failed", error=error)
+                continue
+            outputs = Path(tmp) / f"{model}-{variant.label.replace(' ', '_')}.npz"
+            kwargs = {"model": model, "size": size, "artifact": artifact, "simulated": variant.simulated}
+            kwargs |= {"batch": batch, "samples": samples, "reference": references[model].value}
+            kwargs |= {"timer": asdict(timer), "outputs_path": str(outputs)}
+            result = run_isolated("bench.int8_check:measure_variant", kwargs, cell_timeout_s)
+            if not result.ok:
+                record.update(status="failed", error=result.error)
+                tqdm.write(f"{model} {variant.label}: FAILED: {result.error}", file=sys.stderr)
+                continue
+            record.update(status="ok", outputs=str(outputs), **result.value)
+        for model in model_list:
+            verdicts += _model_verdicts(model, [r for r in records if r["model"] == model])
+        for record in records:
+            record.pop("outputs", None)
+    return records, verdicts
+
+
+def _model_verdicts(model: str, records: list[dict[str, Any]]) -> list[str]:
+    """Fill each real run's speed-up over FP32 and agreement with its simulation; return one verdict line per
+    weight width."""
+    from models import get_model
+
+    spec = get_model(model)
+    by_label = {r["variant"]: r for r in records if r.get("status") == "ok"}
+    fp32 = by_label.get("fp32")
+    lines = []
+    for record in by_label.values():
+        if fp32 and record.get("latency_ms_p50") and record is not fp32:
+            record["speedup_vs_fp32"] = fp32["latency_ms_p50"] / record["latency_ms_p50"]
+        simulated = by_label.get(f"{record['variant']} simulated")
+        if simulated is None:
+            continue
+        record.update(kernel_gap(spec.task, spec.task_options, simulated["outputs"], record["outputs"]))
+        costs, sentence = verdict(record, simulated)
+        record["kernels_cost_accuracy"] = costs
+        lines.append(f"{model} {record['variant']}: {sentence}")
+    return lines
+
+
+def table_line(record: dict[str, Any]) -> tuple[str, ...]:
+    """One printed line of the check: model, variant, accuracy vs FP32, 1 - cosine, agreement with the
+    simulation, p50 ms, speed-up over FP32."""
+    if record["status"] != "ok":
+        return (record["model"], record["variant"], "FAILED", record.get("error", ""), "", "", "")
+    agreement = record.get("kernel_agreement")
+    p50 = record.get("latency_ms_p50")
+    speedup = record.get("speedup_vs_fp32")
+    return (
+        record["model"],
+        record["variant"],
+        f"{record['accuracy_metric']} {record['accuracy_value']:.3g}",
+        f"{1 - record['accuracy_cosine']:.2g}",
+        "-" if agreement is None else f"{agreement:.3g}",
+        "-" if p50 is None else f"{p50:.3g}",
+        "-" if speedup is None else f"{speedup:.2f}x",
+    )
+
+
+TABLE_HEADER = ("model", "variant", "accuracy vs FP32", "1 - cosine", "agrees with simulation", "p50 ms", "vs FP32")

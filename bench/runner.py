@@ -133,7 +133,8 @@ def run(
 
         work = plan(config, done)
         built = executor.build(work.builds, config.size, config.export, config.calib)
-        batches = {m: list(config.batch_sizes[m]) for m in {c.model for c in work.runnable}}
+        measured_models = {c.model for c in work.runnable}
+        batches = {m: list(config.batch_sizes[m]) for m in config.models if m in measured_models}
         failed_fp32 = {m for (m, a) in built.failures if a == "fp32"}
         facts = executor.facts(batches, config.size, failed_fp32, config.accuracy_samples)
 
