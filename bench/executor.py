@@ -119,7 +119,7 @@ class LocalExecutor:
     ) -> dict[tuple[str, int], dict[str, Any]]:
         """FLOPs/params/bytes and the FP32 reference outputs' path for each (model, batch), one model at a
         time in children; models in ``skip`` (whose FP32 failed) are left out, and a failed count or
-        reference leaves its reason in the entry (``facts_error``) for the cells' rows."""
+        reference leaves its reason in the entry (``flops_error``, ``reference_error``) for the cells' rows."""
         from tqdm import tqdm
 
         skip = set(skip)
