@@ -23,7 +23,6 @@ import models
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_ENGINES = ("ort-cpu",)
-EXPORT_TIMEOUT_S = 3600.0
 
 log = logging.getLogger("suite")
 
@@ -250,6 +249,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from analysis.paper import flops_ratio, paper_flops_per_sample
+    from bench.executor import BUILD_TIMEOUT_S
     from bench.isolation import run_isolated
 
     export, calib = settings_from(args)
@@ -269,7 +269,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
                 rows.extend((model, str(b), "FAILED", failures[(model, "fp32")], "", "", "") for b in batches)
                 continue
             counted = run_isolated(
-                "bench.cell:count_flops", {"model": model, "size": args.size, "batches": batches}, EXPORT_TIMEOUT_S
+                "bench.cell:count_flops", {"model": model, "size": args.size, "batches": batches}, BUILD_TIMEOUT_S
             )
             if not counted.ok:
                 failures[(model, "count")] = counted.error
@@ -320,23 +320,30 @@ def engine_flavour(engine: str) -> str:
     return engines.engine_class(engine).int8_flavour
 
 
+def preset_value(args: argparse.Namespace, name: str):
+    """Option ``name`` of ``run`` as given, or its ``--preset``'s value when it was not."""
+    from bench.config import PRESETS
+
+    value = getattr(args, name)
+    return PRESETS[args.preset][name] if value is None else value
+
+
 def config_from(args: argparse.Namespace):
     """The RunConfig of ``suite.py run ARGS``: the preset's values, each overridden by its option when given;
     a value that cannot work raises UsageError."""
-    from bench.config import PRESETS, ConfigError, RunConfig
+    from bench.config import ConfigError, RunConfig
     from bench.timer import TimerSettings
 
-    preset = PRESETS[args.preset]
-
-    def pick(name: str):
-        value = getattr(args, name)
-        return preset[name] if value is None else value
-
-    batches = {m: tuple(parse_batches(pick("batch_sizes"), models.get_model(m))) for m in args.model_list}
+    batches = {m: tuple(parse_batches(preset_value(args, "batch_sizes"), models.get_model(m))) for m in args.model_list}
     engine_options = engine_options_from(args, args.engine_list)
     export, calib = settings_from(args)
     try:
-        timer = TimerSettings(pick("warmup_s"), 1, pick("duration_s"), pick("min_iters"))
+        timer = TimerSettings(
+            warmup_s=preset_value(args, "warmup_s"),
+            warmup_iters=1,
+            duration_s=preset_value(args, "duration_s"),
+            min_iters=preset_value(args, "min_iters"),
+        )
         return RunConfig(
             models=tuple(args.model_list),
             batch_sizes=batches,
@@ -347,7 +354,7 @@ def config_from(args: argparse.Namespace):
             export=export,
             calib=calib,
             engine_options=engine_options,
-            accuracy_samples=pick("accuracy_samples"),
+            accuracy_samples=preset_value(args, "accuracy_samples"),
             cell_timeout_s=args.cell_timeout,
             bytes_model=args.bytes_model,
             jobs=args.jobs,
@@ -444,11 +451,8 @@ def bring_model(args: argparse.Namespace) -> str:
         spec = byo.register(args.onnx, byo.parse_input_shapes(args.input_shapes))
     except byo.ByoError as exc:
         raise UsageError(str(exc)) from None
-    from bench.config import PRESETS
-
     fixed = spec.config(args.size).get("fixed_batch")
-    batch_sizes = args.batch_sizes if args.batch_sizes is not None else PRESETS[args.preset]["batch_sizes"]
-    if fixed and parse_batches(batch_sizes, spec) != [fixed]:
+    if fixed and parse_batches(preset_value(args, "batch_sizes"), spec) != [fixed]:
         raise UsageError(f"{args.onnx.name} has a fixed batch dimension of {fixed}: use --batch-sizes {fixed}")
     return spec.name
 

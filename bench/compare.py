@@ -43,8 +43,7 @@ def join(runs: list[list[dict[str, Any]]], ignore_engine: bool = False) -> list[
         by_key: dict[tuple, dict] = {}
         for row in rows:
             key = _key(row, ignore_engine)
-            # The same cell twice in one run (a retried cell appends a new row): the later row is the current one.
-            if key in by_key and by_key[key].get("engine") != row.get("engine"):
+            if key in by_key:
                 raise CompareError(
                     f"run {name} has cells of several engines for {key[:4]} "
                     f"({by_key[key].get('engine')}, {row.get('engine')}); compare without --ignore-engine"

@@ -11,10 +11,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from common.paths import atomic_path
 
 COLUMNS = (
     "model",
@@ -78,23 +79,6 @@ def _append_line(path: Path, record: dict[str, Any]) -> None:
         handle.write(line)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a unique temporary file in the same directory and an atomic rename,
-    so a reader or a crash never sees half a file."""
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    # os.open with 0o666 lets the umask decide the mode, as a plain write would (mkstemp would make it 0600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class ResultsBusy(Exception):
@@ -213,7 +197,8 @@ class ResultsFile:
 
     def write_env(self, env: dict[str, Any]) -> None:
         """Write ``env.json`` atomically."""
-        _write_atomic(self.env_path, json.dumps(env, indent=2))
+        with atomic_path(self.env_path) as tmp:
+            tmp.write_text(json.dumps(env, indent=2))
 
 
 # The settings that say which cells a run measures rather than how it measures them. A resume may name other

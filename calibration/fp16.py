@@ -15,7 +15,7 @@ import onnx
 
 from bench.errors import first_line
 from calibration.graph import check_runs, clean
-from onnx_models.store import atomic_path
+from common.paths import atomic_path
 
 log = logging.getLogger(__name__)
 

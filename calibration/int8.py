@@ -34,8 +34,8 @@ import onnx
 from analysis.graphs import subgraphs
 from calibration.feeds import Feeds
 from calibration.graph import batchnorm_to_depthwise, check_runs, clean
-from common.cpu_isa import FULL_WEIGHT_MAX, REDUCED_WEIGHT_MAX
-from onnx_models.store import unique_temp
+from common.cpu_isa import weight_max
+from common.paths import unique_temp
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,7 @@ def quantize(
         raise ValueError(f"unknown calibration method {method!r}; valid: {', '.join(METHODS)}")
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown INT8 flavour {flavour!r}; valid: {', '.join(FLAVOURS)}")
-    if weight_bits not in (7, 8):
-        raise ValueError(f"weight_bits must be 8 or 7, got {weight_bits!r}")
+    largest = weight_max(weight_bits)  # raises for a width other than 8 or 7
     model, clean_note = clean(fp32_path)
     model, depthwise = batchnorm_to_depthwise(model)
     if depthwise:
@@ -149,12 +148,11 @@ def quantize(
     loop_matmuls = _quantize_loops(partial, weight_bits) if flavour == "cpu" else 0
     check_runs(partial, check_feeds)
     os.replace(partial, out_path)
-    weight_max = REDUCED_WEIGHT_MAX if weight_bits == 7 else FULL_WEIGHT_MAX
     return {
         "quantizer": "onnxruntime.quantization.quantize_static (QDQ)",
         "flavour": flavour,
         "activations": "int8 symmetric" if symmetric else "uint8 asymmetric",
-        "weights": f"int8 symmetric per-channel, {weight_bits}-bit range [-{weight_max}, {weight_max}]",
+        "weights": f"int8 symmetric per-channel, {weight_bits}-bit range [-{largest}, {largest}]",
         "weight_bits": weight_bits,
         "calibration": {
             "method": method,
@@ -179,7 +177,7 @@ def _quantize_loops(path: Path, weight_bits: int) -> int:
     from calibration.loop_int8 import quantize_loop_matmuls
 
     model = onnx.load(str(path))
-    rewritten = quantize_loop_matmuls(model, weight_max=REDUCED_WEIGHT_MAX if weight_bits == 7 else FULL_WEIGHT_MAX)
+    rewritten = quantize_loop_matmuls(model, weight_max=weight_max(weight_bits))
     if rewritten:
         onnx.save(model, str(path))
     return rewritten

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.cpu_isa import FULL_WEIGHT_MAX, REDUCED_WEIGHT_MAX, isa, saturation_probe
+from common.cpu_isa import isa, saturation_probe, weight_max
 
 WEIGHT_RANGES = ("auto", "8bit", "7bit")
 
@@ -30,7 +30,7 @@ class WeightRecipe:
     @property
     def weight_max(self) -> int:
         """The largest weight magnitude: 127 for 8-bit weights, 64 for 7-bit ones."""
-        return FULL_WEIGHT_MAX if self.bits == 8 else REDUCED_WEIGHT_MAX
+        return weight_max(self.bits)
 
 
 def weight_recipe(flavour: str, requested: str = "auto") -> WeightRecipe:

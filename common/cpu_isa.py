@@ -38,20 +38,29 @@ REDUCED_WEIGHT_MAX = 64
 FULL_WEIGHT_MAX = 127
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (x86 ``flags`` or Arm ``Features`` of /proc/cpuinfo); empty where unreadable."""
+def weight_max(bits: int) -> int:
+    """The largest int8 weight magnitude of a ``bits``-wide weight range: 127 for 8, 64 for 7."""
+    if bits not in (7, 8):
+        raise ValueError(f"weight bits must be 8 or 7, got {bits!r}")
+    return FULL_WEIGHT_MAX if bits == 8 else REDUCED_WEIGHT_MAX
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (x86 ``flags`` or Arm ``Features`` of /proc/cpuinfo); empty where unreadable.
+    Read once per process: every row asks for the ISA."""
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
                 key, _, value = line.partition(":")
                 if key.strip() in ("flags", "Features"):
-                    return set(value.split())
+                    return frozenset(value.split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
-def isa(flags: set[str] | None = None, machine: str | None = None) -> str:
+def isa(flags: set[str] | frozenset[str] | None = None, machine: str | None = None) -> str:
     """The instruction set the 8-bit kernels use, from ``flags`` (default: this CPU's): ``amx``,
     ``avx512-vnni``, ``avx-vnni``, ``avx512``, ``avx2``, ``sse4.1``, ``arm64-i8mm``, ``arm64-dotprod``,
     ``arm64``, or the machine name when none of these applies."""

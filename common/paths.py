@@ -1,8 +1,13 @@
-"""Deleting only what the suite owns: every path it removes must resolve inside the directory that owns it."""
+"""Files the suite writes and deletes: written through a unique temporary and renamed into place, so no reader
+or crash sees half a file; deleted only when they resolve inside the directory that owns them."""
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -26,3 +31,25 @@ def remove_owned(path: Path, owner: Path) -> None:
         shutil.rmtree(resolved)
     elif resolved.exists():
         resolved.unlink()
+
+
+def unique_temp(final: Path) -> Path:
+    """A new name beside ``final`` for writing it: ``.<name>.<pid>.<random>.tmp<suffix>``, not yet created.
+
+    Same directory, so ``os.replace`` onto ``final`` is atomic; pid and random part, so two runs (or two
+    threads) writing the same file never share a temporary; the suffix kept, so tools that go by it
+    (``np.savez``, ONNX savers) write exactly this path."""
+    return final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{final.suffix}")
+
+
+@contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a unique temporary path (``unique_temp``) to write ``final`` through: when the block ends without
+    an exception it replaces ``final`` atomically, otherwise it is removed. Readers see the old file or the
+    whole new one, never part of it."""
+    tmp = unique_temp(final)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)

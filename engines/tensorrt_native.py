@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from common.paths import atomic_path
 from engines.base import Engine, EngineError
 from engines.cuda import GPU_INSTALL, device_problem, module_version, unusable
 from engines.options import cell_input_shapes, provider_share
@@ -104,10 +103,8 @@ def _int_setting(name: str, value: Any) -> int:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 class TensorRTEngine(Engine):

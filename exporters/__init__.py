@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.paths import unique_temp
 from models import ModelSpec
-from onnx_models.store import unique_temp
 
 OPSET = 17
 PARITY_SEED = 1234

@@ -197,8 +197,8 @@ def register(path: Path, input_shapes: Mapping[str, tuple[int, ...]] | None = No
     registration, the entry's artifacts and cached analyses (FLOPs, FP32 references) are removed first. A store
     that cannot be written raises ByoError naming it (and ``AIMATRIX_STORE``, which chooses it).
     """
+    from common.paths import atomic_path
     from onnx_models import store_root
-    from onnx_models.store import atomic_path
 
     description = describe_onnx(path, input_shapes)
     target = spec_path(description["name"])

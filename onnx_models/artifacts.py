@@ -14,7 +14,8 @@ from pathlib import Path
 
 from common.source_hash import source_digest
 from models import ModelSpec
-from onnx_models.store import ArtifactError, ModelStore, atomic_path, cache_key, sha256_file
+from common.paths import atomic_path
+from onnx_models.store import ArtifactError, ModelStore, cache_key, sha256_file
 
 log = logging.getLogger(__name__)
 

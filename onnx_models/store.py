@@ -16,13 +16,13 @@ import fcntl
 import hashlib
 import json
 import os
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from common.paths import atomic_path, unique_temp
 from onnx_models import store_root
 
 
@@ -33,28 +33,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def unique_temp(final: Path) -> Path:
-    """A new name beside ``final`` for writing it: ``.<name>.<pid>.<random>.tmp<suffix>``, not yet created.
-
-    Same directory, so ``os.replace`` onto ``final`` is atomic; pid and random part, so two runs (or two
-    threads) writing the same file never share a temporary; the suffix kept, so tools that go by it
-    (``np.savez``, ONNX savers) write exactly this path."""
-    return final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{final.suffix}")
-
-
-@contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a unique temporary path (``unique_temp``) to write ``final`` through: when the block ends without
-    an exception it replaces ``final`` atomically, otherwise it is removed. Readers see the old file or the
-    whole new one, never part of it."""
-    tmp = unique_temp(final)
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def cache_key(**parts: Any) -> str:
