@@ -124,6 +124,36 @@ def driver_cuda_version() -> str | None:
     return f"{version.value // 1000}.{version.value % 1000 // 10}"
 
 
+# The oldest driver branch for each CUDA major (CUDA's release notes, "minor version compatibility").
+_DRIVER_FOR_CUDA = {11: "R450", 12: "R525", 13: "R580"}
+
+
+def cuda_build_problem(build: str | None, what: str) -> str | None:
+    """Why the installed driver cannot run ``what`` (a package), built for CUDA ``build`` (``13.0``), or None.
+
+    Within one CUDA major an older driver runs newer builds (minor version compatibility); across majors it
+    cannot, and every session would fail with "could not start". None when either version is unknown."""
+    driver = driver_cuda_version()
+    if not build or not driver:
+        return None
+    needed, have = int(build.split(".")[0]), int(driver.split(".")[0])
+    if have >= needed:
+        return None
+    branch = _DRIVER_FOR_CUDA.get(needed, f"a CUDA {needed} driver")
+    return (
+        f"the NVIDIA driver supports CUDA {driver}, but {what} is built for CUDA {build}: install an {branch} or "
+        f"newer driver, or a build of {what} for CUDA {have}"
+    )
+
+
+def cuda_major_of(distribution: str) -> str | None:
+    """The CUDA major a distribution name says it is built for (``tensorrt-cu13-bindings`` -> ``13.0``)."""
+    for part in distribution.lower().replace("_", "-").split("-"):
+        if part.startswith("cu") and part[2:].isdigit():
+            return f"{int(part[2:])}.0"
+    return None
+
+
 def nvidia_smi_gpus() -> list[dict[str, Any]]:
     """Each GPU as nvidia-smi reports it (name, driver, memory in MiB, compute capability); empty without it."""
     if not shutil.which("nvidia-smi"):
@@ -164,6 +194,12 @@ def module_version(module: str) -> str | None:
     package metadata without importing the module (TensorRT's comes from ``tensorrt-cu12-bindings`` and
     the like)."""
     return package_version(*metadata.packages_distributions().get(module, []))
+
+
+def module_distributions(module: str) -> list[str]:
+    """The installed distributions that provide the top-level module ``module`` (``tensorrt`` ->
+    ``["tensorrt-cu13-bindings"]``), from package metadata."""
+    return list(metadata.packages_distributions().get(module, []))
 
 
 def package_version(*names: str) -> str | None:

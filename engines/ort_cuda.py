@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from engines.base import EngineError
-from engines.cuda import device_problem, package_version, unusable
+from engines.cuda import cuda_build_problem, device_problem, package_version, unusable
 from engines.options import option_string, provider_share
 from engines.ort_cpu import _ORT_TYPES, OrtSessionEngine
 
@@ -45,7 +45,18 @@ def ort_gpu_problems(provider: str) -> tuple[list[str], bool]:
             build = "onnxruntime-gpu" if package_version("onnxruntime-gpu") else "the CPU package onnxruntime"
             problems.append(f"{provider} is not in onnxruntime.get_available_providers() ({build} is installed)")
             missing = True
+        else:
+            problems.append(cuda_build_problem(ort_cuda_build(), f"onnxruntime-gpu {ort.__version__}") or "")
     return problems, missing
+
+
+def ort_cuda_build() -> str | None:
+    """The CUDA version the installed onnxruntime-gpu was built for (``13.0``), or None."""
+    try:
+        from onnxruntime.capi import build_and_package_info
+    except ImportError:
+        return None
+    return getattr(build_and_package_info, "cuda_version", None) or None
 
 
 def ort_gpu_problem(provider: str) -> str | None:
@@ -69,6 +80,30 @@ def load_gpu_libraries(tensorrt: bool = False) -> None:
         # later dlopen by soname then finds the library already loaded.
         with contextlib.suppress(ImportError, OSError):
             import tensorrt  # noqa: F401
+
+
+def inferred_output_shapes(model_path: Path, input_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple | None]:
+    """{output name: shape} of the ONNX model at ``model_path`` fed ``input_shapes``, by ONNX shape inference
+    with data propagation (weights are not read); None for an output whose shape it cannot fix."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    for item in model.graph.input:
+        if item.name in input_shapes:
+            dims = item.type.tensor_type.shape.dim
+            for dim, size in zip(dims, input_shapes[item.name], strict=False):
+                dim.Clear()
+                dim.dim_value = int(size)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - a graph inference cannot handle leaves every shape unknown
+        return {o.name: None for o in model.graph.output}
+    shapes: dict[str, tuple | None] = {}
+    for output in inferred.graph.output:
+        dims = output.type.tensor_type.shape.dim
+        known = output.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims)
+        shapes[output.name] = tuple(d.dim_value for d in dims) if known else None
+    return shapes
 
 
 def _ep_error(log: str) -> str:
@@ -98,6 +133,7 @@ class OrtDeviceEngine(OrtSessionEngine):
         self._device_inputs: dict[str, Any] = {}
         self._device_outputs: dict[str, Any] = {}
         self._host_feeds: dict[str, np.ndarray] = {}
+        self.activation_log = ""
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -137,7 +173,8 @@ class OrtDeviceEngine(OrtSessionEngine):
             detail = _ep_error(log.getvalue())
             raise EngineError(f"{exc}{f' ({detail})' if detail else ''}") from exc
         finally:
-            sys.stderr.write(log.getvalue())
+            self.activation_log = log.getvalue()
+            sys.stderr.write(self.activation_log)
         active = self.session.get_providers()
         if not active or active[0] != self.primary_provider:
             del self.session
@@ -168,8 +205,37 @@ class OrtDeviceEngine(OrtSessionEngine):
             staged = np.array(array, order="C")
             inputs[name] = ort.OrtValue.ortvalue_from_numpy(staged, self.device_type, self.device_id)
             binding.bind_ortvalue_input(name, inputs[name])
-        # Output shapes are known only after a run. One run with provider-allocated outputs finds them;
-        # gpu_graph_id -1 keeps that run out of the CUDA graph, which is then captured on the fixed buffers.
+        outputs = {}
+        for name, (shape, dtype) in self._output_layout(binding, shapes).items():
+            outputs[name] = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, self.device_type, self.device_id)
+            binding.bind_ortvalue_output(name, outputs[name])
+        self._binding, self._bound_shapes = binding, shapes
+        self._device_inputs, self._device_outputs = inputs, outputs
+
+    def _output_layout(self, binding, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[tuple, type]]:
+        """{output: (shape, numpy dtype)} for the feeds' ``shapes``, for preallocated device outputs.
+
+        With CUDA graphs the shapes come from ONNX shape inference, with no run: a run before the buffers are
+        fixed could be captured into the graph (the CUDA provider skips runs marked ``gpu_graph_id`` -1, but
+        the TensorRT provider counts every run towards its capture), and outputs whose shape depends on the
+        data cannot be replayed at all. Without CUDA graphs one run with provider-allocated outputs finds them."""
+        import onnxruntime as ort
+
+        if self.cuda_graph:
+            inferred = inferred_output_shapes(self.model_path, shapes)
+            missing = [name for name in self.output_names if inferred.get(name) is None]
+            if missing:
+                raise EngineError(
+                    f"{self.name}: CUDA graphs need output shapes known before the run; ONNX shape inference "
+                    f"cannot give {', '.join(missing)} (shapes that depend on the data): run without --cuda-graph"
+                )
+            types = {o.name: o.type for o in self.session.get_outputs()}
+            layout = {}
+            for name in self.output_names:
+                if types[name] not in _ORT_TYPES:
+                    raise EngineError(f"{self.name}: output {name} has unsupported type {types[name]}")
+                layout[name] = (inferred[name], _ORT_TYPES[types[name]])
+            return layout
         for name in self.output_names:
             binding.bind_output(name, self.device_type, self.device_id)
         run_options = ort.RunOptions()
@@ -178,17 +244,12 @@ class OrtDeviceEngine(OrtSessionEngine):
         binding.synchronize_outputs()
         found = binding.get_outputs()
         binding.clear_binding_outputs()
-        outputs = {}
+        layout = {}
         for name, value in zip(self.output_names, found, strict=True):
-            dtype = _ORT_TYPES.get(value.data_type())
-            if dtype is None:
+            if value.data_type() not in _ORT_TYPES:
                 raise EngineError(f"{self.name}: output {name} has unsupported type {value.data_type()}")
-            outputs[name] = ort.OrtValue.ortvalue_from_shape_and_type(
-                value.shape(), dtype, self.device_type, self.device_id
-            )
-            binding.bind_ortvalue_output(name, outputs[name])
-        self._binding, self._bound_shapes = binding, shapes
-        self._device_inputs, self._device_outputs = inputs, outputs
+            layout[name] = (tuple(value.shape()), _ORT_TYPES[value.data_type()])
+        return layout
 
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         # The accuracy check goes through the same bound buffers (and CUDA graph) that the timer measures.

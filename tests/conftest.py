@@ -19,18 +19,16 @@ os.environ["AIMATRIX_CACHE"] = str(_STORE / "cache")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip tests marked ``gpu`` where no CUDA device is visible, saying why."""
-    from engines.ort_cpu import OrtCpuEngine  # noqa: F401 - import check only
+    """Skip tests marked ``gpu`` where the NVIDIA driver sees no CUDA device, saying why.
 
-    try:
-        import onnxruntime as ort
+    Not "CUDA in onnxruntime.get_available_providers()": onnxruntime-gpu lists its CUDA and TensorRT providers
+    on a machine without a driver or a GPU too, and the tests would then run and fail."""
+    from engines.cuda import device_problem
 
-        has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    except ImportError:
-        has_cuda = False
-    if has_cuda:
+    problem = device_problem()
+    if problem is None:
         return
-    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with CUDA; none is visible to onnxruntime here")
+    skip = pytest.mark.skip(reason=f"needs an NVIDIA GPU: {problem}")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

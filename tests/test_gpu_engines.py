@@ -49,7 +49,7 @@ def tiny_onnx(tmp_path):
         [one],
     )
     path = tmp_path / "fp32.onnx"
-    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
     return path
 
 

@@ -123,7 +123,7 @@ def conv_relu_gemm(path: Path, height: int | str = 16, batch: int | str = "N") -
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 10])],
         weights,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
@@ -359,7 +359,7 @@ def test_byo_conversion_failure_is_unsupported(tmp_path, cached_peaks):
         [numpy_helper.from_array(weight, "w")],
     )
     path = tmp_path / "recip.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
     out = tmp_path / "run"
     args = ["run", "--onnx", str(path), "--precisions", "fp32,int8", "--batch-sizes", "2", "--out", str(out)]
     assert suite.main([*args, *QUICK]) == 0

@@ -300,7 +300,7 @@ def test_a_float_weight_conv_between_quantized_ones_counts_as_float(tmp_path):
         [scale, zero, weight],
     )
     path = tmp_path / "m.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
     assert quantized_summary(path) == {"quantized_ops": {}, "float_compute_ops": {"Conv": 1}}
 
 
