@@ -44,6 +44,39 @@ class ConversionError(RuntimeError):
     """A graph that could not be converted to the requested precision."""
 
 
+def drop_duplicate_nodes(graph: onnx.GraphProto) -> int:
+    """Remove every node that repeats an earlier node exactly (name, inputs, outputs, attributes), and repeated
+    value_info entries, in ``graph`` and its subgraphs; returns how many nodes went.
+
+    onnxruntime-gpu 1.31's converter inserts one ``<name>_cast_to_fp32_node`` Cast per consumer when a float16
+    tensor feeds several nodes kept in float32, all with the same name and output, and ONNX Runtime then
+    refuses the graph ("two nodes with same node name"); 1.32 shares one Cast. An exact repeat computes the
+    same value into the same name, so dropping it changes nothing else."""
+    from analysis.graphs import subgraphs
+
+    seen, kept, inner = set(), [], 0
+    for node in graph.node:
+        for body in subgraphs(node):
+            inner += drop_duplicate_nodes(body)
+        key = node.SerializeToString(deterministic=True)
+        if key not in seen:
+            seen.add(key)
+            kept.append(node)
+    dropped = len(graph.node) - len(kept)
+    if dropped:
+        del graph.node[:]
+        graph.node.extend(kept)
+    names, infos = set(), []
+    for info in graph.value_info:
+        if info.name not in names:
+            names.add(info.name)
+            infos.append(info)
+    if len(infos) != len(graph.value_info):
+        del graph.value_info[:]
+        graph.value_info.extend(infos)
+    return dropped + inner
+
+
 def convert(fp32_path: Path, out_path: Path, feeds: dict) -> dict:
     """Convert ``fp32_path`` to FP16 at ``out_path``, check it runs on ``feeds``; returns manifest info.
 
@@ -60,6 +93,7 @@ def convert(fp32_path: Path, out_path: Path, feeds: dict) -> dict:
                 keep_io_types=True,
                 op_block_list=list(block) or None,
             )
+            duplicates = drop_duplicate_nodes(converted.graph)
             check_runs(converted, feeds)
         except Exception as exc:  # noqa: BLE001 - converter and runtime failures are both retried
             errors.append(f"block={list(block) or 'default'}: {first_line(exc)}")
@@ -74,5 +108,6 @@ def convert(fp32_path: Path, out_path: Path, feeds: dict) -> dict:
             "fp32_blocked_ops": list(block) or "converter default",
             "io_types": "float32",
             "attempts": errors,
+            "duplicate_nodes_dropped": duplicates,
         }
     raise ConversionError(f"{fp32_path}: FP16 conversion failed: " + " | ".join(errors))

@@ -27,8 +27,8 @@ from bench.isolation import run_isolated
 from engines import EngineError, UnknownEngineError
 from engines.cuda import device_problem, gpu_environment, nvidia_smi_gpus
 from engines.options import parse_provider_options, provider_share
-from engines.ort_cuda import OrtCudaEngine, OrtDeviceEngine
-from engines.ort_trt import OrtTrtEngine, profile_string
+from engines.ort_cuda import OrtCudaEngine, OrtDeviceEngine, inferred_output_shapes
+from engines.ort_trt import OrtTrtEngine, elf_needed, profile_string, provider_nvinfer, tensorrt_library_problem
 from engines.tensorrt_native import TensorRTEngine, engine_cache_key, exact_profile, shapes_from_onnx
 from onnx_models.artifacts import int8_artifact_name
 
@@ -135,6 +135,91 @@ def test_reasons_follow_each_missing_piece(monkeypatch):
     assert TensorRTEngine.unavailable_reason() is None
     monkeypatch.setattr(native, "module_version", lambda module: "8.6.1")
     assert TensorRTEngine.unavailable_reason().startswith("TensorRT 8.6.1 is too old")
+
+
+def test_elf_needed_reads_what_readelf_reads():
+    import shutil
+    import subprocess
+
+    library = Path(ort.__file__).parent / "capi"
+    library = next(library.glob("onnxruntime_pybind11_state*.so"))
+    needed = elf_needed(library)
+    assert "libc.so.6" in needed
+    if shutil.which("readelf"):
+        dynamic = subprocess.run(["readelf", "-d", str(library)], capture_output=True, text=True).stdout
+        assert needed == [line.split("[")[1].rstrip("]") for line in dynamic.splitlines() if "(NEEDED)" in line]
+    with pytest.raises(ValueError, match="not a 64-bit little-endian ELF"):
+        elf_needed(Path(ort.__file__))
+
+
+@pytest.mark.skipif(
+    not (Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_tensorrt.so").is_file(),
+    reason="this onnxruntime has no TensorRT provider library (onnxruntime-gpu is not installed)",
+)
+def test_the_installed_tensorrt_provider_names_its_libnvinfer():
+    # onnxruntime-gpu 1.31.1 links libnvinfer.so.10: TensorRT 11 beside it leaves ort-trt unusable.
+    assert provider_nvinfer().startswith("libnvinfer.so.")
+    if importlib.util.find_spec("tensorrt") is None:
+        assert provider_nvinfer() in OrtTrtEngine.unavailable_reason()
+
+
+def test_tensorrt_major_and_library_reasons(monkeypatch):
+    import engines.ort_trt as ort_trt
+
+    real_loader = ort_trt.load_library
+    monkeypatch.setattr(ort_trt, "provider_nvinfer", lambda: "libnvinfer.so.10")
+    monkeypatch.setattr(ort_trt, "module_distributions", lambda module: ["tensorrt-cu13-bindings"])
+    monkeypatch.setattr(ort_trt, "module_version", lambda module: "11.4.0.106")
+    reason = tensorrt_library_problem()
+    assert "links libnvinfer.so.10 (TensorRT 10.x) but TensorRT 11.4.0.106 is installed" in reason
+    assert "pip install 'tensorrt-cu13==10.*'" in reason
+    monkeypatch.setattr(ort_trt, "module_version", lambda module: "10.16.1.11")
+    monkeypatch.setattr(ort_trt, "load_library", lambda soname: f"{soname}: cannot open shared object file")
+    assert "needs libnvinfer.so.10, which cannot be loaded (libnvinfer.so.10: cannot open" in tensorrt_library_problem()
+    monkeypatch.setattr(ort_trt, "load_library", lambda soname: None)
+    monkeypatch.setattr(ort_trt, "cuda_build_problem", lambda build, what: f"{what} needs CUDA {build}")
+    assert tensorrt_library_problem() == "TensorRT 10.16.1.11 needs CUDA 13.0"
+    monkeypatch.setattr(ort_trt, "provider_nvinfer", lambda: None)
+    assert "no TensorRT provider library" in tensorrt_library_problem()
+    # The real loader: a soname that is nowhere gives the loader's own message.
+    assert "libnvinfer-absent.so.99" in real_loader("libnvinfer-absent.so.99")
+
+
+def test_a_driver_older_than_the_build_is_a_reason(monkeypatch):
+    import engines.cuda as cuda
+    import engines.ort_cuda as ort_cuda
+
+    assert cuda.cuda_major_of("tensorrt-cu13-bindings") == "13.0" and cuda.cuda_major_of("tensorrt") is None
+    monkeypatch.setattr(cuda, "driver_cuda_version", lambda: "12.8")
+    reason = cuda.cuda_build_problem("13.0", "onnxruntime-gpu 1.31.1")
+    assert reason == (
+        "the NVIDIA driver supports CUDA 12.8, but onnxruntime-gpu 1.31.1 is built for CUDA 13.0: install an R580 "
+        "or newer driver, or a build of onnxruntime-gpu 1.31.1 for CUDA 12"
+    )
+    # Minor version compatibility: an older minor of the same major runs the build.
+    assert cuda.cuda_build_problem("12.9", "x") is None and cuda.cuda_build_problem(None, "x") is None
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort_cuda, "package_version", lambda *names: "1.31.1" if "onnxruntime-gpu" in names else None)
+    monkeypatch.setattr(ort_cuda, "device_problem", lambda: None)
+    monkeypatch.setattr(ort_cuda, "ort_cuda_build", lambda: "13.0")
+    assert "is built for CUDA 13.0: install an R580" in OrtCudaEngine.unavailable_reason()
+
+
+def test_gpu_tests_skip_without_a_device_whatever_onnxruntime_lists():
+    if device_problem() is None:
+        pytest.skip("this machine has a CUDA device")
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", __file__],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode in (0, 5), result.stdout[-2000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert "skipped" in summary and "failed" not in summary and "passed" not in summary, summary
 
 
 def test_engines_command_lists_each_engine_and_the_pattern(capsys):
@@ -253,6 +338,79 @@ def test_ort_trt_session_arguments(sessions, tiny_onnx):
     assert profile_string({"ids": (2, 384), "mask": (2, 384)}) == "ids:2x384,mask:2x384"
     with pytest.raises(EngineError, match="cannot express"):
         profile_string({"a:b": (1,)})
+
+
+class StartedSession:
+    """What a session that started its providers answers about itself."""
+
+    def __init__(self, providers):
+        self.providers = providers
+
+    def get_providers(self):
+        return [p[0] if isinstance(p, tuple) else p for p in self.providers]
+
+    def get_inputs(self):
+        return []
+
+    def get_outputs(self):
+        return []
+
+
+def test_ort_trt_retries_without_an_explicit_profile(monkeypatch, tiny_onnx):
+    calls = []
+    refusal = (
+        "EP Error [ONNXRuntimeError] : 11 : EP_FAIL : User needs to provide all the dynamic shape inputs with "
+        "associated profiles if they want to explicitly set profiles through provider options. Following input(s) "
+        "has no associated shape profiles provided: /rpn/NonZero_output_0"
+    )
+
+    def start(path, sess_options=None, providers=None, **kwargs):
+        calls.append(providers)
+        if len(calls) == 1:
+            # ONNX Runtime's Python layer prints the provider's failure and falls back to the next providers.
+            print(refusal)
+            return StartedSession(providers[1:])
+        return StartedSession(providers)
+
+    monkeypatch.setattr(ort, "InferenceSession", start)
+    monkeypatch.setattr(OrtTrtEngine, "load_libraries", lambda self: None)
+    engine = OrtTrtEngine({"input_shapes": {"x": [2, 4]}})
+    engine.activate(tiny_onnx)
+    first, second = (dict(c[0][1]) for c in calls)
+    assert first["trt_profile_min_shapes"] == "x:2x4" and not any(k.startswith("trt_profile") for k in second)
+    note = engine.describe()["trt_profile"]
+    assert note.startswith("implicit, built at the first run") and "/rpn/NonZero_output_0" in note
+    # Any other failure to start is not retried.
+    calls.clear()
+    monkeypatch.setattr(ort, "InferenceSession", lambda *a, providers=None, **k: StartedSession(providers[1:]))
+    with pytest.raises(EngineError, match="could not start TensorrtExecutionProvider"):
+        OrtTrtEngine({"input_shapes": {"x": [2, 4]}}).activate(tiny_onnx)
+
+
+def test_cuda_graph_output_shapes_come_from_inference_not_a_run(tmp_path, tiny_onnx):
+    assert inferred_output_shapes(tiny_onnx, {"x": (3, 4)}) == {"y": (3, 4)}
+    graph = helper.make_graph(
+        [helper.make_node("NonZero", ["x"], ["y"])],
+        "nonzero",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, None)],
+    )
+    dynamic = tmp_path / "nonzero.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(dynamic))
+    assert inferred_output_shapes(dynamic, {"x": (2, 4)}) == {"y": None}
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    with BoundOnCpu({"cuda_graph": True}) as engine:
+        engine.activate(tiny_onnx)
+        runs = []
+        real_run = engine.session.run_with_iobinding
+        engine.session.run_with_iobinding = lambda *args: runs.append(args) or real_run(*args)
+        np.testing.assert_array_equal(engine.infer({"x": x})["y"], x + 1)
+        # The one run is the inference itself: no output-discovery run that a CUDA graph could capture.
+        assert len(runs) == 1
+    with BoundOnCpu({"cuda_graph": True}) as engine:
+        engine.activate(dynamic)
+        with pytest.raises(EngineError, match="CUDA graphs need output shapes known before the run.*cannot give y"):
+            engine.infer({"x": x})
 
 
 def test_named_provider_session_arguments(sessions, tiny_onnx):
@@ -455,11 +613,26 @@ def test_named_cpu_provider_end_to_end(mixed_run):
 # ------------------------------------------------------------------------------------------------ on a GPU
 
 
+def usable_gpu_engines() -> list[str]:
+    """The GPU engines usable here; a test that needs one that is not skips with its reason."""
+    return [e for e in GPU_ENGINES if engines.availability(e) is None]
+
+
+def require(engine: str) -> None:
+    reason = engines.availability(engine)
+    if reason is not None:
+        pytest.skip(f"{engine} is not usable here: {reason}")
+
+
 @pytest.fixture(scope="module")
 def gpu_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu")
-    argv = ["run", "--models", "resnet50", "--engines", "ort-cpu," + ",".join(GPU_ENGINES), "--batch-sizes", "2"]
-    status = suite.main([*argv, *QUICK, "--out", str(out)])
+    if not usable_gpu_engines():
+        pytest.skip(
+            "no GPU engine is usable here: " + "; ".join(f"{e}: {engines.availability(e)}" for e in GPU_ENGINES)
+        )
+    argv = ["run", "--models", "resnet50", "--engines", ",".join(["ort-cpu", *usable_gpu_engines()])]
+    status = suite.main([*argv, "--batch-sizes", "2", *QUICK, "--out", str(out)])
     return status, [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()], out
 
 
@@ -472,14 +645,14 @@ MIN_COSINE = {"fp32": 0.999, "fp16": 0.99, "int8": 0.9}
 @pytest.mark.gpu
 def test_gpu_engines_agree_with_cpu_fp32(gpu_run):
     status, rows, out = gpu_run
-    for engine in GPU_ENGINES:
-        assert engines.availability(engine) is None, engines.availability(engine)
     assert status == 0 and {r["status"] for r in rows} == {"ok"}, [r["error"] for r in rows if r["error"]]
     for row in rows:
         assert row["accuracy_cosine"] >= MIN_COSINE[row["precision"]], row
         if row["engine"] == "tensorrt":
             assert 0 < row["compute_ms"] and 0 < row["h2d_ms"] and 0 < row["d2h_ms"]
             assert json.loads(row["engine_settings"])["strongly_typed"]
+        if row["engine"] in GPU_ENGINES and row["precision"] == "int8":
+            assert row["artifact"].endswith("/int8-tensorrt.onnx")
     assert json.loads((out / "env.json").read_text())["gpu"]["gpus"]
     # ort-trt kept its engines next to the artifacts, for the next run to reuse.
     for row in (r for r in rows if r["engine"] == "ort-trt"):
@@ -487,16 +660,66 @@ def test_gpu_engines_agree_with_cpu_fp32(gpu_run):
 
 
 @pytest.mark.gpu
-def test_gpu_cuda_graph_and_copies(tmp_path):
-    argv = ["run", "--models", "resnet50", "--engines", "ort-cuda,tensorrt", "--precisions", "fp32"]
-    status = suite.main(
-        [*argv, "--batch-sizes", "2", "--cuda-graph", "--include-copies", *QUICK, "--out", str(tmp_path)]
-    )
-    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
-    assert status == 0 and {r["status"] for r in rows} == {"ok"}, [r["error"] for r in rows]
-    for row in rows:
-        settings = json.loads(row["engine_settings"])
-        assert settings["cuda_graph"] and settings["include_copies"] and row["accuracy_cosine"] >= MIN_COSINE["fp32"]
+def test_gpu_cuda_graph_at_every_precision(tmp_path):
+    """CUDA graphs on every usable GPU engine, FP32, FP16 and INT8, with and without the copies timed."""
+    if not usable_gpu_engines():
+        pytest.skip("no GPU engine is usable here")
+    argv = ["run", "--models", "resnet50", "--engines", ",".join(usable_gpu_engines()), "--batch-sizes", "2"]
+    for copies in ([], ["--include-copies"]):
+        out = tmp_path / f"run{len(copies)}"
+        status = suite.main([*argv, "--cuda-graph", *copies, *QUICK, "--out", str(out)])
+        rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        assert status == 0 and {r["status"] for r in rows} == {"ok"}, [r["error"] for r in rows]
+        for row in rows:
+            settings = json.loads(row["engine_settings"])
+            assert settings["cuda_graph"] and settings["include_copies"] is bool(copies)
+            assert row["accuracy_cosine"] >= MIN_COSINE[row["precision"]], row
+
+
+def ort_node_events(engine, artifact: Path, feeds, tmp_path) -> list[dict]:
+    """The node events of ONNX Runtime's profile of one inference of ``artifact`` on ``engine``: each event's
+    ``args`` (op_name, provider, input types)."""
+    options = engine.session_options
+
+    def profiling():
+        chosen = options()
+        chosen.enable_profiling = True
+        chosen.profile_file_prefix = str(tmp_path / engine.name)
+        return chosen
+
+    engine.session_options = profiling
+    with engine:
+        engine.activate(artifact)
+        engine.infer(feeds)
+        trace = Path(engine.session.end_profiling())
+    return [e["args"] for e in json.loads(trace.read_text()) if e.get("cat") == "Node" and "provider" in e["args"]]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_ort_engines_really_run_the_lowered_graph(gpu_run, tmp_path, precision):
+    """Which provider ran which node, from ONNX Runtime's profiler: ort-cuda runs every convolution on the GPU in
+    float16 (FP16) or between Q/DQ pairs on the GPU (INT8: the CUDA provider has no integer convolution, so its
+    INT8 is Q/DQ arithmetic in float); ort-trt hands every node to TensorRT (one fused engine node)."""
+    from models import get_model
+    from onnx_models.store import ModelStore
+
+    feeds = get_model("resnet50").make_feeds("tiny", 2, 1)
+    shapes = {"input_shapes": {k: list(v.shape) for k, v in feeds.items()}}
+    name = "fp16" if precision == "fp16" else int8_artifact_name("tensorrt")
+    artifact = ModelStore("resnet50", "tiny").verified_path(name)
+    if engines.availability("ort-cuda") is None:
+        events = ort_node_events(OrtCudaEngine(shapes), artifact, feeds, tmp_path)
+        convs = [e for e in events if e["op_name"] == "Conv"]
+        assert convs and {e["provider"] for e in convs} == {"CUDAExecutionProvider"}
+        if precision == "fp16":
+            assert all("float16" in json.dumps(e.get("input_type_shape")) for e in convs)
+        else:
+            dq = [e for e in events if e["op_name"] == "DequantizeLinear"]
+            assert dq and {e["provider"] for e in dq} == {"CUDAExecutionProvider"}
+    if engines.availability("ort-trt") is None:
+        events = ort_node_events(OrtTrtEngine(shapes), artifact, feeds, tmp_path)
+        assert events and {e["provider"] for e in events} == {"TensorrtExecutionProvider"}, events
 
 
 @pytest.mark.gpu

@@ -309,3 +309,41 @@ def test_children_hash_strings_with_a_fixed_seed(monkeypatch):
     assert run_isolated("tests.child_targets:hash_seed", {}, 60).value == "0"
     monkeypatch.setenv("PYTHONHASHSEED", "7")  # a seed the user chose is kept
     assert run_isolated("tests.child_targets:hash_seed", {}, 60).value == "7"
+
+
+def test_fp16_conversion_leaves_no_repeated_cast():
+    """A float16 tensor read by two nodes kept in float32: onnxruntime-gpu 1.31's converter adds the same Cast
+    twice (same name, same output) and ONNX Runtime refuses the graph; the repeat is dropped."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from calibration.fp16 import drop_duplicate_nodes
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["r"]),
+            helper.make_node("Sqrt", ["r"], ["a"], name="sqrt_a"),
+            helper.make_node("Sqrt", ["r"], ["b"], name="sqrt_b"),
+            helper.make_node("Add", ["a", "b"], ["y"]),
+        ],
+        "shared",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=["Sqrt"])
+    drop_duplicate_nodes(converted.graph)
+    names = [n.name for n in converted.graph.node if n.name]
+    assert len(names) == len(set(names))
+    session = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], 2 * np.sqrt(x), rtol=1e-3)
+    # An exact repeat is dropped wherever it is, a Loop body included; a same-named node that differs is kept.
+    cast = helper.make_node("Cast", ["r"], ["r32"], to=1, name="cast")
+    body = helper.make_graph([cast, cast], "body", [], [])
+    loop = helper.make_node("Loop", ["n", "c"], [], body=body)
+    other = helper.make_node("Cast", ["r"], ["r64"], to=11, name="cast")
+    outer = helper.make_graph([cast, loop, cast, other], "outer", [], [])
+    assert drop_duplicate_nodes(outer) == 2
+    assert [n.output[0] if n.output else "loop" for n in outer.node] == ["r32", "loop", "r64"]
