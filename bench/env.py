@@ -26,7 +26,6 @@ PACKAGES = (
     "tensorrt",
     "tensorrt-cu12",
     "tensorrt-cu13",
-    "pycuda",
 )
 # The CPU flags that decide which kernels run (FMA/AVX for FP32, VNNI/AMX for INT8, F16C/AVX512-FP16 for FP16).
 CPU_FLAGS = (

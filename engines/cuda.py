@@ -1,5 +1,6 @@
-"""The CUDA driver reached through ctypes: is there a device, what is it, which driver and libraries; plus the
-CUDA graph calls the native TensorRT engine uses.
+"""The CUDA driver reached through ctypes: is there a device, what is it, which driver and libraries. (The
+driver calls the native TensorRT engine runs on, memory, streams, events and CUDA graphs, are in
+``engines.cuda_driver``.)
 
 Nothing here imports a framework or a CUDA Python package, so ``suite.py engines`` can say why a GPU engine is
 unusable without loading TensorRT, and a machine without a driver gets a reason instead of a crash. The driver
@@ -15,7 +16,6 @@ import functools
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
@@ -24,6 +24,8 @@ GPU_INSTALL = (
     "pip install -e '.[gpu]' in a new virtual environment; its onnxruntime-gpu replaces onnxruntime (the two "
     "install the same module: never install both)"
 )
+# What to do when TensorRT is missing: its -libs wheels on PyPI are stubs that download from NVIDIA's index.
+TENSORRT_INSTALL = "pip install -e '.[gpu,tensorrt]' --extra-index-url https://pypi.nvidia.com"
 # CUresult codes worth naming in a reason (cuda.h).
 _ERRORS = {
     1: "CUDA_ERROR_INVALID_VALUE",
@@ -39,8 +41,6 @@ _ERRORS = {
     901: "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED",
     999: "CUDA_ERROR_UNKNOWN",
 }
-# CUstreamCaptureMode: thread-local, as trtexec captures, so work other threads queue is not swept in.
-_CAPTURE_THREAD_LOCAL = 1
 
 
 class CudaError(RuntimeError):
@@ -71,11 +71,6 @@ def _driver() -> ctypes.CDLL | None:
         except OSError:
             continue
     return None
-
-
-def _call(what: str, code: int) -> None:
-    if code != 0:
-        raise CudaError(f"{what} failed: {error_name(code)}")
 
 
 @functools.cache
@@ -260,43 +255,3 @@ def gpu_environment() -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - an environment report must never stop a run
         info["error"] = f"{type(exc).__name__}: {exc}"
     return info
-
-
-class CudaGraph:
-    """The work that ``enqueue`` puts on a stream, captured once as a CUDA graph and replayed by ``launch``.
-
-    ``stream`` is a CUstream handle (``pycuda.driver.Stream().handle``); the capturing context must be current.
-    """
-
-    def __init__(self, stream: int, enqueue: Callable[[], None]):
-        lib = _driver()
-        if lib is None:
-            raise CudaError("CUDA graphs need the NVIDIA driver (libcuda.so.1)")
-        self._lib = lib
-        self._graph = ctypes.c_void_p()
-        self._exec = ctypes.c_void_p()
-        handle = ctypes.c_void_p(stream)
-        _call("cuStreamBeginCapture", lib.cuStreamBeginCapture_v2(handle, ctypes.c_int(_CAPTURE_THREAD_LOCAL)))
-        try:
-            enqueue()
-        finally:
-            # Capture must be ended even when the enqueue failed, or the stream stays unusable.
-            ended = lib.cuStreamEndCapture(handle, ctypes.byref(self._graph))
-        _call("cuStreamEndCapture", ended)
-        _call(
-            "cuGraphInstantiateWithFlags",
-            lib.cuGraphInstantiateWithFlags(ctypes.byref(self._exec), self._graph, ctypes.c_ulonglong(0)),
-        )
-
-    def launch(self, stream: int) -> None:
-        """Replay the graph on ``stream`` (asynchronous, like any launch)."""
-        _call("cuGraphLaunch", self._lib.cuGraphLaunch(self._exec, ctypes.c_void_p(stream)))
-
-    def close(self) -> None:
-        """Free the graph; safe to call twice."""
-        if self._exec:
-            self._lib.cuGraphExecDestroy(self._exec)
-            self._exec = ctypes.c_void_p()
-        if self._graph:
-            self._lib.cuGraphDestroy(self._graph)
-            self._graph = ctypes.c_void_p()
