@@ -162,7 +162,11 @@ def run_cell(
     path = store.verified_path(artifact)
     row: dict = {"artifact": str(path), "artifact_sha256": store.entry(artifact)["sha256"]}
     if c.precision == "int8":
+        from calibration.tensorrt_rules import row_text
+
         row["int8_weight_bits"] = store.entry(artifact).get("weight_bits")
+        # The tensorrt flavour's check against TensorRT's Q/DQ rules: "ok" or the rules it breaks.
+        row["int8_conformance"] = row_text(store.entry(artifact).get("tensorrt_conformance"))
     feeds = spec.make_feeds(c.size, c.batch_size, TIMING_SEED)
     # Engines that build for fixed shapes (TensorRT's optimisation profiles) learn the cell's shapes up front.
     options = {**engine_options, "input_shapes": {name: list(array.shape) for name, array in feeds.items()}}

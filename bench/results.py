@@ -51,6 +51,7 @@ COLUMNS = (
     "accuracy_samples",
     "cpu_isa",
     "int8_weight_bits",
+    "int8_conformance",
     "paper_flops_per_sample",
     "flops_ratio_to_paper",
     "engine_build_s",

@@ -7,8 +7,9 @@ Two flavours of the same calibration (the ranges are shared through one cache fi
   at batch 1, whereas signed activations are known to run slower than FP32 on some graphs. Where the CPU's
   u8 x s8 dot products saturate (x86 without VNNI or AMX), the weights are limited to [-64, 64]
   (``calibration.int8_recipe``).
-- ``tensorrt``: signed, symmetric 8-bit activations and weights (zero point 0), per-channel weights: the
-  explicit-quantization form TensorRT requires (TensorRT 11 has no implicit INT8 calibration).
+- ``tensorrt``: signed, symmetric 8-bit activations and weights (zero point 0), per-channel weights, float
+  biases and standard ONNX Q/DQ only: the explicit-quantization form TensorRT requires (TensorRT 11 has no
+  implicit INT8 calibration). ``calibration.tensorrt_rules`` writes those rules down and checks every build.
 
 MatMuls inside Loop bodies, which the static quantizer does not enter, get int8 weights with activations
 quantized at run time in the ``cpu`` flavour (``calibration.loop_int8``).
@@ -53,6 +54,30 @@ def quantizable_op_types() -> list[str]:
     from onnxruntime.quantization.registry import QDQRegistry
 
     return sorted(set(QDQRegistry) - KEEP_FLOAT)
+
+
+def quantizer_options(flavour: str) -> dict:
+    """The ``extra_options`` of ONNX Runtime's ``quantize_static`` for ``flavour``.
+
+    The ``tensorrt`` flavour is written to the rules of ``calibration.tensorrt_rules`` (checked after every
+    build): symmetric int8 activations and weights, and biases left in float. ONNX Runtime's default quantizes
+    a bias to INT32 behind a DequantizeLinear, which TensorRT's parser refuses (it dequantizes INT8, FP8 and INT4
+    only; onnx-tensorrt #850, TensorRT #3360) and for which, as the issue reports, ONNX Runtime's CUDA provider
+    has no kernel (those nodes fall back to the CPU). NVIDIA's own ONNX Runtime based quantizer for TensorRT
+    (Model Optimizer) leaves biases in float the same way; TensorRT adds them in its fused INT8 kernels.
+    """
+    options = {
+        # One batch at a time through the calibrator: entropy and percentile otherwise keep every batch's
+        # activations (tens of GB on BERT-large); histograms are merged between strides.
+        "CalibStridedMinMax": 1,
+        "ActivationSymmetric": flavour == "tensorrt",
+        "WeightSymmetric": True,
+    }
+    if flavour == "tensorrt":
+        # Float biases (see above), and plain ONNX Q/DQ: ONNX Runtime switches to its com.microsoft contrib
+        # Q/DQ by itself for some types, which TensorRT's parser does not know.
+        options |= {"QuantizeBias": False, "UseQDQContribOps": False}
+    return options
 
 
 def _method(name: str):
@@ -103,13 +128,7 @@ def quantize(
     # does not exist yet, or it would be read as a cache) and move the complete file into place afterwards.
     ort_cache = cache_path if cache_hit else unique_temp(cache_path)
     symmetric = flavour == "tensorrt"
-    extra = {
-        # One batch at a time through the calibrator: entropy and percentile otherwise keep every batch's
-        # activations (tens of GB on BERT-large); histograms are merged between strides.
-        "CalibStridedMinMax": 1,
-        "ActivationSymmetric": symmetric,
-        "WeightSymmetric": True,
-    }
+    extra = quantizer_options(flavour)
     feeds.rewind()
     with tempfile.TemporaryDirectory(prefix="aimatrix-int8-") as tmp:
         cleaned = Path(tmp) / "clean.onnx"

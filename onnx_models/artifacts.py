@@ -246,6 +246,11 @@ def ensure_int8(
     The calibration cache is keyed by the FP32 file and the calibration settings and data, so a new
     flavour, weight range or rebuilt quantized file reuses the ranges instead of calibrating again. The
     weight range (``calib.int8_weights``, resolved for this machine) is in the name and the build key.
+
+    A ``tensorrt`` artifact is checked against TensorRT's explicit-quantization rules
+    (``calibration.tensorrt_rules``) once built, and the result is recorded in its manifest entry
+    (``tensorrt_conformance``). A graph that breaks a rule is kept, with a warning: the rows of its cells say
+    which rules it breaks, and the engine that cannot take it fails with its own reason.
     """
     from calibration.int8_recipe import weight_recipe
     from common.cpu_isa import isa
@@ -274,6 +279,7 @@ def ensure_int8(
         weight_bits=recipe.bits,
         options=options,
         code=source_digest("calibration.int8"),
+        rules=source_digest("calibration.tensorrt_rules") if flavour == "tensorrt" else None,
         onnxruntime=onnxruntime_version(),
     )
     if store.valid(name, key):
@@ -298,6 +304,19 @@ def ensure_int8(
         weight_bits=recipe.bits,
     )
     store.record_cache(calib_cache)
+    if flavour == "tensorrt":
+        from calibration import tensorrt_rules
+
+        violations = tensorrt_rules.check(store.path(name))
+        info["tensorrt_conformance"] = tensorrt_rules.conformance(violations)
+        if violations:
+            log.warning(
+                "%s (%s) int8-tensorrt breaks TensorRT's Q/DQ rules: %s (first: %s)",
+                spec.name,
+                size,
+                tensorrt_rules.row_text(info["tensorrt_conformance"]),
+                violations[0],
+            )
     store.record(name, key, source_sha256=source, weight_recipe=recipe.reason, built_on_isa=isa(), **info)
     return store.path(name)
 
