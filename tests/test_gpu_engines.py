@@ -31,6 +31,7 @@ from engines.ort_cuda import OrtCudaEngine, OrtDeviceEngine, inferred_output_sha
 from engines.ort_trt import OrtTrtEngine, elf_needed, profile_string, provider_nvinfer, tensorrt_library_problem
 from engines.tensorrt_native import TensorRTEngine, engine_cache_key, exact_profile, shapes_from_onnx
 from onnx_models.artifacts import int8_artifact_name
+from tests.graphs import add_one_model
 
 GPU_ENGINES = ("ort-cuda", "ort-trt", "tensorrt")
 QUICK = ["--size", "tiny", "--warmup-s", "0", "--duration-s", "0.2", "--min-iters", "3", "--accuracy-samples", "8"]
@@ -40,17 +41,7 @@ REAL_SESSION = ort.InferenceSession
 @pytest.fixture
 def tiny_onnx(tmp_path):
     """A real one-node ONNX model, y = x + 1 with x of shape (batch, 4), saved as ``fp32.onnx``."""
-    one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "one"], ["y"])],
-        "add_one",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-        [one],
-    )
-    path = tmp_path / "fp32.onnx"
-    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
-    return path
+    return add_one_model(tmp_path / "fp32.onnx")
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, save
+from onnx import TensorProto, helper
 
 import engines.cuda_driver as cuda_driver
 import engines.tensorrt_native as native
@@ -35,6 +35,8 @@ import suite
 from engines import EngineError
 from engines.cuda import TENSORRT_INSTALL, CudaError, device_problem
 from engines.tensorrt_native import TensorRTEngine, format_type, summarise_layers
+from tests.graphs import add_one_model as add_one
+from tests.graphs import save_graph
 
 TABLE = np.arange(10, dtype=np.float32) * 2
 
@@ -43,22 +45,12 @@ TABLE = np.arange(10, dtype=np.float32) * 2
 
 
 def _save(tmp_path: Path, graph, name: str) -> Path:
-    path = tmp_path / f"{name}.onnx"
-    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return path
+    return save_graph(graph, tmp_path / f"{name}.onnx")
 
 
 def add_one_model(tmp_path: Path) -> Path:
     """y = x + 1, x of shape (batch, 4)."""
-    one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "one"], ["y"])],
-        "add_one",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-        [one],
-    )
-    return _save(tmp_path, graph, "add_one")
+    return add_one(tmp_path / "add_one.onnx")
 
 
 def gather_model(tmp_path: Path) -> Path:
