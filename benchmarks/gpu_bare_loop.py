@@ -51,7 +51,7 @@ def bare_ort(engine, artifact: Path, feeds: dict, seconds: float) -> list[float]
 def bare_engine(engine, artifact: Path, feeds: dict, seconds: float) -> list[float]:
     """p50 material for the engine's own ``run_prepared`` in a plain loop."""
     with engine:
-        engine.activate(artifact)
+        engine.activate(artifact, engine.input_shapes)
         engine.prepare(feeds)
         return _loop(engine.run_prepared, seconds)
 
@@ -92,7 +92,8 @@ def main() -> None:
             print(line + f"{row['latency_ms_p50']:>11.3f}{'n/a':>11}{'':>8}  (--cuda-graph / --include-copies)")
             continue
         feeds = get_model(model).make_feeds(row["size"], batch, TIMING_SEED)
-        engine = engine_class(engine_name)({"input_shapes": {k: list(v.shape) for k, v in feeds.items()}})
+        engine = engine_class(engine_name)()
+        engine.input_shapes = {name: array.shape for name, array in feeds.items()}
         try:
             if engine_name == "tensorrt":
                 samples = bare_engine(engine, Path(row["artifact"]), feeds, args.seconds)

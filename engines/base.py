@@ -7,7 +7,7 @@ returns only when the inference has finished (CUDA engines synchronise their str
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,7 @@ class Engine:
     INT8 artifact it consumes (``cpu`` for U8S8 QDQ, ``tensorrt`` for symmetric QDQ).
 
     ``options`` come from the command line (``threads``, ``provider_options``, ``include_copies``,
-    ``cuda_graph``) plus, when a cell runs, ``input_shapes``: {input name: shape} of the cell's feeds, which
-    engines that build for fixed shapes (TensorRT's optimisation profiles) use at activation.
+    ``cuda_graph``); the cell's input shapes come with :meth:`activate`.
     """
 
     name = "base"
@@ -38,6 +37,7 @@ class Engine:
     def __init__(self, options: Mapping[str, Any] | None = None):
         self.options = dict(options or {})
         self.active = False
+        self.input_shapes: dict[str, tuple[int, ...]] | None = None
         self._input_meta: dict[str, tuple[tuple, np.dtype]] = {}
 
     @classmethod
@@ -45,10 +45,15 @@ class Engine:
         """None when this engine can run here; otherwise why not, with the fix."""
         return None
 
-    def activate(self, model_path: Path) -> None:
-        """Load ``model_path`` and get ready to run; raises EngineError if already active."""
+    def activate(self, model_path: Path, input_shapes: Mapping[str, Sequence[int]] | None = None) -> None:
+        """Load ``model_path`` and get ready to run feeds of ``input_shapes`` ({input name: shape}, the cell's),
+        which engines that build for fixed shapes (TensorRT's optimisation profiles) build for; None leaves
+        them to the model. Raises EngineError if already active."""
         if self.active:
             raise EngineError(f"{self.name}: already active")
+        self.input_shapes = (
+            {name: tuple(int(d) for d in shape) for name, shape in input_shapes.items()} if input_shapes else None
+        )
         self._input_meta = self.activate_impl(Path(model_path))
         self.active = True
 

@@ -73,11 +73,3 @@ def provider_share(options: Mapping[str, Any], scopes: Iterable[str], primary: b
         if isinstance(scoped, Mapping):
             share.update(scoped)
     return share
-
-
-def cell_input_shapes(options: Mapping[str, Any]) -> dict[str, tuple[int, ...]] | None:
-    """The cell's input shapes (``options["input_shapes"]``, set by the cell runner) as int tuples, or None."""
-    shapes = options.get("input_shapes")
-    if not shapes:
-        return None
-    return {name: tuple(int(d) for d in shape) for name, shape in shapes.items()}

@@ -25,7 +25,7 @@ from engines.cuda import (
     module_version,
     unusable,
 )
-from engines.options import cell_input_shapes, option_string, provider_share
+from engines.options import option_string, provider_share
 from engines.ort_cuda import OrtDeviceEngine, load_gpu_libraries, ort_gpu_problems
 
 # Where ONNX Runtime keeps its provider libraries, relative to the onnxruntime package.
@@ -156,7 +156,7 @@ class OrtTrtEngine(OrtDeviceEngine):
     def trt_options(self) -> dict[str, str]:
         """TensorRT provider options: caches in :meth:`cache_dir`, the cell's shapes as the only profile, CUDA
         graphs if asked, then the user's share of ``--provider-options``. No precision switches."""
-        shapes = cell_input_shapes(self.options)
+        shapes = self.input_shapes
         cache = self.cache_dir(shapes)
         options: dict[str, Any] = {
             "device_id": 0,
@@ -188,7 +188,7 @@ class OrtTrtEngine(OrtDeviceEngine):
             return self._start(model_path)
         except EngineError as exc:
             refused = self.activation_log + str(exc)
-            if PARTIAL_PROFILE_ERROR not in refused or not cell_input_shapes(self.options):
+            if PARTIAL_PROFILE_ERROR not in refused or not self.input_shapes:
                 raise
         # ONNX Runtime split the graph between TensorRT and another provider, and a TensorRT part has a dynamic
         # input of its own, which an explicit profile would have to name; the provider then builds its

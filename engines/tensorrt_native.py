@@ -45,14 +45,14 @@ import numpy as np
 from common.paths import atomic_path
 from engines.base import Engine, EngineError
 from engines.cuda import TENSORRT_INSTALL, CudaError, device_problem, module_version, unusable
-from engines.options import cell_input_shapes, provider_share
+from engines.options import provider_share
 
 MIN_TENSORRT_MAJOR = 10
 WORKSPACE_MIB = 4096
 # --provider-options keys this engine takes (builder and device settings).
 SETTINGS = ("device_id", "workspace_mib", "builder_optimization_level", "cache_dir")
-# The batch a symbolic leading dimension gets when no ``input_shapes`` are given (direct API use; a cell
-# always gives its shapes).
+# The batch a symbolic leading dimension gets when ``activate`` is given no input shapes (direct API use; a
+# cell always gives its shapes).
 DEFAULT_BATCH = 1
 # Most rounds of the event-timed pass after timing that gives the H2D / compute / D2H breakdown.
 BREAKDOWN_ROUNDS = 50
@@ -95,7 +95,7 @@ def exact_profile(shapes: Mapping[str, Sequence[int]]) -> Profile:
 
 def shapes_from_onnx(model_path: Path, batch: int) -> dict[str, tuple[int, ...]]:
     """Input shapes from the ONNX graph with a symbolic leading (batch) dimension set to ``batch``; any other
-    symbolic dimension raises EngineError (the cell runner passes ``input_shapes`` instead)."""
+    symbolic dimension raises EngineError (the cell runner passes its input shapes to ``activate`` instead)."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
@@ -111,7 +111,9 @@ def shapes_from_onnx(model_path: Path, batch: int) -> dict[str, tuple[int, ...]]
             elif index == 0:
                 dims.append(int(batch))
             else:
-                raise EngineError(f"tensorrt: input {item.name} has a symbolic dimension {index}; pass input_shapes")
+                raise EngineError(
+                    f"tensorrt: input {item.name} has a symbolic dimension {index}; pass input shapes to activate"
+                )
         shapes[item.name] = tuple(dims)
     return shapes
 
@@ -301,7 +303,7 @@ class TensorRTEngine(Engine):
 
         trt, cuda = self._trt, self._cuda
         # A cell always passes its shapes; direct API use without them gets batch DEFAULT_BATCH.
-        shapes = cell_input_shapes(self.options) or shapes_from_onnx(model_path, DEFAULT_BATCH)
+        shapes = self.input_shapes or shapes_from_onnx(model_path, DEFAULT_BATCH)
         self._profile = profile = exact_profile(shapes)
         builder_settings = {k: v for k, v in settings.items() if k not in ("cache_dir", "device_id")}
         key = engine_cache_key(
@@ -474,7 +476,7 @@ class TensorRTEngine(Engine):
                 built = {n: list(p[1]) for n, p in self._profile.items()}
                 raise EngineError(
                     f"tensorrt: input {name} shape {shapes[name]} is outside the engine's profile {built}; "
-                    "give the shapes to run as input_shapes when activating"
+                    "give the shapes to run to activate"
                 )
         for name in self._inputs + self._outputs:
             dtype = self._dtypes[name]

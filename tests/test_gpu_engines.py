@@ -300,7 +300,7 @@ def test_ort_trt_session_arguments(sessions, tiny_onnx):
         "--cuda-graph",
     )
     with pytest.raises(EngineError):
-        OrtTrtEngine({**options, "input_shapes": {"x": [2, 4]}}).activate(tiny_onnx)
+        OrtTrtEngine(options).activate(tiny_onnx, {"x": [2, 4]})
     trt, cuda, cpu = sessions[-1]["providers"]
     assert trt[0] == "TensorrtExecutionProvider" and cpu == "CPUExecutionProvider"
     cache = trt[1]["trt_engine_cache_path"]
@@ -321,7 +321,7 @@ def test_ort_trt_session_arguments(sessions, tiny_onnx):
     assert cuda == ("CUDAExecutionProvider", {"device_id": "1", "cudnn_conv_algo_search": "DEFAULT"})
     # Another batch size gets its own engine directory rather than evicting this one's engine.
     with pytest.raises(EngineError):
-        OrtTrtEngine({"input_shapes": {"x": [8, 4]}}).activate(tiny_onnx)
+        OrtTrtEngine().activate(tiny_onnx, {"x": [8, 4]})
     assert sessions[-1]["providers"][0][1]["trt_engine_cache_path"] != cache
     assert profile_string({"ids": (2, 384), "mask": (2, 384)}) == "ids:2x384,mask:2x384"
     with pytest.raises(EngineError, match="cannot express"):
@@ -362,8 +362,8 @@ def test_ort_trt_retries_without_an_explicit_profile(monkeypatch, tiny_onnx):
 
     monkeypatch.setattr(ort, "InferenceSession", start)
     monkeypatch.setattr(OrtTrtEngine, "load_libraries", lambda self: None)
-    engine = OrtTrtEngine({"input_shapes": {"x": [2, 4]}})
-    engine.activate(tiny_onnx)
+    engine = OrtTrtEngine()
+    engine.activate(tiny_onnx, {"x": [2, 4]})
     first, second = (dict(c[0][1]) for c in calls)
     assert first["trt_profile_min_shapes"] == "x:2x4" and not any(k.startswith("trt_profile") for k in second)
     note = engine.describe()["trt_profile"]
@@ -372,7 +372,7 @@ def test_ort_trt_retries_without_an_explicit_profile(monkeypatch, tiny_onnx):
     calls.clear()
     monkeypatch.setattr(ort, "InferenceSession", lambda *a, providers=None, **k: StartedSession(providers[1:]))
     with pytest.raises(EngineError, match="could not start TensorrtExecutionProvider"):
-        OrtTrtEngine({"input_shapes": {"x": [2, 4]}}).activate(tiny_onnx)
+        OrtTrtEngine().activate(tiny_onnx, {"x": [2, 4]})
 
 
 def test_cuda_graph_output_shapes_come_from_inference_not_a_run(tmp_path, tiny_onnx):
@@ -684,7 +684,7 @@ def ort_node_events(engine, artifact: Path, feeds, tmp_path) -> list[dict]:
 
     engine.session_options = profiling
     with engine:
-        engine.activate(artifact)
+        engine.activate(artifact, {name: array.shape for name, array in feeds.items()})
         engine.infer(feeds)
         trace = Path(engine.session.end_profiling())
     return [e["args"] for e in json.loads(trace.read_text()) if e.get("cat") == "Node" and "provider" in e["args"]]
@@ -700,11 +700,10 @@ def test_ort_engines_really_run_the_lowered_graph(gpu_run, tmp_path, precision):
     from onnx_models.store import ModelStore
 
     feeds = get_model("resnet50").make_feeds("tiny", 2, 1)
-    shapes = {"input_shapes": {k: list(v.shape) for k, v in feeds.items()}}
     name = "fp16" if precision == "fp16" else int8_artifact_name("tensorrt")
     artifact = ModelStore("resnet50", "tiny").verified_path(name)
     if engines.availability("ort-cuda") is None:
-        events = ort_node_events(OrtCudaEngine(shapes), artifact, feeds, tmp_path)
+        events = ort_node_events(OrtCudaEngine(), artifact, feeds, tmp_path)
         convs = [e for e in events if e["op_name"] == "Conv"]
         assert convs and {e["provider"] for e in convs} == {"CUDAExecutionProvider"}
         if precision == "fp16":
@@ -713,7 +712,7 @@ def test_ort_engines_really_run_the_lowered_graph(gpu_run, tmp_path, precision):
             dq = [e for e in events if e["op_name"] == "DequantizeLinear"]
             assert dq and {e["provider"] for e in dq} == {"CUDAExecutionProvider"}
     if engines.availability("ort-trt") is None:
-        events = ort_node_events(OrtTrtEngine(shapes), artifact, feeds, tmp_path)
+        events = ort_node_events(OrtTrtEngine(), artifact, feeds, tmp_path)
         assert events and {e["provider"] for e in events} == {"TensorrtExecutionProvider"}, events
 
 
@@ -723,14 +722,12 @@ def test_tensorrt_engine_cache_is_reused(gpu_run, tmp_path):
     from onnx_models.store import ModelStore
 
     feeds = get_model("resnet50").make_feeds("tiny", 2, 1)
-    options = {
-        "input_shapes": {k: list(v.shape) for k, v in feeds.items()},
-        "provider_options": {"cache_dir": str(tmp_path)},
-    }
     results = []
     for _ in range(2):
-        with TensorRTEngine(options) as engine:
-            engine.activate(ModelStore("resnet50", "tiny").verified_path("fp16"))
+        with TensorRTEngine({"provider_options": {"cache_dir": str(tmp_path)}}) as engine:
+            engine.activate(
+                ModelStore("resnet50", "tiny").verified_path("fp16"), {k: v.shape for k, v in feeds.items()}
+            )
             results.append((engine.describe(), engine.infer(feeds)))
     (first, out_first), (second, out_second) = results
     assert (first["engine_cache"], second["engine_cache"]) == ("built", "hit")

@@ -811,8 +811,8 @@ def fake(monkeypatch):
 def engine_for(path: Path, shapes: dict, state: FakeState, **options) -> TensorRTEngine:
     """An activated engine on ``path`` built for ``shapes``, its cache under the model's folder."""
     state.profile_shapes = shapes
-    engine = TensorRTEngine({"input_shapes": {k: list(v) for k, v in shapes.items()}, **options})
-    engine.activate(path)
+    engine = TensorRTEngine(options)
+    engine.activate(path, shapes)
     return engine
 
 
@@ -1011,9 +1011,9 @@ def test_gpu_engines_run_the_artifacts_precision(precision, tmp_path):
     import tensorrt as trt
 
     feeds = _resnet_feeds()
-    options = {"input_shapes": _shapes(feeds), "provider_options": {"cache_dir": str(tmp_path)}}
+    options = {"provider_options": {"cache_dir": str(tmp_path)}}
     with TensorRTEngine(options) as engine:
-        engine.activate(_resnet_artifact(precision))
+        engine.activate(_resnet_artifact(precision), _shapes(feeds))
         settings = engine.describe()
         # Read the engine inspector directly as well as through describe().
         information = engine._engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
@@ -1031,11 +1031,11 @@ def test_gpu_engines_run_the_artifacts_precision(precision, tmp_path):
 @needs_tensorrt
 def test_gpu_cuda_graph_is_replayed_and_matches_plain_runs(tmp_path):
     feeds = _resnet_feeds()
-    options = {"input_shapes": _shapes(feeds), "provider_options": {"cache_dir": str(tmp_path)}}
+    options = {"provider_options": {"cache_dir": str(tmp_path)}}
     outputs = []
     for cuda_graph in (False, True):
         with TensorRTEngine({**options, "cuda_graph": cuda_graph}) as engine:
-            engine.activate(_resnet_artifact("fp32"))
+            engine.activate(_resnet_artifact("fp32"), _shapes(feeds))
             outputs.append(engine.infer(feeds))
             engine.prepare(feeds)
             for _ in range(5):
@@ -1057,8 +1057,8 @@ def test_gpu_cuda_graph_is_replayed_and_matches_plain_runs(tmp_path):
 @needs_tensorrt
 def test_gpu_int64_gather_under_a_cuda_graph(tmp_path):
     ids = np.array([[1, 2, 3], [9, 0, 4]], dtype=np.int64)
-    with TensorRTEngine({"input_shapes": {"ids": [2, 3]}, "cuda_graph": True}) as engine:
-        engine.activate(gather_model(tmp_path))
+    with TensorRTEngine({"cuda_graph": True}) as engine:
+        engine.activate(gather_model(tmp_path), {"ids": [2, 3]})
         for batch in (ids, ids[::-1].copy()):
             np.testing.assert_array_equal(engine.infer({"ids": batch})["y"], TABLE[batch])
         assert engine.describe()["cuda_graph_launches"] == 2
@@ -1068,8 +1068,8 @@ def test_gpu_int64_gather_under_a_cuda_graph(tmp_path):
 @needs_tensorrt
 def test_gpu_data_dependent_output(tmp_path):
     path = nonzero_model(tmp_path)
-    with TensorRTEngine({"input_shapes": {"x": [2, 4]}, "include_copies": True}) as engine:
-        engine.activate(path)
+    with TensorRTEngine({"include_copies": True}) as engine:
+        engine.activate(path, {"x": [2, 4]})
         for x in (np.array([[1, -1, 2, -3], [0, 5, 0, 0]], np.float32), np.ones((2, 4), np.float32)):
             np.testing.assert_array_equal(engine.infer({"x": x})["idx"], np.array(np.nonzero(x > 0)))
         engine.prepare({"x": np.ones((2, 4), np.float32)})
@@ -1077,7 +1077,7 @@ def test_gpu_data_dependent_output(tmp_path):
         assert engine.timing_breakdown(3)["compute_ms"] > 0
         assert engine.describe()["data_dependent_outputs"] == ["idx"]
     with pytest.raises(EngineError, match="cannot run as a CUDA graph"):
-        TensorRTEngine({"input_shapes": {"x": [2, 4]}, "cuda_graph": True}).activate(path)
+        TensorRTEngine({"cuda_graph": True}).activate(path, {"x": [2, 4]})
 
 
 @pytest.mark.gpu
