@@ -15,51 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from bench.row import COLUMNS
 from common.paths import atomic_path
-
-COLUMNS = (
-    "model",
-    "category",
-    "framework",
-    "size",
-    "engine",
-    "precision",
-    "batch_size",
-    "status",
-    "error",
-    "iterations",
-    "latency_ms_mean",
-    "latency_ms_p50",
-    "latency_ms_p90",
-    "latency_ms_p95",
-    "latency_ms_p99",
-    "latency_ms_min",
-    "latency_ms_max",
-    "latency_ms_std",
-    "throughput_samples_per_s",
-    "flops_per_batch",
-    "mac_flops_per_batch",
-    "flops_per_s",
-    "params",
-    "bytes_per_batch",
-    "bytes_model",
-    "arith_intensity",
-    "accuracy_metric",
-    "accuracy_value",
-    "accuracy_cosine",
-    "accuracy_max_abs_error",
-    "accuracy_samples",
-    "cpu_isa",
-    "int8_weight_bits",
-    "int8_conformance",
-    "paper_flops_per_sample",
-    "flops_ratio_to_paper",
-    "engine_build_s",
-    "engine_settings",
-    "artifact_sha256",
-    "cell_id",
-    "finished_at",
-)
 
 
 def _append_line(path: Path, record: dict[str, Any]) -> None:

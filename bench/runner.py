@@ -20,6 +20,7 @@ from bench.config import RunConfig
 from bench.executor import LocalExecutor
 from bench.plan import plan
 from bench.results import ResultsBusy, ResultsFile, ResumeMismatch, resume_env, summary_markdown, write_tables
+from bench.row import Row
 from common.cpu_isa import isa as cpu_isa
 
 
@@ -40,7 +41,7 @@ class RunOutcome:
         return sum(1 for r in self.rows if r.get("status") == status)
 
 
-def base_row(cell: Cell, facts: dict[str, Any], bytes_model: str = "io") -> dict[str, Any]:
+def base_row(cell: Cell, facts: dict[str, Any], bytes_model: str = "io") -> Row:
     """The columns every row has, whatever its status: identity, model facts, paper comparison.
 
     ``bytes_model`` ``io`` counts weights + inputs + outputs per batch; ``activations`` adds every
@@ -48,47 +49,46 @@ def base_row(cell: Cell, facts: dict[str, Any], bytes_model: str = "io") -> dict
     import models
 
     spec = models.get_model(cell.model)
-    row: dict[str, Any] = {
-        "model": cell.model,
-        "category": spec.category,
-        "framework": spec.framework,
-        "size": cell.size,
-        "engine": cell.engine,
-        "precision": cell.precision,
-        "batch_size": cell.batch_size,
-        "status": None,
-        "error": None,
-        "cell_id": cell.id,
+    row = Row(
+        model=cell.model,
+        category=spec.category,
+        framework=spec.framework,
+        size=cell.size,
+        engine=cell.engine,
+        precision=cell.precision,
+        batch_size=cell.batch_size,
+        cell_id=cell.id,
         # The instruction set decides which integer kernels an INT8 cell ran on (and so its accuracy and speed).
-        "cpu_isa": cpu_isa(),
-    }
-    for key in ("flops_per_batch", "mac_flops_per_batch", "params"):
-        row[key] = facts.get(key)
+        cpu_isa=cpu_isa(),
+        flops_per_batch=facts.get("flops_per_batch"),
+        mac_flops_per_batch=facts.get("mac_flops_per_batch"),
+        params=facts.get("params"),
+    )
     if "weight_bytes" in facts:
-        row["bytes_per_batch"] = facts["weight_bytes"] + facts["io_bytes"]
-        row["bytes_model"] = "weights+inputs+outputs"
+        row.bytes_per_batch = facts["weight_bytes"] + facts["io_bytes"]
+        row.bytes_model = "weights+inputs+outputs"
         if bytes_model == "activations" and "activation_bytes" in facts:
-            row["bytes_per_batch"] += facts["activation_bytes"]
-            row["bytes_model"] = "weights+inputs+outputs+activations"
-        row["arith_intensity"] = facts["flops_per_batch"] / row["bytes_per_batch"] if row["bytes_per_batch"] else None
+            row.bytes_per_batch += facts["activation_bytes"]
+            row.bytes_model = "weights+inputs+outputs+activations"
+        row.arith_intensity = facts["flops_per_batch"] / row.bytes_per_batch if row.bytes_per_batch else None
     # The paper's counts describe the full architectures; a ratio for a shrunk model would mean nothing.
     if cell.size == "full":
         from analysis.paper import flops_ratio, paper_flops_per_sample
 
         per_sample = paper_flops_per_sample(spec.paper_model)
         if per_sample:
-            row["paper_flops_per_sample"] = per_sample
-            row["flops_ratio_to_paper"] = flops_ratio(row["flops_per_batch"], cell.batch_size, spec.paper_model)
+            row.paper_flops_per_sample = per_sample
+            row.flops_ratio_to_paper = flops_ratio(row.flops_per_batch, cell.batch_size, spec.paper_model)
     return row
 
 
-def derive(row: dict[str, Any]) -> None:
+def derive(row: Row) -> None:
     """Throughput and FLOP/s from the measured mean latency (FLOPs per batch / mean latency per batch)."""
-    mean_s = row["latency_ms_mean"] / 1e3
-    row["throughput_samples_per_s"] = row["batch_size"] / mean_s
-    if row.get("flops_per_batch"):
-        row["flops_per_s"] = row["flops_per_batch"] / mean_s
-    row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    mean_s = row.latency_ms_mean / 1e3
+    row.throughput_samples_per_s = row.batch_size / mean_s
+    if row.flops_per_batch:
+        row.flops_per_s = row.flops_per_batch / mean_s
+    row.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def run(
@@ -145,17 +145,17 @@ def run(
                 row = base_row(cell, cell_facts, config.bytes_model)
                 row.update(_reasons(cell, work.unsupported, built, config))
                 samples = None
-                if row["status"] is None:
+                if row.status is None:
                     measured, error = executor.measure(cell, config, cell_facts.get("reference"))
                     if measured is not None:
                         samples = measured.pop("samples_ms")
                         row.update(measured, status="ok")
                         derive(row)
-                        row["error"] = missing_analysis(cell_facts)
+                        row.error = missing_analysis(cell_facts)
                     else:
                         row.update(status="failed", error=error)
                         tqdm.write(f"{cell.id}: FAILED: {error}", file=sys.stderr)
-                results.append(row, samples)
+                results.append(row.as_dict(), samples)
 
         rows = results.rows()
         write_tables(results.out_dir)

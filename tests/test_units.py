@@ -347,3 +347,17 @@ def test_fp16_conversion_leaves_no_repeated_cast():
     outer = helper.make_graph([cast, loop, cast, other], "outer", [], [])
     assert drop_duplicate_nodes(outer) == 2
     assert [n.output[0] if n.output else "loop" for n in outer.node] == ["r32", "loop", "r64"]
+
+
+def test_row_fields_are_the_columns_and_extras_follow():
+    from dataclasses import fields
+
+    from bench.results import COLUMNS
+    from bench.row import Row
+
+    assert COLUMNS == tuple(f.name for f in fields(Row))[:-1] and COLUMNS[:3] == ("model", "category", "framework")
+    row = Row("resnet50", "image classification", "pytorch", "tiny", "tensorrt", "int8", 2, cell_id="c")
+    row.update({"latency_ms_p50": 1.5, "h2d_ms": 0.1}, status="ok", compute_ms=0.9)
+    assert (row.status, row.latency_ms_p50, row.extra) == ("ok", 1.5, {"h2d_ms": 0.1, "compute_ms": 0.9})
+    record = row.as_dict()
+    assert list(record) == [*COLUMNS, "h2d_ms", "compute_ms"] and record["error"] is None

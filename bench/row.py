@@ -1,0 +1,81 @@
+"""A results row: the typed record of one cell, whose fields are the results table's columns, in order.
+
+The runner starts a row from the cell and the model's facts (``bench.runner.base_row``), the executor fills in
+what the cell measured, and the results file writes it (``Row.as_dict``). Columns that only some engines give
+(``h2d_ms``, ``compute_ms``, the artifact path) go to ``extra`` and follow the typed ones in the tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class Row:
+    """One cell: what was asked (model x engine x precision x batch size), how it ended, what it measured."""
+
+    model: str
+    category: str
+    framework: str
+    size: str
+    engine: str
+    precision: str
+    batch_size: int
+    # ok, failed or unsupported; None while the cell is still to be measured.
+    status: str | None = None
+    error: str | None = None
+    iterations: int | None = None
+    latency_ms_mean: float | None = None
+    latency_ms_p50: float | None = None
+    latency_ms_p90: float | None = None
+    latency_ms_p95: float | None = None
+    latency_ms_p99: float | None = None
+    latency_ms_min: float | None = None
+    latency_ms_max: float | None = None
+    latency_ms_std: float | None = None
+    throughput_samples_per_s: float | None = None
+    flops_per_batch: float | None = None
+    mac_flops_per_batch: float | None = None
+    flops_per_s: float | None = None
+    params: int | None = None
+    bytes_per_batch: float | None = None
+    bytes_model: str | None = None
+    arith_intensity: float | None = None
+    accuracy_metric: str | None = None
+    accuracy_value: float | None = None
+    accuracy_cosine: float | None = None
+    accuracy_max_abs_error: float | None = None
+    accuracy_samples: int | None = None
+    cpu_isa: str | None = None
+    int8_weight_bits: int | None = None
+    int8_conformance: str | None = None
+    paper_flops_per_sample: float | None = None
+    flops_ratio_to_paper: float | None = None
+    engine_build_s: float | None = None
+    # The engine's describe() as JSON: what it actually ran with.
+    engine_settings: str | None = None
+    artifact_sha256: str | None = None
+    cell_id: str | None = None
+    finished_at: str | None = None
+    # Columns beyond the typed ones, by name.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def update(self, values: Mapping[str, Any] | None = None, **more: Any) -> None:
+        """Set columns from ``values`` and ``more``: typed ones as attributes, any other name in ``extra``."""
+        for name, value in {**(values or {}), **more}.items():
+            if name in _TYPED:
+                setattr(self, name, value)
+            else:
+                self.extra[name] = value
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as one JSON object: the typed columns in table order, then ``extra``."""
+        record = {name: getattr(self, name) for name in COLUMNS}
+        record.update(self.extra)
+        return record
+
+
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Row) if f.name != "extra")
+_TYPED = frozenset(COLUMNS)
