@@ -248,7 +248,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
     are in the store. Returns 1 when an export or a count failed."""
     from tqdm import tqdm
 
-    from analysis.paper import flops_ratio, paper_flops_per_sample
+    from analysis.paper import paper_comparison
     from bench.executor import BUILD_TIMEOUT_S
     from bench.isolation import run_isolated
 
@@ -277,8 +277,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
                 continue
             for batch in batches:
                 cost = counted.value[batch]
-                per_sample = paper_flops_per_sample(spec.paper_model) if args.size == "full" else None
-                ratio = flops_ratio(cost["flops_per_batch"], batch, spec.paper_model) if per_sample else None
+                per_sample, ratio = paper_comparison(spec.paper_model, args.size, cost["flops_per_batch"], batch)
                 record = {
                     "model": model,
                     "size": args.size,

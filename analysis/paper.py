@@ -34,3 +34,14 @@ def flops_ratio(flops_per_batch: float | None, batch_size: int, paper_model: str
     if not paper or not flops_per_batch:
         return None
     return flops_per_batch / batch_size / paper
+
+
+def paper_comparison(
+    paper_model: str | None, size: str, flops_per_batch: float | None, batch_size: int
+) -> tuple[float | None, float | None]:
+    """(the paper's FLOPs per sample, our FLOPs per sample over it) for a model of ``size``; both None for a
+    tiny model, whose shrunk architecture the paper's count does not describe, or where either side is unknown."""
+    per_sample = paper_flops_per_sample(paper_model) if size == "full" else None
+    if not per_sample:
+        return None, None
+    return per_sample, flops_ratio(flops_per_batch, batch_size, paper_model)

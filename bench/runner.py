@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from analysis.paper import paper_comparison
 from bench.cell import Cell, artifact_name_for
 from bench.config import RunConfig
 from bench.executor import LocalExecutor
@@ -71,14 +72,9 @@ def base_row(cell: Cell, facts: dict[str, Any], bytes_model: str = "io") -> Row:
             row.bytes_per_batch += facts["activation_bytes"]
             row.bytes_model = "weights+inputs+outputs+activations"
         row.arith_intensity = facts["flops_per_batch"] / row.bytes_per_batch if row.bytes_per_batch else None
-    # The paper's counts describe the full architectures; a ratio for a shrunk model would mean nothing.
-    if cell.size == "full":
-        from analysis.paper import flops_ratio, paper_flops_per_sample
-
-        per_sample = paper_flops_per_sample(spec.paper_model)
-        if per_sample:
-            row.paper_flops_per_sample = per_sample
-            row.flops_ratio_to_paper = flops_ratio(row.flops_per_batch, cell.batch_size, spec.paper_model)
+    row.paper_flops_per_sample, row.flops_ratio_to_paper = paper_comparison(
+        spec.paper_model, cell.size, row.flops_per_batch, cell.batch_size
+    )
     return row
 
 
