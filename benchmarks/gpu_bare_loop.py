@@ -84,7 +84,8 @@ def main() -> None:
         line = f"{model:<14}{precision:<6}{engine_name:<10}{batch:>6}  {row['status']:<12}"
         if row["status"] != "ok" or engine_name not in GPU_ENGINES:
             reason = f"  {row['error'][:90]}" if row.get("error") else ""
-            print(line + f"{row.get('latency_ms_p50') or float('nan'):>11.3f}{'':>11}{'':>8}{reason}")
+            p50 = f"{row['latency_ms_p50']:.3f}" if row.get("latency_ms_p50") is not None else "-"
+            print(line + f"{p50:>11}{'':>11}{'':>8}{reason}")
             continue
         settings = json.loads(row["engine_settings"])
         if settings.get("cuda_graph") or settings.get("include_copies"):
