@@ -71,17 +71,17 @@ def parse_engines(value: str | None) -> list[str]:
         raise UsageError(f"{exc}, {', '.join(engines.engine_patterns())}") from None
 
 
-def engine_options_from(args: argparse.Namespace, engine_list: Sequence[str]) -> dict[str, Any]:
-    """The options every engine of a run gets: threads, ``--provider-options`` (parsed JSON), include-copies
+def engine_options_from(args: argparse.Namespace, engine_list: Sequence[str]):
+    """The EngineOptions every engine of a run gets: threads, ``--provider-options`` (parsed JSON), include-copies
     and CUDA graphs; a malformed ``--provider-options``, or one no engine in ``engine_list`` would read, raises
     UsageError."""
     import engines
-    from engines.options import parse_provider_options
+    from engines.options import EngineOptions, parse_provider_options
 
-    options: dict[str, Any] = {"threads": args.threads} if args.threads is not None else {}
+    provider_options: dict[str, Any] = {}
     if args.provider_options is not None:
         try:
-            options["provider_options"] = parse_provider_options(args.provider_options)
+            provider_options = parse_provider_options(args.provider_options)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         if not any(engines.engine_class(e).takes_provider_options for e in engine_list):
@@ -90,11 +90,12 @@ def engine_options_from(args: argparse.Namespace, engine_list: Sequence[str]) ->
                 "(ort-cpu's setting is --threads; ort:CPUExecutionProvider hands options to ONNX Runtime's CPU "
                 "provider)"
             )
-    if args.include_copies:
-        options["include_copies"] = True
-    if args.cuda_graph:
-        options["cuda_graph"] = True
-    return options
+    return EngineOptions(
+        threads=args.threads,
+        provider_options=provider_options,
+        include_copies=bool(args.include_copies),
+        cuda_graph=bool(args.cuda_graph),
+    )
 
 
 def parse_batches(value: str, spec: models.ModelSpec) -> list[int]:

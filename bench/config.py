@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.timer import TimerSettings
+from engines.options import EngineOptions
 from onnx_models.artifacts import PRECISIONS, CalibrationSettings, ExportSettings
 
 
@@ -53,7 +54,7 @@ class RunConfig:
     timer: TimerSettings = field(default_factory=TimerSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
     calib: CalibrationSettings = field(default_factory=CalibrationSettings)
-    engine_options: Mapping[str, Any] = field(default_factory=dict)
+    engine_options: EngineOptions = field(default_factory=EngineOptions)
     accuracy_samples: int = 32
     cell_timeout_s: float = 1800.0
     bytes_model: str = "io"
@@ -77,7 +78,7 @@ class RunConfig:
         _finite("--warmup-s", self.timer.warmup_s, 0, inclusive=True)
         _finite("--duration-s", self.timer.duration_s, 0, inclusive=False)
         _finite("--cell-timeout", self.cell_timeout_s, 0, inclusive=False)
-        threads = self.engine_options.get("threads")
+        threads = self.engine_options.threads
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ConfigError(f"--threads must be a positive integer, got {threads!r}")
         if self.accuracy_samples < 1:
@@ -101,7 +102,7 @@ class RunConfig:
             "timer": asdict(self.timer),
             "calibration": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.calib).items()},
             "export": {"seed": self.export.seed, "weights": str(self.export.weights) if self.export.weights else None},
-            "engine_options": dict(self.engine_options),
+            "engine_options": self.engine_options.as_dict(),
             "accuracy_samples": self.accuracy_samples,
             "bytes_model": self.bytes_model,
             "onnx": self.onnx,

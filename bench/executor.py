@@ -159,7 +159,7 @@ class LocalExecutor:
             cell=asdict(cell),
             timer=asdict(config.timer),
             accuracy_samples=config.accuracy_samples,
-            engine_options=dict(config.engine_options),
+            engine_options=config.engine_options.as_dict(),
             reference=reference,
             int8_weights=config.calib.int8_weights,
         )

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from engines.options import EngineOptions
+
 
 class EngineError(RuntimeError):
     """An engine that cannot be used as asked (not installed, wrong state, bad feeds)."""
@@ -24,8 +26,8 @@ class Engine:
     Class attributes: ``name`` (the registry name), ``precisions`` it can run, and ``int8_flavour``, the
     INT8 artifact it consumes (``cpu`` for U8S8 QDQ, ``tensorrt`` for symmetric QDQ).
 
-    ``options`` come from the command line (``threads``, ``provider_options``, ``include_copies``,
-    ``cuda_graph``); the cell's input shapes come with :meth:`activate`.
+    ``options`` (:class:`engines.options.EngineOptions`, or a mapping of its fields) come from the command
+    line; the cell's input shapes come with :meth:`activate`.
     """
 
     name = "base"
@@ -34,8 +36,11 @@ class Engine:
     # Whether ``--provider-options`` mean anything to this engine (ort-cpu's settings are its thread count).
     takes_provider_options = True
 
-    def __init__(self, options: Mapping[str, Any] | None = None):
-        self.options = dict(options or {})
+    def __init__(self, options: EngineOptions | Mapping[str, Any] | None = None):
+        try:
+            self.options = EngineOptions.of(options)
+        except ValueError as exc:
+            raise EngineError(f"{self.name}: {exc}") from None
         self.active = False
         self.input_shapes: dict[str, tuple[int, ...]] | None = None
         self._input_meta: dict[str, tuple[tuple, np.dtype]] = {}

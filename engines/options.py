@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 PROVIDER_SUFFIX = "ExecutionProvider"
@@ -62,11 +63,41 @@ def option_string(value: Any) -> str:
     return str(value)
 
 
-def provider_share(options: Mapping[str, Any], scopes: Iterable[str], primary: bool) -> dict[str, Any]:
-    """The ``--provider-options`` entries (``options["provider_options"]``) meant for one provider: the plain
+@dataclass(frozen=True)
+class EngineOptions:
+    """What a run sets for every engine: ``--threads`` (None: one per physical core), ``--provider-options``
+    (parsed JSON), ``--include-copies``, ``--cuda-graph``, and ``optimization`` ``disabled`` (graph optimisation
+    off, for the INT8 kernel check's float simulation). Engines read these attributes and nothing else."""
+
+    threads: int | None = None
+    provider_options: Mapping[str, Any] = field(default_factory=dict)
+    include_copies: bool = False
+    cuda_graph: bool = False
+    optimization: str = "enabled"
+
+    @classmethod
+    def of(cls, options: EngineOptions | Mapping[str, Any] | None) -> EngineOptions:
+        """``options`` as EngineOptions: itself, or built from a mapping of the same names (what crosses into a
+        cell's child process); an unknown name raises ValueError naming the valid ones."""
+        if isinstance(options, EngineOptions):
+            return options
+        given = dict(options or {})
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(given) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown engine option {', '.join(unknown)}; valid: {', '.join(valid)}")
+        return cls(**given)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The options that differ from the defaults, as plain values (``env.json``, a child's arguments)."""
+        defaults = {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(self)}
+        return {name: getattr(self, name) for name, default in defaults.items() if getattr(self, name) != default}
+
+
+def provider_share(raw: Mapping[str, Any], scopes: Iterable[str], primary: bool) -> dict[str, Any]:
+    """The ``--provider-options`` entries (``raw``, the parsed JSON) meant for one provider: the plain
     entries when it is the engine's own (``primary``) provider, then those under each name in ``scopes`` (its
     provider name, the engine name), later ones overriding earlier ones. Values are left as given."""
-    raw = options.get("provider_options") or {}
     share = {k: v for k, v in raw.items() if not isinstance(v, Mapping)} if primary else {}
     for scope in scopes:
         scoped = raw.get(scope)

@@ -46,11 +46,11 @@ class OrtSessionEngine(Engine):
         options = ort.SessionOptions()
         options.graph_optimization_level = (
             ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            if self.options.get("optimization") == "disabled"
+            if self.options.optimization == "disabled"
             else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         )
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = int(self.options.get("threads") or physical_cores())
+        options.intra_op_num_threads = int(self.options.threads or physical_cores())
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         return options
@@ -89,7 +89,7 @@ class OrtSessionEngine(Engine):
     def describe(self) -> dict[str, Any]:
         options = self.session_options()
         described = {"providers": self.session.get_providers(), "intra_op_threads": options.intra_op_num_threads}
-        if self.options.get("optimization") == "disabled":
+        if self.options.optimization == "disabled":
             described["graph_optimization"] = "disabled"
         return described
 

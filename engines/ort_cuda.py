@@ -124,8 +124,8 @@ class OrtDeviceEngine(OrtSessionEngine):
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         super().__init__(options)
-        self.include_copies = bool(self.options.get("include_copies"))
-        self.cuda_graph = bool(self.options.get("cuda_graph"))
+        self.include_copies = self.options.include_copies
+        self.cuda_graph = self.options.cuda_graph
         self.device_id = 0
         self.model_path: Path | None = None
         self._binding = None
@@ -153,7 +153,7 @@ class OrtDeviceEngine(OrtSessionEngine):
             scopes.append(self.name)
             if self.cuda_graph:
                 options["enable_cuda_graph"] = True
-        options.update(provider_share(self.options, scopes, primary))
+        options.update(provider_share(self.options.provider_options, scopes, primary))
         return {key: option_string(value) for key, value in options.items()}
 
     def load_libraries(self) -> None:

@@ -47,7 +47,7 @@ class OrtProviderEngine(OrtSessionEngine):
         return None
 
     def provider_list(self) -> list:
-        options = provider_share(self.options, [self.provider, self.name], primary=True)
+        options = provider_share(self.options.provider_options, [self.provider, self.name], primary=True)
         first = (self.provider, {key: option_string(value) for key, value in options.items()})
         return [first] if self.provider == "CPUExecutionProvider" else [first, "CPUExecutionProvider"]
 

@@ -170,7 +170,7 @@ class OrtTrtEngine(OrtDeviceEngine):
             options.update({f"trt_profile_{bound}_shapes": profile for bound in ("min", "opt", "max")})
         if self.cuda_graph:
             options["trt_cuda_graph_enable"] = True
-        options.update(provider_share(self.options, [self.primary_provider, self.name], primary=True))
+        options.update(provider_share(self.options.provider_options, [self.primary_provider, self.name], primary=True))
         return {key: option_string(value) for key, value in options.items()}
 
     def provider_list(self) -> list:

@@ -212,8 +212,8 @@ class TensorRTEngine(Engine):
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         super().__init__(options)
-        self.include_copies = bool(self.options.get("include_copies"))
-        self.cuda_graph = bool(self.options.get("cuda_graph"))
+        self.include_copies = self.options.include_copies
+        self.cuda_graph = self.options.cuda_graph
         self.info: dict[str, Any] = {}
         self._trt: Any = None
         self._cuda: Any = None
@@ -259,7 +259,7 @@ class TensorRTEngine(Engine):
     def settings(self) -> dict[str, Any]:
         """Builder and device settings from ``--provider-options`` (plain entries and those under "tensorrt"),
         with defaults; an unknown key raises EngineError naming the keys this engine takes."""
-        given = provider_share(self.options, [self.name], primary=True)
+        given = provider_share(self.options.provider_options, [self.name], primary=True)
         unknown = sorted(set(given) - set(SETTINGS))
         if unknown:
             raise EngineError(

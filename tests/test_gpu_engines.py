@@ -26,7 +26,7 @@ from bench.env import environment
 from bench.isolation import run_isolated
 from engines import EngineError, UnknownEngineError
 from engines.cuda import TENSORRT_INSTALL, device_problem, gpu_environment, nvidia_smi_gpus
-from engines.options import parse_provider_options, provider_share
+from engines.options import EngineOptions, parse_provider_options, provider_share
 from engines.ort_cuda import OrtCudaEngine, OrtDeviceEngine, inferred_output_shapes
 from engines.ort_trt import OrtTrtEngine, elf_needed, profile_string, provider_nvinfer, tensorrt_library_problem
 from engines.tensorrt_native import TensorRTEngine, engine_cache_key, exact_profile, shapes_from_onnx
@@ -59,7 +59,7 @@ def sessions(monkeypatch):
 
 def run_options(*argv: str, engine_list=("ort-cuda",)) -> dict:
     """The engine options ``suite.py run ARGV`` hands to every engine of ``engine_list``."""
-    return suite.engine_options_from(suite.build_parser().parse_args(["run", *argv]), engine_list)
+    return suite.engine_options_from(suite.build_parser().parse_args(["run", *argv]), engine_list).as_dict()
 
 
 # ----------------------------------------------------------------------------------- discovery and reasons
@@ -229,14 +229,13 @@ def test_provider_options_parsing_and_scoping():
         '{"device_id": 1, "flag": true, "CUDAExecutionProvider": {"cudnn_conv_algo_search": "HEURISTIC"},'
         ' "tensorrt": {"workspace_mib": 1024}}'
     )
-    options = {"provider_options": raw}
-    assert provider_share(options, ["CUDAExecutionProvider", "ort-cuda"], primary=True) == {
+    assert provider_share(raw, ["CUDAExecutionProvider", "ort-cuda"], primary=True) == {
         "device_id": 1,
         "flag": True,
         "cudnn_conv_algo_search": "HEURISTIC",
     }
-    assert provider_share(options, ["CUDAExecutionProvider"], primary=False) == {"cudnn_conv_algo_search": "HEURISTIC"}
-    assert provider_share(options, ["tensorrt"], primary=True) == {"device_id": 1, "flag": True, "workspace_mib": 1024}
+    assert provider_share(raw, ["CUDAExecutionProvider"], primary=False) == {"cudnn_conv_algo_search": "HEURISTIC"}
+    assert provider_share(raw, ["tensorrt"], primary=True) == {"device_id": 1, "flag": True, "workspace_mib": 1024}
     assert run_options("--provider-options", '{"a": 1}', "--cuda-graph", "--include-copies", "--threads", "3") == {
         "threads": 3,
         "provider_options": {"a": 1},
@@ -244,6 +243,10 @@ def test_provider_options_parsing_and_scoping():
         "cuda_graph": True,
     }
     assert run_options() == {}
+    # The options are typed: a name no engine knows is refused where an engine is made, not ignored.
+    with pytest.raises(EngineError, match="unknown engine option cuda_graphs; valid: threads, provider_options"):
+        OrtCudaEngine({"cuda_graphs": True})
+    assert OrtCudaEngine({"cuda_graph": True}).options == EngineOptions(cuda_graph=True)
     # ort-cpu reads no provider options: given only to it, they are refused rather than silently dropped.
     with pytest.raises(suite.UsageError, match="would be ignored: no engine of this run \\(ort-cpu\\) takes any"):
         run_options("--provider-options", '{"a": 1}', engine_list=["ort-cpu"])
