@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -62,8 +63,13 @@ class LocalExecutor:
         total = sum(len(j.artifacts) for j in jobs)
         bar = tqdm(total=total, desc=title, unit="artifact", file=sys.stderr)
 
+        # Set on an interrupt: a worker whose build was just killed must not start the model's next artifact.
+        stop = threading.Event()
+
         def one_model(job: ArtifactJob) -> None:
             for precision, flavour in job.artifacts:
+                if stop.is_set():
+                    return
                 artifact = int8_artifact_name(flavour, calib.int8_weights) if precision == "int8" else precision
                 bar.set_postfix_str(f"{job.model} {artifact}")
                 if (job.model, "fp32") in outcome.failures:
@@ -102,6 +108,7 @@ class LocalExecutor:
                         while pending:
                             _, pending = wait(pending, timeout=0.5)
                     except BaseException:
+                        stop.set()
                         for future in futures:
                             future.cancel()
                         kill_children()

@@ -256,3 +256,35 @@ def test_sigterm_ends_a_run_like_ctrl_c(tmp_path, models, jobs):
         suite.kill()
         kill_leftovers(descendants)
         suite.communicate()
+
+
+def test_an_interrupt_starts_no_further_build(monkeypatch):
+    """With builds in worker threads, the interrupt kills the running ones; the workers whose build was killed
+    must not then start their model's next artifact (fp16, int8 after an interrupted fp32 export)."""
+    import bench.executor as executor
+    from bench.isolation import ChildResult
+    from bench.plan import ArtifactJob
+    from onnx_models.artifacts import CalibrationSettings, ExportSettings
+
+    started, release = [], threading.Event()
+
+    def build(target, kwargs, timeout_s):
+        started.append((kwargs["model"], kwargs["precision"]))
+        if len(started) == 2:
+            # Both workers are busy: interrupt the main thread, as Ctrl-C does.
+            os.kill(os.getpid(), signal.SIGINT)
+        release.wait(10)
+        return ChildResult(False, error="killed by signal 9")
+
+    def kill_children():
+        release.set()
+        return 2
+
+    monkeypatch.setattr(executor, "run_isolated", build)
+    monkeypatch.setattr(executor, "kill_children", kill_children)
+    jobs = [ArtifactJob(m, (("fp32", "cpu"), ("fp16", "cpu"), ("int8", "cpu"))) for m in ("resnet50", "googlenet")]
+    with pytest.raises(KeyboardInterrupt):
+        executor.LocalExecutor(jobs=2, say=lambda line: None).build(
+            jobs, "tiny", ExportSettings(), CalibrationSettings()
+        )
+    assert sorted(started) == [("googlenet", "fp32"), ("resnet50", "fp32")]
