@@ -35,13 +35,12 @@ import onnx
 from analysis.graphs import subgraphs
 from calibration.feeds import Feeds
 from calibration.graph import batchnorm_to_depthwise, check_runs, clean
+from calibration.int8_recipe import FLAVOURS, METHODS
 from common.cpu_isa import weight_max
 from common.paths import unique_temp
 
 log = logging.getLogger(__name__)
 
-METHODS = ("minmax", "entropy", "percentile")
-FLAVOURS = ("cpu", "tensorrt")
 # Float-only ops, whatever ONNX Runtime's QDQ registry would quantize.
 KEEP_FLOAT = frozenset(
     {"Gather", "GatherElements", "GatherND", "TopK", "NonMaxSuppression", "Softmax", "CumSum", "Where", "Range"}

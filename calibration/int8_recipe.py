@@ -18,6 +18,10 @@ from dataclasses import dataclass
 from common.cpu_isa import isa, saturation_probe, weight_max
 
 WEIGHT_RANGES = ("auto", "8bit", "7bit")
+# Calibration methods and INT8 flavours (``calibration.int8``), here so that settings can be checked without
+# importing the quantizer and onnx.
+METHODS = ("minmax", "entropy", "percentile")
+FLAVOURS = ("cpu", "tensorrt")
 
 
 @dataclass(frozen=True)

@@ -86,8 +86,7 @@ class CalibrationSettings:
     int8_weights: str = "auto"
 
     def __post_init__(self) -> None:
-        from calibration.int8 import METHODS
-        from calibration.int8_recipe import WEIGHT_RANGES
+        from calibration.int8_recipe import METHODS, WEIGHT_RANGES
 
         if self.method not in METHODS:
             raise ValueError(f"unknown calibration method {self.method!r}; valid: {', '.join(METHODS)}")
