@@ -249,6 +249,27 @@ def count(
 # Loading and shape resolution
 
 
+def output_shapes(
+    model: onnx.ModelProto | str | Path, input_shapes: Mapping[str, tuple[int, ...]]
+) -> dict[str, tuple[int, ...] | None]:
+    """{output name: shape} of ``model`` fed ``input_shapes`` (each input's full shape), by the same ONNX shape
+    inference the count runs (weightless graph, declared output shapes cleared, data propagation); None for an
+    output whose shape inference cannot fix (one that depends on the data). Nothing is run."""
+    proto, base_dir = _load(model)
+    init_names = {t.name for t in proto.graph.initializer}
+    feeds = _feed_shapes([vi for vi in proto.graph.input if vi.name not in init_names], 1, dict(input_shapes))
+    light = _light_model(proto, base_dir, feeds)
+    if light.functions:
+        light = onnx.inliner.inline_local_functions(light)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - a graph inference cannot handle leaves every shape unknown
+        return {o.name: None for o in proto.graph.output}
+    shapes: dict[str, Shape] = {}
+    _collect_types(inferred.graph, shapes, {})
+    return {output.name: shapes.get(output.name) for output in proto.graph.output}
+
+
 def _load(model: onnx.ModelProto | str | Path) -> tuple[onnx.ModelProto, Path | None]:
     if isinstance(model, onnx.ModelProto):
         return model, None

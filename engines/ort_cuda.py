@@ -82,30 +82,6 @@ def load_gpu_libraries(tensorrt: bool = False) -> None:
             import tensorrt  # noqa: F401
 
 
-def inferred_output_shapes(model_path: Path, input_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple | None]:
-    """{output name: shape} of the ONNX model at ``model_path`` fed ``input_shapes``, by ONNX shape inference
-    with data propagation (weights are not read); None for an output whose shape it cannot fix."""
-    import onnx
-
-    model = onnx.load(str(model_path), load_external_data=False)
-    for item in model.graph.input:
-        if item.name in input_shapes:
-            dims = item.type.tensor_type.shape.dim
-            for dim, size in zip(dims, input_shapes[item.name], strict=False):
-                dim.Clear()
-                dim.dim_value = int(size)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:  # noqa: BLE001 - a graph inference cannot handle leaves every shape unknown
-        return {o.name: None for o in model.graph.output}
-    shapes: dict[str, tuple | None] = {}
-    for output in inferred.graph.output:
-        dims = output.type.tensor_type.shape.dim
-        known = output.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims)
-        shapes[output.name] = tuple(d.dim_value for d in dims) if known else None
-    return shapes
-
-
 def _ep_error(log: str) -> str:
     """The "EP Error ..." line ONNX Runtime's Python layer prints before falling back to other providers."""
     for line in log.splitlines():
@@ -227,7 +203,9 @@ class OrtDeviceEngine(OrtSessionEngine):
         import onnxruntime as ort
 
         if self.cuda_graph:
-            inferred = inferred_output_shapes(self.model_path, shapes)
+            from analysis.flops import output_shapes
+
+            inferred = output_shapes(self.model_path, shapes)
             missing = [name for name in self.output_names if inferred.get(name) is None]
             if missing:
                 raise EngineError(

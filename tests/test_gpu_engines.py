@@ -27,11 +27,11 @@ from bench.isolation import run_isolated
 from engines import EngineError, UnknownEngineError
 from engines.cuda import TENSORRT_INSTALL, device_problem, gpu_environment, nvidia_smi_gpus
 from engines.options import EngineOptions, parse_provider_options, provider_share
-from engines.ort_cuda import OrtCudaEngine, OrtDeviceEngine, inferred_output_shapes
+from engines.ort_cuda import OrtCudaEngine, OrtDeviceEngine
 from engines.ort_trt import OrtTrtEngine, elf_needed, profile_string, provider_nvinfer, tensorrt_library_problem
 from engines.tensorrt_native import TensorRTEngine, engine_cache_key, exact_profile, shapes_from_onnx
 from onnx_models.artifacts import int8_artifact_name
-from tests.graphs import add_one_model
+from tests.graphs import add_one_model, save_graph
 
 GPU_ENGINES = ("ort-cuda", "ort-trt", "tensorrt")
 QUICK = ["--size", "tiny", "--warmup-s", "0", "--duration-s", "0.2", "--min-iters", "3", "--accuracy-samples", "8"]
@@ -390,7 +390,9 @@ def test_ort_trt_retries_without_an_explicit_profile(monkeypatch, tiny_onnx):
 
 
 def test_cuda_graph_output_shapes_come_from_inference_not_a_run(tmp_path, tiny_onnx):
-    assert inferred_output_shapes(tiny_onnx, {"x": (3, 4)}) == {"y": (3, 4)}
+    from analysis.flops import output_shapes
+
+    assert output_shapes(tiny_onnx, {"x": (3, 4)}) == {"y": (3, 4)}
     graph = helper.make_graph(
         [helper.make_node("NonZero", ["x"], ["y"])],
         "nonzero",
@@ -399,7 +401,15 @@ def test_cuda_graph_output_shapes_come_from_inference_not_a_run(tmp_path, tiny_o
     )
     dynamic = tmp_path / "nonzero.onnx"
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(dynamic))
-    assert inferred_output_shapes(dynamic, {"x": (2, 4)}) == {"y": None}
+    assert output_shapes(dynamic, {"x": (2, 4)}) == {"y": None}
+    # A declared output shape that carries the export batch is inferred afresh for the cell's batch.
+    exported = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    assert output_shapes(save_graph(exported, tmp_path / "relu.onnx"), {"x": (2, 4)}) == {"y": (2, 4)}
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     with BoundOnCpu({"cuda_graph": True}) as engine:
         engine.activate(tiny_onnx)
