@@ -97,9 +97,10 @@ class Engine:
         return {}
 
     def timing_breakdown(self, iterations: int) -> dict[str, float]:
-        """Extra row columns on where the time of the last ``iterations`` ``run_prepared`` calls went, as the
-        engine's device measured it (``h2d_ms``, ``compute_ms``, ``d2h_ms``: CUDA events, like trtexec's
-        report). Empty by default. The latency columns still come from the shared timer alone."""
+        """Extra row columns on where an inference's time goes on the engine's device (``h2d_ms``,
+        ``compute_ms``, ``d2h_ms``: CUDA events, like trtexec's report), from a separate pass of at most
+        ``iterations`` rounds made after timing, on the staged feeds. Empty by default. The latency columns
+        still come from the shared timer alone."""
         return {}
 
     def deactivate(self) -> None:

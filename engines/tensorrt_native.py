@@ -638,10 +638,10 @@ class TensorRTEngine(Engine):
         # it before the context it lives in; every step is tried even when an earlier one fails.
         closers: list[Callable[[], None]] = []
         if self._graph is not None:
+            # The graph replays TensorRT's kernels: it goes before the objects that own them.
             closers.append(self._graph.close)
             self._graph = None
-        self._context = self._engine = self._runtime = None
-        closers.append(self._free_buffers)
+        closers += [self._drop_tensorrt, self._free_buffers]
         if self._allocator is not None:
             closers.append(self._allocator.close)
         closers += [e.close for e in self._events]
@@ -652,6 +652,9 @@ class TensorRTEngine(Engine):
         self._allocator, self._events, self._stream, self._device_context = None, [], None, None
         self._prepared = False
         _close_all(closers)
+
+    def _drop_tensorrt(self) -> None:
+        self._context = self._engine = self._runtime = None
 
     def deactivate_impl(self) -> None:
         self._release()

@@ -552,12 +552,6 @@ def test_tensorrt_settings_and_shapes(tiny_onnx):
     assert shapes_from_onnx(tiny_onnx, 3) == {"x": (3, 4)}
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
-def test_tensorrt_without_the_package_is_a_clear_error(tiny_onnx):
-    with pytest.raises(EngineError, match=r"cannot import tensorrt .*Install: pip install -e '\.\[gpu,tensorrt\]'"):
-        TensorRTEngine().activate(tiny_onnx)
-
-
 # ------------------------------------------------------------------------------------------- environment
 
 
@@ -635,12 +629,6 @@ def test_named_cpu_provider_end_to_end(mixed_run):
 def usable_gpu_engines() -> list[str]:
     """The GPU engines usable here; a test that needs one that is not skips with its reason."""
     return [e for e in GPU_ENGINES if engines.availability(e) is None]
-
-
-def require(engine: str) -> None:
-    reason = engines.availability(engine)
-    if reason is not None:
-        pytest.skip(f"{engine} is not usable here: {reason}")
 
 
 @pytest.fixture(scope="module")
