@@ -47,13 +47,13 @@ class CudaError(RuntimeError):
     """A CUDA driver call that failed; the message names the call and the CUresult."""
 
 
-def unusable(problems: list[str], missing_package: bool) -> str | None:
-    """One reason line from ``problems`` (None when there are none), ending with the install command when a
+def unusable(problems: list[str], missing_package: bool, install: str = GPU_INSTALL) -> str | None:
+    """One reason line from ``problems`` (None when there are none), ending with the ``install`` command when a
     package is missing."""
     problems = list(dict.fromkeys(p for p in problems if p))
     if not problems:
         return None
-    return "; ".join(problems) + (f". Install: {GPU_INSTALL}" if missing_package else "")
+    return "; ".join(problems) + (f". Install: {install}" if missing_package else "")
 
 
 def error_name(code: int) -> str:
@@ -62,15 +62,23 @@ def error_name(code: int) -> str:
 
 
 @functools.cache
-def _driver() -> ctypes.CDLL | None:
+def libcuda_name() -> str | None:
+    """The name under which ``libcuda`` loads here (``libcuda.so.1``...), or None without an NVIDIA driver."""
     for name in ("libcuda.so.1", "libcuda.so", ctypes.util.find_library("cuda")):
         if not name:
             continue
         try:
-            return ctypes.CDLL(name)
+            ctypes.CDLL(name)
+            return name
         except OSError:
             continue
     return None
+
+
+@functools.cache
+def _driver() -> ctypes.CDLL | None:
+    name = libcuda_name()
+    return ctypes.CDLL(name) if name else None
 
 
 @functools.cache
@@ -188,13 +196,20 @@ def module_version(module: str) -> str | None:
     """The installed version of the distribution that provides the top-level module ``module``, read from
     package metadata without importing the module (TensorRT's comes from ``tensorrt-cu12-bindings`` and
     the like)."""
-    return package_version(*metadata.packages_distributions().get(module, []))
+    return package_version(*module_distributions(module))
 
 
 def module_distributions(module: str) -> list[str]:
     """The installed distributions that provide the top-level module ``module`` (``tensorrt`` ->
     ``["tensorrt-cu13-bindings"]``), from package metadata."""
-    return list(metadata.packages_distributions().get(module, []))
+    return list(_distributions_of_modules().get(module, []))
+
+
+@functools.cache
+def _distributions_of_modules() -> dict[str, list[str]]:
+    # Read once per process: it scans every installed distribution (a quarter of a second in the suite's venv),
+    # and one availability pass asks several times.
+    return metadata.packages_distributions()
 
 
 def package_version(*names: str) -> str | None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.cuda import CudaError, error_name
+from engines.cuda import CudaError, error_name, libcuda_name
 
 _c = ctypes
 # Opaque handles (CUcontext, CUstream, CUevent, CUgraph, CUgraphExec) are pointers; CUdeviceptr is an
@@ -67,7 +67,6 @@ PROTOTYPES: dict[str, tuple[tuple[str, ...], tuple[Any, ...]]] = {
 }
 # CUstreamCaptureMode: thread-local, as trtexec captures, so work other threads queue is not swept in.
 CAPTURE_THREAD_LOCAL = 1
-LIBRARIES = ("libcuda.so.1", "libcuda.so")
 
 
 class Driver:
@@ -113,13 +112,12 @@ def _has(lib: Any, symbol: str) -> bool:
 @functools.cache
 def driver() -> Driver:
     """The driver, loaded once; CudaError when there is no ``libcuda`` (no NVIDIA driver)."""
-    for name in LIBRARIES:
-        try:
-            # A CDLL of our own: the prototypes set here do not change engines.cuda's discovery calls.
-            return Driver(ctypes.CDLL(name))
-        except OSError:
-            continue
-    raise CudaError("no NVIDIA driver (libcuda.so.1 cannot be loaded)")
+    name = libcuda_name()
+    if name is None:
+        raise CudaError("no NVIDIA driver (libcuda.so.1 cannot be loaded)")
+    # A CDLL of our own, found where engines.cuda's discovery found it: the prototypes set here do not change
+    # the discovery calls.
+    return Driver(ctypes.CDLL(name))
 
 
 class Context:

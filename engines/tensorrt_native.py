@@ -253,8 +253,7 @@ class TensorRTEngine(Engine):
             if version and _major(version) < MIN_TENSORRT_MAJOR:
                 problems.append(f"TensorRT {version} is too old (this engine needs 10.x or 11.x)")
                 missing = True
-        reason = unusable([*problems, device_problem() or ""], False)
-        return f"{reason}. Install: {TENSORRT_INSTALL}" if reason and missing else reason
+        return unusable([*problems, device_problem() or ""], missing, TENSORRT_INSTALL)
 
     def settings(self) -> dict[str, Any]:
         """Builder and device settings from ``--provider-options`` (plain entries and those under "tensorrt"),
