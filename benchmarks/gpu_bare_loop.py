@@ -4,9 +4,10 @@ ran and what did not.
 For every ``ok`` row of a GPU engine in ``DIR/results.jsonl`` the same artifact and feeds are timed again by
 the loop a user would write, and its p50 is printed next to the suite's:
 
-- ``ort-cuda``, ``ort-trt``: a session of its own with the engine's providers and options, inputs and outputs
-  bound on the device (I/O binding), ``run_with_iobinding`` then ``synchronize_outputs``, timed with
-  ``perf_counter``: ONNX Runtime's own calls, none of the suite's engine code.
+- ``ort-cuda``, ``ort-trt``: the session the engine starts with the run's options (so a provider that falls
+  back is an error, not a CUDA timing under a TensorRT label), driven by ONNX Runtime's own calls: inputs and
+  outputs bound on the device (I/O binding), ``run_with_iobinding`` then ``synchronize_outputs``, timed with
+  ``perf_counter``; none of the engine's run code.
 - ``tensorrt``: the suite's engine object, activated and staged once, then ``run_prepared()`` in a plain
   ``perf_counter`` loop: the suite's timer is what is compared, not the engine (a second TensorRT runner
   would be a copy of it).
@@ -34,26 +35,26 @@ from models import get_model
 GPU_ENGINES = ("ort-cuda", "ort-trt", "tensorrt")
 
 
-def bare_ort(engine, artifact: Path, feeds: dict, seconds: float) -> list[float]:
-    """p50 material for a bare ONNX Runtime loop: a new session with ``engine``'s providers, device binding."""
+def bare_samples(engine, artifact: Path, feeds: dict, seconds: float) -> list[float]:
+    """Bare-loop samples (ms) of ``engine`` on ``artifact``: activated as in the run (so a provider that fails to
+    start is an error, and ort-trt's profile retry happens as it did), then, for ONNX Runtime engines, the
+    engine's session driven by ONNX Runtime's own calls on a binding of our own, and for ``tensorrt`` the
+    engine's ``run_prepared``."""
     import onnxruntime as ort
 
-    engine.model_path = artifact
-    session = ort.InferenceSession(str(artifact), engine.session_options(), providers=engine.provider_list())
-    binding = session.io_binding()
-    for name, array in feeds.items():
-        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", 0))
-    for output in session.get_outputs():
-        binding.bind_output(output.name, "cuda", 0)
-    return _loop(lambda: (session.run_with_iobinding(binding), binding.synchronize_outputs()), seconds)
-
-
-def bare_engine(engine, artifact: Path, feeds: dict, seconds: float) -> list[float]:
-    """p50 material for the engine's own ``run_prepared`` in a plain loop."""
     with engine:
-        engine.activate(artifact, engine.input_shapes)
-        engine.prepare(feeds)
-        return _loop(engine.run_prepared, seconds)
+        engine.activate(artifact, {name: array.shape for name, array in feeds.items()})
+        if engine.name == "tensorrt":
+            engine.prepare(feeds)
+            return _loop(engine.run_prepared, seconds)
+        session = engine.session
+        binding = session.io_binding()
+        for name, array in feeds.items():
+            value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), engine.device_type, engine.device_id)
+            binding.bind_ortvalue_input(name, value)
+        for output in session.get_outputs():
+            binding.bind_output(output.name, engine.device_type, engine.device_id)
+        return _loop(lambda: (session.run_with_iobinding(binding), binding.synchronize_outputs()), seconds)
 
 
 def _loop(step, seconds: float) -> list[float]:
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("results", type=Path, help="a run's results directory")
     parser.add_argument("--seconds", type=float, default=2.0, help="bare-loop seconds per cell")
     args = parser.parse_args()
+    options = json.loads((args.results / "env.json").read_text())["settings"]["engine_options"]
     rows = {}
     for line in (args.results / "results.jsonl").read_text().splitlines():
         row = json.loads(line)
@@ -93,13 +95,10 @@ def main() -> None:
             print(line + f"{row['latency_ms_p50']:>11.3f}{'n/a':>11}{'':>8}  (--cuda-graph / --include-copies)")
             continue
         feeds = get_model(model).make_feeds(row["size"], batch, TIMING_SEED)
-        engine = engine_class(engine_name)()
-        engine.input_shapes = {name: array.shape for name, array in feeds.items()}
         try:
-            if engine_name == "tensorrt":
-                samples = bare_engine(engine, Path(row["artifact"]), feeds, args.seconds)
-            else:
-                samples = bare_ort(engine, Path(row["artifact"]), feeds, args.seconds)
+            # The run's own options (--provider-options, --threads), as env.json recorded them.
+            engine = engine_class(engine_name)(options)
+            samples = bare_samples(engine, Path(row["artifact"]), feeds, args.seconds)
         except Exception as exc:  # noqa: BLE001 - one cell that cannot be re-timed must not stop the table
             print(line + f"{row['latency_ms_p50']:>11.3f}{'failed':>11}{'':>8}  {type(exc).__name__}: {exc}"[:200])
             continue
