@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.paths import unique_temp
+from common.paths import atomic_path
 from models import ModelSpec
 
 OPSET = 17
@@ -68,25 +68,21 @@ def export(spec: ModelSpec, size: str, out_path: Path, *, seed: int = 0, weights
     cfg = spec.config(size)
     feeds = spec.make_feeds(size, PARITY_BATCH, PARITY_SEED)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique temporary: another run exporting the same model into the same store must not share it.
-    tmp = unique_temp(out_path)
-    try:
+    # A unique temporary (another run exporting the same model into the same store must not share it), moved
+    # into place only when parity holds.
+    with atomic_path(out_path) as tmp:
         result = exporter_module(spec.framework).to_onnx(
             spec, cfg, tmp, seed=seed, weights=weights, opset=OPSET, feeds=feeds
         )
         max_abs, max_rel = parity_errors(tmp, feeds, result.outputs, align=spec.parity_align)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if max_rel > spec.parity_rtol:
-        # Kept under one visible name for inspection (replaced by the next failure, so failures do not pile up).
-        kept = out_path.with_name(f"{out_path.stem}.parity-failed{out_path.suffix}")
-        os.replace(tmp, kept)
-        raise ExportError(
-            f"{spec.name} ({size}): ONNX Runtime output differs from {spec.framework}: max abs {max_abs:.3g}, "
-            f"relative {max_rel:.3g} > tolerance {spec.parity_rtol:g}; the export is wrong, kept at {kept}"
-        )
-    os.replace(tmp, out_path)
+        if max_rel > spec.parity_rtol:
+            # Kept under one visible name for inspection (replaced by the next failure, so they do not pile up).
+            kept = out_path.with_name(f"{out_path.stem}.parity-failed{out_path.suffix}")
+            os.replace(tmp, kept)
+            raise ExportError(
+                f"{spec.name} ({size}): ONNX Runtime output differs from {spec.framework}: max abs {max_abs:.3g}, "
+                f"relative {max_rel:.3g} > tolerance {spec.parity_rtol:g}; the export is wrong, kept at {kept}"
+            )
     return ExportReport(out_path, result.framework_version, OPSET, max_abs, max_rel, spec.parity_rtol)
 
 
