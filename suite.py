@@ -2,8 +2,9 @@
 
     python suite.py list | engines | export | calibrate | flops | run | peak | report | compare
 
-``run`` with no arguments is the default job: every catalogue model, every engine usable here, FP32, FP16
-and INT8, the paper's batch sizes. Importing this module loads no framework (torch, tensorflow, tensorrt):
+``run`` with no arguments is the default job: every catalogue model but the variants, every engine usable here,
+FP32, FP16 and INT8, with the ``quick`` preset (batch 1, short timing windows; ``--preset paper`` for the paper's
+batch sizes). Importing this module loads no framework (torch, tensorflow, tensorrt):
 heavy work happens in child processes, one per artifact build and one per measured cell.
 """
 
@@ -358,7 +359,6 @@ def config_from(args: argparse.Namespace):
             cell_timeout_s=args.cell_timeout,
             bytes_model=args.bytes_model,
             jobs=args.jobs,
-            preset=args.preset,
             onnx=str(args.onnx.resolve()) if args.onnx else None,
             input_shapes=args.input_shapes,
         )

@@ -1,4 +1,4 @@
-"""A run as data: ``RunConfig``, validated once, and the presets it starts from.
+"""A run as data: ``RunConfig``, validated once, and the presets (the option values ``--preset`` supplies).
 
 The command line builds a RunConfig (``suite.py`` parses, this module decides what is valid); a library caller
 builds one directly. Everything a run measures with is here, so a resume can compare it and ``env.json`` can
@@ -60,7 +60,6 @@ class RunConfig:
     bytes_model: str = "io"
     # Artifact builds at once (each in its own child process); cells always run one at a time.
     jobs: int = 1
-    preset: str | None = None
     onnx: str | None = None
     input_shapes: str | None = None
 
@@ -87,8 +86,6 @@ class RunConfig:
             raise ConfigError(f"--jobs must be at least 1, got {self.jobs}")
         if self.bytes_model not in ("io", "activations"):
             raise ConfigError(f"--bytes-model must be io or activations, got {self.bytes_model!r}")
-        if self.preset is not None and self.preset not in PRESETS:
-            raise ConfigError(f"unknown preset {self.preset!r}; valid presets: {', '.join(PRESETS)}")
 
     def settings(self) -> dict[str, Any]:
         """What the rows were measured with, as plain JSON values (``env.json``'s ``settings``). The number of

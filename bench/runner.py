@@ -168,7 +168,8 @@ def _reasons(cell: Cell, unsupported: dict[str, str], built, config: RunConfig) 
     artifact, _ = artifact_name_for(cell.engine, cell.precision, config.calib.int8_weights)
     if (cell.model, artifact) in built.unsupported:
         return {"status": "unsupported", "error": built.unsupported[(cell.model, artifact)]}
-    error = built.failures.get((cell.model, artifact)) or built.failures.get((cell.model, "fp32"))
+    # The executor gives every artifact of a model whose FP32 export failed that failure.
+    error = built.failures.get((cell.model, artifact))
     if error:
         return {"status": "failed", "error": error}
     return {"status": None}

@@ -47,7 +47,7 @@ def test_values_that_cannot_work_are_usage_errors(argv, message, tmp_path, capsy
 
 def test_presets_and_options_over_them():
     quick = config_of()
-    assert quick.preset == "quick" and dict(quick.batch_sizes) == {"resnet50": (1,), "nmt": (1,)}
+    assert dict(quick.batch_sizes) == {"resnet50": (1,), "nmt": (1,)}
     assert (quick.timer.duration_s, quick.accuracy_samples) == (PRESETS["quick"]["duration_s"], 8)
     paper = config_of("--preset", "paper")
     assert dict(paper.batch_sizes) == {"resnet50": (32,), "nmt": (128,)}
