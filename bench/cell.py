@@ -193,7 +193,7 @@ def artifact_name_for(engine: str, precision: str, int8_weights: str = "auto") -
     """(store artifact name, INT8 flavour) that ``engine`` runs at ``precision``; ``int8_weights`` is the CPU
     INT8 weight range asked for (``auto``, ``8bit``, ``7bit``)."""
     from engines import engine_class
-    from onnx_models.artifacts import int8_artifact_name
+    from onnx_models.artifacts import artifact_name
 
     flavour = engine_class(engine).int8_flavour
-    return (int8_artifact_name(flavour, int8_weights) if precision == "int8" else precision), flavour
+    return artifact_name(precision, flavour, int8_weights), flavour

@@ -56,7 +56,7 @@ class LocalExecutor:
         (Ctrl-C, SIGTERM) kills every running build before it propagates."""
         from tqdm import tqdm
 
-        from onnx_models.artifacts import int8_artifact_name
+        from onnx_models.artifacts import artifact_name
 
         jobs = list(jobs)
         outcome = BuildOutcome()
@@ -70,7 +70,7 @@ class LocalExecutor:
             for precision, flavour in job.artifacts:
                 if stop.is_set():
                     return
-                artifact = int8_artifact_name(flavour, calib.int8_weights) if precision == "int8" else precision
+                artifact = artifact_name(precision, flavour, calib.int8_weights)
                 bar.set_postfix_str(f"{job.model} {artifact}")
                 if (job.model, "fp32") in outcome.failures:
                     outcome.failures[(job.model, artifact)] = outcome.failures[(job.model, "fp32")]

@@ -160,7 +160,7 @@ def check(
     from bench.isolation import run_isolated
     from bench.plan import ArtifactJob
     from common.cpu_isa import isa
-    from onnx_models.artifacts import int8_artifact_name
+    from onnx_models.artifacts import artifact_name
 
     failures: dict[tuple[str, str], str] = {}
     for weights in ("8bit", "7bit"):
@@ -177,7 +177,7 @@ def check(
         references: dict[str, Any] = {}
         for model, variant in bar:
             bar.set_postfix_str(f"{model} {variant.label}")
-            artifact = "fp32" if variant.precision == "fp32" else int8_artifact_name("cpu", variant.weights)
+            artifact = artifact_name(variant.precision, "cpu", variant.weights)
             record: dict[str, Any] = {"model": model, "size": size, "variant": variant.label, "artifact": artifact}
             record |= {"batch_size": batch, "cpu_isa": isa()}
             records.append(record)

@@ -106,6 +106,12 @@ def int8_artifact_name(flavour: str, int8_weights: str = "auto") -> str:
     return "int8" if weight_recipe(flavour, int8_weights).bits == 8 else "int8-w7"
 
 
+def artifact_name(precision: str, flavour: str = "cpu", int8_weights: str = "auto") -> str:
+    """The store name of the artifact for ``precision``: ``fp32``, ``fp16``, or the INT8 artifact of ``flavour``
+    (:func:`int8_artifact_name`)."""
+    return int8_artifact_name(flavour, int8_weights) if precision == "int8" else precision
+
+
 def ensure_fp32(spec: ModelSpec, size: str, settings: ExportSettings = ExportSettings()) -> Path:
     """The FP32 ONNX of ``spec`` at ``size``, exported (with parity check) unless a valid one is stored."""
     if spec.framework == "onnx":
