@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-import importlib.util
 from pathlib import Path
 
 # The suite's own top-level packages: imports of anything else (numpy, torch, onnxruntime) are versions, which
@@ -21,18 +20,18 @@ PROJECT_PACKAGES = frozenset(
 )
 
 
+# Where the project's packages sit (the repository, or site-packages for a regular install).
+ROOT = Path(__file__).resolve().parent.parent
+
+
 @functools.cache
 def _module_file(name: str) -> Path | None:
-    """The source file of project module ``name`` without importing it, or None when there is none."""
+    """The source file of project module ``name``, found on disk without importing anything (``find_spec`` of
+    ``a.b.c`` would import ``a.b``, and with it onnx or torch), or None when there is none."""
     if name.split(".")[0] not in PROJECT_PACKAGES:
         return None
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        return None
-    return Path(spec.origin)
+    base = ROOT.joinpath(*name.split("."))
+    return next((f for f in (base.with_suffix(".py"), base / "__init__.py") if f.is_file()), None)
 
 
 def _package_of(name: str, path: Path) -> str:
