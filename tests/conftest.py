@@ -34,6 +34,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def frameworks_in_safe_order() -> None:
+    """Torch before TensorFlow, once for the session (tests/zoo.py says why): any test may export a TensorFlow
+    model in this process (the cache-key tests do), and a later one build a torchvision model."""
+    from tests.zoo import import_torch_first
+
+    import_torch_first()
+
+
 @pytest.fixture(scope="session")
 def store_root() -> Path:
     """The session's artifact store root."""

@@ -20,10 +20,10 @@ import pytest
 
 import exporters
 from models import InputSpec, ModelSpec, all_models, get_model
-from tests.zoo import import_torch_first
 
 pytestmark = [
-    # Checked without importing: TensorFlow must not be imported while tests are collected (see below).
+    # Checked without importing: TensorFlow must not be imported while tests are collected (torch goes first:
+    # tests/conftest.py).
     pytest.mark.skipif(
         importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("tf2onnx") is None,
         reason="needs the export extras (tensorflow-cpu, tf2onnx)",
@@ -37,12 +37,6 @@ pytestmark = [
 TF_MODELS = ["wide_deep", "bert", "bert_base"]
 # Seed 0 twice (determinism), seed 1 once (the seed reaches the weights).
 RUNS = {"first": 0, "again": 0, "other_seed": 1}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def frameworks_in_safe_order() -> None:
-    """Torch before TensorFlow, and TensorFlow not at collection time (see tests/zoo.py)."""
-    import_torch_first()
 
 
 def sha256(path: Path) -> str:

@@ -22,7 +22,6 @@ from models import all_models
 from onnx_models.artifacts import ensure
 from onnx_models.store import ModelStore
 from tests.test_units import _loop_model
-from tests.zoo import import_torch_first
 
 K, C = 4, 3  # output and input channels of the hand-built Conv
 
@@ -385,11 +384,6 @@ def test_the_cpu_flavour_keeps_its_own_options():
 
 
 # --- every catalogue model's tensorrt artifact at tiny size ------------------------------------------------------
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _torch_before_tensorflow():
-    import_torch_first()
 
 
 @pytest.mark.parametrize("name", list(all_models()))

@@ -14,7 +14,7 @@ import pytest
 from analysis.flops import count
 from models import get_model
 from onnx_models.store import ModelStore
-from tests.zoo import CPU_INT8, import_torch_first, run_tiny
+from tests.zoo import CPU_INT8, run_tiny
 
 MODELS = ("din", "dien", "gcn", "ncf", "nmt")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -30,12 +30,6 @@ pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("tf2onnx") is None,
     reason="needs the export extras (tensorflow-cpu, tf2onnx)",
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def frameworks_in_safe_order() -> None:
-    """Torch before TensorFlow (see tests/zoo.py)."""
-    import_torch_first()
 
 
 @pytest.fixture(scope="module")

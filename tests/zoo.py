@@ -29,8 +29,8 @@ def import_torch_first() -> None:
     """Import torch and torchvision (when installed) before TensorFlow.
 
     With TensorFlow imported first, building a torchvision model later in the same process segfaults
-    (tensorflow-cpu 2.21 with torch 2.14.1); the other order works. Test modules that import TensorFlow call
-    this from a module fixture, so the PyTorch tests that run after them in one session survive.
+    (tensorflow-cpu 2.21 with torch 2.14.1); the other order works. tests/conftest.py calls this once per test
+    session, before any test, so no order of test files can hit it.
     """
     for name in ("torch", "torchvision"):
         with contextlib.suppress(ImportError):
