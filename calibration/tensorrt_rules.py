@@ -86,7 +86,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from analysis.graphs import subgraphs
+from analysis.graphs import all_graphs, subgraphs
 
 DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
 QOPERATOR_OPS = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"})
@@ -238,16 +238,11 @@ def _type_name(elem_type: int) -> str:
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
     """name -> (node, input index) for every use in ``graph`` and in the bodies nested in it."""
     found: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
-
-    def visit(g: onnx.GraphProto) -> None:
+    for g in all_graphs(graph):
         for node in g.node:
             for index, name in enumerate(node.input):
                 if name:
                     found.setdefault(name, []).append((node, index))
-            for body in subgraphs(node):
-                visit(body)
-
-    visit(graph)
     return found
 
 
@@ -258,6 +253,8 @@ class _Walker:
         self.found: list[Violation] = []
 
     def add(self, rule: str, node: str, message: str) -> None:
+        if rule not in RULE_IDS:
+            raise ValueError(f"no rule {rule!r} in RULES")  # a typo here would report a rule nobody documented
         self.found.append(Violation(rule, node, message))
 
     def value(self, tensor: TensorProto) -> np.ndarray | None:
@@ -345,10 +342,10 @@ class _Walker:
         if tensor.data_type not in SCALE_TYPES:
             self.add("scale-value", label, f"scale of {_type_name(tensor.data_type)}; TensorRT takes float32/16, bf16")
         if values is not None:
-            floats = values.astype(np.float32)
-            if not np.all(np.isfinite(floats)) or not np.all(floats > 0):
-                bad = floats.reshape(-1)[~(np.isfinite(floats.reshape(-1)) & (floats.reshape(-1) > 0))][0]
-                self.add("scale-value", label, f"scale coefficient {bad} is not finite and strictly positive")
+            flat = values.astype(np.float32).ravel()
+            bad = flat[~(np.isfinite(flat) & (flat > 0))]
+            if bad.size:
+                self.add("scale-value", label, f"scale coefficient {bad[0]} is not finite and strictly positive")
         dims = list(tensor.dims)
         size = int(np.prod(dims)) if dims else 1
         if zero_values is not None and zero_values.size != size:
