@@ -333,7 +333,14 @@ def test_fp16_conversion_leaves_no_repeated_cast():
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=["Sqrt"])
-    drop_duplicate_nodes(converted.graph)
+    # What 1.31's converter writes (1.32 shares one Cast): the Cast into the float32 Sqrts, once per reader.
+    casts = [n for n in converted.graph.node if n.op_type == "Cast" and n.input[0] == "r"]
+    assert len(casts) in (1, 2), casts
+    if len(casts) == 1:
+        converted.graph.node.append(casts[0])
+    with pytest.raises(Exception, match="two nodes with same node name"):
+        ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert drop_duplicate_nodes(converted.graph) == 1
     names = [n.name for n in converted.graph.node if n.name]
     assert len(names) == len(set(names))
     session = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
