@@ -112,6 +112,17 @@ def parse_batches(value: str, spec: models.ModelSpec) -> list[int]:
     return list(dict.fromkeys(sizes))
 
 
+def calibration_samples(args: argparse.Namespace) -> int:
+    """``--samples`` as given, else the ``run`` preset's (or, for ``calibrate``, the default preset's) value, so
+    that ``calibrate`` makes the artifacts the default job uses."""
+    from bench.config import DEFAULT_PRESET, PRESETS
+
+    given = getattr(args, "samples", None)
+    if given is not None:
+        return given
+    return PRESETS[getattr(args, "preset", None) or DEFAULT_PRESET]["samples"]
+
+
 def settings_from(args: argparse.Namespace):
     """(ExportSettings, CalibrationSettings) from the command line; bad values raise UsageError."""
     from onnx_models.artifacts import CalibrationSettings, ExportSettings
@@ -126,7 +137,7 @@ def settings_from(args: argparse.Namespace):
     try:
         calib = CalibrationSettings(
             method=getattr(args, "method", "minmax"),
-            samples=getattr(args, "samples", 32),
+            samples=calibration_samples(args),
             int8_weights=getattr(args, "int8_weights", "auto"),
             data=data.resolve() if data else None,
         )
@@ -571,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def calibration(p: argparse.ArgumentParser) -> None:
         p.add_argument("--method", default="minmax", help="INT8 calibration: minmax (default), entropy, percentile")
-        p.add_argument("--samples", type=int, default=32, help="calibration samples (default 32)")
+        p.add_argument("--samples", type=int, help="INT8 calibration samples (preset: quick 8, paper 32; calibrate: 8)")
         p.add_argument("--data", "--calib-data", type=Path, help=".npz of calibration inputs, one array per input name")
         p.add_argument(
             "--int8-weights",
@@ -599,8 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=sorted(PRESETS),
         default=DEFAULT_PRESET,
-        help="starting values of the options below: quick (default: batch 1, 2 s windows, 8 accuracy samples) or "
-        "paper (the paper's batch sizes, 5 s windows, 32 accuracy samples)",
+        help="starting values of the options below and --samples: quick (default: batch 1, 2 s windows, 8 accuracy "
+        "and 8 calibration samples) or paper (the paper's batch sizes, 5 s windows, 32 and 32)",
     )
     run.add_argument("--batch-sizes", help="'paper' or a comma list such as 1,8,32 (preset: quick 1, paper 'paper')")
     run.add_argument("--warmup-s", type=float, help="warm-up seconds, at least one run (preset: 0.5 / 1)")

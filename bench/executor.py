@@ -1,7 +1,7 @@
 """Executors: where a plan's work runs. ``LocalExecutor`` runs it on this machine, each piece in a child process
-(``bench.isolation``): artifact builds ``jobs`` models at a time, FLOP counts and FP32 references one model at
-a time, cells strictly one at a time so that no two timings overlap. A cluster executor offers the same three
-methods.
+(``bench.isolation``): artifact builds, then FLOP counts and FP32 references, ``jobs`` models at a time; cells
+strictly one at a time, after all of those, so that no two timings overlap and nothing else runs beside them.
+A cluster executor offers the same three methods.
 """
 
 from __future__ import annotations
@@ -96,65 +96,85 @@ class LocalExecutor:
                 bar.update()
 
         try:
-            if self.jobs == 1:
-                for job in jobs:
-                    one_model(job)
-            else:
-                with ThreadPoolExecutor(self.jobs, thread_name_prefix="build") as pool:
-                    futures = [pool.submit(one_model, job) for job in jobs]
-                    try:
-                        # A bounded wait in a loop: the main thread stays interruptible by Ctrl-C and SIGTERM.
-                        pending = set(futures)
-                        while pending:
-                            _, pending = wait(pending, timeout=0.5)
-                    except BaseException:
-                        stop.set()
-                        for future in futures:
-                            future.cancel()
-                        kill_children()
-                        raise
-                    for future in futures:
-                        future.result()
+            self._each(jobs, one_model, stop)
         finally:
             bar.close()
         return outcome
+
+    def _each(self, items: list, work: Callable[[Any], None], stop: threading.Event) -> None:
+        """``work(item)`` for every item, ``self.jobs`` at once in worker threads (each item's work runs in
+        child processes). An interrupt (Ctrl-C, SIGTERM) sets ``stop``, kills every running child and
+        propagates; work not yet started is cancelled."""
+        if self.jobs == 1:
+            for item in items:
+                work(item)
+            return
+        with ThreadPoolExecutor(self.jobs, thread_name_prefix="build") as pool:
+            futures = [pool.submit(work, item) for item in items]
+            try:
+                # A bounded wait in a loop: the main thread stays interruptible by Ctrl-C and SIGTERM.
+                pending = set(futures)
+                while pending:
+                    _, pending = wait(pending, timeout=0.5)
+            except BaseException:
+                stop.set()
+                for future in futures:
+                    future.cancel()
+                kill_children()
+                raise
+            for future in futures:
+                future.result()
 
     # ------------------------------------------------------------------------------------------ analyses
 
     def facts(
         self, batches: dict[str, list[int]], size: str, skip: Iterable[str], accuracy_samples: int
     ) -> dict[tuple[str, int], dict[str, Any]]:
-        """FLOPs/params/bytes and the FP32 reference outputs' path for each (model, batch), one model at a
-        time in children; models in ``skip`` (whose FP32 failed) are left out, and a failed count or
-        reference leaves its reason in the entry (``flops_error``, ``reference_error``) for the cells' rows."""
+        """FLOPs/params/bytes and the FP32 reference outputs' path for each (model, batch), in children,
+        ``self.jobs`` models at a time (no timing runs meanwhile); models in ``skip`` (whose FP32 failed) are
+        left out, and a failed count or reference leaves its reason in the entry (``flops_error``,
+        ``reference_error``) for the cells' rows."""
         from tqdm import tqdm
 
         skip = set(skip)
         facts: dict[tuple[str, int], dict[str, Any]] = {}
         todo = [m for m in batches if m not in skip]
-        with tqdm(todo, desc="analysis", unit="model", file=sys.stderr) as bar:
-            for model in bar:
-                bar.set_postfix_str(model)
-                counted = run_isolated(
-                    "bench.cell:count_flops", {"model": model, "size": size, "batches": batches[model]}, BUILD_TIMEOUT_S
+        bar = tqdm(total=len(todo), desc="analysis", unit="model", file=sys.stderr)
+        stop = threading.Event()
+
+        def one_model(model: str) -> None:
+            if stop.is_set():
+                return
+            bar.set_postfix_str(model)
+            counted = run_isolated(
+                "bench.cell:count_flops", {"model": model, "size": size, "batches": batches[model]}, BUILD_TIMEOUT_S
+            )
+            for batch in batches[model]:
+                # Each worker fills only its own model's entries, so the shared dict needs no lock.
+                entry = facts.setdefault((model, batch), {})
+                if counted.ok:
+                    entry.update(counted.value[batch])
+                else:
+                    entry["flops_error"] = counted.error
+                    tqdm.write(f"{model}: FLOP count failed: {counted.error}", file=sys.stderr)
+                if stop.is_set():
+                    return
+                ref = run_isolated(
+                    "bench.cell:reference_outputs",
+                    {"model": model, "size": size, "batch": batch, "samples": accuracy_samples},
+                    BUILD_TIMEOUT_S,
                 )
-                for batch in batches[model]:
-                    entry = facts.setdefault((model, batch), {})
-                    if counted.ok:
-                        entry.update(counted.value[batch])
-                    else:
-                        entry["flops_error"] = counted.error
-                        tqdm.write(f"{model}: FLOP count failed: {counted.error}", file=sys.stderr)
-                    ref = run_isolated(
-                        "bench.cell:reference_outputs",
-                        {"model": model, "size": size, "batch": batch, "samples": accuracy_samples},
-                        BUILD_TIMEOUT_S,
-                    )
-                    if ref.ok:
-                        entry["reference"] = ref.value
-                    else:
-                        entry["reference_error"] = ref.error
-                        tqdm.write(f"{model} b{batch}: FP32 reference failed: {ref.error}", file=sys.stderr)
+                if ref.ok:
+                    entry["reference"] = ref.value
+                else:
+                    entry["reference_error"] = ref.error
+                    tqdm.write(f"{model} b{batch}: FP32 reference failed: {ref.error}", file=sys.stderr)
+            bar.update()
+
+        try:
+            self._each(todo, one_model, stop)
+        finally:
+            bar.close()
         return facts
 
     # --------------------------------------------------------------------------------------------- cells

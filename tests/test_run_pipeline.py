@@ -55,6 +55,11 @@ def test_presets_and_options_over_them():
     mixed = config_of("--preset", "paper", "--batch-sizes", "1,2", "--duration-s", "3", "--accuracy-samples", "4")
     assert dict(mixed.batch_sizes) == {"resnet50": (1, 2), "nmt": (1, 2)}
     assert (mixed.timer.duration_s, mixed.accuracy_samples, mixed.timer.min_iters) == (3.0, 4, 10)
+    # INT8 calibration samples: the preset's, or --samples; `calibrate` makes the default job's artifacts.
+    assert (quick.calib.samples, paper.calib.samples) == (8, 32)
+    assert config_of("--preset", "paper", "--samples", "16").calib.samples == 16
+    calibrate = suite.build_parser().parse_args(["calibrate"])
+    assert suite.calibration_samples(calibrate) == quick.calib.samples
     # The build jobs change how fast artifacts are made, not what is measured: not a setting a resume compares.
     assert "jobs" not in quick.settings() and quick.settings()["timer"]["duration_s"] == 2.0
 
@@ -109,3 +114,32 @@ def test_parallel_builds_make_the_same_artifacts(tmp_path, monkeypatch):
     work = [ArtifactJob("ncf", (("fp32", "cpu"), ("fp16", "cpu")))]
     outcome = LocalExecutor(2).build(work, "tiny", ExportSettings(weights=broken), CalibrationSettings())
     assert set(outcome.failures) == {("ncf", "fp32"), ("ncf", "fp16")}
+
+
+def test_analyses_run_jobs_models_at_a_time(monkeypatch):
+    """FLOP counts and FP32 references run ``jobs`` models at once (the default job spent three minutes on them
+    one at a time), and each model's entries get its own results, failures included."""
+    import threading
+
+    import bench.executor as executor
+    from bench.isolation import ChildResult
+
+    both_running = threading.Barrier(2, timeout=10)
+
+    def analyse(target, kwargs, timeout_s):
+        model = kwargs["model"]
+        if target.endswith("count_flops"):
+            # Passes only when the other model's count runs at the same time.
+            both_running.wait()
+            return ChildResult(True, {b: {"flops_per_batch": len(model) * b} for b in kwargs["batches"]})
+        if model == "ncf":
+            return ChildResult(False, error="reference failed")
+        return ChildResult(True, f"{model}-b{kwargs['batch']}.npz")
+
+    monkeypatch.setattr(executor, "run_isolated", analyse)
+    facts = LocalExecutor(jobs=2).facts({"resnet50": [1, 8], "ncf": [1], "bert": [1]}, "tiny", ["bert"], 8)
+    assert facts == {
+        ("resnet50", 1): {"flops_per_batch": 8, "reference": "resnet50-b1.npz"},
+        ("resnet50", 8): {"flops_per_batch": 64, "reference": "resnet50-b8.npz"},
+        ("ncf", 1): {"flops_per_batch": 3, "reference_error": "reference failed"},
+    }
