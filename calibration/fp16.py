@@ -77,14 +77,15 @@ def drop_duplicate_nodes(graph: onnx.GraphProto) -> int:
     return dropped + inner
 
 
-def convert(fp32_path: Path, out_path: Path, feeds: dict) -> dict:
+def convert(fp32_path: Path, out_path: Path, feeds: dict, cleaned: tuple[onnx.ModelProto, str] | None = None) -> dict:
     """Convert ``fp32_path`` to FP16 at ``out_path``, check it runs on ``feeds``; returns manifest info.
+    ``cleaned`` is ``calibration.graph.clean(fp32_path)`` when the caller already has it.
 
     Raises ConversionError with both attempts' reasons when no block list gives a working model.
     """
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model, clean_note = clean(fp32_path)
+    model, clean_note = cleaned or clean(fp32_path)
     errors = []
     for block in ((), CONSERVATIVE_BLOCK):
         try:

@@ -101,6 +101,7 @@ def quantize(
     exclude_op_types: tuple[str, ...] = (),
     exclude_nodes: tuple[str, ...] = (),
     weight_bits: int = 8,
+    cleaned: tuple[onnx.ModelProto, str] | None = None,
 ) -> dict:
     """Quantize ``fp32_path`` into the QDQ model ``out_path``; returns manifest info.
 
@@ -109,7 +110,8 @@ def quantize(
     is skipped. ``check_feeds`` is one batch the result must run on with finite outputs. ``exclude_op_types``
     and ``exclude_nodes`` keep more of the graph in float for a model that needs it. ``weight_bits`` 7 limits
     the weights to [-64, 64] (ONNX Runtime's reduced range; ``calibration.int8_recipe`` says when), in the
-    static graph and in the Loop MatMuls alike.
+    static graph and in the Loop MatMuls alike. ``cleaned`` is ``calibration.graph.clean(fp32_path)`` when the
+    caller already has it.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -118,7 +120,7 @@ def quantize(
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown INT8 flavour {flavour!r}; valid: {', '.join(FLAVOURS)}")
     largest = weight_max(weight_bits)  # raises for a width other than 8 or 7
-    model, clean_note = clean(fp32_path)
+    model, clean_note = cleaned or clean(fp32_path)
     model, depthwise = batchnorm_to_depthwise(model)
     if depthwise:
         clean_note += f"; {depthwise} BatchNormalization -> depthwise 1x1 Conv"
