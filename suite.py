@@ -259,11 +259,8 @@ def cmd_flops(args: argparse.Namespace) -> int:
     """Print FLOPs and parameters per batch of the FP32 exports (exported first if needed) with the ratio to
     the paper's Table I, and write them to ``--csv``; nothing is timed, so this is cheap once the models
     are in the store. Returns 1 when an export or a count failed."""
-    from tqdm import tqdm
-
     from analysis.paper import paper_comparison
-    from bench.executor import BUILD_TIMEOUT_S
-    from bench.isolation import run_isolated
+    from bench.executor import LocalExecutor
 
     export, calib = settings_from(args)
     # Bad values are refused before minutes of exports, not after.
@@ -272,49 +269,43 @@ def cmd_flops(args: argparse.Namespace) -> int:
         raise UsageError(f"--csv {args.csv} is a directory; name a file such as {args.csv / 'flops.csv'}")
     failures = build_artifacts(args.model_list, args.size, [("fp32", "cpu")], export, calib, "export", args.jobs)
     header = ("model", "batch", "FLOPs/batch", "MAC-FLOPs/batch", "params", "paper FLOPs/batch", "ratio")
+    exported = {m: b for m, b in batches_of.items() if (m, "fp32") not in failures}
+    facts = LocalExecutor(args.jobs).facts(exported, args.size, (), accuracy_samples=None)
     rows, records = [], []
-    with tqdm(args.model_list, desc="count", unit="model", file=sys.stderr) as bar:
-        for model in bar:
-            bar.set_postfix_str(model)
-            spec = models.get_model(model)
-            batches = batches_of[model]
-            if (model, "fp32") in failures:
-                rows.extend((model, str(b), "FAILED", failures[(model, "fp32")], "", "", "") for b in batches)
+    for model, batches in batches_of.items():
+        spec = models.get_model(model)
+        for batch in batches:
+            cost = facts.get((model, batch), {})
+            error = failures.get((model, "fp32")) or cost.get("flops_error")
+            if error:
+                failures.setdefault((model, "count"), error)
+                rows.append((model, str(batch), "FAILED", error, "", "", ""))
                 continue
-            counted = run_isolated(
-                "bench.cell:count_flops", {"model": model, "size": args.size, "batches": batches}, BUILD_TIMEOUT_S
-            )
-            if not counted.ok:
-                failures[(model, "count")] = counted.error
-                rows.extend((model, str(b), "FAILED", counted.error, "", "", "") for b in batches)
-                continue
-            for batch in batches:
-                cost = counted.value[batch]
-                per_sample, ratio = paper_comparison(spec.paper_model, args.size, cost["flops_per_batch"], batch)
-                record = {
-                    "model": model,
-                    "size": args.size,
-                    "batch_size": batch,
-                    "flops_per_batch": cost["flops_per_batch"],
-                    "mac_flops_per_batch": cost["mac_flops_per_batch"],
-                    "params": cost["params"],
-                    "paper_model": spec.paper_model,
-                    "paper_flops_per_batch": per_sample * batch if per_sample else None,
-                    "flops_ratio_to_paper": ratio,
-                    "uncounted_ops": ",".join(cost["uncounted_ops"]),
-                }
-                records.append(record)
-                rows.append(
-                    (
-                        model,
-                        str(batch),
-                        f"{cost['flops_per_batch']:.3g}",
-                        f"{cost['mac_flops_per_batch']:.3g}",
-                        f"{cost['params'] / 1e6:.2f} M",
-                        f"{record['paper_flops_per_batch']:.3g}" if per_sample else "-",
-                        f"{ratio:.3g}" if ratio else "-",
-                    )
+            per_sample, ratio = paper_comparison(spec.paper_model, args.size, cost["flops_per_batch"], batch)
+            record = {
+                "model": model,
+                "size": args.size,
+                "batch_size": batch,
+                "flops_per_batch": cost["flops_per_batch"],
+                "mac_flops_per_batch": cost["mac_flops_per_batch"],
+                "params": cost["params"],
+                "paper_model": spec.paper_model,
+                "paper_flops_per_batch": per_sample * batch if per_sample else None,
+                "flops_ratio_to_paper": ratio,
+                "uncounted_ops": ",".join(cost["uncounted_ops"]),
+            }
+            records.append(record)
+            rows.append(
+                (
+                    model,
+                    str(batch),
+                    f"{cost['flops_per_batch']:.3g}",
+                    f"{cost['mac_flops_per_batch']:.3g}",
+                    f"{cost['params'] / 1e6:.2f} M",
+                    f"{record['paper_flops_per_batch']:.3g}" if per_sample else "-",
+                    f"{ratio:.3g}" if ratio else "-",
                 )
+            )
     print_table(header, rows)
     if args.csv and records:
         import polars as pl
@@ -470,7 +461,7 @@ def bring_model(args: argparse.Namespace) -> str:
 
 def roofs_from(args: argparse.Namespace):
     """Given roofs (``--peaks``/``--preset``, ``--peak-flops``, ``--peak-bw``) or None; bad values: UsageError."""
-    from analysis.peak import PeakError, given_roofs
+    from analysis.roofs import PeakError, given_roofs
 
     try:
         return given_roofs(args.peaks, args.peak_flops, args.peak_bw)
@@ -481,7 +472,8 @@ def roofs_from(args: argparse.Namespace):
 def cmd_peak(args: argparse.Namespace) -> int:
     """Print the roofs: given ones if any, else measured through ``--engine`` now (and cached)."""
     import engines
-    from analysis.peak import cache_path, describe, measure_roofs, save_roofs
+    from analysis.roofs import cache_path, describe, save_roofs
+    from bench.peak import measure_roofs
 
     roofs = roofs_from(args)
     if roofs is None:
@@ -553,9 +545,9 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 def default_jobs() -> int:
     """Artifact builds at once by default: one per physical core (exports and quantizers are mostly
     single-threaded)."""
-    import psutil
+    from common.cores import physical_cores
 
-    return psutil.cpu_count(logical=False) or 1
+    return physical_cores()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -610,13 +602,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=sorted(PRESETS),
         default=DEFAULT_PRESET,
-        help="starting values of the options below and --samples: quick (default: batch 1, 2 s windows, 8 accuracy "
+        help="starting values of the options below and --samples: quick (default: batch 1, 1 s windows, 8 accuracy "
         "and 8 calibration samples) or paper (the paper's batch sizes, 5 s windows, 32 and 32)",
     )
     run.add_argument("--batch-sizes", help="'paper' or a comma list such as 1,8,32 (preset: quick 1, paper 'paper')")
-    run.add_argument("--warmup-s", type=float, help="warm-up seconds, at least one run (preset: 0.5 / 1)")
-    run.add_argument("--duration-s", type=float, help="minimum measured seconds per cell (preset: 2 / 5)")
-    run.add_argument("--min-iters", type=int, help="minimum measured iterations per cell (preset: 5 / 10)")
+    run.add_argument("--warmup-s", type=float, help="warm-up seconds, at least one run (preset: 0.25 / 1)")
+    run.add_argument("--duration-s", type=float, help="minimum measured seconds per cell (preset: 1 / 5)")
+    run.add_argument("--min-iters", type=int, help="minimum measured iterations per cell (preset: 3 / 10)")
     run.add_argument("--threads", type=int, help="intra-op threads for CPU engines (default: physical cores)")
     run.add_argument(
         "--provider-options",
@@ -650,7 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input-shapes", help="with --onnx: full shapes of dynamic inputs, e.g. x:1x3x224x224,m:1x128")
 
     def roofs(p: argparse.ArgumentParser) -> None:
-        from analysis.peak import PRESETS
+        from analysis.roofs import PRESETS
 
         p.add_argument(
             "--peaks",

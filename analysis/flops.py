@@ -96,7 +96,7 @@ import onnx.inliner
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import load_external_data_for_model, load_external_data_for_tensor
 
-from analysis.graphs import subgraphs
+from common.graphs import subgraphs
 
 Shape = tuple[int, ...]
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from analysis.peak import PRECISIONS, Roofs, format_rate, unit
+from analysis.roofs import PRECISIONS, Roofs, format_rate, unit
 
 FIG_SIZE_IN = (10.0, 6.5)
 DPI = 100

@@ -46,6 +46,15 @@ def build_artifact(model: str, size: str, precision: str, flavour: str, export: 
     return str(path)
 
 
+def clean_graph(model: str, size: str) -> None:
+    """Slim the stored FP32 graph of ``model`` once, into the store's cache that its FP16 and INT8 builds start
+    from (``onnx_models.artifacts.cleaned_fp32``)."""
+    from onnx_models.artifacts import cleaned_fp32
+    from onnx_models.store import ModelStore
+
+    cleaned_fp32(ModelStore(model, size))
+
+
 def count_flops(model: str, size: str, batches: list[int]) -> dict[int, dict]:
     """FLOPs, params and bytes of the stored FP32 artifact at each batch size: ``{batch: {column: value}}``.
 
@@ -86,6 +95,7 @@ def count_flops(model: str, size: str, batches: list[int]) -> dict[int, dict]:
             }
         text = json.dumps(known, indent=1, sort_keys=True)
         store.write_cache(cache, lambda tmp: tmp.write_text(text))
+        store.update(params=known[str(missing[0])]["params"])
     return {b: known[str(b)] for b in batches}
 
 
@@ -114,9 +124,9 @@ def reference_outputs(model: str, size: str, batch: int, samples: int) -> str:
     """FP32 ONNX Runtime CPU outputs on the accuracy inputs, cached in the store; returns the .npz path, whose
     bytes match the sha256 recorded in the manifest when it was written."""
     from analysis.accuracy import concat
+    from common.packages import onnxruntime_version
     from engines.ort_cpu import OrtCpuEngine
     from models import get_model
-    from onnx_models.artifacts import onnxruntime_version
     from onnx_models.store import ModelStore, cache_key
 
     store = ModelStore(model, size)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from importlib import metadata
 from typing import Any
 
 from common.cpu_isa import cpu_flags
@@ -75,12 +74,10 @@ def cpu_info() -> dict[str, Any]:
 
 def environment(settings: dict[str, Any]) -> dict[str, Any]:
     """Everything a reader needs to reproduce or compare a run; ``settings`` is the run's own options."""
-    versions = {}
-    for package in PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
+    from common.packages import package_version
+
+    versions = {package: package_version(package) for package in PACKAGES}
+    versions = {package: version for package, version in versions.items() if version}
     try:
         import onnxruntime as ort
 

@@ -6,6 +6,7 @@ A cluster executor offers the same three methods.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import sys
 import threading
@@ -22,6 +23,7 @@ from onnx_models.artifacts import CalibrationSettings, ExportSettings
 log = logging.getLogger(__name__)
 
 BUILD_TIMEOUT_S = 3600.0
+PEAK_TIMEOUT_S = 600.0
 
 
 @dataclass
@@ -50,53 +52,97 @@ class LocalExecutor:
         calib: CalibrationSettings,
         title: str = "artifacts",
     ) -> BuildOutcome:
-        """Build every job's artifacts (a model's in order, one child each; ``self.jobs`` models at a time).
+        """Build every job's artifacts, each in a child process, ``self.jobs`` at once.
 
-        Builds are mostly single-threaded (exporters, quantizers), so two of them use two cores. An interrupt
-        (Ctrl-C, SIGTERM) kills every running build before it propagates."""
+        A model's FP32 export comes first; then its graph is slimmed once (``cleaned_fp32``), and then its FP16
+        and INT8 conversions are independent tasks that may run side by side. Exports start first, in the
+        jobs' order; then conversions, the largest FP32 file first, so that the longest chains (BERT-large,
+        NMT) start early and small ones fill the end instead of one long chain running alone while the other
+        cores idle. Builds are mostly single-threaded (exporters, quantizers), so two of them use two cores.
+        An interrupt (Ctrl-C, SIGTERM) kills every running build before it propagates, and no further one
+        starts."""
         from tqdm import tqdm
 
         from onnx_models.artifacts import artifact_name
 
         jobs = list(jobs)
         outcome = BuildOutcome()
-        total = sum(len(j.artifacts) for j in jobs)
-        bar = tqdm(total=total, desc=title, unit="artifact", file=sys.stderr)
-
-        # Set on an interrupt: a worker whose build was just killed must not start the model's next artifact.
+        bar = tqdm(total=sum(len(j.artifacts) for j in jobs), desc=title, unit="artifact", file=sys.stderr)
+        # Tasks are (model, precision, flavour); "clean" is the slimming step between an export and its conversions.
+        # The heap holds (priority, task): exports by job order, then conversions by FP32 size, largest first.
+        ready: list[tuple[tuple, tuple[str, str, str]]] = [
+            ((0, i), (j.model, *j.artifacts[0])) for i, j in enumerate(jobs)
+        ]
+        later = {j.model: list(j.artifacts[1:]) for j in jobs}
+        order = {j.model: i for i, j in enumerate(jobs)}
+        running = 0
+        changed = threading.Condition()
+        # Set on an interrupt: a worker whose build was just killed must not start another.
         stop = threading.Event()
 
-        def one_model(job: ArtifactJob) -> None:
-            for precision, flavour in job.artifacts:
-                if stop.is_set():
+        def build_one(model: str, precision: str, flavour: str) -> None:
+            if precision == "clean":
+                if _clean_graph_stored(model, size):
                     return
-                artifact = artifact_name(precision, flavour, calib.int8_weights)
-                bar.set_postfix_str(f"{job.model} {artifact}")
-                if (job.model, "fp32") in outcome.failures:
-                    outcome.failures[(job.model, artifact)] = outcome.failures[(job.model, "fp32")]
-                    bar.update()
-                    continue
-                kwargs = dict(
-                    model=job.model,
-                    size=size,
-                    precision=precision,
-                    flavour=flavour,
-                    export=asdict(export),
-                    calib=asdict(calib),
-                )
-                result = run_isolated("bench.cell:build_artifact", kwargs, BUILD_TIMEOUT_S)
-                if not result.ok and result.error.startswith("UnsupportedPrecision: "):
-                    reason = result.error.removeprefix("UnsupportedPrecision: ")
-                    outcome.unsupported[(job.model, artifact)] = reason
-                    tqdm.write(f"{job.model} ({size}) {artifact}: unsupported: {reason}", file=sys.stderr)
-                elif not result.ok:
-                    outcome.failures[(job.model, artifact)] = f"building {artifact} failed: {result.error}"
-                    tqdm.write(f"{job.model} ({size}) {artifact}: FAILED: {result.error}", file=sys.stderr)
-                    log.debug(result.detail)
+                bar.set_postfix_str(f"{model} slimming")
+                result = run_isolated("bench.cell:clean_graph", {"model": model, "size": size}, BUILD_TIMEOUT_S)
+                if not result.ok:  # each conversion then slims the graph itself, and fails with its own reason
+                    log.debug("slimming %s (%s) failed: %s", model, size, result.error)
+                return
+            artifact = artifact_name(precision, flavour, calib.int8_weights)
+            bar.set_postfix_str(f"{model} {artifact}")
+            if (model, "fp32") in outcome.failures:
+                outcome.failures[(model, artifact)] = outcome.failures[(model, "fp32")]
                 bar.update()
+                return
+            kwargs = dict(
+                model=model, size=size, precision=precision, flavour=flavour, export=asdict(export), calib=asdict(calib)
+            )
+            result = run_isolated("bench.cell:build_artifact", kwargs, BUILD_TIMEOUT_S)
+            if not result.ok and result.error.startswith("UnsupportedPrecision: "):
+                reason = result.error.removeprefix("UnsupportedPrecision: ")
+                outcome.unsupported[(model, artifact)] = reason
+                tqdm.write(f"{model} ({size}) {artifact}: unsupported: {reason}", file=sys.stderr)
+            elif not result.ok:
+                outcome.failures[(model, artifact)] = f"building {artifact} failed: {result.error}"
+                tqdm.write(f"{model} ({size}) {artifact}: FAILED: {result.error}", file=sys.stderr)
+                log.debug(result.detail)
+            bar.update()
+
+        def follow_ups(model: str, precision: str) -> list[tuple[str, str, str]]:
+            """The tasks that a finished task of ``model`` makes ready, most urgent first."""
+            if precision == "fp32" and later[model]:
+                if (model, "fp32") in outcome.failures:
+                    return [(model, *artifact) for artifact in later.pop(model)]
+                return [(model, "clean", "")]
+            if precision == "clean":
+                return [(model, *artifact) for artifact in later.pop(model)]
+            return []
+
+        def worker(_: int) -> None:
+            nonlocal running
+            while True:
+                with changed:
+                    while not ready and running and not stop.is_set():
+                        changed.wait(0.5)
+                    if stop.is_set() or not ready:
+                        changed.notify_all()
+                        return
+                    _, task = heapq.heappop(ready)
+                    running += 1
+                try:
+                    build_one(*task)
+                finally:
+                    model = task[0]
+                    size_rank = -_fp32_bytes(model, size)
+                    with changed:
+                        running -= 1
+                        for k, follow_up in enumerate(follow_ups(model, task[1])):
+                            heapq.heappush(ready, ((1, size_rank, order[model], k), follow_up))
+                        changed.notify_all()
 
         try:
-            self._each(jobs, one_model, stop)
+            self._each(list(range(self.jobs)), worker, stop)
         finally:
             bar.close()
         return outcome
@@ -128,17 +174,19 @@ class LocalExecutor:
     # ------------------------------------------------------------------------------------------ analyses
 
     def facts(
-        self, batches: dict[str, list[int]], size: str, skip: Iterable[str], accuracy_samples: int
+        self, batches: dict[str, list[int]], size: str, skip: Iterable[str], accuracy_samples: int | None
     ) -> dict[tuple[str, int], dict[str, Any]]:
-        """FLOPs/params/bytes and the FP32 reference outputs' path for each (model, batch), in children,
-        ``self.jobs`` models at a time (no timing runs meanwhile); models in ``skip`` (whose FP32 failed) are
-        left out, and a failed count or reference leaves its reason in the entry (``flops_error``,
-        ``reference_error``) for the cells' rows."""
+        """FLOPs/params/bytes and the FP32 reference outputs' path (of ``accuracy_samples`` samples; None: no
+        references) for each (model, batch), in children, ``self.jobs`` models at a time (no timing runs
+        meanwhile); models in ``skip`` (whose FP32 failed) are left out, and a failed count or reference leaves
+        its reason in the entry (``flops_error``, ``reference_error``) for the cells' rows."""
         from tqdm import tqdm
 
         skip = set(skip)
         facts: dict[tuple[str, int], dict[str, Any]] = {}
-        todo = [m for m in batches if m not in skip]
+        # Largest FP32 file first: the biggest models take longest to count and to run, and started last they
+        # would leave the other workers idle at the end.
+        todo = sorted((m for m in batches if m not in skip), key=lambda m: -_fp32_bytes(m, size))
         bar = tqdm(total=len(todo), desc="analysis", unit="model", file=sys.stderr)
         stop = threading.Event()
 
@@ -157,8 +205,8 @@ class LocalExecutor:
                 else:
                     entry["flops_error"] = counted.error
                     tqdm.write(f"{model}: FLOP count failed: {counted.error}", file=sys.stderr)
-                if stop.is_set():
-                    return
+                if stop.is_set() or accuracy_samples is None:
+                    continue
                 ref = run_isolated(
                     "bench.cell:reference_outputs",
                     {"model": model, "size": size, "batch": batch, "samples": accuracy_samples},
@@ -177,6 +225,13 @@ class LocalExecutor:
             bar.close()
         return facts
 
+    def roofs(self, engine: str, threads: int | None) -> str | None:
+        """Measure ``engine``'s compute and bandwidth roofs on this machine (quick) in a child and cache them
+        (``bench.peak``) for reports; returns None, or the reason they could not be measured."""
+        kwargs = {"engine": engine, "threads": threads, "quick": True}
+        result = run_isolated("bench.peak:measure_and_cache", kwargs, PEAK_TIMEOUT_S)
+        return None if result.ok else result.error
+
     # --------------------------------------------------------------------------------------------- cells
 
     def measure(self, cell: Cell, config, reference: str | None) -> tuple[dict[str, Any] | None, str | None]:
@@ -192,3 +247,27 @@ class LocalExecutor:
         )
         result = run_isolated("bench.cell:run_cell", kwargs, config.cell_timeout_s)
         return (result.value, None) if result.ok else (None, result.error)
+
+
+def _fp32_bytes(model: str, size: str) -> int:
+    """The size of ``model``'s stored FP32 file (0 when there is none)."""
+    from onnx_models.store import ModelStore
+
+    try:
+        return ModelStore(model, size).path("fp32").stat().st_size
+    except OSError:
+        return 0
+
+
+def _clean_graph_stored(model: str, size: str) -> bool:
+    """Whether the store records a slimmed graph of ``model``'s FP32 file (its bytes are checked when a
+    conversion reads it): then no child is started to make one."""
+    from onnx_models.artifacts import clean_cache_name
+    from onnx_models.store import ArtifactError, ModelStore
+
+    store = ModelStore(model, size)
+    try:
+        name = clean_cache_name(store)
+    except (ArtifactError, KeyError, TypeError, OSError):  # no FP32 entry: nothing to slim yet
+        return False
+    return name in store.manifest().get("caches", {}) and store.cache_path(name).is_file()

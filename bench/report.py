@@ -11,8 +11,8 @@ models' max abs error of the probability) has no scale-free bound, so those cell
 similarity of their raw outputs to FP32 >= threshold.
 
 Roofs come from ``roofs_for``: given roofs (preset, file or values) when any; otherwise the measured roofs
-cached for the machine and engine the run used (``analysis.peak``); otherwise, when the run was made on this
-machine, they are measured now (quick) and cached; otherwise the roofline shows the points without roofs.
+cached for the machine and engine the run used (``analysis.roofs``; a run measures them, quick, when none are
+cached); otherwise the roofline shows the points without roofs. Making a report measures nothing.
 """
 
 from __future__ import annotations
@@ -20,18 +20,16 @@ from __future__ import annotations
 import base64
 import html
 import json
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analysis.peak import Roofs, format_rate, unit
+from analysis.roofs import Roofs, format_rate, unit
 from bench.results import CELL_COLUMNS
 
 DEFAULT_THRESHOLD = 0.99
-PEAK_TIMEOUT_S = 600.0
 
 
 # ----------------------------------------------------------------------------------------------- document
@@ -152,7 +150,7 @@ def engine_threads(rows: Iterable[dict[str, Any]], engine: str, env: dict[str, A
 
 
 def run_machine_key(env: dict[str, Any], engine: str, threads: int | None) -> dict[str, Any]:
-    """The ``analysis.peak.machine_key`` of the machine a run was made on, from its env.json."""
+    """The ``bench.peak.machine_key`` of the machine a run was made on, from its env.json."""
     packages = env.get("packages", {})
     return {
         "cpu": env.get("cpu", {}).get("model"),
@@ -163,32 +161,14 @@ def run_machine_key(env: dict[str, Any], engine: str, threads: int | None) -> di
     }
 
 
-def roofs_for(
-    rows: list[dict[str, Any]], env: dict[str, Any], engine: str, given: Roofs | None, measure: bool = True
-) -> Roofs | None:
-    """The roofs to draw ``engine``'s cells against (see the module docstring for the order tried)."""
+def roofs_for(rows: list[dict[str, Any]], env: dict[str, Any], engine: str, given: Roofs | None) -> Roofs | None:
+    """The roofs to draw ``engine``'s cells against: ``given`` ones, else those cached for the machine, engine
+    and threads the run used, else None. Nothing is measured here (a run measures its roofs before its report)."""
     if given is not None:
         return given
-    from analysis.peak import cached_roofs, machine_key
+    from analysis.roofs import cached_roofs
 
-    threads = engine_threads(rows, engine, env)
-    key = run_machine_key(env, engine, threads)
-    cached = cached_roofs(key)
-    if cached is not None or not measure:
-        return cached
-    here = machine_key(engine, threads)
-    if any(here[k] != key[k] for k in ("cpu", "logical_cores", "onnxruntime")):
-        return None
-    import engines
-    from bench.isolation import run_isolated
-
-    if engines.availability(engine) is not None:
-        return None
-    print(f"measuring {engine} roofs for the report (quick; `suite.py peak` measures fully)", file=sys.stderr)
-    result = run_isolated(
-        "analysis.peak:measure_and_cache", {"engine": engine, "threads": threads, "quick": True}, PEAK_TIMEOUT_S
-    )
-    return Roofs.from_json(result.value) if result.ok else None
+    return cached_roofs(run_machine_key(env, engine, engine_threads(rows, engine, env)))
 
 
 def paper_model(name: str) -> str | None:
@@ -237,7 +217,6 @@ def build(
     run_dir: Path,
     threshold: float = DEFAULT_THRESHOLD,
     given: Roofs | None = None,
-    measure: bool = True,
 ) -> Document:
     """The report of ``run_dir`` as a Document; draws the roofline images into ``run_dir`` on the way."""
     from analysis.roofline import plot
@@ -261,7 +240,7 @@ def build(
     _speedups(doc, rows)
     _accuracy(doc, rows, threshold, env)
     engines = list(dict.fromkeys(r.get("engine") for r in rows if r.get("engine")))
-    roofs = {engine: roofs_for(rows, env, engine, given, measure) for engine in engines}
+    roofs = {engine: roofs_for(rows, env, engine, given) for engine in engines}
     _roofline(doc, rows, roofs, run_dir, plot)
     _paper(doc, rows)
     _environment(doc, env)
@@ -371,7 +350,10 @@ def _roofline(doc: Document, rows: list[dict[str, Any]], roofs: dict[str, Roofs 
     for engine, engine_roofs in roofs.items():
         doc.heading(3, engine)
         if engine_roofs is None:
-            doc.para("No roofs for this engine's machine: run `python suite.py peak` there, or give --peaks.")
+            doc.para(
+                "No roofs for this engine's machine: run `python suite.py peak --engine ENGINE` there, then "
+                "`python suite.py report DIR`, or give --peaks."
+            )
         else:
             roof_rows = [[p, format_rate(v, unit(p))] for p, v in engine_roofs.compute.items()]
             roof_rows.append(["bandwidth", format_rate(engine_roofs.bandwidth, "B/s")])
@@ -474,17 +456,13 @@ def write_report(
     run_dir: Path,
     threshold: float = DEFAULT_THRESHOLD,
     given: Roofs | None = None,
-    measure: bool = True,
 ) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` (and the roofline images) into ``run_dir``; returns both paths.
-
-    ``given`` roofs replace measured ones; ``measure`` allows measuring roofs now when none are cached for a
-    run made on this machine.
-    """
+    ``given`` roofs replace the cached measured ones."""
     if not 0 < threshold <= 1:
         raise ValueError(f"the accuracy threshold must be in (0, 1], got {threshold:g}")
     run_dir = Path(run_dir)
-    doc = build(run_dir, threshold, given, measure)
+    doc = build(run_dir, threshold, given)
     md, page = run_dir / "report.md", run_dir / "report.html"
     md.write_text(doc.markdown())
     page.write_text(doc.html(f"aimatrix-onnx report: {run_dir.name}"))

@@ -154,10 +154,29 @@ def run(
                 results.append(row.as_dict(), samples)
 
         rows = results.rows()
+        _measure_roofs(executor, rows, env)
         write_tables(results.out_dir)
         summary = summary_markdown(rows)
         (results.out_dir / "summary.md").write_text(summary)
     return RunOutcome(results.out_dir, rows, summary)
+
+
+def _measure_roofs(executor: LocalExecutor, rows: list[dict[str, Any]], env: dict[str, Any]) -> None:
+    """Measure and cache the roofs of each engine that measured cells here and has none cached for this machine
+    and thread count, so that the report (which measures nothing) can draw them. After the cells: no timing
+    overlaps it."""
+    import engines
+    from analysis.roofs import cached_roofs
+    from bench.report import engine_threads, run_machine_key
+
+    for engine in dict.fromkeys(r["engine"] for r in rows if r.get("status") == "ok"):
+        threads = engine_threads(rows, engine, env)
+        if engines.availability(engine) is not None or cached_roofs(run_machine_key(env, engine, threads)):
+            continue
+        print(f"measuring {engine} roofs for the report (quick; `suite.py peak` measures fully)", file=sys.stderr)
+        error = executor.roofs(engine, threads)
+        if error:
+            print(f"{engine} roofs not measured ({error}): the roofline is drawn without them", file=sys.stderr)
 
 
 def _reasons(cell: Cell, unsupported: dict[str, str], built, config: RunConfig) -> dict[str, Any]:

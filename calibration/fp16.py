@@ -13,8 +13,8 @@ from pathlib import Path
 
 import onnx
 
-from bench.errors import first_line
 from calibration.graph import check_runs, clean
+from common.errors import first_line
 from common.paths import atomic_path
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def drop_duplicate_nodes(graph: onnx.GraphProto) -> int:
     tensor feeds several nodes kept in float32, all with the same name and output, and ONNX Runtime then
     refuses the graph ("two nodes with same node name"); 1.32 shares one Cast. An exact repeat computes the
     same value into the same name, so dropping it changes nothing else."""
-    from analysis.graphs import subgraphs
+    from common.graphs import subgraphs
 
     seen, kept, inner = set(), [], 0
     for node in graph.node:

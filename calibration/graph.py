@@ -11,8 +11,8 @@ from pathlib import Path
 
 import onnx
 
-from analysis.graphs import subgraphs
-from bench.errors import first_line
+from common.errors import first_line
+from common.graphs import subgraphs
 
 log = logging.getLogger(__name__)
 

@@ -32,11 +32,11 @@ from pathlib import Path
 
 import onnx
 
-from analysis.graphs import subgraphs
 from calibration.feeds import Feeds
 from calibration.graph import batchnorm_to_depthwise, check_runs, clean
 from calibration.int8_recipe import FLAVOURS, METHODS
 from common.cpu_isa import weight_max
+from common.graphs import subgraphs
 from common.paths import unique_temp
 
 log = logging.getLogger(__name__)

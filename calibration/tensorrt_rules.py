@@ -86,7 +86,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from analysis.graphs import all_graphs, subgraphs
+from common.graphs import all_graphs, subgraphs
 
 DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
 QOPERATOR_OPS = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"})

@@ -19,6 +19,8 @@ import subprocess
 from importlib import metadata
 from typing import Any
 
+from common.packages import package_version
+
 # What to do when a GPU package is missing.
 GPU_INSTALL = (
     "pip install -e '.[gpu]' in a new virtual environment; its onnxruntime-gpu replaces onnxruntime (the two "
@@ -210,16 +212,6 @@ def _distributions_of_modules() -> dict[str, list[str]]:
     # Read once per process: it scans every installed distribution (a quarter of a second in the suite's venv),
     # and one availability pass asks several times.
     return metadata.packages_distributions()
-
-
-def package_version(*names: str) -> str | None:
-    """The version of the first of the distributions ``names`` that is installed, or None."""
-    for name in names:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
 
 
 def _cudnn_from_library() -> str | None:

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.errors import first_line
+from common.cores import physical_cores
+from common.errors import first_line
 from engines.base import Engine, EngineError
 
 _ORT_TYPES = {
@@ -21,13 +22,6 @@ _ORT_TYPES = {
     "tensor(uint8)": np.uint8,
     "tensor(bool)": np.bool_,
 }
-
-
-def physical_cores() -> int:
-    """Physical CPU cores (hyper-threads excluded), the default intra-op thread count."""
-    import psutil
-
-    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
 
 
 class OrtSessionEngine(Engine):

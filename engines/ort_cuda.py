@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from common.packages import package_version
 from engines.base import EngineError
-from engines.cuda import CudaError, cuda_build_problem, device_problem, package_version, unusable
+from engines.cuda import CudaError, cuda_build_problem, device_problem, unusable
 from engines.options import option_string, provider_share
 from engines.ort_cpu import _ORT_TYPES, OrtSessionEngine
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.errors import first_line
+from common.errors import first_line
 from exporters import ExportError, FrameworkExport
 from models import ModelSpec
 

@@ -36,7 +36,7 @@ import tf2onnx.graph  # noqa: E402
 import tf2onnx.optimizer  # noqa: E402
 import tf2onnx.utils  # noqa: E402
 
-from analysis.graphs import all_graphs  # noqa: E402
+from common.graphs import all_graphs  # noqa: E402
 from exporters import ExportError, FrameworkExport  # noqa: E402
 from models import ModelSpec  # noqa: E402
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
+from common.packages import onnxruntime_version, package_version
 from common.source_hash import source_digest
 from models import ModelSpec
 from common.paths import atomic_path
@@ -24,19 +24,7 @@ CHECK_SEED = 99
 
 
 def _version(*packages: str) -> str:
-    """The version of the first of ``packages`` installed (a module several distributions provide, such as
-    onnxruntime and onnxruntime-gpu, is named by all of them), or "absent"."""
-    for package in packages:
-        try:
-            return metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return "absent"
-
-
-def onnxruntime_version() -> str:
-    """The installed ONNX Runtime, CPU or GPU build: what conversions, calibration and references depend on."""
-    return _version("onnxruntime", "onnxruntime-gpu")
+    return package_version(*packages) or "absent"
 
 
 def exporter_digest(framework: str) -> str:
@@ -162,15 +150,7 @@ def _copy_onnx(spec: ModelSpec, size: str) -> Path:
     with atomic_path(store.path("fp32")) as tmp:  # a unique name: another run may be copying the same file
         shutil.copyfile(source, tmp)
     store.record("fp32", key, source=str(source), source_sha256=sha, parity="none: the brought-in file is FP32")
-    store.update(
-        framework=spec.framework,
-        category=spec.category,
-        task=spec.task,
-        config=dict(cfg),
-        inputs=[s.describe() for s in spec.input_specs(size)],
-        outputs=list(spec.outputs),
-        code_digest=spec.code_digest(),
-    )
+    _record_model_facts(spec, size, store)
     return store.path("fp32")
 
 
@@ -180,12 +160,8 @@ class UnsupportedPrecision(ArtifactError):
 
 
 def _record_model_facts(spec: ModelSpec, size: str, store: ModelStore) -> None:
-    import onnx
-
-    from analysis.flops import count
-
-    model = onnx.load(str(store.path("fp32")), load_external_data=True)
-    cost = count(model, 1)
+    """What the manifest says about the model beside its artifacts (the FLOP count, a separate analysis, adds
+    ``params`` when it first counts)."""
     store.update(
         framework=spec.framework,
         category=spec.category,
@@ -193,7 +169,6 @@ def _record_model_facts(spec: ModelSpec, size: str, store: ModelStore) -> None:
         config=dict(spec.config(size)),
         inputs=[s.describe() for s in spec.input_specs(size)],
         outputs=list(spec.outputs),
-        params=cost.params,
         code_digest=spec.code_digest(),
     )
 
@@ -202,6 +177,17 @@ def _record_model_facts(spec: ModelSpec, size: str, store: ModelStore) -> None:
 _CLEAN_NOTE = "aimatrix.graph_cleanup"
 # onnx.save writes one protobuf: a cleaned graph this large is not cached (ONNX's 2 GiB limit, with margin).
 _CLEAN_CACHE_MAX_BYTES = 1_800_000_000
+
+
+def clean_cache_name(store: ModelStore) -> str:
+    """The name of the store cache that holds the slimmed graph of the stored FP32 file (``cleaned_fp32``)."""
+    key = cache_key(
+        source=store.entry("fp32")["sha256"],
+        code=source_digest("calibration.graph"),
+        onnx=_version("onnx"),
+        onnxslim=_version("onnxslim"),
+    )
+    return f"clean-{key}.onnx"
 
 
 def cleaned_fp32(store: ModelStore):
@@ -213,13 +199,7 @@ def cleaned_fp32(store: ModelStore):
 
     from calibration.graph import clean
 
-    key = cache_key(
-        source=store.entry("fp32")["sha256"],
-        code=source_digest("calibration.graph"),
-        onnx=_version("onnx"),
-        onnxslim=_version("onnxslim"),
-    )
-    name = f"clean-{key}.onnx"
+    name = clean_cache_name(store)
     cached = store.verified_cache(name)
     if cached is not None:
         model = onnx.load(str(cached))

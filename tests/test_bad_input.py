@@ -173,7 +173,8 @@ def read_only_store(tmp_path, monkeypatch):
     """An empty store and a way to run the suite with it read-only: ``(store, run)``, ``run(argv) ->
     CompletedProcess``. The suite in this process (and its children) writes to the same store, so a test can fill
     it first. Roofs are cached, so reports measure nothing."""
-    from analysis.peak import Roofs, machine_key, save_roofs
+    from analysis.roofs import Roofs, save_roofs
+    from bench.peak import machine_key
 
     store = tmp_path / "store"
     store.mkdir()

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from common import source_hash
+from common.packages import onnxruntime_version
 from common.source_hash import project_modules, source_digest
 from models import ModelSpec, get_model
-from onnx_models.artifacts import ExportSettings, fp32_key, onnxruntime_version
+from onnx_models.artifacts import ExportSettings, fp32_key
 
 
 @pytest.fixture

@@ -15,20 +15,10 @@ from PIL import Image
 
 import suite
 from analysis.flops import count
-from analysis.peak import (
-    PRESETS,
-    PeakError,
-    Roofs,
-    cached_roofs,
-    given_roofs,
-    machine_key,
-    measure_roofs,
-    parse_flops,
-    parse_rate,
-    save_roofs,
-)
 from analysis.roofline import DPI, FIG_SIZE_IN, plot
+from analysis.roofs import PRESETS, PeakError, Roofs, cached_roofs, given_roofs, parse_flops, parse_rate, save_roofs
 from bench.compare import CompareError, join
+from bench.peak import machine_key, measure_roofs
 from bench.report import accuracy_verdict, write_report
 from onnx_models.store import ModelStore, sha256_file
 
@@ -254,6 +244,58 @@ def test_report_has_every_cell_speedups_verdicts_and_roof_percentages(tmp_path, 
     # The run was not made on this machine and nothing is cached for it: no roofs, said so, no measurement.
     md, _ = write_report(run)
     assert "No roofs for this engine's machine" in md.read_text() and not peak_cache.exists()
+
+
+def _this_machines_run(directory: Path) -> tuple[Path, dict]:
+    """A run directory of synthetic rows whose env.json is this machine's."""
+    from bench.env import environment
+
+    run = _write_run(directory, synthetic_rows())
+    env = environment({"engine_options": {}})
+    (run / "env.json").write_text(json.dumps(env))
+    return run, env
+
+
+def test_report_of_this_machines_run_measures_nothing(tmp_path, peak_cache, monkeypatch):
+    """A report reads cached roofs and never launches a measurement, even for a run made here (it used to
+    measure quick roofs itself, on whatever the machine was doing at the time)."""
+    import bench.isolation
+    import bench.peak
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("the report measured")
+
+    monkeypatch.setattr(bench.isolation, "run_isolated", no_measuring)
+    monkeypatch.setattr(bench.peak, "measure_roofs", no_measuring)
+    run, _ = _this_machines_run(tmp_path / "run")
+    md, _ = write_report(run)
+    assert "No roofs for this engine's machine" in md.read_text() and not peak_cache.exists()
+
+
+def test_run_measures_missing_roofs_after_its_cells(tmp_path, peak_cache):
+    """The run, not its report, measures (quick) and caches the roofs of each engine it timed when none are
+    cached for this machine and thread count; cached ones are not measured again."""
+    from bench.report import engine_threads, run_machine_key
+    from bench.runner import _measure_roofs
+
+    run, env = _this_machines_run(tmp_path / "run")
+    rows = synthetic_rows()
+
+    class Recorder:
+        calls: list = []
+
+        def roofs(self, engine, threads):
+            self.calls.append((engine, threads))
+            save_roofs(Roofs({"fp32": 1e11}, 1e10, "test", {"machine": run_machine_key(env, engine, threads)}))
+
+    recorder = Recorder()
+    _measure_roofs(recorder, rows, env)
+    threads = engine_threads(rows, "ort-cpu", env)
+    assert recorder.calls == [("ort-cpu", threads)]
+    _measure_roofs(recorder, rows, env)
+    assert len(recorder.calls) == 1
+    md, _ = write_report(run)
+    assert "Roofs: test." in md.read_text()
 
 
 def test_report_command_rejects_bad_input(tmp_path):

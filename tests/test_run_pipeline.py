@@ -9,7 +9,7 @@ from bench.config import PRESETS, ConfigError, RunConfig
 from bench.executor import LocalExecutor
 from bench.plan import ArtifactJob, plan
 from bench.timer import TimerSettings
-from onnx_models.artifacts import CalibrationSettings, ExportSettings
+from onnx_models.artifacts import CalibrationSettings, ExportSettings, int8_artifact_name
 from onnx_models.store import ModelStore
 
 
@@ -61,7 +61,7 @@ def test_presets_and_options_over_them():
     calibrate = suite.build_parser().parse_args(["calibrate"])
     assert suite.calibration_samples(calibrate) == quick.calib.samples
     # The build jobs change how fast artifacts are made, not what is measured: not a setting a resume compares.
-    assert "jobs" not in quick.settings() and quick.settings()["timer"]["duration_s"] == 2.0
+    assert "jobs" not in quick.settings() and quick.settings()["timer"]["duration_s"] == 1.0
 
 
 def test_plan_lists_cells_reasons_and_builds(monkeypatch):
@@ -143,3 +143,36 @@ def test_analyses_run_jobs_models_at_a_time(monkeypatch):
         ("resnet50", 8): {"flops_per_batch": 64, "reference": "resnet50-b8.npz"},
         ("ncf", 1): {"flops_per_batch": 3, "reference_error": "reference failed"},
     }
+
+
+def test_a_models_conversions_run_side_by_side_after_one_clean_up(monkeypatch):
+    """After a model's export its graph is slimmed once, then its FP16 and INT8 builds are independent tasks:
+    with two jobs they run at the same time (the last model's conversions used to run one after the other
+    while the other core idled). A failed export starts nothing of its model and fails all of its artifacts."""
+    import threading
+
+    import bench.executor as executor
+    from bench.isolation import ChildResult
+
+    log, lock = [], threading.Lock()
+    side_by_side = threading.Barrier(2, timeout=10)
+    monkeypatch.setattr(executor, "_clean_graph_stored", lambda model, size: False)
+
+    def build(target, kwargs, timeout_s):
+        step = "clean" if target.endswith("clean_graph") else kwargs["precision"]
+        with lock:
+            log.append((kwargs["model"], step))
+        if kwargs["model"] == "ncf" and step == "fp32":
+            return ChildResult(False, error="export failed")
+        if kwargs["model"] == "resnet50" and step in ("fp16", "int8"):
+            side_by_side.wait()  # passes only while both conversions run at once
+        return ChildResult(True, "path")
+
+    monkeypatch.setattr(executor, "run_isolated", build)
+    jobs = [ArtifactJob(m, (("fp32", "cpu"), ("fp16", "cpu"), ("int8", "cpu"))) for m in ("resnet50", "ncf")]
+    outcome = LocalExecutor(jobs=2).build(jobs, "tiny", ExportSettings(), CalibrationSettings())
+    mine = [step for model, step in log if model == "resnet50"]
+    assert mine[:2] == ["fp32", "clean"] and sorted(mine[2:]) == ["fp16", "int8"]
+    assert [step for model, step in log if model == "ncf"] == ["fp32"]
+    int8 = int8_artifact_name("cpu")
+    assert set(outcome.failures) == {("ncf", "fp32"), ("ncf", "fp16"), ("ncf", int8)}

@@ -218,7 +218,7 @@ def test_translation_token_agreement_stops_at_eos():
 
 
 def test_first_line_survives_empty_and_multiline_messages():
-    from bench.errors import first_line
+    from common.errors import first_line
 
     assert first_line(AssertionError()) == "AssertionError"
     assert first_line(ValueError("\n  cause here  \nmore")) == "cause here"

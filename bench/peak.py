@@ -26,28 +26,23 @@ default sizes suit CPUs; a GPU needs larger GEMMs to saturate (``suite.py peak -
 
 Like STREAM, a roof is the best (minimum-time) iteration: on a shared machine the median includes the
 other tenants' interference, while the best run shows what the hardware and kernels can do. Results are
-cached per machine (CPU model, logical cores, onnxruntime version, engine, threads) in
-``$AIMATRIX_CACHE/peaks.json`` (default ``~/.cache/aimatrix``). Named presets and given roofs describe
-another machine (a datasheet); when any is given, measured roofs are not mixed in.
+cached per machine (``machine_key``) by ``analysis.roofs``.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import re
 import tempfile
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
-from importlib import metadata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-PRECISIONS = ("fp32", "fp16", "int8")
+from analysis.roofs import PRECISIONS, Roofs, save_roofs
+
 GEMM_SIZES = (256, 512, 1024, 2048)
 QUICK_GEMM_SIZES = (128, 256, 512)
 DURATION_S = 1.0
@@ -56,157 +51,6 @@ QUICK_DURATION_S = 0.25
 STREAM_LLC_MULTIPLE = 4
 QUICK_STREAM_LLC_MULTIPLE = 2
 FALLBACK_LLC_BYTES = 32 * 2**20
-
-_SI = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "p": 1e15}
-
-
-@dataclass
-class Roofs:
-    """The roofs of one machine and engine.
-
-    ``compute`` maps precision -> FLOP/s (integer ops/s for ``int8``); ``bandwidth`` is bytes/s. ``source``
-    says where they come from (``measured``, ``measured (quick)``, a preset's citation, ``given``).
-    ``details`` holds the measurement: machine key, per-size sweeps, kernels, time.
-    """
-
-    compute: dict[str, float]
-    bandwidth: float | None
-    source: str
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def attainable(self, precision: str, intensity: float | None) -> float | None:
-        """The roofline bound min(compute roof, bandwidth * intensity) for ``precision``, or None if unknown.
-
-        Without a bandwidth roof (or intensity) the compute roof alone is the bound.
-        """
-        peak = self.compute.get(precision)
-        if peak is None:
-            return None
-        if self.bandwidth is None or not intensity:
-            return peak
-        return min(peak, self.bandwidth * intensity)
-
-    def bound(self, precision: str, intensity: float | None) -> str | None:
-        """``compute`` or ``memory``: which roof limits a point at ``intensity`` (None if unknown)."""
-        peak = self.compute.get(precision)
-        if peak is None or self.bandwidth is None or not intensity:
-            return None
-        return "memory" if self.bandwidth * intensity < peak else "compute"
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (``Roofs.from_json`` reads it back)."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Roofs:
-        """Read roofs written by ``to_json`` (or by hand: ``compute``, ``bandwidth`` and ``source``)."""
-        given = {str(k): float(v) for k, v in dict(data.get("compute") or {}).items()}
-        unknown = sorted(set(given) - set(PRECISIONS))
-        if unknown:
-            raise ValueError(f"unknown precisions {unknown} in roofs; valid: {', '.join(PRECISIONS)}")
-        bandwidth = data.get("bandwidth")
-        return cls(
-            {p: given[p] for p in PRECISIONS if p in given},
-            float(bandwidth) if bandwidth is not None else None,
-            str(data.get("source", "given")),
-            dict(data.get("details") or {}),
-        )
-
-
-# Datasheet roofs. Tensor-core figures are dense (without structured sparsity); INT8 is in ops/s.
-PRESETS: dict[str, Roofs] = {
-    "v100": Roofs(
-        {"fp32": 14e12, "fp16": 112e12},
-        900e9,
-        "NVIDIA V100 PCIe: FP32 14 TFLOP/s and 900 GB/s as in the AI Matrix paper's Figure 1; "
-        "FP16 tensor cores 112 TFLOP/s from NVIDIA's V100 datasheet",
-    ),
-    "t4": Roofs(
-        {"fp32": 8.1e12, "fp16": 65e12, "int8": 130e12},
-        320e9,
-        "NVIDIA T4 datasheet: FP32 8.1 TFLOP/s, FP16 (mixed) 65 TFLOP/s, INT8 130 TOPS, 320 GB/s",
-    ),
-    "a100": Roofs(
-        {"fp32": 19.5e12, "fp16": 312e12, "int8": 624e12},
-        2039e9,
-        "NVIDIA A100 80GB SXM datasheet: FP32 19.5 TFLOP/s, FP16 tensor 312 TFLOP/s, INT8 tensor 624 TOPS "
-        "(dense), 2039 GB/s",
-    ),
-    "h100": Roofs(
-        {"fp32": 67e12, "fp16": 989e12, "int8": 1979e12},
-        3.35e12,
-        "NVIDIA H100 SXM datasheet: FP32 67 TFLOP/s, FP16 tensor 989 TFLOP/s, INT8 tensor 1979 TOPS (dense, "
-        "half the sparsity figures), 3.35 TB/s",
-    ),
-    "h200": Roofs(
-        {"fp32": 67e12, "fp16": 989e12, "int8": 1979e12},
-        4.8e12,
-        "NVIDIA H200 SXM datasheet: FP32 67 TFLOP/s, FP16 tensor 989 TFLOP/s, INT8 tensor 1979 TOPS (dense), 4.8 TB/s",
-    ),
-}
-
-
-class PeakError(ValueError):
-    """Roof values or a roofs file the user gave that cannot be used."""
-
-
-# ------------------------------------------------------------------------------------------- given roofs
-
-
-def parse_rate(text: str) -> float:
-    """A positive rate such as ``14e12``, ``14T`` or ``900G`` (SI prefix k, M, G, T, P) -> float."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMgGtTpP]?)\s*", text)
-    if not match:
-        raise PeakError(f"cannot read {text!r} as a rate; write e.g. 14e12, 14T or 900G")
-    value = float(match.group(1)) * _SI[match.group(2).lower()]
-    if value <= 0:
-        raise PeakError(f"a roof must be positive, got {text!r}")
-    return value
-
-
-def parse_flops(text: str) -> dict[str, float]:
-    """``--peak-flops``: one rate (the FP32 roof) or ``fp32=14T,fp16=112T,int8=...`` -> {precision: rate}."""
-    if "=" not in text:
-        return {"fp32": parse_rate(text)}
-    roofs = {}
-    for part in text.split(","):
-        precision, _, value = part.partition("=")
-        precision = precision.strip()
-        if precision not in PRECISIONS:
-            raise PeakError(f"unknown precision {precision!r} in --peak-flops; valid: {', '.join(PRECISIONS)}")
-        roofs[precision] = parse_rate(value)
-    return roofs
-
-
-def given_roofs(preset: str | None = None, peak_flops: str | None = None, peak_bw: str | None = None) -> Roofs | None:
-    """Roofs from a preset name or a roofs JSON file (``preset``), overridden by ``peak_flops``/``peak_bw``.
-
-    Returns None when nothing is given (measured roofs apply). Raises PeakError for a name or value that
-    cannot be used.
-    """
-    if preset is None and peak_flops is None and peak_bw is None:
-        return None
-    base = Roofs({}, None, "given")
-    if preset is not None:
-        if preset in PRESETS:
-            preset_roofs = PRESETS[preset]
-            base = Roofs(dict(preset_roofs.compute), preset_roofs.bandwidth, f"preset {preset}: {preset_roofs.source}")
-        elif Path(preset).is_file():
-            try:
-                base = Roofs.from_json(json.loads(Path(preset).read_text()))
-            except (ValueError, TypeError, AttributeError) as exc:
-                raise PeakError(f"{preset} is not a roofs JSON file ({exc})") from None
-        else:
-            raise PeakError(f"unknown preset {preset!r}: not a roofs JSON file; presets: {', '.join(PRESETS)}")
-    sources = [base.source] if preset is not None else []
-    if peak_flops is not None:
-        base.compute.update(parse_flops(peak_flops))
-        sources.append(f"given --peak-flops {peak_flops}")
-    if peak_bw is not None:
-        base.bandwidth = parse_rate(peak_bw)
-        sources.append(f"given --peak-bw {peak_bw}")
-    base.source = "; ".join(sources)
-    return base
 
 
 # ------------------------------------------------------------------------------------------------ graphs
@@ -352,29 +196,18 @@ def _time(engine_name: str, options: dict, model, feeds: dict, work: float, dura
 def machine_key(engine: str, threads: int | None = None) -> dict[str, Any]:
     """What identifies a machine's roofs: CPU model, logical cores, onnxruntime version, engine, threads."""
     from bench.env import cpu_info
-    from engines.ort_cpu import physical_cores
+    from common.cores import physical_cores
+    from common.packages import onnxruntime_version
 
     cpu = cpu_info()
-    ort_version = "absent"
-    for package in ("onnxruntime", "onnxruntime-gpu"):
-        try:
-            ort_version = metadata.version(package)
-            break
-        except metadata.PackageNotFoundError:
-            continue
     return {
         "cpu": cpu["model"],
         "logical_cores": cpu["logical_cores"],
-        "onnxruntime": ort_version,
+        "onnxruntime": onnxruntime_version(),
         "engine": engine,
         "threads": int(threads or physical_cores()),
         "host": platform.node(),
     }
-
-
-def _key_string(key: Mapping[str, Any]) -> str:
-    # The host name is recorded but not part of the key: identical machines share their roofs.
-    return "|".join(str(key[k]) for k in ("engine", "cpu", "logical_cores", "onnxruntime", "threads"))
 
 
 def measure_roofs(
@@ -437,104 +270,8 @@ def measure_roofs(
     )
 
 
-# ------------------------------------------------------------------------------------------------- cache
-
-
-def cache_path() -> Path:
-    """``$AIMATRIX_CACHE/peaks.json``, else ``$XDG_CACHE_HOME/aimatrix/peaks.json`` (``~/.cache``)."""
-    root = os.environ.get("AIMATRIX_CACHE")
-    if root:
-        return Path(root) / "peaks.json"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aimatrix" / "peaks.json"
-
-
-def _read_cache() -> dict[str, Any]:
-    try:
-        return json.loads(cache_path().read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-def cached_roofs(key: Mapping[str, Any]) -> Roofs | None:
-    """The cached measured roofs for a machine key (see ``machine_key``), or None."""
-    entry = _read_cache().get(_key_string(key))
-    return Roofs.from_json(entry) if entry else None
-
-
-def save_roofs(roofs: Roofs) -> bool:
-    """Cache measured roofs under their machine key; a quick measurement never replaces a full one.
-
-    Returns True when the cache was written.
-    """
-    key = _key_string(roofs.details["machine"])
-    cache = _read_cache()
-    old = cache.get(key)
-    if old and roofs.details.get("quick") and not old.get("details", {}).get("quick"):
-        return False
-    cache[key] = roofs.to_json()
-    path = cache_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".peaks.", suffix=".json")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(cache, handle, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-    return True
-
-
 def measure_and_cache(engine: str = "ort-cpu", threads: int | None = None, quick: bool = False) -> dict:
     """Measure (``measure_roofs``) and cache; returns the roofs as JSON (for a child process to hand back)."""
     roofs = measure_roofs(engine, threads, quick)
     save_roofs(roofs)
     return roofs.to_json()
-
-
-# ---------------------------------------------------------------------------------------------- printing
-
-
-def format_rate(value: float | None, unit: str) -> str:
-    """``2.31e11, "FLOP/s"`` -> ``231 GFLOP/s``."""
-    if value is None:
-        return "-"
-    for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g} {prefix}{unit}"
-    return f"{value:.3g} {unit}"
-
-
-def unit(precision: str) -> str:
-    """The compute unit of a precision: ``OP/s`` for integer precisions, ``FLOP/s`` otherwise."""
-    return "OP/s" if precision == "int8" else "FLOP/s"
-
-
-def describe(roofs: Roofs) -> list[str]:
-    """Plain-text lines: the sweep (when measured) and the roofs."""
-    lines = []
-    details = roofs.details
-    if "gemm" in details:
-        machine = details["machine"]
-        lines.append(
-            f"{machine['engine']} on {machine['cpu']} ({machine['logical_cores']} logical cores, onnxruntime "
-            f"{machine['onnxruntime']}, {machine['threads']} threads), measured {details['measured_at']} in "
-            f"{details['seconds']} s, {details['duration_s_per_point']} s per point"
-        )
-        lines.append(f"{'kernel':<28}{'best':>16}{'median':>16}  median/best  ops after optimisation")
-        for precision, points in details["gemm"].items():
-            for point in points:
-                n = point["n"]
-                lines.append(
-                    f"{f'gemm {precision} {n}x{n}x{n}':<28}{format_rate(point['best'], unit(precision)):>16}"
-                    f"{format_rate(point['median'], unit(precision)):>16}  {point['median'] / point['best']:>11.2f}"
-                    f"  {' '.join(point['kernels'] or ['?'])}"
-                )
-        stream = details["stream"]
-        label = f"stream add 3x{stream['array_bytes'] / 2**20:.0f} MiB"
-        lines.append(
-            f"{label:<28}{format_rate(stream['best'], 'B/s'):>16}"
-            f"{format_rate(stream['median'], 'B/s'):>16}  {stream['median'] / stream['best']:>11.2f}"
-            f"  {' '.join(stream['kernels'] or ['?'])}"
-        )
-    roof_text = ", ".join(f"{p} {format_rate(v, unit(p))}" for p, v in roofs.compute.items())
-    lines.append(
-        f"roofs ({roofs.source}): {roof_text or 'no compute roof'}; bandwidth {format_rate(roofs.bandwidth, 'B/s')}"
-    )
-    return lines
