@@ -42,14 +42,14 @@ def plan(config: RunConfig, done: frozenset[str] | set[str] = frozenset()) -> Pl
     """The work of ``config`` less the cells in ``done`` (ids already measured, for a resume)."""
     import engines
 
-    cells = tuple(
+    matrix = (
         Cell(m, config.size, e, p, b)
         for m in config.models
         for b in config.batch_sizes[m]
         for e in config.engines
         for p in config.precisions
-        if Cell(m, config.size, e, p, b).id not in done
     )
+    cells = tuple(cell for cell in matrix if cell.id not in done)
     unusable = {e: engines.availability(e) for e in config.engines}
     unsupported = {}
     for cell in cells:
@@ -59,19 +59,18 @@ def plan(config: RunConfig, done: frozenset[str] | set[str] = frozenset()) -> Pl
         if reason:
             unsupported[cell.id] = f"{cell.engine}: {reason}"
     runnable = [c for c in cells if c.id not in unsupported]
-    wanted = sorted(
+
+    def artifact(cell: Cell) -> tuple[str, str]:
         # The flavour matters only for INT8: FP16 is one artifact for every engine.
-        {
-            (c.precision, engines.engine_class(c.engine).int8_flavour if c.precision == "int8" else "cpu")
-            for c in runnable
-        },
-        key=lambda pf: (PRECISIONS.index(pf[0]), pf[1]),
-    )
+        flavour = engines.engine_class(cell.engine).int8_flavour if cell.precision == "int8" else "cpu"
+        return cell.precision, flavour
+
     builds = []
     for model in config.models:
-        precisions = {c.precision for c in runnable if c.model == model}
-        if precisions:
-            # FP32 always: every other artifact, the FLOP count and the reference outputs come from it.
-            mine = [("fp32", "cpu")] + [(p, f) for p, f in wanted if p in precisions and p != "fp32"]
-            builds.append(ArtifactJob(model, tuple(mine)))
+        # What this model's runnable cells need, in precision order; FP32 always and first: every other
+        # artifact, the FLOP count and the reference outputs come from it.
+        needed = {artifact(c) for c in runnable if c.model == model}
+        if needed:
+            rest = sorted(needed - {("fp32", "cpu")}, key=lambda pf: (PRECISIONS.index(pf[0]), pf[1]))
+            builds.append(ArtifactJob(model, (("fp32", "cpu"), *rest)))
     return Plan(cells, unsupported, tuple(builds))

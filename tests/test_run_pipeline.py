@@ -87,6 +87,21 @@ def test_plan_lists_cells_reasons_and_builds(monkeypatch):
         ArtifactJob("resnet50", (("fp32", "cpu"), ("int8", "cpu"))),
         ArtifactJob("wide_deep", (("fp32", "cpu"), ("int8", "cpu"))),
     )
+    # Artifacts follow each model's own cells: with resnet50's ort-trt INT8 cells measured already (a resume),
+    # only wide_deep gets the tensorrt INT8 flavour (ort-trt taken as usable here: plan() only asks).
+    monkeypatch.setattr(engines, "availability", lambda e: None)
+    both = RunConfig(
+        models=("resnet50", "wide_deep"),
+        batch_sizes={"resnet50": (1,), "wide_deep": (1,)},
+        size="tiny",
+        engines=("ort-cpu", "ort-trt"),
+        precisions=("fp32", "int8"),
+    )
+    resumed = plan(both, {"resnet50/tiny/ort-trt/int8/b1"})
+    assert resumed.builds == (
+        ArtifactJob("resnet50", (("fp32", "cpu"), ("int8", "cpu"))),
+        ArtifactJob("wide_deep", (("fp32", "cpu"), ("int8", "cpu"), ("int8", "tensorrt"))),
+    )
     with pytest.raises(ConfigError, match="no batch size for wide_deep"):
         RunConfig(models=("resnet50", "wide_deep"), batch_sizes={"resnet50": (1,)})
     with pytest.raises(ConfigError, match="unknown precision int4"):
