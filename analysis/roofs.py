@@ -19,14 +19,6 @@ from pathlib import Path
 from typing import Any
 
 PRECISIONS = ("fp32", "fp16", "int8")
-GEMM_SIZES = (256, 512, 1024, 2048)
-QUICK_GEMM_SIZES = (128, 256, 512)
-DURATION_S = 1.0
-QUICK_DURATION_S = 0.25
-# Each streamed array is this many times the last-level cache (three arrays move per iteration).
-STREAM_LLC_MULTIPLE = 4
-QUICK_STREAM_LLC_MULTIPLE = 2
-FALLBACK_LLC_BYTES = 32 * 2**20
 
 _SI = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "p": 1e15}
 
