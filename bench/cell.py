@@ -158,6 +158,10 @@ def run_cell(
     """Measure one cell: load the artifact in the engine, check accuracy against ``reference`` (an .npz of
     FP32 outputs, or None to skip), then time it. ``int8_weights`` picks the CPU INT8 artifact's weight range
     (``calibration.int8_recipe``). Returns the measured columns plus ``samples_ms``."""
+    import resource
+
+    import psutil
+
     from analysis.accuracy import compare, concat
     from bench.timer import TimerSettings, measure
     from engines import engine_class
@@ -178,11 +182,14 @@ def run_cell(
         # The tensorrt flavour's check against TensorRT's Q/DQ rules: "ok" or the rules it breaks.
         row["int8_conformance"] = row_text(store.entry(artifact).get("tensorrt_conformance"))
     feeds = spec.make_feeds(c.size, c.batch_size, TIMING_SEED)
+    process = psutil.Process()
     with engine_cls(engine_options) as engine:
+        resident = process.memory_info().rss
         start = time.perf_counter()
         # Engines that build for fixed shapes (TensorRT's optimisation profiles) learn the cell's shapes up front.
         engine.activate(path, {name: array.shape for name, array in feeds.items()})
         row["engine_build_s"] = time.perf_counter() - start
+        row["engine_load_mib"] = (process.memory_info().rss - resident) / 2**20
         if reference is not None:
             with np.load(reference) as data:
                 expected = {name: data[name] for name in data.files}
@@ -194,6 +201,8 @@ def run_cell(
         row.update(engine.timing_breakdown(stats.iterations))
         row["engine_settings"] = json.dumps(engine.describe(), sort_keys=True)
     row.update(stats.to_row())
+    # ru_maxrss is in KiB on Linux: the most this cell's own process (spawned, so nothing inherited) held.
+    row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     row["iterations"] = stats.iterations
     row["samples_ms"] = stats.samples_ms
     return row

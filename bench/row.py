@@ -54,6 +54,9 @@ class Row:
     paper_flops_per_sample: float | None = None
     flops_ratio_to_paper: float | None = None
     engine_build_s: float | None = None
+    # Resident memory (MiB) the engine's activation added to the cell's process, and the process's peak.
+    engine_load_mib: float | None = None
+    peak_rss_mib: float | None = None
     # The engine's describe() as JSON: what it actually ran with.
     engine_settings: str | None = None
     artifact_sha256: str | None = None

@@ -41,6 +41,8 @@ def test_run_measures_every_cell(tiny_run):
         assert row["flops_per_batch"] > 0 and row["params"] > 0 and row["arith_intensity"] > 0
         assert row["flops_per_s"] == pytest.approx(row["flops_per_batch"] / (row["latency_ms_mean"] / 1e3))
         assert row["accuracy_samples"] == 8
+        # Loading the engine takes memory, and the cell's process held more than that at its peak.
+        assert 0 < row["engine_load_mib"] < row["peak_rss_mib"] and row["peak_rss_mib"] > 50, row
         if row["precision"] == "fp32":
             # The FP32 engine reproduces the FP32 reference exactly: the accuracy path compares like with like.
             assert row["accuracy_cosine"] == pytest.approx(1.0) and row["accuracy_max_abs_error"] < 1e-4
