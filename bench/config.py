@@ -24,9 +24,10 @@ class ConfigError(ValueError):
 
 # Presets are RunConfig values that a command-line option overrides one by one. `quick` is the default job:
 # every Table I model at batch 1 with 1 s timing windows (at least 3 iterations), 8 accuracy samples and INT8
-# calibrated on 8 samples, so that the whole catalogue finishes in half an hour on two cores (calibrating the
-# R-CNNs, BERT and NMT on 32 samples alone took 15 of its 41 minutes; 2 s windows and 5 iterations another
-# two); `paper` is the paper's batch sizes and 5 s windows.
+# calibrated on 8 samples, so that the whole catalogue finishes in half an hour on two cores (in the 41-minute
+# run with 32 samples, INT8 builds took 1,723 of the two build workers' seconds; with 2 s windows and 5
+# iterations the cells took 11 min 22 s, with these 9 min 29 s); `paper` is the paper's batch sizes and 5 s
+# windows.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "batch_sizes": "1",

@@ -76,8 +76,7 @@ def environment(settings: dict[str, Any]) -> dict[str, Any]:
     """Everything a reader needs to reproduce or compare a run; ``settings`` is the run's own options."""
     from common.packages import package_version
 
-    versions = {package: package_version(package) for package in PACKAGES}
-    versions = {package: version for package, version in versions.items() if version}
+    versions = {package: version for package in PACKAGES if (version := package_version(package))}
     try:
         import onnxruntime as ort
 

@@ -1,7 +1,7 @@
 """Executors: where a plan's work runs. ``LocalExecutor`` runs it on this machine, each piece in a child process
 (``bench.isolation``): artifact builds, then FLOP counts and FP32 references, ``jobs`` models at a time; cells
 strictly one at a time, after all of those, so that no two timings overlap and nothing else runs beside them.
-A cluster executor offers the same three methods.
+A cluster executor offers the same methods (build, facts, roofs, measure).
 """
 
 from __future__ import annotations
@@ -260,14 +260,10 @@ def _fp32_bytes(model: str, size: str) -> int:
 
 
 def _clean_graph_stored(model: str, size: str) -> bool:
-    """Whether the store records a slimmed graph of ``model``'s FP32 file (its bytes are checked when a
-    conversion reads it): then no child is started to make one."""
+    """Whether the store holds a slimmed graph of ``model``'s FP32 file (its bytes are checked when a conversion
+    reads it): then no child is started to make one."""
     from onnx_models.artifacts import clean_cache_name
-    from onnx_models.store import ArtifactError, ModelStore
+    from onnx_models.store import ModelStore
 
     store = ModelStore(model, size)
-    try:
-        name = clean_cache_name(store)
-    except (ArtifactError, KeyError, TypeError, OSError):  # no FP32 entry: nothing to slim yet
-        return False
-    return name in store.manifest().get("caches", {}) and store.cache_path(name).is_file()
+    return store.entry("fp32") is not None and store.has_cache(clean_cache_name(store))

@@ -145,6 +145,11 @@ class ModelStore:
                 self._write(manifest)
         return None
 
+    def has_cache(self, name: str) -> bool:
+        """Whether cache ``name`` is recorded in the manifest and present, without reading its bytes (a cheap
+        test of whether to make it; a reader still goes through ``verified_cache``)."""
+        return name in self.manifest().get("caches", {}) and self.cache_path(name).is_file()
+
     def write_cache(self, name: str, write: Callable[[Path], Any]) -> Path:
         """Write cache ``name``: ``write(tmp)`` fills a unique temporary path beside it, which is then moved into
         place and its sha256 recorded, both under the manifest lock so file and record always agree. Returns

@@ -282,7 +282,8 @@ def test_run_measures_missing_roofs_after_its_cells(tmp_path, peak_cache):
     rows = synthetic_rows()
 
     class Recorder:
-        calls: list = []
+        def __init__(self):
+            self.calls = []
 
         def roofs(self, engine, threads):
             self.calls.append((engine, threads))

@@ -262,6 +262,13 @@ def test_graph_clean_up_is_made_once_per_fp32_file(spec, monkeypatch):
     assert cache.is_file() and temporaries(store.dir) == []
 
 
+def _scale_largest_weight(path: Path) -> None:
+    model = onnx.load(str(path))
+    weight = max(model.graph.initializer, key=lambda t: numpy_helper.to_array(t).size)
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 3, weight.name))
+    onnx.save(model, str(path))
+
+
 @pytest.mark.parametrize("damage", ["truncated", "edited"])
 def test_damaged_clean_graph_cache_is_rebuilt(spec, damage):
     store = ModelStore(MODEL, SIZE)
@@ -270,14 +277,7 @@ def test_damaged_clean_graph_cache_is_rebuilt(spec, damage):
     ensure_int8(spec, SIZE)
     (cache,) = store.dir.glob("clean-*.onnx")
     good, int8_sha = cache.read_bytes(), store.entry(name)["sha256"]
-    if damage == "truncated":
-        _truncate(cache)
-    else:
-        model = onnx.load(str(cache))
-        weight = max(model.graph.initializer, key=lambda t: onnx.numpy_helper.to_array(t).size)
-        array = numpy_helper.to_array(weight) * 3
-        weight.CopyFrom(numpy_helper.from_array(array, weight.name))
-        onnx.save(model, str(cache))
+    _truncate(cache) if damage == "truncated" else _scale_largest_weight(cache)
     store.path(name).unlink()
     ensure_int8(spec, SIZE)
     assert store.entry(name)["sha256"] == int8_sha, f"the {damage} clean-up cache was used"
