@@ -99,17 +99,24 @@ def engine_options_from(args: argparse.Namespace, engine_list: Sequence[str]):
     )
 
 
+def parse_counts(value: str, option: str) -> list[int]:
+    """A comma list of positive integers (``1,8,32``), duplicates dropped; anything else raises UsageError."""
+    try:
+        counts = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{option} must be a comma list of integers, got {value!r}") from None
+    if not counts or any(b < 1 for b in counts):
+        raise UsageError(f"{option} must be positive integers, got {value!r}")
+    return list(dict.fromkeys(counts))
+
+
 def parse_batches(value: str, spec: models.ModelSpec) -> list[int]:
     """``paper`` -> the paper's batch size for ``spec``; otherwise a comma list of positive integers."""
     if value == "paper":
         return [spec.paper_batch]
-    try:
-        sizes = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"--batch-sizes must be 'paper' or a comma list of integers, got {value!r}") from None
-    if not sizes or any(b < 1 for b in sizes):
-        raise UsageError(f"--batch-sizes must be positive integers, got {value!r}")
-    return list(dict.fromkeys(sizes))
+    if not all(v.strip().isdigit() for v in value.split(",") if v.strip()):
+        raise UsageError(f"--batch-sizes must be 'paper' or a comma list of integers, got {value!r}")
+    return parse_counts(value, "--batch-sizes")
 
 
 def calibration_samples(args: argparse.Namespace) -> int:
@@ -335,6 +342,7 @@ def config_from(args: argparse.Namespace):
     """The RunConfig of ``suite.py run ARGS``: the preset's values, each overridden by its option when given;
     a value that cannot work raises UsageError."""
     from bench.config import ConfigError, RunConfig
+    from bench.scenarios import SCENARIOS, LoadSettings
     from bench.timer import TimerSettings
 
     batches = {m: tuple(parse_batches(preset_value(args, "batch_sizes"), models.get_model(m))) for m in args.model_list}
@@ -363,6 +371,17 @@ def config_from(args: argparse.Namespace):
             jobs=args.jobs,
             onnx=str(args.onnx.resolve()) if args.onnx else None,
             input_shapes=args.input_shapes,
+            scenarios=tuple(split_names(args.scenario, SCENARIOS, "scenario", ("latency",))),
+            concurrency=tuple(parse_counts(args.concurrency, "--concurrency")),
+            load=LoadSettings(
+                min_duration_s=preset_value(args, "min_duration_s"),
+                min_query_count=args.min_query_count,
+                target_qps=args.target_qps,
+                latency_bound_ms=args.latency_bound_ms,
+                latency_percentile=args.latency_percentile,
+                samples_per_query=args.samples_per_query,
+                find_peak=args.find_peak,
+            ),
         )
     except (ConfigError, ValueError) as exc:
         raise UsageError(str(exc)) from None
@@ -640,6 +659,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--onnx", type=Path, help="run this ONNX model (instead of --models) through the suite")
     run.add_argument("--input-shapes", help="with --onnx: full shapes of dynamic inputs, e.g. x:1x3x224x224,m:1x128")
+    scenarios = run.add_argument_group("load scenarios (MLPerf LoadGen; a LoadGen sample is one batch)")
+    scenarios.add_argument(
+        "--scenario",
+        default="latency",
+        help="comma list of latency (default: the suite's closed loop), single-stream, multi-stream, server, offline",
+    )
+    scenarios.add_argument(
+        "--concurrency", default="1", help="comma list: SUT threads serving multi-stream, server and offline queries"
+    )
+    scenarios.add_argument("--min-duration-s", type=float, help="LoadGen's minimum duration (preset: 5 / 30)")
+    scenarios.add_argument(
+        "--min-query-count", type=int, help="LoadGen's minimum query count (default: what early stopping needs)"
+    )
+    scenarios.add_argument(
+        "--target-qps", type=float, help="server arrival rate and peak-search start, offline expected rate"
+    )
+    scenarios.add_argument("--latency-bound-ms", type=float, help="server: the latency bound (required for server)")
+    scenarios.add_argument(
+        "--latency-percentile", type=float, help="percentile judged (default: 90 single-stream, 99 the others)"
+    )
+    scenarios.add_argument("--samples-per-query", type=int, default=8, help="multi-stream query size (default 8)")
+    scenarios.add_argument(
+        "--find-peak", action="store_true", help="server: search the highest QPS within the bound (LoadGen)"
+    )
 
     def roofs(p: argparse.ArgumentParser) -> None:
         from analysis.roofs import PRESETS

@@ -24,12 +24,14 @@ LINESTYLES = {"fp32": "-", "fp16": "--", "int8": "-."}
 
 
 def plotted_rows(rows: Iterable[dict[str, Any]], engine: str) -> list[dict[str, Any]]:
-    """The rows of ``engine`` that can be placed on a roofline: ok, with intensity and FLOP/s above zero."""
+    """The rows of ``engine`` that can be placed on a roofline: ok, with intensity and FLOP/s above zero, measured
+    by the closed loop (a LoadGen scenario's rate includes its arrival pattern, not only the engine's speed)."""
     return [
         r
         for r in rows
         if r.get("engine") == engine
         and r.get("status") == "ok"
+        and (r.get("scenario") or "latency") == "latency"
         and (r.get("arith_intensity") or 0) > 0
         and (r.get("flops_per_s") or 0) > 0
     ]

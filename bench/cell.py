@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bench.timer import TimerSettings
+
 ACCURACY_SEED = 5000
 TIMING_SEED = 4242
 
@@ -24,10 +26,18 @@ class Cell:
     engine: str
     precision: str
     batch_size: int
+    # The load scenario (``bench.scenarios``) and, for those that serve queries in parallel, the SUT's threads.
+    scenario: str = "latency"
+    concurrency: int = 1
 
     @property
     def id(self) -> str:
-        return f"{self.model}/{self.size}/{self.engine}/{self.precision}/b{self.batch_size}"
+        """``model/size/engine/precision/bN``, then ``/scenario`` and ``/cN`` where they are not the closed loop's
+        (so the ids of latency cells, and with them the results directories of earlier runs, stay as they were)."""
+        base = f"{self.model}/{self.size}/{self.engine}/{self.precision}/b{self.batch_size}"
+        if self.scenario != "latency":
+            base += f"/{self.scenario}"
+        return base + (f"/c{self.concurrency}" if self.concurrency != 1 else "")
 
 
 def build_artifact(model: str, size: str, precision: str, flavour: str, export: dict, calib: dict) -> str:
@@ -154,16 +164,18 @@ def run_cell(
     engine_options: dict,
     reference: str | None,
     int8_weights: str = "auto",
+    load: dict | None = None,
+    log_dir: str | None = None,
 ) -> dict:
     """Measure one cell: load the artifact in the engine, check accuracy against ``reference`` (an .npz of
-    FP32 outputs, or None to skip), then time it. ``int8_weights`` picks the CPU INT8 artifact's weight range
-    (``calibration.int8_recipe``). Returns the measured columns plus ``samples_ms``."""
+    FP32 outputs, or None to skip), then time it: with the suite's timer in the ``latency`` scenario, with
+    LoadGen (``load``, a LoadSettings' fields; its logs into ``log_dir``) in the others. ``int8_weights`` picks
+    the CPU INT8 artifact's weight range (``calibration.int8_recipe``). Returns the measured columns plus
+    ``samples_ms`` (the timer's latencies; None for LoadGen scenarios, whose latencies are in its logs)."""
     import resource
 
     import psutil
 
-    from analysis.accuracy import compare, concat
-    from bench.timer import TimerSettings, measure
     from engines import engine_class
     from models import get_model
     from onnx_models.store import ModelStore
@@ -182,6 +194,10 @@ def run_cell(
         # The tensorrt flavour's check against TensorRT's Q/DQ rules: "ok" or the rules it breaks.
         row["int8_conformance"] = row_text(store.entry(artifact).get("tensorrt_conformance"))
     feeds = spec.make_feeds(c.size, c.batch_size, TIMING_SEED)
+    expected = None
+    if reference is not None:
+        with np.load(reference) as data:
+            expected = {name: data[name] for name in data.files}
     process = psutil.Process()
     with engine_cls(engine_options) as engine:
         resident = process.memory_info().rss
@@ -190,21 +206,88 @@ def run_cell(
         engine.activate(path, {name: array.shape for name, array in feeds.items()})
         row["engine_build_s"] = time.perf_counter() - start
         row["engine_load_mib"] = (process.memory_info().rss - resident) / 2**20
-        if reference is not None:
-            with np.load(reference) as data:
-                expected = {name: data[name] for name in data.files}
-            got = concat([engine.infer(f) for f in accuracy_feeds(spec, c.size, c.batch_size, accuracy_samples)])
-            row.update(compare(spec.task, expected, got, spec.task_options))
-            row["accuracy_samples"] = next(iter(expected.values())).shape[0]
-        engine.prepare(feeds)
-        stats = measure(engine.run_prepared, TimerSettings(**timer))
-        row.update(engine.timing_breakdown(stats.iterations))
+        meter = _gpu_meter(engine)
+        try:
+            samples = accuracy_feeds(spec, c.size, c.batch_size, accuracy_samples)
+            if c.scenario == "latency":
+                row.update(_closed_loop(engine, spec, c, feeds, samples, expected, TimerSettings(**timer), meter))
+            else:
+                from bench.scenarios import LoadSettings
+
+                settings = LoadSettings(**(load or {}))
+                timing = TimerSettings(**timer)
+                row.update(_loadgen(engine, spec, c, samples, expected, timing, settings, log_dir, meter))
+        finally:
+            if meter is not None:
+                meter.close()
         row["engine_settings"] = json.dumps(engine.describe(), sort_keys=True)
-    row.update(stats.to_row())
     # ru_maxrss is in KiB on Linux: the most this cell's own process (spawned, so nothing inherited) held.
     row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return row
+
+
+def _gpu_meter(engine):
+    """A GpuMeter on the engine's CUDA device, or None for host engines."""
+    device = engine.cuda_device()
+    if device is None:
+        return None
+    from bench.nvml import GpuMeter
+
+    return GpuMeter(device)
+
+
+def _score(spec, expected: dict | None, outputs: list[dict]) -> dict:
+    """The accuracy columns of ``outputs`` (one dict per accuracy batch) against the FP32 ``expected``."""
+    if expected is None:
+        return {}
+    from analysis.accuracy import compare, concat
+
+    row = compare(spec.task, expected, concat(outputs), spec.task_options)
+    row["accuracy_samples"] = next(iter(expected.values())).shape[0]
+    return row
+
+
+def _closed_loop(engine, spec, c: Cell, feeds, samples, expected, timer, meter) -> dict:
+    """The ``latency`` scenario: accuracy on the accuracy batches, then the suite's timer on staged feeds."""
+    from bench.timer import measure
+
+    row = _score(spec, expected, [engine.infer(f) for f in samples] if expected is not None else [])
+    engine.prepare(feeds)
+    stats = measure(engine.run_prepared, timer, on_measure=meter.start if meter else None)
+    row.update(engine.timing_breakdown(stats.iterations))
+    row.update(stats.to_row())
+    if meter is not None:
+        row.update(meter.stop(stats.iterations * c.batch_size))
     row["iterations"] = stats.iterations
     row["samples_ms"] = stats.samples_ms
+    return row
+
+
+def _loadgen(engine, spec, c: Cell, samples, expected, timer, load, log_dir: str | None, meter) -> dict:
+    """A LoadGen scenario: its accuracy mode scored by the suite's metrics, then its performance mode, on the
+    accuracy batches as the query sample library (``bench.loadgen``)."""
+    from pathlib import Path
+
+    from bench import loadgen
+
+    if log_dir is None:
+        raise ValueError("a LoadGen scenario needs a directory for its logs")
+    logs = Path(log_dir)
+    # Logs of an earlier attempt at this cell (a failed one, retried) must not pass for this one's.
+    for stale in [*logs.glob("mlperf_log_*"), *logs.glob("*/mlperf_log_*")]:
+        stale.unlink()
+    with loadgen.SystemUnderTest(engine, samples, c.concurrency) as sut:
+        seconds = loadgen.warm_up(engine, samples[0], timer)
+        row = {}
+        if expected is not None:
+            row.update(_score(spec, expected, loadgen.accuracy(sut, c.scenario, load, seconds, logs / "accuracy")))
+        if meter is not None:
+            meter.start()
+        served = sut.served
+        row.update(loadgen.measure(sut, c.scenario, load, seconds, c.batch_size, logs))
+        if meter is not None:
+            row.update(meter.stop((sut.served - served) * c.batch_size))
+    row["samples_ms"] = None
     return row
 
 

@@ -1,7 +1,8 @@
 """Compare runs: "vendor A against vendor B", "1 thread against 2", "ONNX Runtime against TensorRT".
 
 Runs are labelled A, B, C, ... in the order given; A is the baseline. Cells are joined on (model, size,
-precision, batch size, engine), or without the engine (``ignore_engine``) to compare engines with each other.
+precision, batch size, scenario, concurrency, engine), or without the engine (``ignore_engine``) to compare
+engines with each other.
 For each other run X the ratios are X / A: ``p50`` (latency; below 1 means X is faster), ``samples/s``
 (throughput) and ``FLOP/s`` (above 1 means X is faster). Cells missing or not ok in a run have no ratio.
 The environments (CPU, GPU, packages, threads) are listed side by side.
@@ -27,8 +28,13 @@ def labels(count: int) -> list[str]:
     return [string.ascii_uppercase[i] if i < 26 else f"R{i + 1}" for i in range(count)]
 
 
+# What makes two rows the same cell across runs (the engine too, unless it is what is compared). Rows from
+# before scenarios existed were the closed loop at concurrency 1.
+KEY_FIELDS = ("model", "size", "precision", "batch_size", "scenario", "concurrency")
+
+
 def _key(row: dict[str, Any], ignore_engine: bool) -> tuple:
-    base = (row.get("model"), row.get("size"), row.get("precision"), row.get("batch_size"))
+    base = (*(row.get(f) for f in KEY_FIELDS[:4]), row.get("scenario") or "latency", row.get("concurrency") or 1)
     return base if ignore_engine else (*base, row.get("engine"))
 
 
@@ -45,7 +51,7 @@ def join(runs: list[list[dict[str, Any]]], ignore_engine: bool = False) -> list[
             key = _key(row, ignore_engine)
             if key in by_key:
                 raise CompareError(
-                    f"run {name} has cells of several engines for {key[:4]} "
+                    f"run {name} has cells of several engines for {key[: len(KEY_FIELDS)]} "
                     f"({by_key[key].get('engine')}, {row.get('engine')}); compare without --ignore-engine"
                 )
             by_key[key] = row
@@ -53,9 +59,9 @@ def join(runs: list[list[dict[str, Any]]], ignore_engine: bool = False) -> list[
     keys = list(dict.fromkeys(k for by_key in indexed for k in by_key))
     records = []
     for key in keys:
-        record: dict[str, Any] = dict(zip(("model", "size", "precision", "batch_size"), key[:4], strict=True))
+        record: dict[str, Any] = dict(zip(KEY_FIELDS, key[: len(KEY_FIELDS)], strict=True))
         engines = [by_key.get(key, {}).get("engine") for by_key in indexed]
-        record["engine"] = key[4] if not ignore_engine else " / ".join(str(e or "-") for e in engines)
+        record["engine"] = key[-1] if not ignore_engine else " / ".join(str(e or "-") for e in engines)
         rows = [by_key.get(key) for by_key in indexed]
         record["status"] = " / ".join((r or {}).get("status") or "absent" for r in rows)
         for name, row in zip(names, rows, strict=True):
@@ -147,7 +153,8 @@ def compare(dirs: list[Path], ignore_engine: bool = False, out: Path | None = No
         "",
         "Runs: " + "; ".join(f"{n} = {d}" for n, d in zip(names, dirs, strict=True)) + ".",
         "",
-        f"Cells joined on model, size, precision, batch size{'' if ignore_engine else ' and engine'}. Ratios are "
+        f"Cells joined on model, size, precision, batch size, scenario, concurrency"
+        f"{'' if ignore_engine else ' and engine'}. Ratios are "
         "X / A: p50 latency below 1, samples/s and FLOP/s above 1 mean X is faster than A.",
         "",
         "## Environments",

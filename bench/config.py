@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.scenarios import CONCURRENT_SCENARIOS, LATENCY, LoadSettings, ScenarioError, check_scenarios
 from bench.timer import TimerSettings
 from engines.options import EngineOptions
 from onnx_models.artifacts import PRECISIONS, CalibrationSettings, ExportSettings
@@ -36,6 +37,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "min_iters": 3,
         "accuracy_samples": 8,
         "samples": 8,
+        "min_duration_s": 5.0,
     },
     "paper": {
         "batch_sizes": "paper",
@@ -44,6 +46,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "min_iters": 10,
         "accuracy_samples": 32,
         "samples": 32,
+        "min_duration_s": 30.0,
     },
 }
 DEFAULT_PRESET = "quick"
@@ -60,8 +63,8 @@ def _finite(name: str, value: float, minimum: float, inclusive: bool) -> None:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One run: which cells (models x batch sizes x engines x precisions at one size) and how each is built,
-    timed and checked. Invalid values raise ConfigError at construction."""
+    """One run: which cells (models x batch sizes x engines x precisions x scenarios at one size) and how each
+    is built, timed and checked. Invalid values raise ConfigError at construction."""
 
     models: tuple[str, ...]
     batch_sizes: Mapping[str, tuple[int, ...]]
@@ -79,6 +82,11 @@ class RunConfig:
     jobs: int = 1
     onnx: str | None = None
     input_shapes: str | None = None
+    # Load scenarios (bench.scenarios): "latency" is the closed loop of bench.timer, the others LoadGen's.
+    scenarios: tuple[str, ...] = (LATENCY,)
+    # SUT threads serving queries at once, an axis of the scenarios that can overlap queries.
+    concurrency: tuple[int, ...] = (1,)
+    load: LoadSettings = field(default_factory=LoadSettings)
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -103,6 +111,20 @@ class RunConfig:
             raise ConfigError(f"--jobs must be at least 1, got {self.jobs}")
         if self.bytes_model not in ("io", "activations"):
             raise ConfigError(f"--bytes-model must be io or activations, got {self.bytes_model!r}")
+        try:
+            check_scenarios(self.scenarios, self.load)
+        except ScenarioError as exc:
+            raise ConfigError(str(exc)) from None
+        if not self.concurrency or any(not isinstance(c, int) or c < 1 for c in self.concurrency):
+            raise ConfigError(f"--concurrency must be positive integers, got {self.concurrency}")
+        if self.concurrency != (1,) and not set(self.scenarios) & set(CONCURRENT_SCENARIOS):
+            raise ConfigError(
+                f"--concurrency applies to the {', '.join(CONCURRENT_SCENARIOS)} scenarios: add one with --scenario"
+            )
+
+    def concurrencies(self, scenario: str) -> tuple[int, ...]:
+        """The concurrency values ``scenario``'s cells are measured at (only 1 where queries cannot overlap)."""
+        return self.concurrency if scenario in CONCURRENT_SCENARIOS else (1,)
 
     def settings(self) -> dict[str, Any]:
         """What the rows were measured with, as plain JSON values (``env.json``'s ``settings``). The number of
@@ -121,4 +143,9 @@ class RunConfig:
             "bytes_model": self.bytes_model,
             "onnx": self.onnx,
             "input_shapes": self.input_shapes,
+            "scenarios": list(self.scenarios),
+            "concurrency": list(self.concurrency),
+            # Only a run with LoadGen scenarios records their settings, so latency-only results directories
+            # written before scenarios existed still resume.
+            **({"load": self.load.as_dict()} if set(self.scenarios) - {LATENCY} else {}),
         }

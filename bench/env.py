@@ -22,6 +22,8 @@ PACKAGES = (
     "torchvision",
     "tensorflow-cpu",
     "tf2onnx",
+    "mlcommons-loadgen",
+    "nvidia-ml-py",
     "tensorrt",
     "tensorrt-cu12",
     "tensorrt-cu13",
@@ -98,4 +100,8 @@ def environment(settings: dict[str, Any]) -> dict[str, Any]:
     gpu = gpu_environment()
     if gpu:
         env["gpu"] = gpu
+    from bench.nvml import nvml_status
+
+    # Whether the GPU memory and energy columns can be filled here, and why not where they cannot.
+    env["nvml"] = nvml_status()
     return env

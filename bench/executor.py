@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.cell import Cell
@@ -234,9 +235,11 @@ class LocalExecutor:
 
     # --------------------------------------------------------------------------------------------- cells
 
-    def measure(self, cell: Cell, config, reference: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    def measure(
+        self, cell: Cell, config, reference: str | None, log_dir: Path | None = None
+    ) -> tuple[dict[str, Any] | None, str | None]:
         """Measure one cell in a child: (the measured columns with ``samples_ms``, None) or (None, the reason
-        it failed)."""
+        it failed). ``log_dir`` receives a LoadGen scenario's logs."""
         kwargs = dict(
             cell=asdict(cell),
             timer=asdict(config.timer),
@@ -244,6 +247,8 @@ class LocalExecutor:
             engine_options=config.engine_options.as_dict(),
             reference=reference,
             int8_weights=config.calib.int8_weights,
+            load=config.load.as_dict(),
+            log_dir=str(log_dir) if log_dir else None,
         )
         result = run_isolated("bench.cell:run_cell", kwargs, config.cell_timeout_s)
         return (result.value, None) if result.ok else (None, result.error)

@@ -43,10 +43,12 @@ def plan(config: RunConfig, done: frozenset[str] | set[str] = frozenset()) -> Pl
     import engines
 
     matrix = (
-        Cell(m, config.size, e, p, b)
+        Cell(m, config.size, e, p, b, s, c)
         for m in config.models
         for b in config.batch_sizes[m]
         for e in config.engines
+        for s in config.scenarios
+        for c in config.concurrencies(s)
         for p in config.precisions
     )
     cells = tuple(cell for cell in matrix if cell.id not in done)

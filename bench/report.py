@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.roofs import Roofs, format_rate, unit
-from bench.results import CELL_COLUMNS
+from bench.results import CELL_COLUMNS, speed_key, speedup
 
 DEFAULT_THRESHOLD = 0.99
 
@@ -197,10 +197,6 @@ def accuracy_verdict(row: dict[str, Any], threshold: float) -> tuple[str, str]:
     return "-", "no accuracy measured"
 
 
-def cell_key(row: dict[str, Any]) -> tuple:
-    return (row.get("model"), row.get("size"), row.get("engine"), row.get("batch_size"))
-
-
 # ------------------------------------------------------------------------------------------------- report
 
 
@@ -242,6 +238,8 @@ def build(
     engines = list(dict.fromkeys(r.get("engine") for r in rows if r.get("engine")))
     roofs = {engine: roofs_for(rows, env, engine, given) for engine in engines}
     _roofline(doc, rows, roofs, run_dir, plot)
+    _scenarios(doc, rows)
+    _curves(doc, rows, run_dir)
     _paper(doc, rows)
     _environment(doc, env)
     return doc
@@ -249,23 +247,34 @@ def build(
 
 def _speedups(doc: Document, rows: list[dict[str, Any]]) -> None:
     doc.heading(2, "Speed-up over FP32")
-    doc.para("FP32 p50 latency divided by the FP16 or INT8 p50 latency of the same model, size, engine and batch.")
+    doc.para(
+        "FP32 p50 latency divided by the FP16 or INT8 p50 latency of the same model, size, engine, batch and "
+        "scenario; in LoadGen scenarios, FP16 or INT8 samples/s divided by FP32's. Concurrency above 1 is marked "
+        "as @N after the scenario."
+    )
     groups: dict[tuple, dict[str, dict]] = {}
     for row in rows:
-        groups.setdefault(cell_key(row), {})[row.get("precision")] = row
+        groups.setdefault(speed_key(row), {})[row.get("precision")] = row
     table = []
-    for (model, size, engine, batch), by_precision in groups.items():
+    for (model, size, engine, batch, scenario, concurrency), by_precision in groups.items():
         base = by_precision.get("fp32", {})
-        line: list[Any] = [model, size, engine, batch, _p50(base)]
+        label = scenario if concurrency == 1 else f"{scenario}@{concurrency}"
+        line: list[Any] = [model, size, engine, batch, label, _p50(base), _rate(base)]
         for precision in ("fp16", "int8"):
             other = by_precision.get(precision, {})
-            line.append(_p50(other) if other else None)
-            speedup = _p50(base) / _p50(other) if _p50(base) and _p50(other) else None
-            line.append(f"{speedup:.2f}x" if speedup else (other.get("status") if other else None))
+            line += [_p50(other), _rate(other)]
+            ratio = speedup(other, base) if other else None
+            line.append(f"{ratio:.2f}x" if ratio else (other.get("status") if other else None))
         table.append(line)
     doc.table(
-        ["model", "size", "engine", "batch", "fp32 p50 ms", "fp16 p50 ms", "fp16 x", "int8 p50 ms", "int8 x"], table
+        ["model", "size", "engine", "batch", "scenario", "fp32 p50 ms", "fp32 samples/s"]
+        + [f"{p} {what}" for p in ("fp16", "int8") for what in ("p50 ms", "samples/s", "x")],
+        table,
     )
+
+
+def _rate(row: dict[str, Any]) -> float | None:
+    return row.get("throughput_samples_per_s") if row.get("status") == "ok" else None
 
 
 def _p50(row: dict[str, Any]) -> float | None:
@@ -291,6 +300,7 @@ def _accuracy(doc: Document, rows: list[dict[str, Any]], threshold: float, env: 
                 row["engine"],
                 row["precision"],
                 row["batch_size"],
+                row.get("scenario") or "latency",
                 row["accuracy_metric"],
                 row.get("accuracy_value"),
                 row.get("accuracy_cosine"),
@@ -299,7 +309,8 @@ def _accuracy(doc: Document, rows: list[dict[str, Any]], threshold: float, env: 
                 verdict,
             ]
         )
-    header = ["model", "engine", "prec", "batch", "metric", "value", "cosine", "max abs error", "rule", "result"]
+    header = ["model", "engine", "prec", "batch", "scenario", "metric", "value", "cosine", "max abs error", "rule"]
+    header.append("result")
     doc.table(header, table)
     note = kernel_note(rows, env)
     if note:
@@ -365,6 +376,8 @@ def _roofline(doc: Document, rows: list[dict[str, Any]], roofs: dict[str, Roofs 
         for row in rows:
             if row.get("engine") != engine or row.get("status") != "ok" or not row.get("flops_per_s"):
                 continue
+            if (row.get("scenario") or "latency") != "latency":
+                continue
             intensity = row.get("arith_intensity")
             bound = engine_roofs.attainable(row["precision"], intensity) if engine_roofs else None
             table.append(
@@ -382,12 +395,101 @@ def _roofline(doc: Document, rows: list[dict[str, Any]], roofs: dict[str, Roofs 
         doc.table(["model", "prec", "batch", "FLOP/byte", "achieved", "roof", "% of roof", "bound by"], table)
 
 
+def _scenarios(doc: Document, rows: list[dict[str, Any]]) -> None:
+    """LoadGen's results, and how its single-stream latency relates to the closed loop's."""
+    loadgen = [r for r in rows if (r.get("scenario") or "latency") != "latency"]
+    if not loadgen:
+        return
+    doc.heading(2, "Load scenarios (MLPerf LoadGen)")
+    doc.para(
+        "MLPerf LoadGen generated the queries and judged each run; a LoadGen sample is one batch of the row's "
+        "batch size, so samples/s counts inputs (LoadGen's rate times the batch size). Latency is per query, "
+        "from the moment LoadGen scheduled it to its completion. Each cell's LoadGen logs (summary and detail, of "
+        "the performance run and of the accuracy run) are in the directory named in the last column."
+    )
+    table = [
+        [
+            r["model"],
+            r["engine"],
+            r["precision"],
+            r["batch_size"],
+            r["scenario"],
+            r.get("concurrency"),
+            r.get("status") if r.get("status") != "ok" else r.get("loadgen_validity"),
+            r.get("queries_per_s"),
+            r.get("throughput_samples_per_s"),
+            f"p{r['loadgen_percentile']:g}" if r.get("loadgen_percentile") else None,
+            r.get("loadgen_percentile_latency_ms"),
+            r.get("loadgen_latency_bound_ms"),
+            r.get("loadgen_target_qps"),
+            str(r.get("loadgen_reason") or r.get("error") or "")[:120] or None,
+            r.get("loadgen_logs"),
+        ]
+        for r in loadgen
+    ]
+    header = ["model", "engine", "prec", "batch", "scenario", "threads", "result", "queries/s", "samples/s"]
+    header += ["percentile", "latency ms", "bound ms", "target/peak QPS", "reason", "logs"]
+    doc.table(header, table)
+
+    closed = {_twin(r): r for r in rows if (r.get("scenario") or "latency") == "latency" and r.get("status") == "ok"}
+    pairs = [(closed[_twin(r)], r) for r in loadgen if r["scenario"] == "single-stream" and _twin(r) in closed]
+    pairs = [
+        (c, r) for c, r in pairs if r.get("status") == "ok" and r.get("latency_ms_p90") and c.get("latency_ms_p90")
+    ]
+    doc.heading(3, "The closed loop against LoadGen's single stream")
+    doc.para(
+        "The latency scenario is the suite's own timer: back-to-back inferences on feeds staged once (for GPU "
+        "engines, on the device), its percentiles over the timed iterations. LoadGen's single stream issues one "
+        "query at a time as well, but each query runs through the system under test: a hand-off to its worker "
+        "thread, the engine's full inference call with the host copies of inputs and outputs, and the "
+        "completion call back into LoadGen. The two 90th percentiles should agree to within a few percent on "
+        "host engines; a larger gap is the SUT's overhead or, on GPU engines, the copies."
+    )
+    if pairs:
+        doc.table(
+            ["model", "engine", "prec", "batch", "timer p90 ms", "LoadGen p90 ms", "LoadGen / timer"],
+            [
+                [c["model"], c["engine"], c["precision"], c["batch_size"], c["latency_ms_p90"], r["latency_ms_p90"]]
+                + [f"{r['latency_ms_p90'] / c['latency_ms_p90']:.3f}"]
+                for c, r in pairs
+            ],
+        )
+    else:
+        doc.para("This run has no cell measured in both scenarios (add `--scenario latency,single-stream`).")
+
+
+def _twin(row: dict[str, Any]) -> tuple:
+    return (row.get("model"), row.get("size"), row.get("engine"), row.get("precision"), row.get("batch_size"))
+
+
+def _curves(doc: Document, rows: list[dict[str, Any]], run_dir: Path) -> None:
+    """Throughput against p99 latency across batch sizes and concurrency, one figure per model, engine and
+    scenario (only where a precision has two points or more)."""
+    from analysis.curves import plot_curves
+
+    drawn = plot_curves(rows, run_dir)
+    if not drawn:
+        return
+    doc.heading(2, "Throughput against latency")
+    doc.para(
+        "Each line is one precision; its points are the batch sizes (bN) and SUT threads (cN) measured, "
+        "throughput in samples/s against the 99th percentile latency per query, both axes logarithmic. Up and "
+        "to the left is better: where the INT8 or FP16 line lies above FP32's at the same latency, low precision "
+        "serves more at that bound."
+    )
+    for (model, size, engine, scenario), png in drawn:
+        doc.heading(3, f"{model} ({size}), {engine}, {scenario}")
+        doc.image(png, f"throughput against p99 latency of {model} on {engine}, {scenario}")
+
+
 def _paper(doc: Document, rows: list[dict[str, Any]]) -> None:
     from analysis.paper import table1
 
     table = []
     for row in rows:
         if row.get("precision") != "fp32" or not row.get("paper_flops_per_sample"):
+            continue
+        if (row.get("scenario") or "latency") != "latency":
             continue
         paper = table1().get(paper_model(row["model"]) or "", {})
         paper_batch = int(paper["batch_size"]) if paper.get("batch_size") else None

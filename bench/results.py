@@ -164,7 +164,9 @@ class ResultsFile:
 # covers every row in the directory. Every other setting, and the environment that decides the numbers
 # (python, package versions, CPU model, GPU names), must be the same, or the directory would mix rows
 # measured in two ways under one env.json.
-MATRIX_SETTINGS = ("models", "engines", "precisions", "batch_sizes")
+MATRIX_SETTINGS = ("models", "engines", "precisions", "batch_sizes", "scenarios", "concurrency")
+_MATRIX_BEFORE = {"scenarios": ["latency"], "concurrency": [1]}
+_LOADGEN_SETTINGS = ("load",)
 
 
 def _as_dict(value: Any) -> dict[str, Any]:
@@ -221,6 +223,11 @@ def resume_env(stored: dict[str, Any] | None, current: dict[str, Any], env_path:
     # Compare as JSON sees them (tuples are lists, Paths strings), the way env.json stored them.
     current = json.loads(json.dumps(current, default=str))
     old, new = _measured_by(stored), _measured_by(current)
+    # Settings that only LoadGen cells use: a directory without them has no such rows yet, so a resume that adds
+    # LoadGen scenarios brings its settings in; one that has them must keep them.
+    for group in _LOADGEN_SETTINGS:
+        if group not in stored["settings"]:
+            new = {k: v for k, v in new.items() if not k.startswith(f"{group}.")}
     changes = [
         f"{key} {old.get(key, 'unset')} -> {new.get(key, 'unset')}"
         for key in {**old, **new}
@@ -232,8 +239,13 @@ def resume_env(stored: dict[str, Any] | None, current: dict[str, Any], env_path:
             "use the same options or another --out"
         )
     merged = json.loads(json.dumps(stored))
+    for group in _LOADGEN_SETTINGS:
+        if group in current["settings"]:
+            merged["settings"].setdefault(group, current["settings"][group])
     for key in MATRIX_SETTINGS:
-        merged["settings"][key] = _union(stored["settings"].get(key), current["settings"].get(key))
+        # Directories from before scenarios existed hold closed-loop rows at concurrency 1.
+        before = stored["settings"].get(key, _MATRIX_BEFORE.get(key))
+        merged["settings"][key] = _union(before, current["settings"].get(key))
     return merged
 
 
@@ -274,6 +286,7 @@ CELL_COLUMNS = (
     ("engine", "engine"),
     ("precision", "prec"),
     ("batch_size", "batch"),
+    ("scenario", "scenario"),
     ("status", "status"),
     ("latency_ms_p50", "p50 ms"),
     ("latency_ms_p99", "p99 ms"),
@@ -290,22 +303,42 @@ SUMMARY_COLUMNS = (
 )
 
 
+def speed_key(row: dict[str, Any]) -> tuple:
+    """The cell a row's precision is compared within: model, size, engine, batch size, scenario, concurrency
+    (rows from before scenarios existed were the closed loop at concurrency 1)."""
+    return (
+        row.get("model"),
+        row.get("size"),
+        row.get("engine"),
+        row.get("batch_size"),
+        row.get("scenario") or "latency",
+        row.get("concurrency") or 1,
+    )
+
+
+def speedup(row: dict[str, Any], fp32: dict[str, Any] | None) -> float | None:
+    """How much faster ``row`` is than its FP32 twin: the ratio of p50 latencies in the closed loop (as the
+    paper compares), of throughputs in LoadGen scenarios (an offline run has no per-query latency)."""
+    if not fp32 or row.get("status") != "ok" or fp32.get("status") != "ok":
+        return None
+    if (row.get("scenario") or "latency") == "latency":
+        base, other = fp32.get("latency_ms_p50"), row.get("latency_ms_p50")
+        return base / other if base and other else None
+    base, other = fp32.get("throughput_samples_per_s"), row.get("throughput_samples_per_s")
+    return other / base if base and other else None
+
+
 def summary_markdown(rows: list[dict[str, Any]]) -> str:
-    """A Markdown table of the run: one line per cell, with speed-up over FP32 of the same engine/batch."""
-    fp32 = {
-        (r["model"], r["size"], r["engine"], r["batch_size"]): r.get("latency_ms_p50")
-        for r in rows
-        if r.get("precision") == "fp32" and r.get("status") == "ok"
-    }
+    """A Markdown table of the run: one line per cell, with speed-up over FP32 of the same engine, batch size
+    and scenario."""
+    fp32 = {speed_key(r): r for r in rows if r.get("precision") == "fp32"}
     lines = [
         "| " + " | ".join(title for _, title in SUMMARY_COLUMNS) + " |",
         "|" + "|".join("---" for _ in SUMMARY_COLUMNS) + "|",
     ]
     for row in rows:
-        base = fp32.get((row.get("model"), row.get("size"), row.get("engine"), row.get("batch_size")))
         view = dict(row)
-        if base and row.get("latency_ms_p50"):
-            view["speedup_vs_fp32"] = base / row["latency_ms_p50"]
+        view["speedup_vs_fp32"] = speedup(row, fp32.get(speed_key(row)))
         if view.get("error"):
             view["error"] = str(view["error"]).replace("|", "/")[:120]
         lines.append("| " + " | ".join(_fmt(view.get(key)) for key, _ in SUMMARY_COLUMNS) + " |")

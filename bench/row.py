@@ -23,6 +23,9 @@ class Row:
     engine: str
     precision: str
     batch_size: int
+    # The load scenario (bench.scenarios) and the SUT threads that served it.
+    scenario: str = "latency"
+    concurrency: int = 1
     # ok, failed or unsupported; None while the cell is still to be measured.
     status: str | None = None
     error: str | None = None
@@ -35,7 +38,22 @@ class Row:
     latency_ms_min: float | None = None
     latency_ms_max: float | None = None
     latency_ms_std: float | None = None
+    # Inputs per second (a LoadGen sample is one batch, so LoadGen's rate times the batch size).
     throughput_samples_per_s: float | None = None
+    # LoadGen scenarios: queries completed per second, the arrival rate the server was scheduled at (with
+    # --find-peak the peak LoadGen found), the percentile judged and its latency, the bound, LoadGen's verdict
+    # with the reason for INVALID and its early-stopping estimate, the performance runs it took, and the
+    # directory of its logs (relative to the results directory).
+    queries_per_s: float | None = None
+    loadgen_target_qps: float | None = None
+    loadgen_percentile: float | None = None
+    loadgen_percentile_latency_ms: float | None = None
+    loadgen_latency_bound_ms: float | None = None
+    loadgen_validity: str | None = None
+    loadgen_reason: str | None = None
+    loadgen_early_stopping: str | None = None
+    loadgen_runs: int | None = None
+    loadgen_logs: str | None = None
     flops_per_batch: float | None = None
     mac_flops_per_batch: float | None = None
     flops_per_s: float | None = None
@@ -57,6 +75,11 @@ class Row:
     # Resident memory (MiB) the engine's activation added to the cell's process, and the process's peak.
     engine_load_mib: float | None = None
     peak_rss_mib: float | None = None
+    # GPU engines, through NVML: device memory the cell's process held after timing, and energy over the timed
+    # window per input and inputs per joule (empty where NVML or its energy counter is missing: env.json's nvml).
+    gpu_memory_mib: float | None = None
+    energy_j_per_sample: float | None = None
+    samples_per_j: float | None = None
     # The engine's describe() as JSON: what it actually ran with.
     engine_settings: str | None = None
     artifact_sha256: str | None = None

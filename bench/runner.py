@@ -58,6 +58,8 @@ def base_row(cell: Cell, facts: dict[str, Any], bytes_model: str = "io") -> Row:
         engine=cell.engine,
         precision=cell.precision,
         batch_size=cell.batch_size,
+        scenario=cell.scenario,
+        concurrency=cell.concurrency,
         cell_id=cell.id,
         # The instruction set decides which integer kernels an INT8 cell ran on (and so its accuracy and speed).
         cpu_isa=cpu_isa(),
@@ -79,12 +81,18 @@ def base_row(cell: Cell, facts: dict[str, Any], bytes_model: str = "io") -> Row:
 
 
 def derive(row: Row) -> None:
-    """Throughput and FLOP/s from the measured mean latency (FLOPs per batch / mean latency per batch)."""
-    mean_s = row.latency_ms_mean / 1e3
-    row.throughput_samples_per_s = row.batch_size / mean_s
-    if row.flops_per_batch:
-        row.flops_per_s = row.flops_per_batch / mean_s
+    """Throughput from the measured mean latency where the scenario did not measure it (the closed loop: batch
+    size / mean latency), and FLOP/s from the throughput (FLOPs per batch x batches per second)."""
+    if row.throughput_samples_per_s is None and row.latency_ms_mean:
+        row.throughput_samples_per_s = row.batch_size / (row.latency_ms_mean / 1e3)
+    if row.flops_per_batch and row.throughput_samples_per_s:
+        row.flops_per_s = row.flops_per_batch * row.throughput_samples_per_s / row.batch_size
     row.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def loadgen_logs(cell: Cell) -> Path:
+    """Where a LoadGen cell's logs go, relative to the results directory: ``loadgen/<cell id with _>``."""
+    return Path("loadgen") / cell.id.replace("/", "_")
 
 
 def run(
@@ -142,7 +150,11 @@ def run(
                 row.update(_reasons(cell, work.unsupported, built, config))
                 samples = None
                 if row.status is None:
-                    measured, error = executor.measure(cell, config, cell_facts.get("reference"))
+                    logs = None
+                    if cell.scenario != "latency":
+                        logs = results.out_dir / loadgen_logs(cell)
+                        row.loadgen_logs = str(loadgen_logs(cell))
+                    measured, error = executor.measure(cell, config, cell_facts.get("reference"), logs)
                     if measured is not None:
                         samples = measured.pop("samples_ms")
                         row.update(measured, status="ok")

@@ -74,8 +74,13 @@ class LatencyStats:
         return {f"latency_ms_{k}": v for k, v in stats.items()}
 
 
-def measure(run_once: Callable[[], None], settings: TimerSettings = TimerSettings()) -> LatencyStats:
-    """Warm up, then time ``run_once`` (a synchronised inference) repeatedly; returns its latencies."""
+def measure(
+    run_once: Callable[[], None],
+    settings: TimerSettings = TimerSettings(),
+    on_measure: Callable[[], None] | None = None,
+) -> LatencyStats:
+    """Warm up, then time ``run_once`` (a synchronised inference) repeatedly; returns its latencies.
+    ``on_measure`` is called once between warm-up and measurement (a GPU energy reading's start)."""
     clock = time.perf_counter_ns
     start = clock()
     done = 0
@@ -83,6 +88,8 @@ def measure(run_once: Callable[[], None], settings: TimerSettings = TimerSetting
     while done < settings.warmup_iters or (clock() - start) < warmup_ns:
         run_once()
         done += 1
+    if on_measure is not None:
+        on_measure()
     samples: list[float] = []
     duration_ns = settings.duration_s * 1e9
     begin = clock()

@@ -96,6 +96,10 @@ class Engine:
         """The settings this engine actually ran with (threads, providers, ...), for the results row."""
         return {}
 
+    def cuda_device(self) -> int | None:
+        """The CUDA device this engine runs on (its ordinal), for GPU memory and energy; None for host engines."""
+        return None
+
     def timing_breakdown(self, iterations: int) -> dict[str, float]:
         """Extra row columns on where an inference's time goes on the engine's device (``h2d_ms``,
         ``compute_ms``, ``d2h_ms``: CUDA events, like trtexec's report), from a separate pass of at most

@@ -108,6 +108,9 @@ class OrtDeviceEngine(OrtSessionEngine):
         self._binding = None
         self._bound_shapes: dict[str, tuple[int, ...]] = {}
         self._device_inputs: dict[str, Any] = {}
+
+    def cuda_device(self) -> int | None:
+        return self.device_id
         self._device_outputs: dict[str, Any] = {}
         self._host_feeds: dict[str, np.ndarray] = {}
         self._host_outputs: dict[str, np.ndarray] = {}

@@ -255,6 +255,9 @@ class TensorRTEngine(Engine):
                 missing = True
         return unusable([*problems, device_problem() or ""], missing, TENSORRT_INSTALL)
 
+    def cuda_device(self) -> int | None:
+        return self.settings()["device_id"]
+
     def settings(self) -> dict[str, Any]:
         """Builder and device settings from ``--provider-options`` (plain entries and those under "tensorrt"),
         with defaults; an unknown key raises EngineError naming the keys this engine takes."""

@@ -1,0 +1,86 @@
+"""Throughput against tail latency: where a model's operating points lie as the batch size (and, in LoadGen's
+multi-stream, server and offline scenarios, the concurrency) grows, one line per precision, so that a reader
+sees where low precision moves the curve.
+
+One figure per (model, size, engine, scenario) that has at least two points on one precision's line; matplotlib
+through its object API on the Agg canvas, as the roofline.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from analysis.roofline import COLORS, DPI, MARKERS
+
+FIG_SIZE_IN = (7.0, 4.8)
+# The latency axis: the 99th percentile, what a latency bound is usually set on.
+LATENCY = "latency_ms_p99"
+THROUGHPUT = "throughput_samples_per_s"
+
+
+def curve_groups(rows: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, list[dict[str, Any]]]]:
+    """{(model, size, engine, scenario): {precision: ok rows with a p99 latency and a throughput, by batch size
+    then concurrency}}, keeping only groups where some precision has two points or more (a line)."""
+    groups: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
+    for row in rows:
+        if row.get("status") != "ok" or not row.get(LATENCY) or not row.get(THROUGHPUT):
+            continue
+        key = (row.get("model"), row.get("size"), row.get("engine"), row.get("scenario") or "latency")
+        groups.setdefault(key, {}).setdefault(row.get("precision"), []).append(row)
+    for lines in groups.values():
+        for points in lines.values():
+            points.sort(key=lambda r: (r.get("batch_size") or 0, r.get("concurrency") or 1))
+    return {key: lines for key, lines in groups.items() if any(len(points) > 1 for points in lines.values())}
+
+
+def point_label(row: dict[str, Any]) -> str:
+    """``b8``, or ``b8 c2`` where the SUT served with more than one thread."""
+    concurrency = row.get("concurrency") or 1
+    return f"b{row.get('batch_size')}" + (f" c{concurrency}" if concurrency != 1 else "")
+
+
+def file_name(key: tuple) -> str:
+    """``curve-<model>-<size>-<engine>-<scenario>.png`` with anything unsafe in a file name replaced."""
+    return "curve-" + re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(str(k) for k in key)) + ".png"
+
+
+def plot_curves(rows: list[dict[str, Any]], out_dir: Path) -> list[tuple[tuple, Path]]:
+    """Draw every group of ``curve_groups(rows)`` into ``out_dir``; returns (group key, PNG path) pairs."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    drawn = []
+    out_dir = Path(out_dir)
+    for key, lines in curve_groups(rows).items():
+        model, size, engine, scenario = key
+        figure = Figure(figsize=FIG_SIZE_IN)
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot()
+        for precision, points in lines.items():
+            x = [p[LATENCY] for p in points]
+            y = [p[THROUGHPUT] for p in points]
+            axes.plot(
+                x,
+                y,
+                marker=MARKERS.get(precision, "o"),
+                color=COLORS.get(precision),
+                label=precision,
+            )
+            for point, px, py in zip(points, x, y, strict=True):
+                axes.annotate(point_label(point), (px, py), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        axes.set_xscale("log")
+        axes.set_yscale("log")
+        axes.set_xlabel("p99 latency per query (ms)")
+        axes.set_ylabel("throughput (samples/s)")
+        axes.set_title(f"{model} ({size}), {engine}, {scenario}", fontsize=10)
+        axes.grid(True, which="both", alpha=0.2)
+        axes.legend(loc="best", fontsize=8)
+        figure.tight_layout()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / file_name(key)
+        figure.savefig(path, dpi=DPI)
+        drawn.append((key, path))
+    return drawn

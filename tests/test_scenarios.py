@@ -1,0 +1,217 @@
+"""Load scenarios with MLPerf's real LoadGen on tiny models: the settings a run refuses, the cells it plans, the
+rows and logs of single-stream, multi-stream, server (with the peak search) and offline cells, accuracy through
+LoadGen, the report's sections, resuming an older results directory, and NVML's answer on a machine without it."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+import suite
+from bench.cell import Cell
+from bench.loadgen import _needed_queries, early_stopping_minimum
+from bench.nvml import GpuMeter, nvml_status
+from bench.plan import plan
+from tests.test_run_pipeline import config_of
+
+TINY = ["--size", "tiny", "--warmup-s", "0", "--duration-s", "0.2", "--min-iters", "3", "--accuracy-samples", "4"]
+LOADGEN = ["--min-duration-s", "0.3", "--latency-bound-ms", "100"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--scenario", "bogus"], "unknown scenario bogus; valid scenarios: latency, single-stream,"),
+        (["--scenario", "server"], "the server scenario needs a latency bound: add --latency-bound-ms"),
+        (["--find-peak"], "--find-peak searches the server scenario's peak QPS: add --scenario server"),
+        (["--concurrency", "2"], "--concurrency applies to the multi-stream, server, offline scenarios"),
+        (["--concurrency", "0"], "--concurrency must be positive integers, got '0'"),
+        (["--concurrency", "x"], "--concurrency must be a comma list of integers, got 'x'"),
+        (["--min-duration-s", "nan"], "--min-duration-s must be a finite number > 0, got nan"),
+        (["--latency-percentile", "100"], "--latency-percentile must lie between 0 and 100"),
+        (["--target-qps", "-1"], "--target-qps must be a finite number > 0, got -1.0"),
+        (["--samples-per-query", "0"], "--samples-per-query must be at least 1, got 0"),
+        (["--min-query-count", "0"], "--min-query-count must be at least 1, got 0"),
+    ],
+)
+def test_scenario_settings_that_cannot_work_are_usage_errors(argv, message, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert suite.main(["run", "--models", "resnet50", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_cells_of_scenarios_and_concurrency():
+    # A closed-loop cell keeps the id it had before scenarios existed (resumes of older directories match it).
+    assert Cell("resnet50", "tiny", "ort-cpu", "fp32", 1).id == "resnet50/tiny/ort-cpu/fp32/b1"
+    assert Cell("resnet50", "tiny", "ort-cpu", "fp32", 1, "server", 2).id == "resnet50/tiny/ort-cpu/fp32/b1/server/c2"
+    config = config_of(
+        "--models", "resnet50", "--size", "tiny", "--engines", "ort-cpu", "--precisions", "fp32",
+        "--scenario", "latency,single-stream,offline", "--concurrency", "1,2",
+    )  # fmt: skip
+    ids = [c.id for c in plan(config).cells]
+    # Concurrency is an axis only where queries can overlap: one closed-loop and one single-stream cell.
+    assert ids == [
+        "resnet50/tiny/ort-cpu/fp32/b1",
+        "resnet50/tiny/ort-cpu/fp32/b1/single-stream",
+        "resnet50/tiny/ort-cpu/fp32/b1/offline",
+        "resnet50/tiny/ort-cpu/fp32/b1/offline/c2",
+    ]
+    assert config.settings()["load"]["min_duration_s"] == 5.0
+    assert "load" not in config_of("--models", "resnet50").settings()
+
+
+def test_early_stopping_figures():
+    assert early_stopping_minimum(99) == 459 and early_stopping_minimum(90) == 44
+    # LoadGen's own early-stopping texts (from its logs): the count a repeated run needs, only when that is
+    # all that was missing.
+    multi = {
+        "early_stopping_met": False,
+        "result_min_duration_met": True,
+        "early_stopping_result": " * Only processed 116 queries.  * Need to process at least 662 queries for early "
+        "stopping.",
+    }
+    assert _needed_queries(multi) == 662
+    server = {
+        "early_stopping_met": False,
+        "early_stopping_result": " * Run unsuccessful.  * Processed 190 queries.  * Would need to run at least 269 "
+        "more queries,  with the run being successful if every additional  query were under latency.",
+    }
+    assert _needed_queries(server) == 459
+    assert _needed_queries({**server, "result_perf_constraints_met": False}) is None
+
+
+@pytest.fixture(scope="module")
+def scenario_run(tmp_path_factory):
+    """Tiny ResNet-50 at batch 1 and 2, FP32 and INT8, in the closed loop and LoadGen's single stream, server
+    (peak search under a 100 ms bound at the 90th percentile: fewer queries per step than the 99th) and offline,
+    on ort-cpu."""
+    out = tmp_path_factory.mktemp("scenarios")
+    argv = ["run", "--models", "resnet50", "--engines", "ort-cpu", "--precisions", "fp32,int8", "--batch-sizes", "1,2"]
+    argv += ["--scenario", "latency,single-stream,server,offline", "--find-peak", "--latency-percentile", "90"]
+    argv += [*LOADGEN, *TINY, "--out", str(out)]
+    status = suite.main(argv)
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    return status, out, rows
+
+
+def _summary_value(text: str, label: str) -> float:
+    return float(re.search(rf"^{re.escape(label)}\s*:\s*([0-9.]+)", text, re.M).group(1))
+
+
+def test_loadgen_cells_report_loadgens_own_numbers(scenario_run):
+    status, out, rows = scenario_run
+    assert status == 0
+    assert len(rows) == 2 * 2 * 4 and {r["status"] for r in rows} == {"ok"}, [r["error"] for r in rows]
+    for row in rows:
+        if row["scenario"] == "latency":
+            assert row["loadgen_validity"] is None and row["loadgen_logs"] is None
+            continue
+        logs = out / row["loadgen_logs"]
+        summary = (logs / "mlperf_log_summary.txt").read_text()
+        assert (logs / "mlperf_log_detail.txt").is_file() and (logs / "accuracy" / "mlperf_log_detail.txt").is_file()
+        assert not list(logs.rglob("mlperf_log_trace.json")) and not list(logs.rglob("mlperf_log_accuracy.json"))
+        assert row["loadgen_validity"] == re.search(r"Result is : (\w+)", summary).group(1)
+        assert (row["loadgen_reason"] is None) == (row["loadgen_validity"] == "VALID")
+        batch = row["batch_size"]
+        if row["scenario"] == "single-stream":
+            assert row["latency_ms_p90"] == pytest.approx(
+                _summary_value(summary, "90.0th percentile latency (ns)") / 1e6
+            )
+            assert row["throughput_samples_per_s"] == pytest.approx(row["queries_per_s"] * batch)
+        elif row["scenario"] == "offline":
+            assert row["throughput_samples_per_s"] == pytest.approx(
+                _summary_value(summary, "Samples per second") * batch
+            )
+            assert row["latency_ms_p99"] is None and row["loadgen_percentile"] is None
+        else:
+            # The peak search's log: the row's own, or kept as the first run where a confirming run followed.
+            first = logs / "first-run" / "mlperf_log_summary.txt"
+            searched = summary if row["loadgen_runs"] == 1 else first.read_text()
+            assert "Mode     : FindPeakPerformance" in searched
+            assert row["loadgen_latency_bound_ms"] == 100 and row["loadgen_target_qps"] > 0
+            assert row["loadgen_percentile"] == 90 and row["loadgen_early_stopping"]
+            if row["loadgen_validity"] == "VALID":
+                assert row["loadgen_percentile_latency_ms"] <= 100
+        # FLOP/s follow the scenario's own throughput.
+        assert row["flops_per_s"] == pytest.approx(row["flops_per_batch"] * row["throughput_samples_per_s"] / batch)
+
+
+def test_accuracy_through_loadgen_matches_the_closed_loop(scenario_run):
+    """LoadGen's accuracy mode serves every sample once, in its own order and threads; the suite scores the
+    outputs by sample index, so each scenario must score exactly what the closed loop scored."""
+    _, _, rows = scenario_run
+    closed = {(r["precision"], r["batch_size"]): r for r in rows if r["scenario"] == "latency"}
+    for row in rows:
+        twin = closed[(row["precision"], row["batch_size"])]
+        assert (row["accuracy_metric"], row["accuracy_samples"]) == (twin["accuracy_metric"], twin["accuracy_samples"])
+        assert row["accuracy_value"] == twin["accuracy_value"], row["cell_id"]
+        if row["precision"] == "fp32":
+            assert row["accuracy_value"] == 1.0
+
+
+def test_report_relates_scenarios_and_draws_curves(scenario_run):
+    _, out, _ = scenario_run
+    report = (out / "report.md").read_text()
+    assert "## Load scenarios (MLPerf LoadGen)" in report
+    relation = report.split("### The closed loop against LoadGen's single stream")[1].split("##")[0]
+    assert relation.count("| resnet50 | ort-cpu |") == 4
+    # Two batch sizes per precision: a throughput-latency line for the closed loop, single stream and server.
+    for scenario in ("latency", "single-stream", "server"):
+        assert (out / f"curve-resnet50-tiny-ort-cpu-{scenario}.png").stat().st_size > 0
+    assert not (out / "curve-resnet50-tiny-ort-cpu-offline.png").exists()
+    assert "| scenario |" in (out / "summary.md").read_text()
+
+
+def test_gpu_columns_are_empty_and_env_says_why_without_nvml(scenario_run):
+    _, out, rows = scenario_run
+    env = json.loads((out / "env.json").read_text())
+    status = nvml_status()
+    assert env["nvml"]["available"] == status["available"]
+    if status["available"]:
+        pytest.skip("NVML works here: the empty-column path is for machines without it")
+    assert "gpu_memory_mib and the energy columns are empty" in env["nvml"]["reason"]
+    assert all(r["gpu_memory_mib"] is None and r["energy_j_per_sample"] is None for r in rows)
+    meter = GpuMeter()
+    meter.start()
+    assert meter.stop(100) == {"gpu_memory_mib": None, "energy_j_per_sample": None, "samples_per_j": None}
+
+
+def test_multi_stream_and_concurrency(tmp_path):
+    out = tmp_path / "multi"
+    argv = ["run", "--models", "wide_deep", "--engines", "ort-cpu", "--precisions", "fp32", "--out", str(out)]
+    argv += ["--scenario", "multi-stream", "--concurrency", "1,2", "--samples-per-query", "4", *LOADGEN, *TINY]
+    assert suite.main(argv) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["concurrency"], r["status"]) for r in rows] == [(1, "ok"), (2, "ok")], [r["error"] for r in rows]
+    for row in rows:
+        # A multi-stream query is 4 batches: samples/s is four times the queries/s at batch 1.
+        assert row["throughput_samples_per_s"] == pytest.approx(4 * row["queries_per_s"])
+        assert row["loadgen_percentile"] == 99 and row["iterations"] >= 1
+        detail = (out / row["loadgen_logs"] / "mlperf_log_detail.txt").read_text()
+        assert '"key": "effective_samples_per_query", "value": 4' in detail
+
+
+def test_a_latency_directory_from_before_scenarios_resumes_with_loadgen_cells(tmp_path):
+    """Directories written before scenarios existed have no scenarios, concurrency or load settings in env.json;
+    resuming one with a LoadGen scenario must keep its rows described as closed-loop rows."""
+    out = tmp_path / "old"
+    base = ["run", "--models", "ncf", "--engines", "ort-cpu", "--precisions", "fp32", "--out", str(out), *TINY]
+    assert suite.main(base) == 0
+    env_path = out / "env.json"
+    env = json.loads(env_path.read_text())
+    for key in ("scenarios", "concurrency"):
+        env["settings"].pop(key)
+    env_path.write_text(json.dumps(env))
+    assert suite.main([*base, "--resume", "--scenario", "offline", *LOADGEN]) == 0
+    settings = json.loads(env_path.read_text())["settings"]
+    assert settings["scenarios"] == ["latency", "offline"] and settings["concurrency"] == [1]
+    assert settings["load"]["min_duration_s"] == 0.3
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["scenario"] for r in rows] == ["latency", "offline"]
+    # The load settings are now the directory's: a resume with others is refused.
+    again = [*base, "--resume", "--scenario", "offline", "--min-duration-s", "0.5", "--latency-bound-ms", "1"]
+    assert suite.main(again) == 2
