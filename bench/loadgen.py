@@ -65,6 +65,8 @@ class SystemUnderTest:
         self.served = 0
         self._count = threading.Lock()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        # Engines whose calls share staged buffers run one query at a time; the threads still overlap the rest.
+        self._infer_lock = None if engine.concurrent_infer else threading.Lock()
         self._workers = [threading.Thread(target=self._serve, daemon=True) for _ in range(threads)]
         for worker in self._workers:
             worker.start()
@@ -81,7 +83,11 @@ class SystemUnderTest:
         while (item := self._queue.get()) is not None:
             query_id, index = item
             try:
-                outputs = self.engine.infer(self.samples[index])
+                if self._infer_lock is None:
+                    outputs = self.engine.infer(self.samples[index])
+                else:
+                    with self._infer_lock:
+                        outputs = self.engine.infer(self.samples[index])
                 if self.outputs is not None:
                     self.outputs[index] = outputs
             except Exception as exc:  # noqa: BLE001 - the query must still complete, or LoadGen waits forever

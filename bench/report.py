@@ -124,7 +124,8 @@ def fmt(value: Any) -> str:
 
 
 def load_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(rows of results.jsonl, env.json) of a run directory; raises FileNotFoundError if it has no results."""
+    """(rows of results.jsonl, env.json) of a run directory; raises FileNotFoundError if it has no results. Rows
+    written before scenarios existed get the closed loop's ``scenario`` and ``concurrency``, which they were."""
     from bench.results import ResultsFile
 
     if not (Path(run_dir) / "results.jsonl").is_file():
@@ -132,7 +133,11 @@ def load_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     results = ResultsFile(Path(run_dir))
     env_path = Path(run_dir) / "env.json"
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
-    return results.rows(), env
+    rows = [
+        {**row, "scenario": row.get("scenario") or "latency", "concurrency": row.get("concurrency") or 1}
+        for row in results.rows()
+    ]
+    return rows, env
 
 
 def engine_threads(rows: Iterable[dict[str, Any]], engine: str, env: dict[str, Any]) -> int | None:

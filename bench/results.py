@@ -337,7 +337,7 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
         "|" + "|".join("---" for _ in SUMMARY_COLUMNS) + "|",
     ]
     for row in rows:
-        view = dict(row)
+        view = {"scenario": "latency", **{k: v for k, v in row.items() if v is not None}}
         view["speedup_vs_fp32"] = speedup(row, fp32.get(speed_key(row)))
         if view.get("error"):
             view["error"] = str(view["error"]).replace("|", "/")[:120]

@@ -35,6 +35,9 @@ class Engine:
     int8_flavour = "cpu"
     # Whether ``--provider-options`` mean anything to this engine (ort-cpu's settings are its thread count).
     takes_provider_options = True
+    # Whether ``infer`` may be called from several threads at once (a LoadGen SUT with --concurrency above 1);
+    # engines that reuse staged device buffers per call may not, and their calls are serialised.
+    concurrent_infer = False
 
     def __init__(self, options: EngineOptions | Mapping[str, Any] | None = None):
         try:

@@ -28,6 +28,8 @@ class OrtSessionEngine(Engine):
     """Shared ONNX Runtime session handling; subclasses choose the execution providers."""
 
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    # InferenceSession.run is documented thread-safe; each call gets its own outputs.
+    concurrent_infer = True
 
     def session_options(self):
         """SessionOptions: full graph optimisation, sequential execution, ``threads`` intra-op threads.

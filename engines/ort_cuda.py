@@ -98,6 +98,8 @@ class OrtDeviceEngine(OrtSessionEngine):
     int8_flavour = "tensorrt"
     # OrtValue device of the bound buffers.
     device_type = "cuda"
+    # Every call binds the same device buffers.
+    concurrent_infer = False
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         super().__init__(options)
@@ -108,9 +110,6 @@ class OrtDeviceEngine(OrtSessionEngine):
         self._binding = None
         self._bound_shapes: dict[str, tuple[int, ...]] = {}
         self._device_inputs: dict[str, Any] = {}
-
-    def cuda_device(self) -> int | None:
-        return self.device_id
         self._device_outputs: dict[str, Any] = {}
         self._host_feeds: dict[str, np.ndarray] = {}
         self._host_outputs: dict[str, np.ndarray] = {}
@@ -119,6 +118,9 @@ class OrtDeviceEngine(OrtSessionEngine):
         self._copy_stream = None
         self.host_memory = "none: copies not timed"
         self.activation_log = ""
+
+    def cuda_device(self) -> int | None:
+        return self.device_id
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

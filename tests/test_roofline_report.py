@@ -220,15 +220,22 @@ def test_report_has_every_cell_speedups_verdicts_and_roof_percentages(tmp_path, 
     md, page = write_report(run, 0.99, Roofs({"fp32": 2e10, "int8": 8e10}, 1e10, "test roofs"))
     text = md.read_text()
     for row in synthetic_rows():
-        assert f"| {row['model']} | full | ort-cpu | {row['precision']} | 8 | {row['status']} |" in text
-    assert "| resnet50 | full | ort-cpu | 8 | 100 | 100 | 1.00x | 25 | 4.00x |" in text
-    assert "| wide_deep | full | ort-cpu | 8 | 2 |  | failed | 1 | 2.00x |" in text
+        assert f"| {row['model']} | full | ort-cpu | {row['precision']} | 8 | latency | {row['status']} |" in text
+    # Rows from before scenarios existed are the closed loop's: speed-ups are p50 latency ratios.
+    assert "| resnet50 | full | ort-cpu | 8 | latency | 100 | 80 | 100 | 80 | 1.00x | 25 | 320 | 4.00x |" in text
+    assert "| wide_deep | full | ort-cpu | 8 | latency | 2 | 4000 |  |  | failed | 1 | 8000 | 2.00x |" in text
     # Agreement 0.995 passes, 0.90 fails; the CTR error metric is judged by cosine (0.95 fails).
-    assert "| resnet50 | ort-cpu | fp16 | 8 | top1_agreement | 0.995 | 1 | 0 | top1_agreement >= 0.99 | pass |" in text
     assert (
-        "| resnet50 | ort-cpu | int8 | 8 | top1_agreement | 0.9 | 0.999 | 0 | top1_agreement >= 0.99 | FAIL |" in text
+        "| resnet50 | ort-cpu | fp16 | 8 | latency | top1_agreement | 0.995 | 1 | 0 | top1_agreement >= 0.99 | pass |"
+        in text
     )
-    assert "| wide_deep | ort-cpu | int8 | 8 | max_abs_error | 0.06 | 0.95 | 0 | cosine >= 0.99 | FAIL |" in text
+    assert (
+        "| resnet50 | ort-cpu | int8 | 8 | latency | top1_agreement | 0.9 | 0.999 | 0 | top1_agreement >= 0.99 | FAIL |"
+        in text
+    )
+    assert (
+        "| wide_deep | ort-cpu | int8 | 8 | latency | max_abs_error | 0.06 | 0.95 | 0 | cosine >= 0.99 | FAIL |" in text
+    )
     # resnet50 fp32: 1e10 FLOP/s at intensity 100 under a 2e10 compute roof; wide_deep fp32: 5e11 FLOP/s
     # is above its memory roof (1e10 B/s x 1 FLOP/B), i.e. 5000%: the table shows what was measured.
     assert "| resnet50 | fp32 | 8 | 100 | 10 GFLOP/s | 20 GFLOP/s | 50.0% | compute |" in text

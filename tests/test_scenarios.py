@@ -215,3 +215,19 @@ def test_a_latency_directory_from_before_scenarios_resumes_with_loadgen_cells(tm
     # The load settings are now the directory's: a resume with others is refused.
     again = [*base, "--resume", "--scenario", "offline", "--min-duration-s", "0.5", "--latency-bound-ms", "1"]
     assert suite.main(again) == 2
+
+
+@pytest.mark.gpu
+def test_gpu_cells_record_device_memory_and_energy(tmp_path):
+    out = tmp_path / "gpu"
+    argv = ["run", "--models", "resnet50", "--engines", "ort-cuda", "--precisions", "fp32", "--out", str(out)]
+    assert suite.main([*argv, "--scenario", "latency,offline", *LOADGEN, *TINY]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    nvml = json.loads((out / "env.json").read_text())["nvml"]
+    assert nvml["available"], nvml["reason"]
+    counter = all(gpu["energy_counter"] for gpu in nvml["gpus"])
+    for row in rows:
+        assert row["status"] == "ok" and row["gpu_memory_mib"] > 0, row
+        if counter:
+            assert row["energy_j_per_sample"] > 0
+            assert row["samples_per_j"] == pytest.approx(1 / row["energy_j_per_sample"])
