@@ -51,6 +51,12 @@ def plot_curves(rows: list[dict[str, Any]], out_dir: Path) -> list[tuple[tuple, 
     """Draw every group of ``curve_groups(rows)`` into ``out_dir``; returns (group key, PNG path) pairs."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    # Plain numbers on the logarithmic axes (20, 50, 200), not 2 x 10^1; on an axis spanning more than a decade
+    # only the 2s and 5s between decades, so the labels never run into each other.
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    sparse = FuncFormatter(lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "25" else "")
 
     drawn = []
     out_dir = Path(out_dir)
@@ -73,6 +79,10 @@ def plot_curves(rows: list[dict[str, Any]], out_dir: Path) -> list[tuple[tuple, 
                 axes.annotate(point_label(point), (px, py), textcoords="offset points", xytext=(4, 4), fontsize=7)
         axes.set_xscale("log")
         axes.set_yscale("log")
+        for axis, column in ((axes.xaxis, LATENCY), (axes.yaxis, THROUGHPUT)):
+            values = [p[column] for points in lines.values() for p in points]
+            axis.set_major_formatter(plain)
+            axis.set_minor_formatter(plain if max(values) < 10 * min(values) else sparse)
         axes.set_xlabel("p99 latency per query (ms)")
         axes.set_ylabel("throughput (samples/s)")
         axes.set_title(f"{model} ({size}), {engine}, {scenario}", fontsize=10)

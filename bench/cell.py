@@ -254,10 +254,11 @@ def _closed_loop(engine, spec, c: Cell, feeds, samples, expected, timer, meter) 
     row = _score(spec, expected, [engine.infer(f) for f in samples] if expected is not None else [])
     engine.prepare(feeds)
     stats = measure(engine.run_prepared, timer, on_measure=meter.start if meter else None)
+    if meter is not None:
+        # Before the breakdown's extra pass: the energy is the timed window's alone.
+        row.update(meter.stop(stats.iterations * c.batch_size))
     row.update(engine.timing_breakdown(stats.iterations))
     row.update(stats.to_row())
-    if meter is not None:
-        row.update(meter.stop(stats.iterations * c.batch_size))
     row["iterations"] = stats.iterations
     row["samples_ms"] = stats.samples_ms
     return row

@@ -427,13 +427,14 @@ def _scenarios(doc: Document, rows: list[dict[str, Any]]) -> None:
             r.get("loadgen_percentile_latency_ms"),
             r.get("loadgen_latency_bound_ms"),
             r.get("loadgen_target_qps"),
+            r.get("loadgen_search_qps"),
             str(r.get("loadgen_reason") or r.get("error") or "")[:120] or None,
             r.get("loadgen_logs"),
         ]
         for r in loadgen
     ]
     header = ["model", "engine", "prec", "batch", "scenario", "threads", "result", "queries/s", "samples/s"]
-    header += ["percentile", "latency ms", "bound ms", "target/peak QPS", "reason", "logs"]
+    header += ["percentile", "latency ms", "bound ms", "server QPS", "peak search QPS", "reason", "logs"]
     doc.table(header, table)
 
     closed = {_twin(r): r for r in rows if (r.get("scenario") or "latency") == "latency" and r.get("status") == "ok"}

@@ -41,11 +41,13 @@ class Row:
     # Inputs per second (a LoadGen sample is one batch, so LoadGen's rate times the batch size).
     throughput_samples_per_s: float | None = None
     # LoadGen scenarios: queries completed per second, the arrival rate the server was scheduled at (with
-    # --find-peak the peak LoadGen found), the percentile judged and its latency, the bound, LoadGen's verdict
+    # --find-peak the highest that was VALID on its own run) and the rate LoadGen's peak search answered, the
+    # percentile judged and its latency, the bound, LoadGen's verdict
     # with the reason for INVALID and its early-stopping estimate, the performance runs it took, and the
     # directory of its logs (relative to the results directory).
     queries_per_s: float | None = None
     loadgen_target_qps: float | None = None
+    loadgen_search_qps: float | None = None
     loadgen_percentile: float | None = None
     loadgen_percentile_latency_ms: float | None = None
     loadgen_latency_bound_ms: float | None = None
