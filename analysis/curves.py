@@ -22,18 +22,28 @@ THROUGHPUT = "throughput_samples_per_s"
 
 
 def curve_groups(rows: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, list[dict[str, Any]]]]:
-    """{(model, size, engine, scenario): {precision: ok rows with a p99 latency and a throughput, by batch size
-    then concurrency}}, keeping only groups where some precision has two points or more (a line)."""
-    groups: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
+    """{(model, size, engine, scenario): {line label: ok rows with a p99 latency and a throughput, in order}},
+    keeping only groups where some line has two points or more.
+
+    A line is one precision across batch sizes; where a group was measured at several batch sizes and several
+    concurrency values, one line per precision and concurrency (``int8 c2``), so that no line zig-zags between
+    the two axes; where only the concurrency varies, one line per precision across it."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         if row.get("status") != "ok" or not row.get(LATENCY) or not row.get(THROUGHPUT):
             continue
         key = (row.get("model"), row.get("size"), row.get("engine"), row.get("scenario") or "latency")
-        groups.setdefault(key, {}).setdefault(row.get("precision"), []).append(row)
-    for lines in groups.values():
-        for points in lines.values():
-            points.sort(key=lambda r: (r.get("batch_size") or 0, r.get("concurrency") or 1))
-    return {key: lines for key, lines in groups.items() if any(len(points) > 1 for points in lines.values())}
+        groups.setdefault(key, []).append(row)
+    curves = {}
+    for key, members in groups.items():
+        both = len({r.get("batch_size") for r in members}) > 1 and len({r.get("concurrency") or 1 for r in members}) > 1
+        lines: dict[str, list[dict[str, Any]]] = {}
+        for row in sorted(members, key=lambda r: (r.get("batch_size") or 0, r.get("concurrency") or 1)):
+            label = str(row.get("precision")) + (f" c{row.get('concurrency') or 1}" if both else "")
+            lines.setdefault(label, []).append(row)
+        if any(len(points) > 1 for points in lines.values()):
+            curves[key] = lines
+    return curves
 
 
 def point_label(row: dict[str, Any]) -> str:
@@ -65,15 +75,19 @@ def plot_curves(rows: list[dict[str, Any]], out_dir: Path) -> list[tuple[tuple, 
         figure = Figure(figsize=FIG_SIZE_IN)
         FigureCanvasAgg(figure)
         axes = figure.add_subplot()
-        for precision, points in lines.items():
+        for label, points in lines.items():
             x = [p[LATENCY] for p in points]
             y = [p[THROUGHPUT] for p in points]
+            precision = points[0].get("precision")
+            concurrency = points[0].get("concurrency") or 1
             axes.plot(
                 x,
                 y,
                 marker=MARKERS.get(precision, "o"),
                 color=COLORS.get(precision),
-                label=precision,
+                # Several concurrency lines of one precision share its colour and differ in dashes.
+                linestyle=("-", "--", "-.", ":")[(concurrency.bit_length() - 1) % 4] if " c" in label else "-",
+                label=label,
             )
             for point, px, py in zip(points, x, y, strict=True):
                 axes.annotate(point_label(point), (px, py), textcoords="offset points", xytext=(4, 4), fontsize=7)

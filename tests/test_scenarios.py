@@ -233,3 +233,28 @@ def test_gpu_cells_record_device_memory_and_energy(tmp_path):
         if counter:
             assert row["energy_j_per_sample"] > 0
             assert row["samples_per_j"] == pytest.approx(1 / row["energy_j_per_sample"])
+
+
+def test_curves_keep_batch_and_concurrency_apart(tmp_path):
+    from analysis.curves import curve_groups, plot_curves
+
+    def row(precision, batch, concurrency, scenario="server"):
+        return {
+            "model": "m", "size": "full", "engine": "ort-cpu", "scenario": scenario, "status": "ok",
+            "precision": precision, "batch_size": batch, "concurrency": concurrency,
+            "latency_ms_p99": 10.0 * batch * concurrency, "throughput_samples_per_s": 100.0 * batch,
+        }  # fmt: skip
+
+    both = [row(p, b, c) for p in ("fp32", "int8") for b in (1, 2) for c in (1, 2)]
+    only_threads = [row("int8", 1, c, "offline-like") for c in (1, 2, 4)]
+    single = [row("fp32", 1, 1, "alone")]
+    groups = curve_groups(both + only_threads + single)
+    # Both axes vary: one line per precision and concurrency, each across batch sizes.
+    lines = groups[("m", "full", "ort-cpu", "server")]
+    assert sorted(lines) == ["fp32 c1", "fp32 c2", "int8 c1", "int8 c2"]
+    assert [(p["batch_size"], p["concurrency"]) for p in lines["int8 c2"]] == [(1, 2), (2, 2)]
+    # Only the concurrency varies: one line per precision across it. One point: no curve.
+    assert [p["concurrency"] for p in groups[("m", "full", "ort-cpu", "offline-like")]["int8"]] == [1, 2, 4]
+    assert ("m", "full", "ort-cpu", "alone") not in groups
+    drawn = plot_curves(both + only_threads, tmp_path)
+    assert len(drawn) == 2 and all(path.stat().st_size > 0 for _, path in drawn)
