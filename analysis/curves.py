@@ -32,14 +32,14 @@ def curve_groups(rows: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, list[d
     for row in rows:
         if row.get("status") != "ok" or not row.get(LATENCY) or not row.get(THROUGHPUT):
             continue
-        key = (row.get("model"), row.get("size"), row.get("engine"), row.get("scenario") or "latency")
+        key = (row.get("model"), row.get("size"), row.get("engine"), row.get("scenario"))
         groups.setdefault(key, []).append(row)
     curves = {}
     for key, members in groups.items():
-        both = len({r.get("batch_size") for r in members}) > 1 and len({r.get("concurrency") or 1 for r in members}) > 1
+        both = len({r.get("batch_size") for r in members}) > 1 and len({r.get("concurrency") for r in members}) > 1
         lines: dict[str, list[dict[str, Any]]] = {}
-        for row in sorted(members, key=lambda r: (r.get("batch_size") or 0, r.get("concurrency") or 1)):
-            label = str(row.get("precision")) + (f" c{row.get('concurrency') or 1}" if both else "")
+        for row in sorted(members, key=lambda r: (r.get("batch_size") or 0, r.get("concurrency"))):
+            label = str(row.get("precision")) + (f" c{row.get('concurrency')}" if both else "")
             lines.setdefault(label, []).append(row)
         if any(len(points) > 1 for points in lines.values()):
             curves[key] = lines
@@ -48,7 +48,7 @@ def curve_groups(rows: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, list[d
 
 def point_label(row: dict[str, Any]) -> str:
     """``b8``, or ``b8 c2`` where the SUT served with more than one thread."""
-    concurrency = row.get("concurrency") or 1
+    concurrency = row.get("concurrency")
     return f"b{row.get('batch_size')}" + (f" c{concurrency}" if concurrency != 1 else "")
 
 
@@ -79,7 +79,7 @@ def plot_curves(rows: list[dict[str, Any]], out_dir: Path) -> list[tuple[tuple, 
             x = [p[LATENCY] for p in points]
             y = [p[THROUGHPUT] for p in points]
             precision = points[0].get("precision")
-            concurrency = points[0].get("concurrency") or 1
+            concurrency = points[0]["concurrency"]
             axes.plot(
                 x,
                 y,

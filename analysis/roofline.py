@@ -31,7 +31,7 @@ def plotted_rows(rows: Iterable[dict[str, Any]], engine: str) -> list[dict[str, 
         for r in rows
         if r.get("engine") == engine
         and r.get("status") == "ok"
-        and (r.get("scenario") or "latency") == "latency"
+        and r.get("scenario") == "latency"
         and (r.get("arith_intensity") or 0) > 0
         and (r.get("flops_per_s") or 0) > 0
     ]

@@ -207,15 +207,18 @@ def run_cell(
         row["engine_build_s"] = time.perf_counter() - start
         row["engine_load_mib"] = (process.memory_info().rss - resident) / 2**20
         meter = _gpu_meter(engine)
+        timing = TimerSettings(**timer)
         try:
-            samples = accuracy_feeds(spec, c.size, c.batch_size, accuracy_samples)
             if c.scenario == "latency":
-                row.update(_closed_loop(engine, spec, c, feeds, samples, expected, TimerSettings(**timer), meter))
+                # The accuracy batches only where there is a reference to score them against.
+                samples = accuracy_feeds(spec, c.size, c.batch_size, accuracy_samples) if expected is not None else []
+                row.update(_closed_loop(engine, spec, c, feeds, samples, expected, timing, meter))
             else:
                 from bench.scenarios import LoadSettings
 
+                # LoadGen's query sample library: the accuracy batches, scored or not.
+                samples = accuracy_feeds(spec, c.size, c.batch_size, accuracy_samples)
                 settings = LoadSettings(**(load or {}))
-                timing = TimerSettings(**timer)
                 row.update(_loadgen(engine, spec, c, samples, expected, timing, settings, log_dir, meter))
         finally:
             if meter is not None:
@@ -251,7 +254,7 @@ def _closed_loop(engine, spec, c: Cell, feeds, samples, expected, timer, meter) 
     """The ``latency`` scenario: accuracy on the accuracy batches, then the suite's timer on staged feeds."""
     from bench.timer import measure
 
-    row = _score(spec, expected, [engine.infer(f) for f in samples] if expected is not None else [])
+    row = _score(spec, expected, [engine.infer(f) for f in samples])
     engine.prepare(feeds)
     stats = measure(engine.run_prepared, timer, on_measure=meter.start if meter else None)
     if meter is not None:

@@ -28,13 +28,12 @@ def labels(count: int) -> list[str]:
     return [string.ascii_uppercase[i] if i < 26 else f"R{i + 1}" for i in range(count)]
 
 
-# What makes two rows the same cell across runs (the engine too, unless it is what is compared). Rows from
-# before scenarios existed were the closed loop at concurrency 1.
+# What makes two rows the same cell across runs (the engine too, unless it is what is compared).
 KEY_FIELDS = ("model", "size", "precision", "batch_size", "scenario", "concurrency")
 
 
 def _key(row: dict[str, Any], ignore_engine: bool) -> tuple:
-    base = (*(row.get(f) for f in KEY_FIELDS[:4]), row.get("scenario") or "latency", row.get("concurrency") or 1)
+    base = tuple(row.get(f) for f in KEY_FIELDS)
     return base if ignore_engine else (*base, row.get("engine"))
 
 

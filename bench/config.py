@@ -7,7 +7,6 @@ record it (``settings()``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from bench.scenarios import CONCURRENT_SCENARIOS, LATENCY, LoadSettings, ScenarioError, check_scenarios
 from bench.timer import TimerSettings
+from common.errors import not_finite
 from engines.options import EngineOptions
 from onnx_models.artifacts import PRECISIONS, CalibrationSettings, ExportSettings
 
@@ -53,12 +53,8 @@ DEFAULT_PRESET = "quick"
 
 
 def _finite(name: str, value: float, minimum: float, inclusive: bool) -> None:
-    ok = (
-        isinstance(value, int | float) and math.isfinite(value) and (value >= minimum if inclusive else value > minimum)
-    )
-    if not ok:
-        bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
-        raise ConfigError(f"{name} must be a finite number {bound}, got {value!r}")
+    if problem := not_finite(name, value, minimum, inclusive):
+        raise ConfigError(problem)
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,7 @@ import math
 import queue
 import re
 import shutil
-import statistics
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import numpy as np
 
 from bench.scenarios import MULTI_STREAM, OFFLINE, SERVER, SINGLE_STREAM, LoadSettings
 from bench.timer import TimerSettings
+from bench.timer import measure as time_calls
 
 # The two logs kept per cell (LoadGen's names, which MLPerf's tools expect); the trace and the accuracy log
 # (whose responses are empty: the suite scores outputs itself) are removed.
@@ -147,15 +146,10 @@ def read_detail(path: Path) -> dict[str, Any]:
 
 
 def warm_up(engine, sample: Mapping[str, np.ndarray], timer: TimerSettings) -> float:
-    """Run ``sample`` until the timer's warm-up time and count are both reached; returns the median seconds per
-    inference, which sizes LoadGen's expected rates."""
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max(1, timer.warmup_iters) or time.perf_counter() - start < timer.warmup_s:
-        t0 = time.perf_counter()
-        engine.infer(sample)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Run ``sample`` for the timer's warm-up time and count, timing each call (``bench.timer.measure`` with the
+    warm-up as its window); returns the median seconds per inference, which sizes LoadGen's expected rates."""
+    window = TimerSettings(warmup_s=0, warmup_iters=0, duration_s=timer.warmup_s, min_iters=max(1, timer.warmup_iters))
+    return time_calls(lambda: engine.infer(sample), window).p50 / 1e3
 
 
 def test_settings(scenario: str, load: LoadSettings, mode: str, seconds: float, qps: float | None = None):
@@ -296,14 +290,11 @@ def measure(
             f"no QPS met the {load.latency_bound_ms:g} ms bound at the {percentile:g}th percentile: raise "
             f"--latency-bound-ms (LoadGen's log: {log_dir})"
         )
-    target = searched
-    for _ in range(PEAK_RETRIES + 1):
+    for step in range(PEAK_RETRIES + 1):
+        target = searched * PEAK_STEP_DOWN**step
         entries = runs.judged(steady, qps=target)
         if entries.get("result_validity") == "VALID":
             break
-        target *= PEAK_STEP_DOWN
-    else:
-        target /= PEAK_STEP_DOWN
     row = _columns(entries, scenario, load, batch, runs.count, target)
     row["loadgen_search_qps"] = searched
     return row

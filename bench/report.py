@@ -124,8 +124,7 @@ def fmt(value: Any) -> str:
 
 
 def load_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(rows of results.jsonl, env.json) of a run directory; raises FileNotFoundError if it has no results. Rows
-    written before scenarios existed get the closed loop's ``scenario`` and ``concurrency``, which they were."""
+    """(rows of results.jsonl, env.json) of a run directory; raises FileNotFoundError if it has no results."""
     from bench.results import ResultsFile
 
     if not (Path(run_dir) / "results.jsonl").is_file():
@@ -133,11 +132,7 @@ def load_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     results = ResultsFile(Path(run_dir))
     env_path = Path(run_dir) / "env.json"
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
-    rows = [
-        {**row, "scenario": row.get("scenario") or "latency", "concurrency": row.get("concurrency") or 1}
-        for row in results.rows()
-    ]
-    return rows, env
+    return results.rows(), env
 
 
 def engine_threads(rows: Iterable[dict[str, Any]], engine: str, env: dict[str, Any]) -> int | None:
@@ -305,7 +300,7 @@ def _accuracy(doc: Document, rows: list[dict[str, Any]], threshold: float, env: 
                 row["engine"],
                 row["precision"],
                 row["batch_size"],
-                row.get("scenario") or "latency",
+                row["scenario"],
                 row["accuracy_metric"],
                 row.get("accuracy_value"),
                 row.get("accuracy_cosine"),
@@ -381,7 +376,7 @@ def _roofline(doc: Document, rows: list[dict[str, Any]], roofs: dict[str, Roofs 
         for row in rows:
             if row.get("engine") != engine or row.get("status") != "ok" or not row.get("flops_per_s"):
                 continue
-            if (row.get("scenario") or "latency") != "latency":
+            if row.get("scenario") != "latency":
                 continue
             intensity = row.get("arith_intensity")
             bound = engine_roofs.attainable(row["precision"], intensity) if engine_roofs else None
@@ -402,7 +397,7 @@ def _roofline(doc: Document, rows: list[dict[str, Any]], roofs: dict[str, Roofs 
 
 def _scenarios(doc: Document, rows: list[dict[str, Any]]) -> None:
     """LoadGen's results, and how its single-stream latency relates to the closed loop's."""
-    loadgen = [r for r in rows if (r.get("scenario") or "latency") != "latency"]
+    loadgen = [r for r in rows if r.get("scenario") != "latency"]
     if not loadgen:
         return
     doc.heading(2, "Load scenarios (MLPerf LoadGen)")
@@ -437,7 +432,7 @@ def _scenarios(doc: Document, rows: list[dict[str, Any]]) -> None:
     header += ["percentile", "latency ms", "bound ms", "server QPS", "peak search QPS", "reason", "logs"]
     doc.table(header, table)
 
-    closed = {_twin(r): r for r in rows if (r.get("scenario") or "latency") == "latency" and r.get("status") == "ok"}
+    closed = {_twin(r): r for r in rows if r.get("scenario") == "latency" and r.get("status") == "ok"}
     pairs = [(closed[_twin(r)], r) for r in loadgen if r["scenario"] == "single-stream" and _twin(r) in closed]
     pairs = [
         (c, r) for c, r in pairs if r.get("status") == "ok" and r.get("latency_ms_p90") and c.get("latency_ms_p90")
@@ -448,8 +443,10 @@ def _scenarios(doc: Document, rows: list[dict[str, Any]]) -> None:
         "engines, on the device), its percentiles over the timed iterations. LoadGen's single stream issues one "
         "query at a time as well, but each query runs through the system under test: a hand-off to its worker "
         "thread, the engine's full inference call with the host copies of inputs and outputs, and the "
-        "completion call back into LoadGen. The two 90th percentiles should agree to within a few percent on "
-        "host engines; a larger gap is the SUT's overhead or, on GPU engines, the copies."
+        "completion call back into LoadGen. On host engines that costs little, but the two cells run minutes "
+        "apart, and on a shared machine their windows differ by more (ResNet-50 on two shared cores: ratios 0.90 "
+        "to 1.12 across four runs); `benchmarks/loadgen_vs_timer.py` interleaves the two in one process to tell "
+        "the SUT's cost from the machine's drift. On GPU engines the host copies add to LoadGen's latency."
     )
     if pairs:
         doc.table(
@@ -495,7 +492,7 @@ def _paper(doc: Document, rows: list[dict[str, Any]]) -> None:
     for row in rows:
         if row.get("precision") != "fp32" or not row.get("paper_flops_per_sample"):
             continue
-        if (row.get("scenario") or "latency") != "latency":
+        if row.get("scenario") != "latency":
             continue
         paper = table1().get(paper_model(row["model"]) or "", {})
         paper_batch = int(paper["batch_size"]) if paper.get("batch_size") else None

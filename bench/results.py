@@ -113,7 +113,9 @@ class ResultsFile:
 
     def all_rows(self) -> list[dict[str, Any]]:
         """Every row in the file in file order, earlier rows of a retried cell included; lines that are not a
-        JSON object (a line torn by a crash mid-write) are skipped."""
+        JSON object (a line torn by a crash mid-write) are skipped. Rows written before scenarios existed get
+        the ``scenario`` and ``concurrency`` they were measured with (the closed loop, one thread), so no reader
+        has to guess them."""
         if not self.path.is_file():
             return []
         rows = []
@@ -123,7 +125,7 @@ class ResultsFile:
             except json.JSONDecodeError:
                 continue
             if isinstance(row, dict):
-                rows.append(row)
+                rows.append({**row, **{k: v for k, v in _ROWS_BEFORE_SCENARIOS.items() if row.get(k) is None}})
         return rows
 
     def rows(self) -> list[dict[str, Any]]:
@@ -165,7 +167,11 @@ class ResultsFile:
 # (python, package versions, CPU model, GPU names), must be the same, or the directory would mix rows
 # measured in two ways under one env.json.
 MATRIX_SETTINGS = ("models", "engines", "precisions", "batch_sizes", "scenarios", "concurrency")
+# Directories written before scenarios existed hold closed-loop rows at concurrency 1: what their env.json's
+# matrix and their rows lack is filled with that.
 _MATRIX_BEFORE = {"scenarios": ["latency"], "concurrency": [1]}
+_ROWS_BEFORE_SCENARIOS = {"scenario": "latency", "concurrency": 1}
+# Settings that only LoadGen cells use: a directory without them has no such rows yet.
 _LOADGEN_SETTINGS = ("load",)
 
 
@@ -223,8 +229,7 @@ def resume_env(stored: dict[str, Any] | None, current: dict[str, Any], env_path:
     # Compare as JSON sees them (tuples are lists, Paths strings), the way env.json stored them.
     current = json.loads(json.dumps(current, default=str))
     old, new = _measured_by(stored), _measured_by(current)
-    # Settings that only LoadGen cells use: a directory without them has no such rows yet, so a resume that adds
-    # LoadGen scenarios brings its settings in; one that has them must keep them.
+    # A resume that adds LoadGen scenarios brings their settings in; one whose directory has them must keep them.
     for group in _LOADGEN_SETTINGS:
         if group not in stored["settings"]:
             new = {k: v for k, v in new.items() if not k.startswith(f"{group}.")}
@@ -243,7 +248,6 @@ def resume_env(stored: dict[str, Any] | None, current: dict[str, Any], env_path:
         if group in current["settings"]:
             merged["settings"].setdefault(group, current["settings"][group])
     for key in MATRIX_SETTINGS:
-        # Directories from before scenarios existed hold closed-loop rows at concurrency 1.
         before = stored["settings"].get(key, _MATRIX_BEFORE.get(key))
         merged["settings"][key] = _union(before, current["settings"].get(key))
     return merged
@@ -304,15 +308,14 @@ SUMMARY_COLUMNS = (
 
 
 def speed_key(row: dict[str, Any]) -> tuple:
-    """The cell a row's precision is compared within: model, size, engine, batch size, scenario, concurrency
-    (rows from before scenarios existed were the closed loop at concurrency 1)."""
+    """The cell a row's precision is compared within: model, size, engine, batch size, scenario, concurrency."""
     return (
         row.get("model"),
         row.get("size"),
         row.get("engine"),
         row.get("batch_size"),
-        row.get("scenario") or "latency",
-        row.get("concurrency") or 1,
+        row.get("scenario"),
+        row.get("concurrency"),
     )
 
 
@@ -321,7 +324,7 @@ def speedup(row: dict[str, Any], fp32: dict[str, Any] | None) -> float | None:
     paper compares), of throughputs in LoadGen scenarios (an offline run has no per-query latency)."""
     if not fp32 or row.get("status") != "ok" or fp32.get("status") != "ok":
         return None
-    if (row.get("scenario") or "latency") == "latency":
+    if row.get("scenario") == "latency":
         base, other = fp32.get("latency_ms_p50"), row.get("latency_ms_p50")
         return base / other if base and other else None
     base, other = fp32.get("throughput_samples_per_s"), row.get("throughput_samples_per_s")
@@ -337,7 +340,7 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
         "|" + "|".join("---" for _ in SUMMARY_COLUMNS) + "|",
     ]
     for row in rows:
-        view = {"scenario": "latency", **{k: v for k, v in row.items() if v is not None}}
+        view = dict(row)
         view["speedup_vs_fp32"] = speedup(row, fp32.get(speed_key(row)))
         if view.get("error"):
             view["error"] = str(view["error"]).replace("|", "/")[:120]

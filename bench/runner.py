@@ -150,10 +150,9 @@ def run(
                 row.update(_reasons(cell, work.unsupported, built, config))
                 samples = None
                 if row.status is None:
-                    logs = None
                     if cell.scenario != "latency":
-                        logs = results.out_dir / loadgen_logs(cell)
                         row.loadgen_logs = str(loadgen_logs(cell))
+                    logs = results.out_dir / row.loadgen_logs if row.loadgen_logs else None
                     measured, error = executor.measure(cell, config, cell_facts.get("reference"), logs)
                     if measured is not None:
                         samples = measured.pop("samples_ms")

@@ -10,9 +10,10 @@ This module imports neither LoadGen nor an engine: the run's configuration and p
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from common.errors import not_finite
 
 LATENCY = "latency"
 SINGLE_STREAM = "single-stream"
@@ -20,7 +21,6 @@ MULTI_STREAM = "multi-stream"
 SERVER = "server"
 OFFLINE = "offline"
 SCENARIOS = (LATENCY, SINGLE_STREAM, MULTI_STREAM, SERVER, OFFLINE)
-LOADGEN_SCENARIOS = (SINGLE_STREAM, MULTI_STREAM, SERVER, OFFLINE)
 # Scenarios whose queries may be served by several SUT threads at once: concurrency is one of their axes. A
 # single stream (and the closed loop) has one query in flight by definition.
 CONCURRENT_SCENARIOS = (MULTI_STREAM, SERVER, OFFLINE)
@@ -53,15 +53,13 @@ class LoadSettings:
     find_peak: bool = False
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.min_duration_s, int | float) and math.isfinite(self.min_duration_s)) or (
-            self.min_duration_s <= 0
-        ):
-            raise ScenarioError(f"--min-duration-s must be a finite number > 0, got {self.min_duration_s!r}")
+        optional = {"--target-qps": self.target_qps, "--latency-bound-ms": self.latency_bound_ms}
+        positive = {"--min-duration-s": self.min_duration_s, **{k: v for k, v in optional.items() if v is not None}}
+        for name, value in positive.items():
+            if problem := not_finite(name, value, 0, inclusive=False):
+                raise ScenarioError(problem)
         if self.min_query_count is not None and self.min_query_count < 1:
             raise ScenarioError(f"--min-query-count must be at least 1, got {self.min_query_count}")
-        for name, value in (("--target-qps", self.target_qps), ("--latency-bound-ms", self.latency_bound_ms)):
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise ScenarioError(f"{name} must be a finite number > 0, got {value!r}")
         if self.latency_percentile is not None and not 0 < self.latency_percentile < 100:
             raise ScenarioError(
                 f"--latency-percentile must lie between 0 and 100 (such as 99), got {self.latency_percentile!r}"

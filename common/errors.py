@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first non-empty line of ``exc``'s message, cut at ``limit``; the exception's type name if it has none.
@@ -13,3 +15,13 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
         if line.strip():
             return line.strip()[:limit]
     return type(exc).__name__
+
+
+def not_finite(name: str, value: object, minimum: float, inclusive: bool) -> str | None:
+    """The one-line usage error for option ``name`` when ``value`` is not a finite number above ``minimum`` (or
+    at least it, with ``inclusive``), such as ``--duration-s must be a finite number > 0, got nan``; None when
+    it is."""
+    ok = (
+        isinstance(value, int | float) and math.isfinite(value) and (value >= minimum if inclusive else value > minimum)
+    )
+    return None if ok else f"{name} must be a finite number {'>=' if inclusive else '>'} {minimum:g}, got {value!r}"

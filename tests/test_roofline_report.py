@@ -138,6 +138,8 @@ def _row(model, precision, p50, **extra):
         "engine": "ort-cpu",
         "precision": precision,
         "batch_size": 8,
+        "scenario": "latency",
+        "concurrency": 1,
         "status": "ok",
         "error": None,
         "latency_ms_p50": p50,
@@ -221,7 +223,7 @@ def test_report_has_every_cell_speedups_verdicts_and_roof_percentages(tmp_path, 
     text = md.read_text()
     for row in synthetic_rows():
         assert f"| {row['model']} | full | ort-cpu | {row['precision']} | 8 | latency | {row['status']} |" in text
-    # Rows from before scenarios existed are the closed loop's: speed-ups are p50 latency ratios.
+    # Closed-loop rows: speed-ups are p50 latency ratios.
     assert "| resnet50 | full | ort-cpu | 8 | latency | 100 | 80 | 100 | 80 | 1.00x | 25 | 320 | 4.00x |" in text
     assert "| wide_deep | full | ort-cpu | 8 | latency | 2 | 4000 |  |  | failed | 1 | 8000 | 2.00x |" in text
     # Agreement 0.995 passes, 0.90 fails; the CTR error metric is judged by cosine (0.95 fails).

@@ -36,6 +36,24 @@ def config_of(*argv: str) -> RunConfig:
         (["--jobs", "0"], "--jobs must be at least 1, got 0"),
         (["--accuracy-samples", "0"], "--accuracy-samples must be at least 1"),
         (["--min-iters", "0"], "need warmup_iters >= 0 and 1 <= min_iters <= max_iters"),
+        # Load scenarios (bench/scenarios.py).
+        (
+            ["--scenario", "bogus"],
+            "unknown scenario bogus; valid scenarios: latency, single-stream, multi-stream, server, offline",
+        ),
+        (["--scenario", "server"], "the server scenario needs a latency bound: add --latency-bound-ms (such as 100)"),
+        (["--find-peak"], "--find-peak searches the server scenario's peak QPS: add --scenario server"),
+        (
+            ["--concurrency", "2"],
+            "--concurrency applies to the multi-stream, server, offline scenarios: add one with --scenario",
+        ),
+        (["--concurrency", "0"], "--concurrency must be positive integers, got '0'"),
+        (["--concurrency", "x"], "--concurrency must be a comma list of integers, got 'x'"),
+        (["--min-duration-s", "nan"], "--min-duration-s must be a finite number > 0, got nan"),
+        (["--latency-percentile", "100"], "--latency-percentile must lie between 0 and 100 (such as 99), got 100.0"),
+        (["--target-qps", "-1"], "--target-qps must be a finite number > 0, got -1.0"),
+        (["--samples-per-query", "0"], "--samples-per-query must be at least 1, got 0"),
+        (["--min-query-count", "0"], "--min-query-count must be at least 1, got 0"),
     ],
 )
 def test_values_that_cannot_work_are_usage_errors(argv, message, tmp_path, capsys):

@@ -167,6 +167,8 @@ def test_summary_has_speedup_over_fp32():
             "engine": "e",
             "precision": p,
             "batch_size": 1,
+            "scenario": "latency",
+            "concurrency": 1,
             "status": "ok",
             "latency_ms_p50": t,
         }
