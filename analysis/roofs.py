@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.paths import cache_root
+
 PRECISIONS = ("fp32", "fp16", "int8")
 
 _SI = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "p": 1e15}
@@ -181,11 +183,8 @@ def _key_string(key: Mapping[str, Any]) -> str:
 
 
 def cache_path() -> Path:
-    """``$AIMATRIX_CACHE/peaks.json``, else ``$XDG_CACHE_HOME/aimatrix/peaks.json`` (``~/.cache``)."""
-    root = os.environ.get("AIMATRIX_CACHE")
-    if root:
-        return Path(root) / "peaks.json"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aimatrix" / "peaks.json"
+    """``peaks.json`` in the suite's cache directory (``common.paths.cache_root``)."""
+    return cache_root() / "peaks.json"
 
 
 def _read_cache() -> dict[str, Any]:

@@ -33,6 +33,14 @@ def remove_owned(path: Path, owner: Path) -> None:
         resolved.unlink()
 
 
+def cache_root() -> Path:
+    """The suite's per-user cache directory: ``$AIMATRIX_CACHE``, else ``$XDG_CACHE_HOME/aimatrix`` (``~/.cache``)."""
+    root = os.environ.get("AIMATRIX_CACHE")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aimatrix"
+
+
 def unique_temp(final: Path) -> Path:
     """A new name beside ``final`` for writing it: ``.<name>.<pid>.<random>.tmp<suffix>``, not yet created.
 

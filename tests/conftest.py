@@ -10,10 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from common.paths import cache_root
+
 # Set before anything imports onnx_models, and inherited by the child processes the suite spawns, so tests
 # never touch the repository's own store.
 _STORE = Path(tempfile.mkdtemp(prefix="aimatrix-test-store-"))
 os.environ["AIMATRIX_STORE"] = str(_STORE)
+# Files from registry packages (assets) are verified by sha256 wherever they lie: tests share the user's
+# cache of them (or the one AIMATRIX_ASSETS names) rather than download them again every session.
+os.environ.setdefault("AIMATRIX_ASSETS", str(cache_root() / "assets"))
 # Measured machine roofs are cached per machine; tests keep theirs out of the user's home directory.
 os.environ["AIMATRIX_CACHE"] = str(_STORE / "cache")
 
