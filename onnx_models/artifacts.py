@@ -8,6 +8,7 @@ and quantizer imports happen only when something has to be built.
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,8 +133,15 @@ def ensure_fp32(spec: ModelSpec, size: str, settings: ExportSettings = ExportSet
 
 
 def _copy_onnx(spec: ModelSpec, size: str) -> Path:
-    """A brought-in ONNX file is its own FP32 artifact: copied into the store with its sha256, no parity check."""
-    import shutil
+    """A brought-in ONNX file becomes its FP32 artifact: normalized (``onnx_models.normalize``: initializers no
+    longer inputs, Constant weights as initializers, old opsets upgraded) and proven to give the file's own
+    outputs on ONNX Runtime CPU, or copied as it is where the file needed nothing or cannot be normalized (the
+    reason is recorded as ``not_normalized``, and FP16 and INT8 are then unsupported with it). The manifest
+    records what was changed, the parity, and each output's batch axis (``output_batch_axes``)."""
+    import onnx
+
+    from exporters import OPSET
+    from onnx_models.normalize import NormalizeError, default_opset, normalize
 
     store = ModelStore(spec.name, size)
     cfg = spec.config(size)
@@ -143,15 +151,132 @@ def _copy_onnx(spec: ModelSpec, size: str) -> Path:
     sha = sha256_file(source)
     if sha != cfg["sha256"]:
         raise ArtifactError(f"{source} changed since it was brought in; run again with --onnx to register it anew")
-    key = cache_key(model=spec.name, source_sha256=sha, rule="byo-copy-v1")
+    key = cache_key(
+        model=spec.name,
+        source_sha256=sha,
+        rule="byo-import-v2",
+        inputs=cfg["inputs"],
+        batch_axes=cfg.get("output_batch_axes"),
+        code=source_digest("onnx_models.normalize"),
+        onnx=_version("onnx"),
+        onnxruntime=onnxruntime_version(),
+    )
     if store.valid("fp32", key):
         return store.path("fp32")
+    log.info("importing %s", source)
+    check = spec.make_feeds(size, 1, CHECK_SEED)
+    expected = _run_file(source, check, "the file as brought")
+    model = onnx.load(str(source))
+    opset = default_opset(model)
+    problem, parity = None, "none needed: the file is used as it is"
+    try:
+        model, notes = normalize(model, OPSET, {name: a.shape for name, a in zip(spec.outputs, expected)})
+    except NormalizeError as exc:
+        model, notes, problem = None, [], str(exc)
+    if model is not None and notes:
+        try:
+            got = _run_file(model, check, "the normalized graph")
+        except ArtifactError as exc:
+            problem = str(exc)
+        else:
+            parity = _parity(expected, got)
+            if parity["max_abs_error"] > _NORMALIZE_TOLERANCE * max(1.0, parity["max_abs_reference"]):
+                problem = f"normalizing changed the outputs (max abs error {parity['max_abs_error']:.3g})"
     store.dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(store.path("fp32")) as tmp:  # a unique name: another run may be copying the same file
-        shutil.copyfile(source, tmp)
-    store.record("fp32", key, source=str(source), source_sha256=sha, parity="none: the brought-in file is FP32")
+    with atomic_path(store.path("fp32")) as tmp:  # a unique name: another run may be importing the same file
+        if model is not None and notes and problem is None:
+            onnx.save(model, str(tmp))
+        else:
+            shutil.copyfile(source, tmp)
+    axes = batch_axes(spec, size, store.path("fp32"))
+    store.record(
+        "fp32",
+        key,
+        source=str(source),
+        source_sha256=sha,
+        source_opset=opset,
+        normalized=notes if problem is None else [],
+        not_normalized=problem,
+        parity=parity if problem is None else "none: the brought-in file is FP32 as it is",
+        output_batch_axes=axes,
+    )
+    if problem is not None:
+        log.warning("%s is used as it is for FP32; FP16 and INT8 cannot be made: %s", spec.name, problem)
     _record_model_facts(spec, size, store)
     return store.path("fp32")
+
+
+# Normalizing only moves weights and renames opsets: outputs may differ by float rounding, nothing more.
+_NORMALIZE_TOLERANCE = 1e-4
+
+
+def _run_file(model, feeds: dict, what: str) -> list:
+    """The outputs of ``model`` (a path or a ModelProto) on ONNX Runtime CPU; ArtifactError naming ``what``."""
+    from calibration.graph import check_runs
+    from common.errors import first_line
+
+    try:
+        return check_runs(model, feeds)
+    except Exception as exc:  # noqa: BLE001 - whatever ONNX Runtime raises is the reason
+        raise ArtifactError(f"{what} does not run on ONNX Runtime CPU: {first_line(exc)}") from None
+
+
+def _parity(expected: list, got: list) -> dict[str, float]:
+    """Max abs error of ``got`` against ``expected`` (lists of output arrays), and the largest reference value."""
+    import numpy as np
+
+    errors = [float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)), initial=0.0)) for a, b in zip(expected, got)]
+    scale = [float(np.max(np.abs(a.astype(np.float64)), initial=0.0)) for a in expected]
+    return {"max_abs_error": max(errors, default=0.0), "max_abs_reference": max(scale, default=0.0)}
+
+
+def batch_axes(spec: ModelSpec, size: str, path: Path) -> dict[str, int | None]:
+    """Each output's batch axis, found by running ``path``: an output whose shape at batch 2 is its shape at
+    batch 1 with one axis doubled has its batch there; one that does not change has none (None: compared
+    whole); for a graph with a fixed batch N, the first axis of size N. Anything else keeps axis 0.
+
+    Declared output shapes are not trusted: ddddocr's OCR declares (1, seqlen) and returns (seqlen, 1, 8210).
+    Axes the user gave (``--output-batch-axes``) are taken as they are, once checked against the outputs' ranks."""
+    cfg = spec.config(size)
+    fixed, given = cfg.get("fixed_batch"), cfg.get("output_batch_axes")
+    names = list(spec.outputs)
+    if given:
+        shapes = [o.shape for o in _run_file(path, spec.make_feeds(size, fixed or 1, CHECK_SEED), "the FP32 file")]
+        for name, shape in zip(names, shapes):
+            if given[name] >= len(shape):
+                raise ArtifactError(
+                    f"--output-batch-axes gives {name} axis {given[name]}, but it has {len(shape)} axes {shape}"
+                )
+        return dict(given)
+    if fixed:
+        shapes = [o.shape for o in _run_file(path, spec.make_feeds(size, fixed, CHECK_SEED), "the FP32 file")]
+        return {n: next((i for i, d in enumerate(s) if d == fixed), 0) for n, s in zip(names, shapes)}
+    one = [o.shape for o in _run_file(path, spec.make_feeds(size, 1, CHECK_SEED), "the FP32 file")]
+    try:
+        two = [o.shape for o in _run_file(path, spec.make_feeds(size, 2, CHECK_SEED), "the FP32 file")]
+    except ArtifactError:
+        return dict.fromkeys(names, 0)
+    axes: dict[str, int | None] = {}
+    for name, a, b in zip(names, one, two):
+        if a == b:
+            axes[name] = None
+            continue
+        doubled = [i for i, (x, y) in enumerate(zip(a, b)) if y == 2 * x and x > 0]
+        others_equal = len(a) == len(b) and all(x == y for i, (x, y) in enumerate(zip(a, b)) if i not in doubled)
+        axes[name] = doubled[0] if len(doubled) == 1 and others_equal else 0
+    return axes
+
+
+def output_batch_axes(spec: ModelSpec, size: str) -> dict[str, int | None]:
+    """The batch axis of each output of ``spec`` (empty: all on axis 0, as every catalogue model): the user's
+    ``--output-batch-axes`` or what the import of a brought-in model found."""
+    given = spec.config(size).get("output_batch_axes")
+    if given:
+        return dict(given)
+    if spec.framework != "onnx":
+        return {}
+    entry = ModelStore(spec.name, size).entry("fp32") or {}
+    return dict(entry.get("output_batch_axes") or {})
 
 
 class UnsupportedPrecision(ArtifactError):
@@ -364,6 +489,9 @@ def ensure(
     For a brought-in model (framework ``onnx``) a conversion that fails raises UnsupportedPrecision."""
     if spec.framework == "onnx" and precision in ("fp16", "int8"):
         ensure_fp32(spec, size, settings)
+        problem = ModelStore(spec.name, size).entry("fp32").get("not_normalized")
+        if problem:
+            raise UnsupportedPrecision(f"{spec.name} cannot be converted to {precision}: {problem}")
         try:
             if precision == "fp16":
                 return ensure_fp16(spec, size, settings)
