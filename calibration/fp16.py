@@ -13,7 +13,7 @@ from pathlib import Path
 
 import onnx
 
-from calibration.graph import check_runs, clean
+from calibration.graph import check_runs, clean, output_shapes
 from common.errors import first_line
 from common.paths import atomic_path
 
@@ -38,6 +38,26 @@ CONSERVATIVE_BLOCK = (
     "Sqrt",
     "Exp",
 )
+
+
+def quantization_ops(model: onnx.ModelProto) -> tuple[str, ...]:
+    """The ops of an already quantized graph that ``model`` holds (a brought-in file, such as ddddocr's
+    dynamically quantized OCR): (Dynamic)QuantizeLinear, DequantizeLinear, ONNX Runtime's DynamicQuantizeLSTM,
+    DynamicQuantizeMatMul, MatMulIntegerToFloat. Their float side is float32 only: converted to float16,
+    their inputs no longer type-check, so they are always kept in FP32."""
+    from common.graphs import all_graphs
+
+    held = {n.op_type for g in all_graphs(model.graph) for n in g.node}
+    return tuple(sorted(op for op in held if "Quantize" in op or op.endswith("IntegerToFloat")))
+
+
+def block_lists(model: onnx.ModelProto) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The two op block lists tried in turn: the converter's default, then CONSERVATIVE_BLOCK; each with the
+    quantization ops the graph holds (empty first list: the converter's default as it is)."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
+
+    extra = quantization_ops(model)
+    return ((*DEFAULT_OP_BLOCK_LIST, *extra) if extra else ()), (*CONSERVATIVE_BLOCK, *extra)
 
 
 class ConversionError(RuntimeError):
@@ -86,8 +106,9 @@ def convert(fp32_path: Path, out_path: Path, feeds: dict, cleaned: tuple[onnx.Mo
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model, clean_note = cleaned or clean(fp32_path)
+    shapes = output_shapes(fp32_path, feeds)
     errors = []
-    for block in ((), CONSERVATIVE_BLOCK):
+    for block in block_lists(model):
         try:
             converted = convert_float_to_float16(
                 model,
@@ -95,7 +116,7 @@ def convert(fp32_path: Path, out_path: Path, feeds: dict, cleaned: tuple[onnx.Mo
                 op_block_list=list(block) or None,
             )
             duplicates = drop_duplicate_nodes(converted.graph)
-            check_runs(converted, feeds)
+            check_runs(converted, feeds, shapes)
         except Exception as exc:  # noqa: BLE001 - converter and runtime failures are both retried
             errors.append(f"block={list(block) or 'default'}: {first_line(exc)}")
             log.info("fp16 conversion attempt failed: %s", errors[-1])

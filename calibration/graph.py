@@ -92,11 +92,13 @@ def unique_initializer_names(model: onnx.ModelProto) -> int:
     return renamed
 
 
-def check_runs(model: onnx.ModelProto | Path, feeds: dict) -> list:
+def check_runs(model: onnx.ModelProto | Path, feeds: dict, shapes: list[tuple[int, ...]] | None = None) -> list:
     """Open ``model`` in ONNX Runtime CPU and run it once on ``feeds``; returns the outputs.
 
-    Raises whatever ONNX Runtime raises, and ValueError if an output holds NaN or infinity, so a broken
-    conversion is caught when it is made, not when it is measured.
+    Raises whatever ONNX Runtime raises, and ValueError if an output holds NaN or infinity, or (given
+    ``shapes``, the FP32 model's output shapes on the same feeds, see ``output_shapes``) has another rank, so
+    a broken conversion is caught when it is made, not when it is measured. Ranks, not sizes: a detector's
+    number of boxes may differ between precisions.
     """
     import numpy as np
     import onnxruntime as ort
@@ -107,7 +109,17 @@ def check_runs(model: onnx.ModelProto | Path, feeds: dict) -> list:
     for meta, value in zip(session.get_outputs(), outputs, strict=False):
         if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
             raise ValueError(f"output {meta.name} has NaN or infinite values")
+    for meta, value, shape in zip(session.get_outputs(), outputs, shapes or [], strict=False):
+        # onnxslim folded ddddocr's computed Reshape target from its wrong declared output shape, and the
+        # converted graphs returned (1, 262720) where the FP32 one returns (32, 1, 8210).
+        if value.ndim != len(shape):
+            raise ValueError(f"output {meta.name} has shape {value.shape}, the FP32 model's {tuple(shape)}")
     return outputs
+
+
+def output_shapes(model: onnx.ModelProto | Path, feeds: dict) -> list[tuple[int, ...]]:
+    """The shapes of ``model``'s outputs on ``feeds`` (ONNX Runtime CPU), for ``check_runs(..., shapes=)``."""
+    return [value.shape for value in check_runs(model, feeds)]
 
 
 def batchnorm_to_depthwise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:

@@ -33,7 +33,7 @@ from pathlib import Path
 import onnx
 
 from calibration.feeds import Feeds
-from calibration.graph import batchnorm_to_depthwise, check_runs, clean
+from calibration.graph import batchnorm_to_depthwise, check_runs, clean, output_shapes
 from calibration.int8_recipe import FLAVOURS, METHODS
 from common.cpu_isa import weight_max
 from common.graphs import subgraphs
@@ -166,7 +166,7 @@ def quantize(
             if not cache_hit:
                 ort_cache.unlink(missing_ok=True)
     loop_matmuls = _quantize_loops(partial, weight_bits) if flavour == "cpu" else 0
-    check_runs(partial, check_feeds)
+    check_runs(partial, check_feeds, output_shapes(fp32_path, check_feeds))
     os.replace(partial, out_path)
     return {
         "quantizer": "onnxruntime.quantization.quantize_static (QDQ)",
