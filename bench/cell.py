@@ -126,7 +126,15 @@ def _read_json_cache(store, name: str) -> dict:
 
 
 def accuracy_feeds(spec, size: str, batch: int, samples: int) -> list[dict[str, np.ndarray]]:
-    """The seeded accuracy inputs: ceil(samples / batch) batches, the same for every precision and engine."""
+    """The accuracy inputs, the same for every precision and engine: for a trained model its whole evaluation
+    split in batches of ``batch`` (``samples`` is ignored; a tail shorter than a batch is left out, since
+    engines built for the cell's shapes take no other), else ceil(samples / batch) seeded batches."""
+    if spec.trained is not None:
+        from onnx_models.trained import splits
+
+        data = splits(spec, size).eval
+        total = len(next(iter(data.values())))
+        return [{k: v[i : i + batch] for k, v in data.items()} for i in range(0, total - batch + 1, batch)]
     return [spec.make_feeds(size, batch, ACCURACY_SEED + i) for i in range(max(1, math.ceil(samples / batch)))]
 
 
@@ -248,9 +256,37 @@ def _score(spec, size: str, expected: dict | None, outputs: list[dict]) -> dict:
     from analysis.accuracy import compare, concat
     from onnx_models.artifacts import output_batch_axes
 
-    row = compare(spec.task, expected, concat(outputs, output_batch_axes(spec, size)), spec.task_options)
+    got = concat(outputs, output_batch_axes(spec, size))
+    row = compare(spec.task, expected, got, spec.task_options)
     row["accuracy_samples"] = next(iter(expected.values())).shape[0]
+    if spec.trained is not None:
+        row.update(label_columns(spec, size, expected, got))
     return row
+
+
+# MLPerf's accuracy targets: 99% of FP32 for most benchmarks, 99.9% for the high-accuracy variants.
+LABEL_TARGETS = (0.99, 0.999)
+
+
+def label_columns(spec, size: str, expected: dict, got: dict) -> dict:
+    """The trained track's columns: the task metric against the evaluation labels for this precision and for
+    FP32 (``expected``, the FP32 reference on the same samples), their ratio, and pass or fail at 99% and 99.9%
+    of FP32."""
+    from onnx_models.trained import eval_labels
+
+    labels = eval_labels(spec, size)
+    track = spec.trained
+    value = float(track.score(got, labels)[track.metric])
+    fp32 = float(track.score(expected, labels)[track.metric])
+    ratio = value / fp32 if fp32 else None
+    return {
+        "label_metric": track.metric,
+        "label_value": value,
+        "label_value_fp32": fp32,
+        "label_ratio": ratio,
+        "label_pass_99": None if ratio is None else ratio >= LABEL_TARGETS[0],
+        "label_pass_999": None if ratio is None else ratio >= LABEL_TARGETS[1],
+    }
 
 
 def _closed_loop(engine, spec, c: Cell, feeds, samples, expected, timer, meter) -> dict:

@@ -235,6 +235,7 @@ def build(
 
     _speedups(doc, rows)
     _accuracy(doc, rows, threshold, env)
+    _labels(doc, rows)
     engines = list(dict.fromkeys(r.get("engine") for r in rows if r.get("engine")))
     roofs = {engine: roofs_for(rows, env, engine, given) for engine in engines}
     _roofline(doc, rows, roofs, run_dir, plot)
@@ -315,6 +316,39 @@ def _accuracy(doc: Document, rows: list[dict[str, Any]], threshold: float, env: 
     note = kernel_note(rows, env)
     if note:
         doc.para(note)
+
+
+def _labels(doc: Document, rows: list[dict[str, Any]]) -> None:
+    """The trained track: each cell's task metric against the evaluation labels, FP32's, and MLPerf's targets."""
+    table = [
+        [
+            row["model"],
+            row["engine"],
+            row["precision"],
+            row["batch_size"],
+            row["scenario"],
+            row["label_metric"],
+            row.get("label_value"),
+            row.get("label_value_fp32"),
+            row.get("label_ratio"),
+            {True: "pass", False: "FAIL", None: None}[row.get("label_pass_99")],
+            {True: "pass", False: "FAIL", None: None}[row.get("label_pass_999")],
+        ]
+        for row in rows
+        if row.get("status") == "ok" and row.get("label_metric")
+    ]
+    if not table:
+        return
+    doc.heading(2, "Accuracy against labels (trained models)")
+    doc.para(
+        "Trained models (models trained inside the suite on labelled data from pinned packages) scored on their "
+        "evaluation split against its labels: the task metric at this precision, at FP32 on the same samples, "
+        "their ratio, and MLPerf's targets of 99% and 99.9% of FP32. Random-weight models have no labels: their "
+        "accuracy above is against FP32 only."
+    )
+    doc.table(
+        ["model", "engine", "prec", "batch", "scenario", "metric", "value", "fp32", "ratio", "99%", "99.9%"], table
+    )
 
 
 # Engines whose INT8 runs on the CPU's integer kernels (the ones that saturate on x86 without VNNI or AMX).

@@ -305,6 +305,8 @@ SUMMARY_COLUMNS = (
     ("accuracy_cosine", "cosine"),
     ("error", "reason"),
 )
+# Trained models' columns, inserted before the reason where a run has any.
+LABEL_COLUMNS = (("label_metric", "vs labels"), ("label_value", "value"), ("label_ratio", "of fp32"))
 
 
 def speed_key(row: dict[str, Any]) -> tuple:
@@ -335,14 +337,17 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of the run: one line per cell, with speed-up over FP32 of the same engine, batch size
     and scenario."""
     fp32 = {speed_key(r): r for r in rows if r.get("precision") == "fp32"}
+    columns = SUMMARY_COLUMNS
+    if any(r.get("label_metric") for r in rows):
+        columns = (*SUMMARY_COLUMNS[:-1], *LABEL_COLUMNS, SUMMARY_COLUMNS[-1])
     lines = [
-        "| " + " | ".join(title for _, title in SUMMARY_COLUMNS) + " |",
-        "|" + "|".join("---" for _ in SUMMARY_COLUMNS) + "|",
+        "| " + " | ".join(title for _, title in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
     ]
     for row in rows:
         view = dict(row)
         view["speedup_vs_fp32"] = speedup(row, fp32.get(speed_key(row)))
         if view.get("error"):
             view["error"] = str(view["error"]).replace("|", "/")[:120]
-        lines.append("| " + " | ".join(_fmt(view.get(key)) for key, _ in SUMMARY_COLUMNS) + " |")
+        lines.append("| " + " | ".join(_fmt(view.get(key)) for key, _ in columns) + " |")
     return "\n".join(lines) + "\n"

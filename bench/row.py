@@ -68,6 +68,14 @@ class Row:
     accuracy_cosine: float | None = None
     accuracy_max_abs_error: float | None = None
     accuracy_samples: int | None = None
+    # Trained models (models.trained): the task metric against the evaluation split's labels at this precision
+    # and at FP32 on the same samples, their ratio, and pass or fail at MLPerf's 99% and 99.9% of FP32.
+    label_metric: str | None = None
+    label_value: float | None = None
+    label_value_fp32: float | None = None
+    label_ratio: float | None = None
+    label_pass_99: bool | None = None
+    label_pass_999: bool | None = None
     cpu_isa: str | None = None
     int8_weight_bits: int | None = None
     int8_conformance: str | None = None

@@ -40,6 +40,9 @@ _MODULES = (
     "ncf",
     "nmt",
     "bert",
+    # The trained track (models.trained), after the random-weight catalogue.
+    "wide_deep_adult",
+    "ncf_movielens",
 )
 
 
@@ -133,6 +136,9 @@ class ModelSpec:
     # framework's after ``parity_align(framework_outputs, onnx_outputs)`` reorders the ONNX rows to match.
     parity_align: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
     notes: str = ""
+    # The trained track (models.trained.TrainedTrack): trained inside the suite on labelled data and scored
+    # against labels. None for the random-weight catalogue.
+    trained: Any = None
 
     def __post_init__(self) -> None:
         if self.framework not in FRAMEWORKS:
@@ -151,7 +157,13 @@ class ModelSpec:
             return self.version
         from common.source_hash import source_digest
 
-        functions = (self.build, self.inputs, self.sampler)
+        track = self.trained
+        functions = (
+            self.build,
+            self.inputs,
+            self.sampler,
+            *((track.prepare, track.train, track.score) if track else ()),
+        )
         modules = sorted({f.__module__ for f in functions if f is not None})
         # The registry loads every model lazily; following it would make each model's key depend on all others.
         return source_digest(*modules, leaves=("models",), ignore=("onnx_models", "bench"))
@@ -200,8 +212,14 @@ def all_models() -> dict[str, ModelSpec]:
 
 
 def default_models() -> list[str]:
-    """The models the default job runs: every catalogue model that is not a variant of another."""
-    return [name for name, spec in all_models().items() if spec.variant_of is None]
+    """The models the default job runs: every catalogue model that is neither a variant of another nor trained
+    (the trained track trains for minutes; ``--models trained`` runs it)."""
+    return [name for name, spec in all_models().items() if spec.variant_of is None and spec.trained is None]
+
+
+def trained_models() -> list[str]:
+    """The trained track's models (``--models trained``), in catalogue order."""
+    return [name for name, spec in all_models().items() if spec.trained is not None]
 
 
 def get_model(name: str) -> ModelSpec:

@@ -105,6 +105,11 @@ def ensure_fp32(spec: ModelSpec, size: str, settings: ExportSettings = ExportSet
     """The FP32 ONNX of ``spec`` at ``size``, exported (with parity check) unless a valid one is stored."""
     if spec.framework == "onnx":
         return _copy_onnx(spec, size)
+    if spec.trained is not None and settings.weights is None:
+        from onnx_models.trained import ensure_checkpoint
+
+        # The trained track's weights come from training inside the suite, cached like an artifact.
+        settings = ExportSettings(seed=settings.seed, weights=ensure_checkpoint(spec, size, settings.seed))
     store = ModelStore(spec.name, size)
     weights_sha = sha256_file(settings.weights) if settings.weights else None
     key = fp32_key(spec, size, settings)
@@ -114,6 +119,7 @@ def ensure_fp32(spec: ModelSpec, size: str, settings: ExportSettings = ExportSet
 
     log.info("exporting %s (%s)", spec.name, size)
     report = exporters.export(spec, size, store.path("fp32"), seed=settings.seed, weights=settings.weights)
+    trained = _trained_info(spec, size, store.path("fp32")) if spec.trained is not None else None
     store.record(
         "fp32",
         key,
@@ -127,9 +133,32 @@ def ensure_fp32(spec: ModelSpec, size: str, settings: ExportSettings = ExportSet
             "max_rel_error": report.parity_max_rel,
             "tolerance_rel": report.parity_tolerance,
         },
+        **({"trained": trained} if trained else {}),
     )
     _record_model_facts(spec, size, store)
     return store.path("fp32")
+
+
+def _trained_info(spec: ModelSpec, size: str, path: Path) -> dict:
+    """The manifest's ``trained`` entry for the exported ``path``: its scores on the evaluation split against the
+    labels, chance, the data and where it came from. Raises TrainingError if the model learnt nothing."""
+    from analysis.accuracy import concat
+    from engines.ort_cpu import OrtCpuEngine
+    from onnx_models import trained
+
+    track = spec.trained
+    with OrtCpuEngine() as engine:
+        engine.activate(path)
+        outputs = concat([engine.infer(feeds) for feeds in trained.eval_batches(spec, size)])
+    scores = {k: float(v) for k, v in track.score(outputs, trained.eval_labels(spec, size)).items()}
+    trained.check_learnt(spec, scores[track.metric])
+    return {
+        "metric": track.metric,
+        "fp32_scores": scores,
+        "chance": track.chance,
+        "data": track.data_note,
+        "provenance": trained.provenance(spec),
+    }
 
 
 def _copy_onnx(spec: ModelSpec, size: str) -> Path:
@@ -379,6 +408,11 @@ def calibration_feeds(spec: ModelSpec, size: str, calib: CalibrationSettings):
     # A brought-in graph with a fixed batch dimension N (models/byo.py) is calibrated N samples at a time.
     # A model whose calibration would not fit in memory at the default batch names a smaller one.
     batch = spec.config(size).get("fixed_batch") or min(calib.batch, spec.calibration_batch or calib.batch)
+    if calib.data is None and spec.trained is not None:
+        from onnx_models.trained import calibration_file
+
+        # A trained model calibrates on its training split, never on the data it is scored on.
+        return file_feeds(calibration_file(spec, size, calib.samples, calib.seed), specs, batch, calib.samples)
     if calib.data is not None:
         # A catalogue model's integer inputs index tables of known sizes, so ids outside them are refused when
         # the file is read; a brought-in model's ranges are guesses ({0, 1}), so its data is taken as it is.
