@@ -38,15 +38,42 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def ranking_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
     """AUC-style ranking agreement: the fraction of sample pairs that both score lists order the same way
-    (ties in the reference are skipped). 1.0 means the low-precision model ranks items exactly as FP32."""
+    (ties in the reference are skipped; a tie in the candidate only is a disagreement). 1.0 means the
+    low-precision model ranks items exactly as FP32.
+
+    Counted in O(n log n) time and O(n) memory (a Fenwick tree over the candidate's ranks, walked in the
+    reference's order): the pairwise matrix of n scores does not fit in memory for a trained recommender's
+    evaluation split (94,300 MovieLens candidates would take 66 GiB)."""
     ref = reference.reshape(-1).astype(np.float64)
     cand = candidate.reshape(-1).astype(np.float64)
-    ref_diff = np.sign(ref[:, None] - ref[None, :])
-    cand_diff = np.sign(cand[:, None] - cand[None, :])
-    mask = np.triu(ref_diff != 0, k=1)
-    if not mask.any():
+    n = len(ref)
+    _, ref_tie_sizes = np.unique(ref, return_counts=True)
+    pairs = n * (n - 1) // 2 - int(np.sum(ref_tie_sizes * (ref_tie_sizes - 1) // 2))
+    if pairs == 0:
         return 1.0
-    return float(np.mean(ref_diff[mask] == cand_diff[mask]))
+    # Concordant pairs: ref_i < ref_j and cand_i < cand_j. Walk groups of equal reference score in ascending
+    # order; each element counts the earlier (strictly lower reference) elements with a strictly lower
+    # candidate score, and a group is added to the tree only after all its members have counted.
+    cand_rank = np.unique(cand, return_inverse=True)[1] + 1  # 1-based dense ranks: equal scores, equal rank
+    order = np.argsort(ref, kind="stable")
+    sorted_ref = ref[order]
+    starts = np.flatnonzero(np.r_[True, sorted_ref[1:] != sorted_ref[:-1]])
+    ends = np.r_[starts[1:], n]
+    tree = [0] * (int(cand_rank.max()) + 1)
+    concordant = 0
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        group = cand_rank[order[start:end]].tolist()
+        for rank in group:
+            i = rank - 1
+            while i > 0:
+                concordant += tree[i]
+                i -= i & -i
+        for rank in group:
+            i = rank
+            while i < len(tree):
+                tree[i] += 1
+                i += i & -i
+    return concordant / pairs
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:

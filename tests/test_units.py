@@ -73,6 +73,23 @@ def test_ctr_error_and_ranking():
     assert ranking_agreement(np.array([1.0, 2.0]), np.array([5.0, 6.0])) == 1.0
 
 
+def test_ranking_agreement_counts_pairs_with_ties():
+    # Every pair by hand: (0,1) ref tie, skipped; (0,2) agree; (0,3) candidate tie, disagree; (1,2) agree;
+    # (1,3) agree; (2,3) disagree (reference 3 < 4, candidate 9 > 2). 3 of 5 reference-ordered pairs agree.
+    ref = np.array([1.0, 1.0, 3.0, 4.0])
+    cand = np.array([2.0, 0.0, 9.0, 2.0])
+    assert ranking_agreement(ref, cand) == pytest.approx(3 / 5)
+    assert ranking_agreement(np.ones(5), np.arange(5.0)) == 1.0
+
+
+def test_ranking_agreement_of_a_trained_recommenders_split_fits_in_memory():
+    # 943 MovieLens users x 100 candidates: the pairwise matrix needed 66 GiB and failed every NCF cell.
+    rng = np.random.default_rng(0)
+    ref = rng.random(94_300)
+    assert ranking_agreement(ref, ref) == 1.0
+    assert ranking_agreement(ref, -ref) == 0.0
+
+
 SPECS = [InputSpec("ids", ("batch", 4), "int64", 0, 10), InputSpec("x", ("batch", 2, 3), "float32", -1, 1)]
 
 
