@@ -262,7 +262,7 @@ def _parity(expected: list, got: list) -> dict[str, float]:
 def batch_axes(spec: ModelSpec, size: str, path: Path) -> dict[str, int | None]:
     """Each output's batch axis, found by running ``path``: an output whose shape at batch 2 is its shape at
     batch 1 with one axis doubled has its batch there; one that does not change has none (None: compared
-    whole); for a graph with a fixed batch N, the first axis of size N. Anything else keeps axis 0.
+    whole); for a graph with a fixed batch N, the first axis of size N, or none. Anything else keeps axis 0.
 
     Declared output shapes are not trusted: ddddocr's OCR declares (1, seqlen) and returns (seqlen, 1, 8210).
     Axes the user gave (``--output-batch-axes``) are taken as they are, once checked against the outputs' ranks."""
@@ -279,12 +279,13 @@ def batch_axes(spec: ModelSpec, size: str, path: Path) -> dict[str, int | None]:
         return dict(given)
     if fixed:
         shapes = [o.shape for o in _run_file(path, spec.make_feeds(size, fixed, CHECK_SEED), "the FP32 file")]
-        return {n: next((i for i, d in enumerate(s) if d == fixed), 0) for n, s in zip(names, shapes)}
+        # No axis of size N: the whole output belongs to the batch (a batch-1 graph returning (classes,)).
+        return {n: next((i for i, d in enumerate(s) if d == fixed), None) for n, s in zip(names, shapes)}
     one = [o.shape for o in _run_file(path, spec.make_feeds(size, 1, CHECK_SEED), "the FP32 file")]
     try:
         two = [o.shape for o in _run_file(path, spec.make_feeds(size, 2, CHECK_SEED), "the FP32 file")]
     except ArtifactError:
-        return dict.fromkeys(names, 0)
+        return {n: 0 if len(s) else None for n, s in zip(names, one)}
     axes: dict[str, int | None] = {}
     for name, a, b in zip(names, one, two):
         if a == b:
@@ -292,7 +293,7 @@ def batch_axes(spec: ModelSpec, size: str, path: Path) -> dict[str, int | None]:
             continue
         doubled = [i for i, (x, y) in enumerate(zip(a, b)) if y == 2 * x and x > 0]
         others_equal = len(a) == len(b) and all(x == y for i, (x, y) in enumerate(zip(a, b)) if i not in doubled)
-        axes[name] = doubled[0] if len(doubled) == 1 and others_equal else 0
+        axes[name] = doubled[0] if len(doubled) == 1 and others_equal else (0 if len(a) else None)
     return axes
 
 

@@ -357,3 +357,32 @@ def test_a_converted_graph_that_changes_an_output_rank_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"output y has shape \(36, 1, 8\), the FP32 model's \(1, 288\)"):
         check_runs(model, feeds, [(1, 288)])
     assert check_runs(model, feeds, [(36, 2, 8)])[0].shape == (36, 1, 8)  # sizes may differ, ranks may not
+
+
+def test_outputs_without_a_batch_axis_are_compared_whole(tmp_path):
+    # Before: a fixed batch-1 graph returning (classes,) and a scalar had "axis 0" for both, so the classes
+    # were taken for samples and the scalar could not be indexed at all.
+    rng = np.random.default_rng(1)
+    weight = rng.normal(0, 0.5, (4, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["m"]),
+        helper.make_node("Constant", [], ["shape"], value=numpy_helper.from_array(np.array([3]), "shape")),
+        helper.make_node("Reshape", ["m", "shape"], ["y"]),
+        helper.make_node("ReduceSum", ["m"], ["s"], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "flat",
+        [helper.make_tensor_value_info("x", F, [1, 4])],
+        [helper.make_tensor_value_info("y", F, [3]), helper.make_tensor_value_info("s", F, [])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = _save(graph, tmp_path / "flat.onnx", opset=17)
+    out = tmp_path / "run"
+    assert suite.main(["run", "--onnx", str(model), "--out", str(out), *QUICK]) == 0
+    rows = _rows(out)
+    assert {p: r["status"] for p, r in rows.items()} == {"fp32": "ok", "fp16": "ok", "int8": "ok"}, [
+        r["error"] for r in rows.values()
+    ]
+    assert ModelStore("byo/flat", "full").entry("fp32")["output_batch_axes"] == {"y": None, "s": None}
+    assert rows["fp16"]["accuracy_value"] > 0.99
