@@ -191,6 +191,7 @@ def list_trained() -> int:
     for name in models.trained_models():
         track = models.get_model(name).trained
         wheels = sorted({assets.get(a).wheel.requirement for a in track.assets})
+        wheels += [f"{package} (installed)" for package in track.packages]
         rows.append(
             (
                 name,

@@ -12,7 +12,7 @@ scores every cell's outputs on the evaluation split with ``score`` against the l
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +64,6 @@ class TrainedTrack:
     eval_batch: int = 256
     # What the data is, for the report and the manifest: "Adult (UCI), 48,842 rows, 2:1 seeded split".
     data_note: str = ""
+    # Installed packages whose files make the data (distribution name -> what it provides), for data made
+    # rather than fetched: their versions join the splits' cache key and the provenance.
+    packages: Mapping[str, str] = field(default_factory=dict)

@@ -27,10 +27,14 @@ class TrainingError(RuntimeError):
 
 
 def provenance(spec: ModelSpec) -> list[dict[str, str]]:
-    """Where each of the track's files comes from: asset, package, version, file in the wheel, sha256, licence."""
+    """Where each of the track's files comes from: asset, package, version, file in the wheel, sha256, licence;
+    then each installed package the data is made with, its version and what it provides."""
     import assets
 
-    found = []
+    found = [
+        {"installed": f"{package}=={package_version(package)}", "provides": provides}
+        for package, provides in spec.trained.packages.items()
+    ]
     for name in spec.trained.assets:
         asset = assets.get(name)
         found.append(
@@ -42,14 +46,16 @@ def provenance(spec: ModelSpec) -> list[dict[str, str]]:
                 "licence": asset.wheel.licence,
             }
         )
-    return found
+    return sorted(found, key=lambda entry: "installed" in entry)
 
 
 def _splits_name(spec: ModelSpec, size: str) -> str:
     import assets
 
     digests = [assets.get(name).sha256 for name in spec.trained.assets]
-    return f"splits-{cache_key(assets=digests, code=spec.code_digest(), config=spec.config(size))}.npz"
+    makers = {package: package_version(package) for package in spec.trained.packages}
+    key = cache_key(assets=digests, packages=makers, code=spec.code_digest(), config=spec.config(size))
+    return f"splits-{key}.npz"
 
 
 def splits(spec: ModelSpec, size: str) -> Splits:
