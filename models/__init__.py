@@ -43,6 +43,9 @@ _MODULES = (
     # The trained track (models.trained), after the random-weight catalogue.
     "wide_deep_adult",
     "ncf_movielens",
+    "resnet50_mnist",
+    "crnn_words",
+    "bert_reviews",
 )
 
 

@@ -1,5 +1,6 @@
 """The trained track: models trained inside the suite on labelled data from pinned packages, scored against
-labels at every precision (Wide & Deep on Adult, NeuMF on MovieLens 100k), and its infrastructure."""
+labels at every precision (Wide & Deep on Adult, NeuMF on MovieLens 100k, ResNet-50 on MNIST digits, CRNN on
+rendered strings, BERT on clothing reviews), and its infrastructure."""
 
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ def test_hit_rate_ranks_the_held_out_item_with_ties_against_it():
 
 def test_trained_models_are_listed_apart_and_left_out_of_the_default_job(capsys):
     trained = models.trained_models()
-    assert {"wide_deep_adult", "ncf_movielens"} <= set(trained)
+    assert {"wide_deep_adult", "ncf_movielens", "resnet50_mnist", "crnn_words", "bert_reviews"} <= set(trained)
+    assert len({models.get_model(name).category for name in trained}) >= 4
     assert not set(trained) & set(models.default_models())
     assert suite.main(["list", "--trained"]) == 0
     out = capsys.readouterr().out
@@ -132,6 +134,40 @@ def test_neumf_on_movielens_is_scored_by_hit_rate(tmp_path):
     assert {p: r["status"] for p, r in rows.items()} == {"fp32": "ok", "int8": "ok"}
     assert rows["fp32"]["label_metric"] == "hr@10" and rows["fp32"]["label_value"] > 0.25
     assert rows["int8"]["accuracy_samples"] == 200 * 100  # 200 users, 100 ranked candidates each
+
+
+@pytest.mark.parametrize(
+    ("model", "asset", "metric", "floor"),
+    [
+        ("resnet50_mnist", "mnist-5k", "top1", 0.85),  # 10 digits: chance 0.1
+        ("crnn_words", None, "exact_match", 0.8),  # 3 or 4 digits: chance ~1e-4
+        ("bert_reviews", "clothing-reviews", "auc", 0.75),  # chance 0.5
+    ],
+)
+def test_a_trained_model_of_each_category_is_scored_against_labels(tmp_path, model, asset, metric, floor):
+    if asset:
+        _need(asset)
+    out = tmp_path / "run"
+    args = ["run", "--models", model, "--size", "tiny", "--batch-sizes", "8", *QUICK, "--out", str(out)]
+    assert suite.main(args) == 0
+    rows = _rows(out)
+    assert {p: r["status"] for p, r in rows.items()} == {"fp32": "ok", "fp16": "ok", "int8": "ok"}
+    fp32 = rows["fp32"]["label_value"]
+    assert rows["fp32"]["label_metric"] == metric and fp32 > floor
+    for row in rows.values():
+        assert row["label_value_fp32"] == fp32 and row["label_ratio"] == pytest.approx(row["label_value"] / fp32)
+        # Low precision of a trained model may lose a little, never everything.
+        assert row["label_ratio"] > 0.9
+
+
+def test_data_made_with_installed_packages_names_them_in_the_provenance():
+    from common.packages import package_version
+    from onnx_models.trained import provenance
+
+    assert provenance(models.get_model("crnn_words")) == [
+        {"installed": f"matplotlib=={package_version('matplotlib')}", "provides": "the DejaVu fonts"},
+        {"installed": f"pillow=={package_version('pillow')}", "provides": "the text rasteriser"},
+    ]
 
 
 def test_a_model_that_did_not_learn_fails_its_build_in_one_line():
