@@ -194,8 +194,9 @@ def _layers() -> dict[str, type]:
     }
 
 
-def build(cfg: Mapping[str, Any], seed: int) -> Any:
-    """A seeded Keras BERT for span QA: (input_ids, token_type_ids, attention_mask) -> (start_logits, end_logits)."""
+def encoder(cfg: Mapping[str, Any], seed: int) -> tuple[list[Any], Any]:
+    """The seeded Keras BERT encoder of ``cfg``: its inputs (input_ids, token_type_ids, attention_mask), each
+    (batch, seq_len) int64, and the last layer's hidden states (batch, seq_len, hidden), for a head to follow."""
     import keras
 
     layers = _layers()
@@ -211,8 +212,16 @@ def build(cfg: Mapping[str, Any], seed: int) -> Any:
     bias = layers["AttentionBias"](name="attention_bias")(attention_mask)
     for i in range(cfg["layers"]):
         x = layers["TransformerLayer"](cfg, name=f"layer_{i}")([x, bias])
-    start_logits, end_logits = layers["SpanHead"](name="qa_outputs")(x)
-    return keras.Model([input_ids, token_type_ids, attention_mask], [start_logits, end_logits], name="bert")
+    return [input_ids, token_type_ids, attention_mask], x
+
+
+def build(cfg: Mapping[str, Any], seed: int) -> Any:
+    """A seeded Keras BERT for span QA: (input_ids, token_type_ids, attention_mask) -> (start_logits, end_logits)."""
+    import keras
+
+    inputs, x = encoder(cfg, seed)
+    start_logits, end_logits = _layers()["SpanHead"](name="qa_outputs")(x)
+    return keras.Model(inputs, [start_logits, end_logits], name="bert")
 
 
 def _config(layers: int, hidden: int, heads: int, intermediate: int) -> dict[str, Any]:

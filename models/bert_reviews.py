@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from models import ModelSpec
-from models.bert import INIT_STDDEV, _layers, inputs
+from models.bert import INIT_STDDEV, encoder, inputs
 from models.trained import Splits, TrainedTrack
 
 PAD, CLS, UNK, SEP = 0, 1, 2, 3
@@ -103,19 +103,7 @@ def build(cfg: Mapping[str, Any], seed: int) -> Any:
     -> probability (batch, 1) that the review recommends the item."""
     import keras
 
-    layers = _layers()
-    keras.utils.set_random_seed(seed)
-    length = cfg["seq_len"]
-    if length > cfg["max_positions"]:
-        raise ValueError(f"seq_len {length} exceeds max_positions {cfg['max_positions']}")
-    input_ids = keras.Input((length,), dtype="int64", name="input_ids")
-    token_type_ids = keras.Input((length,), dtype="int64", name="token_type_ids")
-    attention_mask = keras.Input((length,), dtype="int64", name="attention_mask")
-
-    x = layers["Embeddings"](cfg, name="embeddings")([input_ids, token_type_ids])
-    bias = layers["AttentionBias"](name="attention_bias")(attention_mask)
-    for i in range(cfg["layers"]):
-        x = layers["TransformerLayer"](cfg, name=f"layer_{i}")([x, bias])
+    inputs, x = encoder(cfg, seed)
 
     def initializer() -> Any:
         return keras.initializers.TruncatedNormal(stddev=INIT_STDDEV)
@@ -124,7 +112,7 @@ def build(cfg: Mapping[str, Any], seed: int) -> Any:
     # logistic unit (two softmax logits carry the same information; one probability is what AUC ranks).
     pooled = keras.layers.Dense(cfg["hidden"], "tanh", kernel_initializer=initializer(), name="pooler")(x[:, 0, :])
     probability = keras.layers.Dense(1, "sigmoid", kernel_initializer=initializer(), name="classifier")(pooled)
-    return keras.Model([input_ids, token_type_ids, attention_mask], probability, name="bert_reviews")
+    return keras.Model(inputs, probability, name="bert_reviews")
 
 
 def train(cfg: Mapping[str, Any], splits: Splits, seed: int, out: Path) -> None:
