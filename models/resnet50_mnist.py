@@ -65,7 +65,7 @@ def prepare(cfg: Mapping[str, Any], files: Mapping[str, Path]) -> Splits:
 
 
 def train(cfg: Mapping[str, Any], splits: Splits, seed: int, out: Path) -> None:
-    """Fit the ResNet (cross-entropy, SGD with momentum and a cosine schedule, seeded shuffling) on the
+    """Fit the ResNet (cross-entropy, SGD with momentum under a one-cycle schedule, seeded shuffling) on the
     training split, one progress line per epoch on stderr, and write its state dict to ``out`` (``.pt``)."""
     import torch
 
