@@ -259,6 +259,11 @@ def _parity(expected: list, got: list) -> dict[str, float]:
     return {"max_abs_error": max(errors, default=0.0), "max_abs_reference": max(scale, default=0.0)}
 
 
+def _leading_axis(shape: tuple[int, ...]) -> int | None:
+    """The batch axis assumed where running cannot tell: the first, or none for a scalar."""
+    return 0 if len(shape) else None
+
+
 def batch_axes(spec: ModelSpec, size: str, path: Path) -> dict[str, int | None]:
     """Each output's batch axis, found by running ``path``: an output whose shape at batch 2 is its shape at
     batch 1 with one axis doubled has its batch there; one that does not change has none (None: compared
@@ -285,7 +290,7 @@ def batch_axes(spec: ModelSpec, size: str, path: Path) -> dict[str, int | None]:
     try:
         two = [o.shape for o in _run_file(path, spec.make_feeds(size, 2, CHECK_SEED), "the FP32 file")]
     except ArtifactError:
-        return {n: 0 if len(s) else None for n, s in zip(names, one)}
+        return {n: _leading_axis(s) for n, s in zip(names, one)}
     axes: dict[str, int | None] = {}
     for name, a, b in zip(names, one, two):
         if a == b:
@@ -293,7 +298,7 @@ def batch_axes(spec: ModelSpec, size: str, path: Path) -> dict[str, int | None]:
             continue
         doubled = [i for i, (x, y) in enumerate(zip(a, b)) if y == 2 * x and x > 0]
         others_equal = len(a) == len(b) and all(x == y for i, (x, y) in enumerate(zip(a, b)) if i not in doubled)
-        axes[name] = doubled[0] if len(doubled) == 1 and others_equal else (0 if len(a) else None)
+        axes[name] = doubled[0] if len(doubled) == 1 and others_equal else _leading_axis(a)
     return axes
 
 

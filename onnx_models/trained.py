@@ -31,10 +31,7 @@ def provenance(spec: ModelSpec) -> list[dict[str, str]]:
     then each installed package the data is made with, its version and what it provides."""
     import assets
 
-    found = [
-        {"installed": f"{package}=={package_version(package)}", "provides": provides}
-        for package, provides in spec.trained.packages.items()
-    ]
+    found = []
     for name in spec.trained.assets:
         asset = assets.get(name)
         found.append(
@@ -46,7 +43,11 @@ def provenance(spec: ModelSpec) -> list[dict[str, str]]:
                 "licence": asset.wheel.licence,
             }
         )
-    return sorted(found, key=lambda entry: "installed" in entry)
+    found += [
+        {"installed": f"{package}=={package_version(package)}", "provides": provides}
+        for package, provides in spec.trained.packages.items()
+    ]
+    return found
 
 
 def _splits_name(spec: ModelSpec, size: str) -> str:
