@@ -148,6 +148,7 @@ def settings_from(args: argparse.Namespace):
             samples=calibration_samples(args),
             int8_weights=getattr(args, "int8_weights", "auto"),
             data=data.resolve() if data else None,
+            float_nodes=int8_plans(args),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -162,6 +163,28 @@ def settings_from(args: argparse.Namespace):
             raise UsageError(f"--data does not fit {name}: {exc}") from None
     export = ExportSettings(seed=args.seed, weights=weights.resolve() if weights else None)
     return export, calib
+
+
+def int8_plans(args: argparse.Namespace) -> tuple:
+    """The ``--int8-plan`` files as ``CalibrationSettings.float_nodes`` entries; UsageError for a file that
+    cannot be used or a plan for a model or size the command does not build."""
+    from calibration.int8_plan import PlanError, read_plan
+
+    entries = []
+    for name in (getattr(args, "int8_plan", None) or "").split(","):
+        if not name.strip():
+            continue
+        try:
+            plan = read_plan(Path(name.strip()))
+        except PlanError as exc:
+            raise UsageError(str(exc)) from None
+        if plan.model not in args.model_list or plan.size != args.size:
+            raise UsageError(
+                f"--int8-plan {name.strip()} is for {plan.model} ({plan.size}), which this command does not build "
+                f"({', '.join(args.model_list)} at --size {args.size}); name that model and size, or leave the plan out"
+            )
+        entries.append(plan.entry())
+    return tuple(entries)
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -516,6 +539,101 @@ def cmd_int8_check(args: argparse.Namespace) -> int:
     return 1 if any(r["status"] != "ok" for r in records) else 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Why one model's INT8 loses accuracy or speed (``bench.explain``): per-layer error, per-op time of FP32 and
+    INT8 side by side, and with ``--target-accuracy`` the fewest nodes to keep in float (an INT8 plan). Prints
+    the tables; writes them, their plots and ``explain.json`` into ``--out``."""
+    import engines
+    from bench.explain import ExplainError, ExplainSettings, explain
+    from bench.timer import TimerSettings
+    from engines.options import EngineOptions
+
+    (engine,) = parse_engines(args.engine)
+    problem = engines.availability(engine)
+    if problem:
+        raise UsageError(f"engine {engine} cannot run here: {problem}")
+    export, calib = settings_from(args)
+    (model,) = args.model_list
+    batch = int(args.batch_sizes) if args.batch_sizes else args.batch_size
+    try:
+        settings = ExplainSettings(
+            model=model,
+            size=args.size,
+            engine=engine,
+            flavour=args.flavour,
+            batch_size=batch,
+            samples=args.accuracy_samples,
+            iterations=args.iterations,
+            target=args.target_accuracy,
+            export=export,
+            calib=calib,
+            timer=TimerSettings(args.warmup_s, 1, args.duration_s, args.min_iters),
+            engine_options=EngineOptions(threads=args.threads).as_dict(),
+            cell_timeout_s=args.cell_timeout,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    out = args.out or Path("results") / time.strftime(f"explain-{model}-%Y%m%d-%H%M%S")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; name a directory")
+    try:
+        summary = explain(settings, out)
+    except ExplainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print_explain(summary, out)
+    search = summary.get("search")
+    return 1 if search is not None and not search["reached"] else 0
+
+
+def print_explain(summary: dict, out: Path) -> None:
+    """The explain's tables on stdout: the worst layers, time per op group, the search's outcome."""
+    import polars as pl
+
+    from analysis.op_profile import GROUPS
+
+    def db(value) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    print(f"{summary['model']} ({summary['size']}): {summary['quantized_nodes']} quantized nodes, worst first")
+    print_table(
+        ["node", "op", "input SQNR dB", "output SQNR dB (vs FP32)"],
+        [[r["node"], r["op_type"], db(r["sqnr_db"]), db(r["output_sqnr_db"])] for r in summary["worst_nodes"]],
+    )
+    times = summary["op_time"]
+    print(f"\ntime per inference on {summary['engine']}, batch {summary['batch_size']} (ms, ONNX Runtime profiler)")
+    print_table(
+        ["group", "fp32", "int8"],
+        [[g, f"{times['fp32']['groups'][g]:.3f}", f"{times['int8']['groups'][g]:.3f}"] for g in GROUPS]
+        + [["wall (model_run)", f"{times['fp32']['run_ms']:.3f}", f"{times['int8']['run_ms']:.3f}"]],
+    )
+    top = pl.read_csv(out / "op_time.csv").head(12).to_dicts()
+    print_table(
+        ["op type", "group", "fp32 ms", "int8 ms", "fp32 nodes", "int8 nodes"],
+        [
+            [r["op_type"], r["group"], f"{r['fp32_ms']:.3f}", f"{r['int8_ms']:.3f}", r["fp32_nodes"], r["int8_nodes"]]
+            for r in top
+        ],
+    )
+    search = summary.get("search")
+    if search:
+        print(
+            f"\nsearch for {search['target']:g} of FP32 ({search['metric']}): {search['candidates']} candidates in "
+            f"{search['search_s'] / 60:.1f} min"
+        )
+        if search["reached"]:
+            rows = [
+                [label, f"{v['retained']:.4f}" if v["retained"] is not None else "-", f"{v['speedup']:.2f}x"]
+                for label, v in search["confirmed"].items()
+            ]
+            print_table(["variant", "accuracy retained", "speed-up over fp32"], rows)
+            print(f"{len(search['float_nodes'])} node(s) kept in float; plan: {search['plan']}")
+            print(f"use it: suite.py run --models {summary['model']} --int8-plan {search['plan']}")
+        else:
+            print("target not reached even with every quantized node in float")
+    print(f"\nwritten: {out}", file=sys.stderr)
+
+
 def bring_model(args: argparse.Namespace) -> str:
     """Register ``--onnx`` (with ``--input-shapes`` and ``--output-batch-axes``) as a model the cells can find;
     returns its name. ``--onnx asset:NAME`` fetches a corpus file (``models.corpus``) first, and takes the
@@ -687,6 +805,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="weight range of the CPU INT8 artifacts: auto (default: 7bit where this CPU's 8-bit dot products "
             "saturate, 8bit elsewhere), 8bit or 7bit",
         )
+        p.add_argument(
+            "--int8-plan",
+            metavar="PLAN.json[,...]",
+            help="INT8 plans of `suite.py explain --target-accuracy`: those models' INT8 artifacts keep the plan's "
+            "nodes in float",
+        )
 
     common(sub.add_parser("export", help="export FP32 ONNX artifacts with parity checks"))
     cal = sub.add_parser("calibrate", help="make the FP16 and calibrated INT8 artifacts")
@@ -811,6 +935,40 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--min-iters", type=int, default=10, help="minimum measured iterations of each timed run")
     check.add_argument("--cell-timeout", type=float, default=1800.0, help="seconds before a run is failed")
     check.add_argument("--out", type=Path, help="where int8-check.csv/.json go (default results/int8-check-<time>)")
+    why = sub.add_parser(
+        "explain",
+        help="why INT8 loses accuracy or speed: per-layer error, per-op time; --target-accuracy finds what to keep "
+        "in float",
+    )
+    why.add_argument("model", nargs="?", help="the model (or --onnx FILE)")
+    why.add_argument("--size", choices=models.SIZES, default="full")
+    why.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    calibration(why)
+    why.add_argument("--engine", default="ort-cpu", help="the engine to time and profile on (default ort-cpu)")
+    why.add_argument(
+        "--flavour",
+        choices=("cpu", "tensorrt"),
+        help="the INT8 flavour to explain (default: the engine's; tensorrt's graph runs on ort-cpu for its accuracy)",
+    )
+    why.add_argument("--precision", choices=("int8",), default="int8", help="the precision explained (int8)")
+    why.add_argument(
+        "--target-accuracy",
+        type=float,
+        help="search the fewest nodes to keep in float for INT8 to retain this fraction of FP32's accuracy (0.99)",
+    )
+    why.add_argument("--batch-size", type=int, default=1, help="batch size of every run (default 1)")
+    why.add_argument("--accuracy-samples", type=int, default=8, help="samples for layer error and accuracy (8)")
+    why.add_argument("--iterations", type=int, default=20, help="profiled runs per precision (default 20)")
+    why.add_argument("--threads", type=int, help="intra-op threads (default: physical cores)")
+    why.add_argument("--warmup-s", type=float, default=0.25, help="warm-up seconds of each candidate's timing")
+    why.add_argument("--duration-s", type=float, default=1.0, help="measured seconds of each candidate's timing")
+    why.add_argument("--min-iters", type=int, default=3, help="minimum measured iterations of each candidate")
+    why.add_argument("--cell-timeout", type=float, default=1800.0, help="seconds before a child step is failed")
+    why.add_argument("--out", type=Path, help="output directory (default results/explain-<model>-<time>)")
+    why.add_argument("--onnx", type=Path, help="explain this ONNX model (instead of MODEL)")
+    why.add_argument("--input-shapes", help="with --onnx: full shapes of dynamic inputs, e.g. x:1x3x224x224")
+    why.add_argument("--output-batch-axes", help="with --onnx: outputs whose batch axis is not found by running")
+    why.set_defaults(models=None, weights=None, batch_sizes=None, preset="quick")
     compare = sub.add_parser("compare", help="compare two or more results directories")
     compare.add_argument("dirs", type=Path, nargs="+", help="results directories; the first is the baseline")
     compare.add_argument("--ignore-engine", action="store_true", help="join cells of different engines")
@@ -838,6 +996,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "report": cmd_report,
         "compare": cmd_compare,
         "int8-check": cmd_int8_check,
+        "explain": cmd_explain,
     }
 
     def terminate_like_ctrl_c(signum, frame):
@@ -853,8 +1012,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:
         previous_sigterm, sigterm_installed = None, False
     try:
-        if args.command == "run" and args.onnx is not None:
+        if args.command in ("run", "explain") and args.onnx is not None:
+            if args.command == "explain" and args.model:
+                raise UsageError("explain takes a MODEL or --onnx FILE, not both")
             args.model_list = [bring_model(args)]
+        elif args.command == "explain":
+            if not args.model:
+                raise UsageError("explain needs a MODEL (suite.py list names them) or --onnx FILE")
+            args.model_list = split_names(args.model, list(models.all_models()), "model", [])
+            if len(args.model_list) != 1:
+                raise UsageError("explain takes one model at a time")
         elif args.command in ("export", "calibrate", "flops", "run", "int8-check"):
             catalogue = list(models.all_models())
             if args.models == "trained":

@@ -229,6 +229,20 @@ def compare(
     return result
 
 
+def retained(row: Mapping[str, Any]) -> float | None:
+    """The fraction of FP32's accuracy a cell's row retains, on the model's own metric: the ratio to FP32 of
+    the metric against labels for a trained model (``label_ratio``), else the primary metric where higher is
+    better (an agreement with FP32, whose own is 1), else the cosine similarity of the outputs (an error
+    metric has no scale-free bound). None where no accuracy was measured."""
+    if row.get("label_ratio") is not None:
+        return float(row["label_ratio"])
+    better = next((b for name, b in PRIMARY.values() if name == row.get("accuracy_metric")), None)
+    if better and row.get("accuracy_value") is not None:
+        return float(row["accuracy_value"])
+    cosine = row.get("accuracy_cosine")
+    return None if cosine is None else float(cosine)
+
+
 def concat(
     batches: list[dict[str, np.ndarray]], batch_axes: Mapping[str, int | None] | None = None
 ) -> dict[str, np.ndarray]:

@@ -176,12 +176,16 @@ def run_cell(
     int8_weights: str = "auto",
     load: dict | None = None,
     log_dir: str | None = None,
+    float_nodes: list[str] | tuple[str, ...] = (),
+    int8_flavour: str | None = None,
 ) -> dict:
     """Measure one cell: load the artifact in the engine, check accuracy against ``reference`` (an .npz of
     FP32 outputs, or None to skip), then time it: with the suite's timer in the ``latency`` scenario, with
     LoadGen (``load``, a LoadSettings' fields; its logs into ``log_dir``) in the others. ``int8_weights`` picks
-    the CPU INT8 artifact's weight range (``calibration.int8_recipe``). Returns the measured columns plus
-    ``samples_ms`` (the timer's latencies; None for LoadGen scenarios, whose latencies are in its logs)."""
+    the CPU INT8 artifact's weight range (``calibration.int8_recipe``), ``float_nodes`` the mixed-precision one
+    of an INT8 plan, ``int8_flavour`` an INT8 flavour other than the engine's (``artifact_name_for``).
+    Returns the measured columns plus ``samples_ms`` (the timer's latencies; None for LoadGen scenarios, whose
+    latencies are in its logs)."""
     import resource
 
     import psutil
@@ -193,7 +197,7 @@ def run_cell(
     c = Cell(**cell)
     spec = get_model(c.model)
     engine_cls = engine_class(c.engine)
-    artifact, _ = artifact_name_for(c.engine, c.precision, int8_weights)
+    artifact, _ = artifact_name_for(c.engine, c.precision, int8_weights, float_nodes, int8_flavour)
     store = ModelStore(c.model, c.size)
     path = store.verified_path(artifact)
     row: dict = {"artifact": str(path), "artifact_sha256": store.entry(artifact)["sha256"]}
@@ -203,6 +207,8 @@ def run_cell(
         row["int8_weight_bits"] = store.entry(artifact).get("weight_bits")
         # The tensorrt flavour's check against TensorRT's Q/DQ rules: "ok" or the rules it breaks.
         row["int8_conformance"] = row_text(store.entry(artifact).get("tensorrt_conformance"))
+        # How many nodes an INT8 plan (accuracy-driven mixed precision) kept in float; 0 when fully quantized.
+        row["int8_float_nodes"] = len(store.entry(artifact).get("float_nodes_from_plan", ()))
     feeds = spec.make_feeds(c.size, c.batch_size, TIMING_SEED)
     expected = None
     if reference is not None:
@@ -336,11 +342,24 @@ def _loadgen(engine, spec, c: Cell, samples, expected, timer, load, log_dir: str
     return row
 
 
-def artifact_name_for(engine: str, precision: str, int8_weights: str = "auto") -> tuple[str, str]:
+def artifact_name_for(
+    engine: str, precision: str, int8_weights: str = "auto", float_nodes=(), flavour: str | None = None
+) -> tuple[str, str]:
     """(store artifact name, INT8 flavour) that ``engine`` runs at ``precision``; ``int8_weights`` is the CPU
-    INT8 weight range asked for (``auto``, ``8bit``, ``7bit``)."""
+    INT8 weight range asked for (``auto``, ``8bit``, ``7bit``), ``float_nodes`` the nodes an INT8 plan keeps in
+    float (``float_nodes_for``), ``flavour`` an INT8 flavour other than the engine's own (``suite.py explain``
+    runs the ``tensorrt`` flavour's graph on ONNX Runtime's CPU provider where no GPU is at hand)."""
     from engines import engine_class
     from onnx_models.artifacts import artifact_name
 
-    flavour = engine_class(engine).int8_flavour
-    return artifact_name(precision, flavour, int8_weights), flavour
+    flavour = flavour or engine_class(engine).int8_flavour
+    return artifact_name(precision, flavour, int8_weights, tuple(float_nodes)), flavour
+
+
+def float_nodes_for(cell: Cell, calib) -> tuple[str, ...]:
+    """The nodes that ``calib``'s INT8 plans (CalibrationSettings) keep in float in ``cell``'s INT8 artifact."""
+    from engines import engine_class
+
+    if cell.precision != "int8":
+        return ()
+    return calib.float_nodes_for(cell.model, cell.size, engine_class(cell.engine).int8_flavour)

@@ -133,7 +133,12 @@ class RunConfig:
             "batch_sizes": {m: list(b) for m, b in self.batch_sizes.items()},
             "size": self.size,
             "timer": asdict(self.timer),
-            "calibration": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.calib).items()},
+            "calibration": {
+                k: str(v) if isinstance(v, Path) else v
+                for k, v in asdict(self.calib).items()
+                # INT8 plans only when given, so results directories from before plans existed still resume.
+                if k != "float_nodes" or v
+            },
             "export": {"seed": self.export.seed, "weights": str(self.export.weights) if self.export.weights else None},
             "engine_options": self.engine_options.as_dict(),
             "accuracy_samples": self.accuracy_samples,

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.cell import Cell
+from bench.cell import Cell, float_nodes_for
 from bench.isolation import kill_children, run_isolated
 from bench.plan import ArtifactJob
 from onnx_models.artifacts import CalibrationSettings, ExportSettings
@@ -90,7 +90,8 @@ class LocalExecutor:
                 if not result.ok:  # each conversion then slims the graph itself, and fails with its own reason
                     log.debug("slimming %s (%s) failed: %s", model, size, result.error)
                 return
-            artifact = artifact_name(precision, flavour, calib.int8_weights)
+            float_nodes = calib.float_nodes_for(model, size, flavour) if precision == "int8" else ()
+            artifact = artifact_name(precision, flavour, calib.int8_weights, float_nodes)
             bar.set_postfix_str(f"{model} {artifact}")
             if (model, "fp32") in outcome.failures:
                 outcome.failures[(model, artifact)] = outcome.failures[(model, "fp32")]
@@ -249,6 +250,7 @@ class LocalExecutor:
             int8_weights=config.calib.int8_weights,
             load=config.load.as_dict(),
             log_dir=str(log_dir) if log_dir else None,
+            float_nodes=list(float_nodes_for(cell, config.calib)),
         )
         result = run_isolated("bench.cell:run_cell", kwargs, config.cell_timeout_s)
         return (result.value, None) if result.ok else (None, result.error)

@@ -79,6 +79,7 @@ class Row:
     cpu_isa: str | None = None
     int8_weight_bits: int | None = None
     int8_conformance: str | None = None
+    int8_float_nodes: int | None = None
     paper_flops_per_sample: float | None = None
     flops_ratio_to_paper: float | None = None
     engine_build_s: float | None = None

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.paper import paper_comparison
-from bench.cell import Cell, artifact_name_for
+from bench.cell import Cell, artifact_name_for, float_nodes_for
 from bench.config import RunConfig
 from bench.executor import LocalExecutor
 from bench.plan import plan
@@ -195,7 +195,9 @@ def _reasons(cell: Cell, unsupported: dict[str, str], built, config: RunConfig) 
     cannot undergo, a failed build), or ``status`` None for one to measure."""
     if cell.id in unsupported:
         return {"status": "unsupported", "error": unsupported[cell.id]}
-    artifact, _ = artifact_name_for(cell.engine, cell.precision, config.calib.int8_weights)
+    artifact, _ = artifact_name_for(
+        cell.engine, cell.precision, config.calib.int8_weights, float_nodes_for(cell, config.calib)
+    )
     if (cell.model, artifact) in built.unsupported:
         return {"status": "unsupported", "error": built.unsupported[(cell.model, artifact)]}
     # The executor gives every artifact of a model whose FP32 export failed that failure.

@@ -124,6 +124,7 @@ def quantize(
     model, depthwise = batchnorm_to_depthwise(model)
     if depthwise:
         clean_note += f"; {depthwise} BatchNormalization -> depthwise 1x1 Conv"
+    _check_nodes_exist(model, exclude_nodes)
     cache_hit = cache_path.is_file()
     # ONNX Runtime writes the ranges straight to the path it is given: give it a unique temporary (one that
     # does not exist yet, or it would be read as a cache) and move the complete file into place afterwards.
@@ -189,6 +190,18 @@ def quantize(
         "loop_matmuls_dynamic_int8": loop_matmuls,
         **quantized_summary(out_path),
     }
+
+
+def _check_nodes_exist(model: onnx.ModelProto, nodes: tuple[str, ...]) -> None:
+    """Refuse nodes to keep in float that ``model``'s top-level graph lacks: the quantizer would ignore them
+    silently, and the artifact would not be the one that was asked for (an INT8 plan made for another graph)."""
+    names = {node.name for node in model.graph.node}
+    missing = [name for name in nodes if name not in names]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} node(s) to keep in float are not in the graph (first: {missing[0]!r}): the model "
+            "changed since its INT8 plan was made; run `suite.py explain` again for a new plan"
+        )
 
 
 def _quantize_loops(path: Path, weight_bits: int) -> int:

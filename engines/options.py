@@ -66,14 +66,17 @@ def option_string(value: Any) -> str:
 @dataclass(frozen=True)
 class EngineOptions:
     """What a run sets for every engine: ``--threads`` (None: one per physical core), ``--provider-options``
-    (parsed JSON), ``--include-copies``, ``--cuda-graph``, and ``optimization`` ``disabled`` (graph optimisation
-    off, for the INT8 kernel check's float simulation). Engines read these attributes and nothing else."""
+    (parsed JSON), ``--include-copies``, ``--cuda-graph``, ``optimization`` ``disabled`` (graph optimisation
+    off, for the INT8 kernel check's float simulation), and ``profile``, a file prefix under which ONNX Runtime
+    engines write their per-node profile (``suite.py explain``). Engines read these attributes and nothing
+    else."""
 
     threads: int | None = None
     provider_options: Mapping[str, Any] = field(default_factory=dict)
     include_copies: bool = False
     cuda_graph: bool = False
     optimization: str = "enabled"
+    profile: str | None = None
 
     @classmethod
     def of(cls, options: EngineOptions | Mapping[str, Any] | None) -> EngineOptions:

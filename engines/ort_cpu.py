@@ -49,6 +49,9 @@ class OrtSessionEngine(Engine):
         options.intra_op_num_threads = int(self.options.threads or physical_cores())
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        if self.options.profile:
+            options.enable_profiling = True
+            options.profile_file_prefix = self.options.profile
         return options
 
     def provider_list(self) -> list:
@@ -88,6 +91,14 @@ class OrtSessionEngine(Engine):
         if self.options.optimization == "disabled":
             described["graph_optimization"] = "disabled"
         return described
+
+    def end_profiling(self) -> str:
+        """Stop the profiler that the ``profile`` option started; returns the path of its JSON trace (one event
+        per node run, Chrome's trace format)."""
+        self._require_active()
+        if not self.options.profile:
+            raise EngineError(f"{self.name}: profiling was not asked for (the engine option profile)")
+        return self.session.end_profiling()
 
     def deactivate_impl(self) -> None:
         del self.session

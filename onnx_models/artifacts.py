@@ -73,9 +73,18 @@ class CalibrationSettings:
     seed: int = 7
     # Weight range of the cpu INT8 flavour: auto (7-bit where this CPU's dot products saturate), 8bit, 7bit.
     int8_weights: str = "auto"
+    # Mixed precision (an INT8 plan of ``bench.precision_search``): the nodes an INT8 artifact keeps in float,
+    # as (model, size, flavour, (node, ...)) entries; a model without an entry is quantized as usual.
+    float_nodes: tuple[tuple[str, str, str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         from calibration.int8_recipe import METHODS, WEIGHT_RANGES
+
+        # Settings cross into child processes as their fields (lists there): back to tuples, sorted and unique.
+        plans = tuple((m, s, f, tuple(sorted(set(nodes)))) for m, s, f, nodes in self.float_nodes)
+        if len({entry[:3] for entry in plans}) != len(plans):
+            raise ValueError("two INT8 plans name the same model, size and INT8 flavour; give one")
+        object.__setattr__(self, "float_nodes", plans)
 
         if self.method not in METHODS:
             raise ValueError(f"unknown calibration method {self.method!r}; valid: {', '.join(METHODS)}")
@@ -84,21 +93,38 @@ class CalibrationSettings:
         if self.samples < 1 or self.batch < 1:
             raise ValueError("calibration samples and batch must be at least 1")
 
+    def float_nodes_for(self, model: str, size: str, flavour: str) -> tuple[str, ...]:
+        """The nodes ``model``'s INT8 artifact of ``flavour`` at ``size`` keeps in float (sorted; () for none)."""
+        return next((nodes for m, s, f, nodes in self.float_nodes if (m, s, f) == (model, size, flavour)), ())
 
-def int8_artifact_name(flavour: str, int8_weights: str = "auto") -> str:
+
+def float_nodes_suffix(float_nodes: tuple[str, ...] | list[str]) -> str:
+    """The artifact-name suffix of a mixed-precision INT8 build: ``-mixed<count>-<digest>`` of its float nodes,
+    so that each set of exclusions is its own artifact beside the fully quantized one; '' for none."""
+    if not float_nodes:
+        return ""
+    return f"-mixed{len(float_nodes)}-{cache_key(nodes=sorted(float_nodes))[:8]}"
+
+
+def int8_artifact_name(flavour: str, int8_weights: str = "auto", float_nodes: tuple[str, ...] = ()) -> str:
     """The store name of an INT8 artifact: ``int8`` for the CPU flavour with 8-bit weights, ``int8-w7`` with
-    7-bit ones (``calibration.int8_recipe`` resolves ``int8_weights``), ``int8-<flavour>`` otherwise."""
+    7-bit ones (``calibration.int8_recipe`` resolves ``int8_weights``), ``int8-<flavour>`` otherwise; with
+    ``float_nodes`` kept in float, :func:`float_nodes_suffix` follows."""
     from calibration.int8_recipe import weight_recipe
 
     if flavour != "cpu":
-        return f"int8-{flavour}"
-    return "int8" if weight_recipe(flavour, int8_weights).bits == 8 else "int8-w7"
+        base = f"int8-{flavour}"
+    else:
+        base = "int8" if weight_recipe(flavour, int8_weights).bits == 8 else "int8-w7"
+    return base + float_nodes_suffix(float_nodes)
 
 
-def artifact_name(precision: str, flavour: str = "cpu", int8_weights: str = "auto") -> str:
+def artifact_name(
+    precision: str, flavour: str = "cpu", int8_weights: str = "auto", float_nodes: tuple[str, ...] = ()
+) -> str:
     """The store name of the artifact for ``precision``: ``fp32``, ``fp16``, or the INT8 artifact of ``flavour``
     (:func:`int8_artifact_name`)."""
-    return int8_artifact_name(flavour, int8_weights) if precision == "int8" else precision
+    return int8_artifact_name(flavour, int8_weights, float_nodes) if precision == "int8" else precision
 
 
 def ensure_fp32(spec: ModelSpec, size: str, settings: ExportSettings = ExportSettings()) -> Path:
@@ -452,7 +478,8 @@ def ensure_int8(
     fp32 = ensure_fp32(spec, size, settings)
     store = ModelStore(spec.name, size)
     recipe = weight_recipe(flavour, calib.int8_weights)
-    name = int8_artifact_name(flavour, calib.int8_weights)
+    float_nodes = calib.float_nodes_for(spec.name, size, flavour)
+    name = int8_artifact_name(flavour, calib.int8_weights, float_nodes)
     feeds = calibration_feeds(spec, size, calib)
     source = store.entry("fp32")["sha256"]
     # The ranges depend on the graph clean-up, the calibrator (ONNX Runtime) and the data: for synthetic data
@@ -467,6 +494,9 @@ def ensure_int8(
         onnxruntime=onnxruntime_version(),
     )
     options = dict(spec.int8_options)
+    # A plan's nodes join the key only where there are some, so that the keys of fully quantized artifacts
+    # (and with them every store built before plans existed) stay as they were.
+    mixed = {"float_nodes": float_nodes} if float_nodes else {}
     key = cache_key(
         calib=calib_key,
         flavour=flavour,
@@ -475,6 +505,7 @@ def ensure_int8(
         code=source_digest("calibration.int8"),
         rules=source_digest("calibration.tensorrt_rules") if flavour == "tensorrt" else None,
         onnxruntime=onnxruntime_version(),
+        **mixed,
     )
     if store.valid(name, key):
         return store.path(name)
@@ -494,10 +525,12 @@ def ensure_int8(
         cache_path=store.cache_path(calib_cache),
         check_feeds=spec.make_feeds(size, 1, CHECK_SEED),
         exclude_op_types=tuple(options.get("exclude_op_types", ())),
-        exclude_nodes=tuple(options.get("exclude_nodes", ())),
+        exclude_nodes=tuple(options.get("exclude_nodes", ())) + float_nodes,
         weight_bits=recipe.bits,
         cleaned=cleaned_fp32(store),
     )
+    if float_nodes:
+        info["float_nodes_from_plan"] = list(float_nodes)
     store.record_cache(calib_cache)
     if flavour == "tensorrt":
         from calibration import tensorrt_rules
