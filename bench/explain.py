@@ -220,6 +220,11 @@ class ExplainSettings:
             raise ValueError("--batch-size, --samples and --iterations must be at least 1")
         if self.target is not None and not 0 < self.target <= 1:
             raise ValueError(f"--target-accuracy is a fraction of FP32's accuracy in (0, 1], got {self.target:g}")
+        if self.target is not None and self.calib.float_nodes:
+            raise ValueError(
+                "--target-accuracy searches from the fully quantized INT8 artifact: leave out --int8-plan (a plan "
+                "is explained as it is, without a search)"
+            )
 
 
 class ExplainError(RuntimeError):
@@ -238,7 +243,8 @@ def explain(settings: ExplainSettings, out: Path, say: Callable[[str], None] | N
     s = settings
     flavour = s.flavour or engine_class(s.engine).int8_flavour
     out.mkdir(parents=True, exist_ok=True)
-    int8 = int8_artifact_name(flavour, s.calib.int8_weights)
+    # With an INT8 plan (--int8-plan) the planned artifact is the one explained: where its time goes now.
+    int8 = int8_artifact_name(flavour, s.calib.int8_weights, s.calib.float_nodes_for(s.model, s.size, flavour))
     summary: dict[str, Any] = {
         "model": s.model,
         "size": s.size,
