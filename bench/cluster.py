@@ -42,7 +42,7 @@ from common.errors import first_line
 
 CPU_SLOT = "aimatrix_cpu_node"
 # How long the start-up probes of the nodes may take (each computes its environment: a few seconds).
-PROBE_TIMEOUT_S = 300.0
+PROBE_TIMEOUT_S = 120.0
 # How often the cell loop looks for cells that no live node can run any more.
 LIVENESS_EVERY_S = 5.0
 INSTALL = "pip install -e '.[cluster]'"
@@ -175,22 +175,32 @@ class RayExecutor:
         return [n for n in self._ray.nodes() if n.get("Alive")]
 
     def _probe(self) -> dict[str, dict[str, Any]]:
-        """{node id: what ``describe_node`` says} for every live node, each asked on the node itself."""
+        """{node id: what ``describe_node`` says} for every live node, each asked on the node itself; a node that
+        does not answer within PROBE_TIMEOUT_S (one that has just died, before the cluster noticed) is left out."""
         from bench.cluster_tasks import describe_node
 
-        alive = self._alive()
-        refs = [_remote(describe_node, num_cpus=0, scheduling_strategy=_on_node(n["NodeID"])).remote() for n in alive]
-        ready, _ = self._ray.wait(refs, num_returns=len(refs), timeout=PROBE_TIMEOUT_S)
-        nodes = {}
-        for ref in ready:
-            try:
-                info = self._ray.get(ref)
-            except self._ray.exceptions.RayError:
-                continue  # a node that left while starting: it runs nothing
-            nodes[info["node_id"]] = info
+        answers = self._ask_each([n["NodeID"] for n in self._alive()], describe_node)
+        nodes = {info["node_id"]: info for info in answers.values()}
         if not nodes:
             raise ClusterError("no node of the Ray cluster answered; check `ray status` on the head")
         return nodes
+
+    def _ask_each(self, node_ids: list[str], function: Callable, *args: Any) -> dict[str, Any]:
+        """{node id: ``function(*args)`` run on that node} for the nodes that answer within PROBE_TIMEOUT_S; the
+        others (dead, or leaving) are left out and their tasks cancelled."""
+        refs = {
+            _remote(function, num_cpus=0, scheduling_strategy=_on_node(node)).remote(*args): node for node in node_ids
+        }
+        ready, late = self._ray.wait(list(refs), num_returns=len(refs), timeout=PROBE_TIMEOUT_S)
+        for ref in late:
+            self._ray.cancel(ref, force=True)
+        answers = {}
+        for ref in ready:
+            try:
+                answers[refs[ref]] = self._ray.get(ref)
+            except self._ray.exceptions.RayError:
+                continue  # a node that left while answering: it runs nothing of this run
+        return answers
 
     def node_environments(self) -> dict[str, dict[str, Any]]:
         """{node name: its environment} for the nodes found when the run started (the runner writes
@@ -220,11 +230,9 @@ class RayExecutor:
                     f"measure with ray start --resources '{{\"{CPU_SLOT}\": 1}}'"
                 )
             return "no node of the Ray cluster has a GPU"
-        refs = [
-            _remote(engine_availability, num_cpus=0, scheduling_strategy=_on_node(n["NodeID"])).remote(engine)
-            for n in offering
-        ]
-        reasons = self._ray.get(refs, timeout=PROBE_TIMEOUT_S)
+        reasons = self._ask_each([n["NodeID"] for n in offering], engine_availability, engine).values()
+        if not reasons:
+            return f"no node of the Ray cluster that offers {need} answered"
         if any(reason is None for reason in reasons):
             return None
         return "; ".join(dict.fromkeys(reasons))
