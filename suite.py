@@ -640,7 +640,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from bench.compare import CompareError, compare
 
     try:
-        text, md, table = compare(args.dirs, args.ignore_engine, args.out)
+        text, md, table = compare(args.dirs, args.ignore_engine, args.out, args.split_by)
     except CompareError as exc:
         raise UsageError(str(exc)) from None
     print(text)
@@ -848,6 +848,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("dirs", type=Path, nargs="+", help="results directories; the first is the baseline")
     compare.add_argument("--ignore-engine", action="store_true", help="join cells of different engines")
     compare.add_argument("--out", type=Path, help="where compare.md and compare.csv go (default: the first dir)")
+    compare.add_argument(
+        "--split-by",
+        metavar="COLUMN",
+        help="compare the parts of each run by this column, e.g. node (a cluster run's nodes against each other)",
+    )
     return parser
 
 

@@ -248,3 +248,23 @@ def test_an_artifact_from_another_node_is_installed_only_with_its_bytes(tmp_path
     assert store.manifest()["task"] == "ctr"
     path.write_bytes(b"changed")
     assert not store.holds("fp32", entry["sha256"])
+
+
+def test_compare_splits_one_cluster_run_by_node(tmp_path):
+    """One run's rows measured on two kinds of node compare as two runs (vendor A against vendor B), each with its
+    node's environment from nodes/."""
+    from bench.compare import CompareError, compare
+
+    results = ResultsFile(tmp_path)
+    results.write_env({"cpu": {"model": "driver cpu"}, "settings": {}})
+    for node, p50 in (("host-a", 4.0), ("host-b", 2.0)):
+        results.write_node_env(node, {"cpu": {"model": f"{node} cpu"}, "settings": {}})
+        row = {"model": "wide_deep", "size": "tiny", "engine": "ort-cpu", "precision": "fp32", "batch_size": 1}
+        row.update(status="ok", latency_ms_p50=p50, node=node, cell_id=f"wide_deep/tiny/ort-cpu/fp32/b1#{node}")
+        results.append(row)
+    text, md, _ = compare([tmp_path], split_by="node", out=tmp_path / "cmp")
+    assert "[node=host-a]" in text and "[node=host-b]" in text
+    assert "host-a cpu" in text and "host-b cpu" in text and "driver cpu" not in text
+    assert "| 0.5 |" in text  # B's p50 over A's
+    with pytest.raises(CompareError, match="at least two"):
+        compare([tmp_path])
