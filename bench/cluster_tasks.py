@@ -14,6 +14,7 @@ This module imports ray only inside the functions that need it: the driver impor
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import shutil
 import socket
@@ -72,6 +73,20 @@ def _fetch(shipped: Shipped, store: ModelStore) -> bytes:
     return ray.get(shipped.data)
 
 
+def threads_as_on_the_node() -> None:
+    """Undo what Ray changes in a worker's environment that the children building and measuring would inherit:
+    Ray sets ``OMP_NUM_THREADS`` to the task's CPU count (1 for these tasks) where the node did not set it. A
+    local run leaves it unset; with it, OpenMP-threaded exporters ran on one thread and the same ResNet-50 export
+    came out in other bytes than the local executor's (same key, other sha256). The node's own value (the
+    raylet's environment, this worker's parent) is kept."""
+    try:
+        raylet_env = Path(f"/proc/{os.getppid()}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return  # not Linux, or not readable: leave Ray's setting
+    if not any(item.startswith(b"OMP_NUM_THREADS=") for item in raylet_env):
+        os.environ.pop("OMP_NUM_THREADS", None)
+
+
 def store_id() -> str:
     """A random token kept in this node's store root (``.store-id``, made on first use): nodes that read the same
     token share one store (one directory, or one network file system), so files need not be sent between them."""
@@ -100,6 +115,7 @@ def node_name() -> str:
 def describe_node() -> dict[str, Any]:
     """This node: its Ray node id, name, host, store token and environment (``bench.env.environment``, without the
     run's settings, which the driver adds)."""
+    threads_as_on_the_node()
     import ray
 
     from bench.env import environment
@@ -126,6 +142,7 @@ def build_model(job: ArtifactJob, size: str, export, calib, ship: bool) -> tuple
     order: ``info`` holds the failures and unsupported conversions (as BuildOutcome's), each artifact's manifest
     entry (None where it failed), the model's manifest fields and the node's name; the bytes are sent only with
     ``ship`` (None otherwise, and for failed artifacts)."""
+    threads_as_on_the_node()
     from bench.executor import LocalExecutor
     from onnx_models.artifacts import artifact_name
 
@@ -154,6 +171,7 @@ def model_facts(model: str, size: str, batches: list[int], accuracy_samples: int
     """FLOPs/params/bytes and the FP32 reference outputs of ``model`` at each batch size, computed on this node
     from ``fp32`` (installed here first if need be). Returns ``(facts by batch, reference bytes per batch...)``;
     a batch's ``reference`` is ``{"name", "sha256"}`` of its cache file, its bytes sent only with ``ship``."""
+    threads_as_on_the_node()
     from bench.executor import LocalExecutor
 
     local_path(fp32)
@@ -178,6 +196,7 @@ def measure_cell(cell: Cell, config, artifact: Shipped, reference: Shipped | Non
     slot): the artifact and reference are put into this node's store, then the cell runs in a child process as
     it does locally. Returns ``{"measured", "error", "where", "logs"}``: the measured columns or the reason it
     failed, the ``node`` and ``device`` columns, and a LoadGen scenario's log files ({relative path: bytes})."""
+    threads_as_on_the_node()
     import ray
 
     from bench.executor import LocalExecutor
