@@ -470,8 +470,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = config_from(args)
     out = args.out or Path("results") / time.strftime("%Y%m%d-%H%M%S")
+    if args.ray_address is not None and args.executor != "ray":
+        raise UsageError("--ray-address is the Ray cluster of --executor ray: add --executor ray")
     try:
-        outcome = run(config, out, resume=args.resume, retry_failed=args.retry_failed)
+        with executor_for(args) as executor:
+            outcome = run(config, out, resume=args.resume, retry_failed=args.retry_failed, executor=executor)
     except RunRefused as exc:
         raise UsageError(str(exc)) from None
     print(outcome.summary)
@@ -493,6 +496,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     print(f"report: {page}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def executor_for(args: argparse.Namespace):
+    """The executor ``run`` asked for, as a context manager: local child processes, or a Ray cluster
+    (``--ray-address``, ``auto``, or none to start a local one); a cluster that cannot be used is a UsageError."""
+    from contextlib import nullcontext
+
+    from bench.executor import LocalExecutor
+
+    if args.executor == "local":
+        return nullcontext(LocalExecutor(args.jobs))
+    if args.onnx is not None:
+        raise UsageError("--onnx runs with the local executor: leave out --executor ray")
+    from bench.cluster import ClusterError, RayExecutor
+
+    try:
+        return RayExecutor(args.ray_address)
+    except ClusterError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def cmd_int8_check(args: argparse.Namespace) -> int:
@@ -736,7 +758,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from bench.compare import CompareError, compare
 
     try:
-        text, md, table = compare(args.dirs, args.ignore_engine, args.out)
+        text, md, table = compare(args.dirs, args.ignore_engine, args.out, args.split_by)
     except CompareError as exc:
         raise UsageError(str(exc)) from None
     print(text)
@@ -849,6 +871,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--accuracy-samples", type=int, help="samples compared with FP32 (preset: 8 / 32)")
     run.add_argument("--cell-timeout", type=float, default=1800.0, help="seconds before a cell is failed")
     run.add_argument("--out", type=Path, help="results directory (default results/<timestamp>)")
+    run.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where the work runs: local child processes (default), or tasks on a Ray cluster (README: Ray cluster)",
+    )
+    run.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="with --executor ray: the head's HOST:PORT, or auto for the cluster running here (default: start one)",
+    )
     run.add_argument(
         "--resume",
         action="store_true",
@@ -973,6 +1006,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("dirs", type=Path, nargs="+", help="results directories; the first is the baseline")
     compare.add_argument("--ignore-engine", action="store_true", help="join cells of different engines")
     compare.add_argument("--out", type=Path, help="where compare.md and compare.csv go (default: the first dir)")
+    compare.add_argument(
+        "--split-by",
+        metavar="COLUMN",
+        help="compare the parts of each run by this column, e.g. node (a cluster run's nodes against each other)",
+    )
     return parser
 
 

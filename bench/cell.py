@@ -223,6 +223,8 @@ def run_cell(
         row["engine_build_s"] = time.perf_counter() - start
         row["engine_load_mib"] = (process.memory_info().rss - resident) / 2**20
         meter = _gpu_meter(engine)
+        cuda = engine.cuda_device()
+        row["device"] = "cpu" if cuda is None else f"cuda:{cuda}"
         timing = TimerSettings(**timer)
         try:
             if c.scenario == "latency":

@@ -6,6 +6,10 @@ engines with each other.
 For each other run X the ratios are X / A: ``p50`` (latency; below 1 means X is faster), ``samples/s``
 (throughput) and ``FLOP/s`` (above 1 means X is faster). Cells missing or not ok in a run have no ratio.
 The environments (CPU, GPU, packages, threads) are listed side by side.
+
+``split_by`` (``--split-by node``) makes each run directory several runs, one per value of that column: the rows
+of one cluster run measured on vendor A's nodes against those measured on vendor B's. Split by ``node``, each
+part's environment is that node's (``nodes/<node>.json``).
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ def join(runs: list[list[dict[str, Any]]], ignore_engine: bool = False) -> list[
     return records
 
 
-def environment_table(envs: list[dict[str, Any]], dirs: list[Path], runs: list[list[dict]]) -> list[list[Any]]:
+def environment_table(envs: list[dict[str, Any]], dirs: list[Path | str], runs: list[list[dict]]) -> list[list[Any]]:
     """Rows (what, value in A, value in B, ...) describing each run's machine, software and settings."""
     from bench.report import engine_threads
 
@@ -127,30 +131,36 @@ def _gpu(env: dict[str, Any]) -> str | None:
     return None
 
 
-def compare(dirs: list[Path], ignore_engine: bool = False, out: Path | None = None) -> tuple[str, Path, Path]:
-    """Join the runs in ``dirs`` and write ``compare.md`` and ``compare.csv`` into ``out`` (default: the first
-    run directory). Returns (the Markdown text, its path, the CSV path). Raises CompareError for fewer than
-    two runs or a directory without results."""
+def compare(
+    dirs: list[Path], ignore_engine: bool = False, out: Path | None = None, split_by: str | None = None
+) -> tuple[str, Path, Path]:
+    """Join the runs in ``dirs`` (each split by the values of column ``split_by`` when it is given) and write
+    ``compare.md`` and ``compare.csv`` into ``out`` (default: the first run directory). Returns (the Markdown
+    text, its path, the CSV path). Raises CompareError for fewer than two runs or a directory without results."""
     import polars as pl
 
-    if len(dirs) < 2:
-        raise CompareError("compare needs at least two run directories")
+    if not dirs or (len(dirs) < 2 and split_by is None):
+        raise CompareError("compare needs at least two run directories, or one and --split-by")
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise CompareError(f"--out {out} is a file; name a directory for compare.md and compare.csv")
-    runs, envs = [], []
+    runs, envs, names_of = [], [], []
     for directory in dirs:
         try:
             rows, env = load_run(directory)
         except FileNotFoundError as exc:
             raise CompareError(str(exc)) from None
-        runs.append(rows)
-        envs.append(env)
+        for part, part_rows, part_env in _split(Path(directory), rows, env, split_by):
+            runs.append(part_rows)
+            envs.append(part_env)
+            names_of.append(part)
+    if len(runs) < 2:
+        raise CompareError(f"{dirs[0]} has rows of one {split_by} only; nothing to compare")
     records = join(runs, ignore_engine)
-    names = labels(len(dirs))
+    names = labels(len(runs))
     lines = [
         "# Comparison of runs",
         "",
-        "Runs: " + "; ".join(f"{n} = {d}" for n, d in zip(names, dirs, strict=True)) + ".",
+        "Runs: " + "; ".join(f"{n} = {d}" for n, d in zip(names, names_of, strict=True)) + ".",
         "",
         f"Cells joined on model, size, precision, batch size, scenario, concurrency"
         f"{'' if ignore_engine else ' and engine'}. Ratios are "
@@ -159,7 +169,7 @@ def compare(dirs: list[Path], ignore_engine: bool = False, out: Path | None = No
         "## Environments",
         "",
     ]
-    lines += _markdown_table(["what", *names], environment_table(envs, dirs, runs))
+    lines += _markdown_table(["what", *names], environment_table(envs, names_of, runs))
     lines += ["", "## Cells", ""]
     columns = list(records[0]) if records else ["model"]
     lines += _markdown_table(columns, [[record[c] for c in columns] for record in records])
@@ -171,6 +181,24 @@ def compare(dirs: list[Path], ignore_engine: bool = False, out: Path | None = No
     frame = pl.DataFrame(records, infer_schema_length=None) if records else pl.DataFrame({"model": []})
     frame.write_csv(csv_path)
     return text, md_path, csv_path
+
+
+def _split(
+    directory: Path, rows: list[dict[str, Any]], env: dict[str, Any], split_by: str | None
+) -> list[tuple[str, list[dict[str, Any]], dict[str, Any]]]:
+    """(label, rows, environment) of each part of one run: the whole run without ``split_by``, else one part per
+    value of that column in the order they first appear (split by node, with that node's environment)."""
+    if split_by is None:
+        return [(str(directory), rows, env)]
+    from bench.results import ResultsFile
+
+    values = list(dict.fromkeys(r.get(split_by) for r in rows))
+    parts = []
+    for value in values:
+        node_env = ResultsFile(directory).node_env(str(value)) if split_by == "node" and value else None
+        part_rows = [r for r in rows if r.get(split_by) == value]
+        parts.append((f"{directory} [{split_by}={value}]", part_rows, node_env or env))
+    return parts
 
 
 def _markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:

@@ -1,16 +1,18 @@
 """Executors: where a plan's work runs. ``LocalExecutor`` runs it on this machine, each piece in a child process
 (``bench.isolation``): artifact builds, then FLOP counts and FP32 references, ``jobs`` models at a time; cells
 strictly one at a time, after all of those, so that no two timings overlap and nothing else runs beside them.
-A cluster executor offers the same methods (build, facts, roofs, measure).
+A cluster executor (``bench.cluster.RayExecutor``) offers the same methods (build, facts, roofs, measure_all,
+availability, node_environments).
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
+import socket
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +36,27 @@ class BuildOutcome:
 
     failures: dict[tuple[str, str], str] = field(default_factory=dict)
     unsupported: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CellRequest:
+    """A cell to measure: the cell, its FP32 reference outputs (what the executor's ``facts`` gave, or None: no
+    accuracy) and the directory for a LoadGen scenario's logs (None for the closed loop)."""
+
+    cell: Cell
+    reference: Any = None
+    log_dir: Path | None = None
+
+
+@dataclass
+class CellOutcome:
+    """How a requested cell ended: ``measured`` columns (with ``samples_ms``) or the ``error`` that failed it, and
+    ``where`` it ran (the ``node`` and ``device`` columns, as far as they are known)."""
+
+    request: CellRequest
+    measured: dict[str, Any] | None
+    error: str | None
+    where: dict[str, Any] = field(default_factory=dict)
 
 
 class LocalExecutor:
@@ -254,6 +277,24 @@ class LocalExecutor:
         )
         result = run_isolated("bench.cell:run_cell", kwargs, config.cell_timeout_s)
         return (result.value, None) if result.ok else (None, result.error)
+
+    def measure_all(self, requests: Iterable[CellRequest], config) -> Iterator[CellOutcome]:
+        """Measure each requested cell, strictly one after the other, yielding each outcome as it ends (so the
+        caller writes it before the next cell starts)."""
+        host = socket.gethostname()
+        for request in requests:
+            measured, error = self.measure(request.cell, config, request.reference, request.log_dir)
+            yield CellOutcome(request, measured, error, {"node": host})
+
+    def availability(self, engine: str) -> str | None:
+        """None when ``engine`` can run on this machine, else the reason it cannot."""
+        import engines
+
+        return engines.availability(engine)
+
+    def node_environments(self) -> dict[str, dict[str, Any]]:
+        """The environments of other machines that measure cells: none (this machine's is env.json)."""
+        return {}
 
 
 def _fp32_bytes(model: str, size: str) -> int:

@@ -6,7 +6,7 @@ engine does not run), and which artifacts must exist first; it runs nothing and 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from bench.cell import Cell
@@ -38,9 +38,17 @@ class Plan:
         return [c for c in self.cells if c.id not in self.unsupported]
 
 
-def plan(config: RunConfig, done: frozenset[str] | set[str] = frozenset()) -> Plan:
-    """The work of ``config`` less the cells in ``done`` (ids already measured, for a resume)."""
+def plan(
+    config: RunConfig,
+    done: frozenset[str] | set[str] = frozenset(),
+    availability: Callable[[str], str | None] | None = None,
+) -> Plan:
+    """The work of ``config`` less the cells in ``done`` (ids already measured, for a resume). ``availability``
+    says whether an engine can run where the cells will run (None, or the reason it cannot): by default on this
+    machine (``engines.availability``); a cluster executor asks its nodes."""
     import engines
+
+    availability = availability or engines.availability
 
     matrix = (
         Cell(m, config.size, e, p, b, s, c)
@@ -52,7 +60,7 @@ def plan(config: RunConfig, done: frozenset[str] | set[str] = frozenset()) -> Pl
         for p in config.precisions
     )
     cells = tuple(cell for cell in matrix if cell.id not in done)
-    unusable = {e: engines.availability(e) for e in config.engines}
+    unusable = {e: availability(e) for e in config.engines}
     unsupported = {}
     for cell in cells:
         reason = unusable[cell.engine]

@@ -160,6 +160,23 @@ class ResultsFile:
         with atomic_path(self.env_path) as tmp:
             tmp.write_text(json.dumps(env, indent=2))
 
+    def write_node_env(self, node: str, env: dict[str, Any]) -> None:
+        """Write ``nodes/<node>.json`` atomically: the environment of cluster node ``node`` (the rows' ``node``
+        column), as ``env.json`` describes the driver's machine. A resume rewrites it with the same name."""
+        if not node or Path(node).name != node or node.startswith("."):
+            raise ValueError(f"a node name is a plain file name, not {node!r}")
+        path = self.out_dir / "nodes" / f"{node}.json"
+        path.parent.mkdir(exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(env, indent=2))
+
+    def node_env(self, node: str) -> dict[str, Any] | None:
+        """The environment ``write_node_env`` wrote for ``node``, or None."""
+        try:
+            return json.loads((self.out_dir / "nodes" / f"{node}.json").read_text())
+        except (OSError, ValueError):
+            return None
+
 
 # The settings that say which cells a run measures rather than how it measures them. A resume may name other
 # cells (a subset, or new models, engines, precisions or batch sizes); env.json then records the union, so it

@@ -77,6 +77,10 @@ class Row:
     label_pass_99: bool | None = None
     label_pass_999: bool | None = None
     cpu_isa: str | None = None
+    # Where the cell ran: the machine (host name; on a Ray cluster host name and node id, whose environment is
+    # nodes/<node>.json) and its device (``cpu``, or ``cuda:N`` with the GPU's index on that machine).
+    node: str | None = None
+    device: str | None = None
     int8_weight_bits: int | None = None
     int8_conformance: str | None = None
     int8_float_nodes: int | None = None

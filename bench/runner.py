@@ -18,7 +18,7 @@ from typing import Any
 from analysis.paper import paper_comparison
 from bench.cell import Cell, artifact_name_for, float_nodes_for
 from bench.config import RunConfig
-from bench.executor import LocalExecutor
+from bench.executor import CellRequest, LocalExecutor
 from bench.plan import plan
 from bench.results import ResultsBusy, ResultsFile, ResumeMismatch, resume_env, summary_markdown, write_tables
 from bench.row import Row
@@ -133,36 +133,54 @@ def run(
             except ResumeMismatch as exc:
                 raise RunRefused(str(exc)) from None
         results.write_env(env)
+        # Each machine that measures cells, described as env.json describes this one (a cluster's nodes).
+        for name, node_env in executor.node_environments().items():
+            results.write_node_env(name, {**node_env, "settings": env["settings"]})
         print(f"results -> {results.out_dir}", file=sys.stderr)
 
-        work = plan(config, done)
+        work = plan(config, done, executor.availability)
         built = executor.build(work.builds, config.size, config.export, config.calib)
         measured_models = {c.model for c in work.runnable}
         batches = {m: list(config.batch_sizes[m]) for m in config.models if m in measured_models}
         failed_fp32 = {m for (m, a) in built.failures if a == "fp32"}
         facts = executor.facts(batches, config.size, failed_fp32, config.accuracy_samples)
 
-        with tqdm(work.cells, desc="cells", unit="cell", file=sys.stderr) as bar:
-            for cell in bar:
-                bar.set_postfix_str(cell.id)
+        requests = []
+        with tqdm(total=len(work.cells), desc="cells", unit="cell", file=sys.stderr) as bar:
+            # Cells that will not be measured get their rows now; the others go to the executor, which gives
+            # each one's outcome back as it ends (one at a time here, in any order from a cluster).
+            rows_of: dict[str, Row] = {}
+            for cell in work.cells:
                 cell_facts = facts.get((cell.model, cell.batch_size), {})
                 row = base_row(cell, cell_facts, config.bytes_model)
                 row.update(_reasons(cell, work.unsupported, built, config))
+                if row.status is not None:
+                    results.append(row.as_dict(), None)
+                    bar.update()
+                    continue
+                if cell.scenario != "latency":
+                    row.loadgen_logs = str(loadgen_logs(cell))
+                logs = results.out_dir / row.loadgen_logs if row.loadgen_logs else None
+                rows_of[cell.id] = row
+                requests.append(CellRequest(cell, cell_facts.get("reference"), logs))
+            for outcome in executor.measure_all(requests, config):
+                cell, measured, error = outcome.request.cell, outcome.measured, outcome.error
+                bar.set_postfix_str(cell.id)
+                row = rows_of[cell.id]
+                # Where it ran (node, device), failed or not: a cluster's failures are read by node.
+                row.update(outcome.where)
                 samples = None
-                if row.status is None:
-                    if cell.scenario != "latency":
-                        row.loadgen_logs = str(loadgen_logs(cell))
-                    logs = results.out_dir / row.loadgen_logs if row.loadgen_logs else None
-                    measured, error = executor.measure(cell, config, cell_facts.get("reference"), logs)
-                    if measured is not None:
-                        samples = measured.pop("samples_ms")
-                        row.update(measured, status="ok")
-                        derive(row)
-                        row.error = missing_analysis(cell_facts)
-                    else:
-                        row.update(status="failed", error=error)
-                        tqdm.write(f"{cell.id}: FAILED: {error}", file=sys.stderr)
+                if measured is not None:
+                    samples = measured.pop("samples_ms")
+                    row.update(measured, status="ok")
+                    derive(row)
+                    row.error = missing_analysis(facts.get((cell.model, cell.batch_size), {}))
+                else:
+                    row.update(status="failed", error=error)
+                    tqdm.write(f"{cell.id}: FAILED: {error}", file=sys.stderr)
+                # Written the moment it arrives: a run killed later loses nothing that finished.
                 results.append(row.as_dict(), samples)
+                bar.update()
 
         rows = results.rows()
         _measure_roofs(executor, rows, env)

@@ -38,6 +38,9 @@ class Engine:
     # Whether ``infer`` may be called from several threads at once (a LoadGen SUT with --concurrency above 1);
     # engines that reuse staged device buffers per call may not, and their calls are serialised.
     concurrent_infer = False
+    # Whether a cell of this engine holds one CUDA GPU (a cluster gives each such cell a GPU of its own, through
+    # CUDA_VISIBLE_DEVICES); host engines hold the whole node's CPU instead.
+    uses_gpu = False
 
     def __init__(self, options: EngineOptions | Mapping[str, Any] | None = None):
         try:

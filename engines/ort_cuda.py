@@ -94,6 +94,8 @@ def _ep_error(log: str) -> str:
 class OrtDeviceEngine(OrtSessionEngine):
     """ONNX Runtime on a provider that runs on a CUDA device, with I/O binding; subclasses choose providers."""
 
+    uses_gpu = True
+
     primary_provider = "CUDAExecutionProvider"
     int8_flavour = "tensorrt"
     # OrtValue device of the bound buffers.

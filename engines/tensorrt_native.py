@@ -207,6 +207,8 @@ def _import_driver() -> Any:
 class TensorRTEngine(Engine):
     """``tensorrt``: a TensorRT engine built (or loaded from cache) from the artifact, run on a CUDA stream."""
 
+    uses_gpu = True
+
     name = "tensorrt"
     int8_flavour = "tensorrt"
 

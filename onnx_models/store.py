@@ -101,6 +101,44 @@ class ModelStore:
             self._write(manifest)
         return entry
 
+    def install(self, artifact: str, data: bytes, entry: dict[str, Any], fields: dict[str, Any]) -> Path:
+        """Put an artifact built elsewhere (another node of a cluster) into this store: ``data`` its bytes,
+        ``entry`` the manifest entry its builder recorded, ``fields`` the builder's model-wide manifest fields.
+
+        The bytes are checked against ``entry['sha256']`` before anything is written (ArtifactError if they
+        differ), written through a unique temporary and moved into place, and the entry recorded as the builder
+        wrote it (same key, same sha256), all under the manifest lock. Returns the artifact's path."""
+        sha = hashlib.sha256(data).hexdigest()
+        if sha != entry.get("sha256"):
+            raise ArtifactError(
+                f"{self.model} ({self.size}) {artifact} arrived with sha256 {sha[:12]}, not the builder's "
+                f"{str(entry.get('sha256'))[:12]}: not installed"
+            )
+        path = self.path(artifact)
+        with self.locked():
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(data)
+            manifest = self.manifest()
+            # The builder's model facts first, so the entries and caches already recorded here stay.
+            manifest.update({k: v for k, v in fields.items() if k not in ("artifacts", "caches")})
+            manifest.setdefault("artifacts", {})[artifact] = dict(entry)
+            self._write(manifest)
+        return path
+
+    def install_cache(self, name: str, data: bytes, sha256: str) -> Path:
+        """Put cache ``name`` made elsewhere (reference outputs from another node) into this store, after checking
+        ``data`` against ``sha256`` (ArtifactError if it differs); returns its path, recorded like ``write_cache``."""
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise ArtifactError(f"cache {name} of {self.model} ({self.size}) arrived corrupt: not installed")
+        return self.write_cache(name, lambda tmp: tmp.write_bytes(data))
+
+    def holds(self, artifact: str, sha256: str) -> bool:
+        """Whether this store's ``artifact`` is recorded with ``sha256`` and its file has those bytes (a store
+        shared with the builder, or an earlier install), so nothing needs to be sent."""
+        entry = self.entry(artifact)
+        path = self.path(artifact)
+        return bool(entry) and entry.get("sha256") == sha256 and path.is_file() and sha256_file(path) == sha256
+
     def update(self, **fields: Any) -> None:
         """Set top-level manifest fields (model-wide facts such as inputs and parameter count)."""
         with self.locked():
