@@ -121,15 +121,17 @@ def plot(
         axes.grid(True, which="minor", alpha=0.1)
         placements.append((axes, chosen))
     byte_models = sorted({str(r.get("bytes_model")) for r in points if r.get("bytes_model")})
-    figure.supxlabel(f"arithmetic intensity (FLOPs per byte; bytes = {', '.join(byte_models) or 'unknown'})")
+    grid[len(grid) // 2].set_xlabel(
+        f"arithmetic intensity (FLOPs per byte; bytes = {', '.join(byte_models) or 'unknown'})"
+    )
     grid[0].set_ylabel("achieved FLOP/s (INT8: op/s)")
     source = roofs.source if roofs else "no roofs: run `python suite.py peak` or give --peaks"
     bw_text = f"; bandwidth {format_rate(bandwidth, 'B/s')} (grey slope)" if bandwidth else ""
     figure.suptitle(f"Roofline, {engine}{bw_text}\n{_shorten(source, 130)}", fontsize=10)
     key = [f"{numbers[m]} {m}" for m in sorted(batches_per_model, key=lambda m: numbers.get(m, 0)) if m in numbers]
     lines = [",   ".join(key[i : i + 8]) for i in range(0, len(key), 8)]
-    figure.text(0.5, 0.01, "\n".join(lines), ha="center", va="bottom", fontsize=8)
-    figure.tight_layout(rect=(0, 0.035 + 0.025 * len(lines), 1, 1))
+    figure.text(0.5, 0.01, "\n".join(lines), ha="center", va="bottom", fontsize=9)
+    figure.tight_layout(rect=(0, 0.01 + 0.03 * len(lines), 1, 1))
     # Labels go where they are clear of each other in display pixels, known only once the layout is final.
     for axes, chosen in placements:
         several = {m for m, batches in batches_per_model.items() if len(batches) > 1}

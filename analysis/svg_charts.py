@@ -88,7 +88,7 @@ def answer_chart(points: Sequence[Point], numbers: dict[str, int], threshold: fl
     x_lo, x_hi = min(0.5, min(speeds) / 1.25), max(2.0, max(speeds) * 1.25)
     y_lo, y_hi = min(threshold, min(kept)), max(1.0, max(kept))
     pad = max((y_hi - y_lo) * 0.08, 0.002)
-    frame = _Frame(64, 36, width - 20, height - 52, x_lo, x_hi, y_lo - pad, y_hi + pad)
+    frame = _Frame(64, 54, width - 20, height - 52, x_lo, x_hi, y_lo - pad, y_hi + pad)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart answer" viewBox="0 0 {width} {height}" '
         f'width="{width}" height="{height}" role="img" aria-label="{escape(title)}" style="{FONT}">',
@@ -115,8 +115,8 @@ def answer_chart(points: Sequence[Point], numbers: dict[str, int], threshold: fl
         f'<line x1="{x1:.1f}" y1="{frame.top}" x2="{x1:.1f}" y2="{frame.bottom}" stroke="#888"/>',
         f'<line class="threshold" x1="{frame.left}" y1="{ty:.1f}" x2="{frame.right}" y2="{ty:.1f}" '
         f'stroke="{FAIL}" stroke-dasharray="6 4" stroke-width="1.5" data-threshold="{threshold}"/>',
-        f'<text x="{frame.right - 4}" y="{ty - 5:.1f}" text-anchor="end" font-size="11" fill="{FAIL}">'
-        f"pass at {threshold:g} of FP32 or above</text>",
+        f'<text x="{frame.left + 4}" y="{ty + 14:.1f}" font-size="11" fill="{FAIL}">'
+        f"below {threshold:g} of FP32: fails</text>",
         f'<rect x="{frame.left}" y="{frame.top}" width="{frame.right - frame.left}" '
         f'height="{frame.bottom - frame.top}" fill="none" stroke="#444"/>',
         f'<text x="{(frame.left + frame.right) / 2}" y="{height - 18}" text-anchor="middle" font-size="12">'
@@ -124,48 +124,81 @@ def answer_chart(points: Sequence[Point], numbers: dict[str, int], threshold: fl
         f'<text transform="translate(16,{(frame.top + frame.bottom) / 2}) rotate(-90)" text-anchor="middle" '
         'font-size="12">accuracy retained (fraction of FP32)</text>',
     ]
-    anchors = [(frame.x(p.speedup), frame.y(p.retained)) for p in drawn]
-    labels = [str(numbers.get(model_label(p), "?")) for p in drawn]
+    # Points that land on one spot (every model's FP32 at 1x and 1.0; FP16 that equals FP32) share one label,
+    # "1-20", instead of twenty labels fanned out around one marker.
+    groups: list[list[Point]] = []
+    spots: list[tuple[float, float, str]] = []
+    for point in drawn:
+        x, y = frame.x(point.speedup), frame.y(point.retained)
+        for index, (gx, gy, precision) in enumerate(spots):
+            if precision == point.precision and abs(gx - x) < 3 and abs(gy - y) < 3:
+                groups[index].append(point)
+                break
+        else:
+            spots.append((x, y, point.precision))
+            groups.append([point])
+    labels = [number_ranges([numbers.get(model_label(p), 0) for p in group]) for group in groups]
     places = place_labels(
-        anchors, [(7 * len(t) + 2, 12) for t in labels], (frame.left, frame.top, frame.right, frame.bottom)
+        [(x, y) for x, y, _ in spots],
+        [(7 * len(t) + 2, 12) for t in labels],
+        (frame.left, frame.top, frame.right, frame.bottom),
     )
-    for point, (x, y), label, place in zip(drawn, anchors, labels, places, strict=True):
-        failing = point.passes is False
-        tip = (
-            f"#{label} {model_label(point)} {point.precision}: {point.speedup:.2f}x, "
-            f"{point.retained:.4f} of FP32 against {point.basis}{' (FAILS)' if failing else ''}"
-        )
-        parts.append(
-            f'<g class="point {"fail" if failing else "pass"}" data-model="{escape(model_label(point))}" '
-            f'data-precision="{point.precision}" data-speedup="{point.speedup:.6g}" '
-            f'data-retained="{point.retained:.6g}"><title>{escape(tip)}</title>'
-        )
+    for group, (x, y, _), label, place in zip(groups, spots, labels, places, strict=True):
+        parts.append("<g>")
         if place.leader:
             parts.append(
                 f'<line x1="{x:.1f}" y1="{y:.1f}" x2="{place.x:.1f}" y2="{place.y:.1f}" stroke="#999" '
                 'stroke-width="0.8"/>'
             )
-        color = COLORS.get(point.precision, "#777")
-        parts.append(_marker(point.precision, x, y, color, FAIL if failing else "#222", 2 if failing else 0.8))
-        if failing:
-            parts.append(
-                f'<path d="M{x - 4:.1f},{y - 4:.1f}L{x + 4:.1f},{y + 4:.1f}M{x - 4:.1f},{y + 4:.1f}'
-                f'L{x + 4:.1f},{y - 4:.1f}" stroke="white" stroke-width="1.6"/>'
+        for point in group:
+            failing = point.passes is False
+            tip = (
+                f"#{numbers.get(model_label(point), '?')} {model_label(point)} {point.precision}: "
+                f"{point.speedup:.2f}x, {point.retained:.4f} of FP32 against {point.basis}"
+                + (" (FAILS)" if failing else "")
             )
+            color = COLORS.get(point.precision, "#777")
+            parts.append(
+                f'<g class="point {"fail" if failing else "pass"}" data-model="{escape(model_label(point))}" '
+                f'data-precision="{point.precision}" data-speedup="{point.speedup:.6g}" '
+                f'data-retained="{point.retained:.6g}"><title>{escape(tip)}</title>'
+                + _marker(point.precision, x, y, color, FAIL if failing else "#222", 2 if failing else 0.8)
+            )
+            if failing:
+                parts.append(
+                    f'<path d="M{x - 4:.1f},{y - 4:.1f}L{x + 4:.1f},{y + 4:.1f}M{x - 4:.1f},{y + 4:.1f}'
+                    f'L{x + 4:.1f},{y - 4:.1f}" stroke="white" stroke-width="1.6"/>'
+                )
+            parts.append("</g>")
+        failing = any(p.passes is False for p in group)
         parts.append(
             f'<text x="{place.x:.1f}" y="{place.y + 4:.1f}" text-anchor="middle" font-size="11" '
             f'fill="{FAIL if failing else "#222"}">{label}</text></g>'
         )
-    # Legend: the precisions' shapes and the failing mark, in one line under the title.
-    lx = frame.left + 8
+    # Legend: the precisions' shapes and the failing mark, in one line between the title and the plot.
+    lx, ly = frame.left + 8, frame.top - 14
     for precision, color in COLORS.items():
-        parts.append(_marker(precision, lx, frame.top + 12, color, "#222", 0.8))
-        parts.append(f'<text x="{lx + 10}" y="{frame.top + 16}" font-size="11">{precision}</text>')
+        parts.append(_marker(precision, lx, ly, color, "#222", 0.8))
+        parts.append(f'<text x="{lx + 10}" y="{ly + 4}" font-size="11">{precision}</text>')
         lx += 60
-    parts.append(_marker("fp32", lx, frame.top + 12, "#bbb", FAIL, 2))
-    parts.append(f'<text x="{lx + 10}" y="{frame.top + 16}" font-size="11" fill="{FAIL}">fails</text>')
+    parts.append(_marker("fp32", lx, ly, "#bbb", FAIL, 2))
+    parts.append(
+        f'<text x="{lx + 10}" y="{ly + 4}" font-size="11" fill="{FAIL}">fails (accuracy below the line)</text>'
+    )
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+def number_ranges(numbers: Sequence[int]) -> str:
+    """``1-3,5,7-9`` for [1, 2, 3, 5, 7, 8, 9]: the models of points that share one spot."""
+    ordered = sorted(set(numbers))
+    runs: list[list[int]] = []
+    for number in ordered:
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ",".join(map(str, r)) for r in runs)
 
 
 def model_label(point: Point) -> str:

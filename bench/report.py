@@ -61,9 +61,10 @@ class Document:
     def image(self, path: Path, alt: str) -> None:
         self.blocks.append(("image", Path(path), alt))
 
-    def svg(self, markup: str, path: Path, alt: str) -> None:
-        """An SVG chart: inline in HTML, a link to ``path`` (written by the caller) in Markdown."""
-        self.blocks.append(("svg", markup, Path(path), alt))
+    def svg(self, markup: str, path: Path | None, alt: str) -> None:
+        """An SVG chart: inline in HTML, a link to ``path`` (written by the caller) in Markdown, where it is
+        left out when ``path`` is None."""
+        self.blocks.append(("svg", markup, None if path is None else Path(path), alt))
 
     def side_by_side(self, count: int) -> None:
         """Show the next ``count`` blocks next to each other in HTML (one after the other in Markdown)."""
@@ -88,7 +89,7 @@ class Document:
                 out.append("\n".join(lines))
             elif kind == "image":
                 out.append(f"![{block[2]}]({block[1].name})")
-            elif kind == "svg":
+            elif kind == "svg" and block[2] is not None:
                 out.append(f"![{block[3]}]({block[2].name})")
             elif kind == "code":
                 out.append("```\n" + block[1].rstrip() + "\n```")
