@@ -66,10 +66,6 @@ class Document:
         left out when ``path`` is None."""
         self.blocks.append(("svg", markup, None if path is None else Path(path), alt))
 
-    def side_by_side(self, count: int) -> None:
-        """Show the next ``count`` blocks next to each other in HTML (one after the other in Markdown)."""
-        self.blocks.append(("group", count))
-
     def code(self, text: str) -> None:
         self.blocks.append(("code", text))
 
@@ -101,13 +97,8 @@ class Document:
         body: list[str] = []
         sections: list[tuple[str, str]] = []
         used: set[str] = set()
-        group: list[str] | None = None
-        pending = 0
         for block in self.blocks:
             kind = block[0]
-            if kind == "group":
-                group, pending = [], block[1]
-                continue
             if kind == "heading":
                 ident = slug(block[2])
                 while ident in used:
@@ -127,16 +118,7 @@ class Document:
                 part = f"<figure>{block[1]}</figure>"
             else:
                 part = f"<pre>{html.escape(block[1])}</pre>"
-            if group is not None:
-                group.append(f"<div>{part}</div>")
-                pending -= 1
-                if pending == 0:
-                    body.append('<div class="answer-row">' + "".join(group) + "</div>")
-                    group = None
-                continue
             body.append(part)
-        if group:
-            body.append('<div class="answer-row">' + "".join(group) + "</div>")
         # The contents go under the title and the run's one-line summary.
         body.insert(min(2, len(body)), contents(sections))
         return page(title, body)
@@ -311,20 +293,9 @@ def _answer(
     if not all_points:
         doc.para("No cell finished: nothing to choose from.")
         return
-    trained = any(r.get("label_ratio") is not None for r in rows)
     doc.para(
-        f"For each model, the fastest precision whose accuracy keeps at least {threshold:g} of FP32's (MLPerf's "
-        "rule; --threshold), its speed-up over FP32 and the accuracy it keeps. "
-        + (
-            "Trained models are judged by their metric against the evaluation labels (ratio to FP32's); random"
-            if trained
-            else "Random"
-        )
-        + "-weight models have no labels: their accuracy is their agreement with FP32's outputs (top-1, "
-        "spans, boxes...; the outputs' cosine similarity where the metric is an error), so it says how far the "
-        "precision drifts from FP32, not how well the model does its task. Speed-up is FP32's p50 latency over "
-        "the precision's in the closed loop (throughput ratio where only LoadGen scenarios ran), the geometric "
-        "mean over the batch sizes measured; accuracy is the lowest over them."
+        f"Per model, the fastest precision that keeps at least {threshold:g} of FP32's accuracy (--threshold), "
+        "its speed-up over FP32 and the accuracy it keeps; how these are measured is under the chart."
     )
     for engine in dict.fromkeys(p.engine for p in all_points):
         mine = [p for p in all_points if p.engine == engine]
@@ -335,8 +306,6 @@ def _answer(
         path = run_dir / f"answer-{file_stem(engine)[len('roofline-') :]}.svg"
         with atomic_path(path) as tmp:
             tmp.write_text(markup)
-        doc.side_by_side(2)
-        doc.svg(markup, path, title)
         table = []
         low = [p for p in PRECISION_ORDER if p != "fp32" and any(q.precision == p for q in mine)]
         by_key = {(model_label(p), p.precision): p for p in mine}
@@ -360,9 +329,24 @@ def _answer(
             table.append(line)
         header = ["#", "model", "deploy", "speed-up", "accuracy kept", "against"]
         doc.table(header + [f"{p}: speed-up, kept" for p in low] + ["why"], table, name=f"verdict-{slug(engine)}")
+        doc.svg(markup, path, title)
         undrawn = [f"{model_label(p)} {p.precision}" for p in mine if not (p.speedup and p.retained is not None)]
         if undrawn:
             doc.para(f"Not on the chart (no speed-up or no accuracy): {', '.join(undrawn)}.")
+    trained = any(r.get("label_ratio") is not None for r in rows)
+    doc.para(
+        "MLPerf's rule: a precision passes when it keeps the threshold's share of FP32's accuracy. "
+        + (
+            "Trained models are judged by their metric against the evaluation labels (ratio to FP32's); random"
+            if trained
+            else "Random"
+        )
+        + "-weight models have no labels: their accuracy is their agreement with FP32's outputs (top-1, "
+        "spans, boxes...; the outputs' cosine similarity where the metric is an error), so it says how far the "
+        "precision drifts from FP32, not how well the model does its task. Speed-up is FP32's p50 latency over "
+        "the precision's in the closed loop (throughput ratio where only LoadGen scenarios ran), the geometric "
+        "mean over the batch sizes measured; accuracy is the lowest over them."
+    )
 
 
 def _point_cell(point) -> Cell:

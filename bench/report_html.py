@@ -28,7 +28,6 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.pass{background:#e3f4e1;color:#14601c;font-weight:600}
 td.fail{background:#fbe0df;color:#a01212;font-weight:600}
 input.filter{margin:.6em 0 0;padding:3px 6px;font-size:13px;width:18em}
-.answer-row{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
 svg.chart{max-width:100%;height:auto;border:1px solid #e4e4e4}
 img{max-width:100%}figure{margin:0 0 1em}
 pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:12px}
