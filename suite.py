@@ -762,7 +762,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except CompareError as exc:
         raise UsageError(str(exc)) from None
     print(text)
-    print(f"written: {md}, {table}", file=sys.stderr)
+    print(f"written: {md}, {table}, {md.with_suffix('.html')}", file=sys.stderr)
     return 0
 
 

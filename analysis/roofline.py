@@ -1,7 +1,7 @@
 """Roofline plots of a run, like the AI Matrix paper's Figure 1: log-log, arithmetic intensity (FLOPs per byte
 under the run's byte model) against achieved FLOP/s, one roof per precision (min(compute roof, bandwidth *
-intensity)) and one point per measured (model, precision, batch size), coloured by precision and labelled with
-its model, one figure per engine.
+intensity)) and one point per measured (model, precision, batch size), one panel per precision, points numbered
+with a key under the panels (twenty models' names would cover each other), one figure per engine.
 
 matplotlib is used through its object API on the Agg canvas (no pyplot, no display, no global backend).
 """
@@ -15,7 +15,8 @@ from typing import Any
 
 from analysis.roofs import PRECISIONS, Roofs, format_rate, unit
 
-FIG_SIZE_IN = (10.0, 6.5)
+# Three panels side by side (FP32, FP16, INT8) and the key under them.
+FIG_SIZE_IN = (15.0, 6.0)
 DPI = 100
 COLORS = {"fp32": "#1f77b4", "fp16": "#2ca02c", "int8": "#d62728"}
 MARKERS = {"fp32": "o", "fp16": "s", "int8": "^"}
@@ -42,16 +43,36 @@ def file_stem(engine: str) -> str:
     return "roofline-" + re.sub(r"[^A-Za-z0-9_.-]", "_", engine)
 
 
-def plot(rows: list[dict[str, Any]], roofs: Roofs | None, out_dir: Path, engine: str) -> list[Path]:
+def model_numbers(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """{model: number from 1} in the order the ok rows first name them: the key shared by the roofline's
+    markers and the report's tables."""
+    names = dict.fromkeys(str(r.get("model")) for r in rows if r.get("status") == "ok" and r.get("model"))
+    return {name: i for i, name in enumerate(names, start=1)}
+
+
+def plot(
+    rows: list[dict[str, Any]],
+    roofs: Roofs | None,
+    out_dir: Path,
+    engine: str,
+    numbers: dict[str, int] | None = None,
+) -> list[Path]:
     """Draw the roofline of ``engine``'s rows against ``roofs`` (None: points only) into ``out_dir``.
 
-    Writes ``roofline-<engine>.png`` (FIG_SIZE_IN at DPI) and ``.svg``; returns their paths. Points take the
-    colour of their precision's roof; each model (and batch size, where a model has several) is labelled
-    once, next to its highest point.
+    One panel per precision (side by side, one y axis), so that a model's FP32, FP16 and INT8 points, which
+    share an intensity, never sit on each other. Each point is a marker labelled with its model's number in
+    ``numbers`` (default ``model_numbers(rows)``; ``3b8`` where a model has several batch sizes), placed clear
+    of the other labels (``analysis.label_layout``) with a leader line where it had to move; the key (number ->
+    model) is printed under the panels. Writes ``roofline-<engine>.png`` (FIG_SIZE_IN at DPI) and ``.svg``
+    atomically; returns their paths.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from analysis.label_layout import place_labels
+    from common.paths import atomic_path
+
+    numbers = numbers or model_numbers(rows)
     points = plotted_rows(rows, engine)
     intensities = [r["arith_intensity"] for r in points]
     rates = [r["flops_per_s"] for r in points]
@@ -62,78 +83,84 @@ def plot(rows: list[dict[str, Any]], roofs: Roofs | None, out_dir: Path, engine:
     x_lo, x_hi = min(x_values) / 4, max(x_values) * 4
     y_values = rates + list(peaks.values()) or [1.0]
     y_lo, y_hi = min(y_values) / 4, max(y_values) * 3
+    panels = [p for p in PRECISIONS if p in peaks or any(r["precision"] == p for r in points)] or ["fp32"]
+    batches_per_model: dict[str, set] = {}
+    for row in points:
+        batches_per_model.setdefault(row["model"], set()).add(row["batch_size"])
 
     figure = Figure(figsize=FIG_SIZE_IN, dpi=DPI)
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    axes.set_xscale("log")
-    axes.set_yscale("log")
-    if bandwidth:
-        # The bandwidth slope is shared by every precision: drawn once, up to the highest ridge point.
-        x_ridge = max(ridges) if ridges else x_hi
-        axes.plot(
-            [x_lo, x_ridge],
-            [bandwidth * x_lo, bandwidth * x_ridge],
-            color="#444444",
-            linewidth=2,
-            label=f"bandwidth {format_rate(bandwidth, 'B/s')}",
-        )
-    for precision in PRECISIONS:
-        if precision not in peaks:
-            continue
-        peak = peaks[precision]
-        start = peak / bandwidth if bandwidth else x_lo
-        axes.plot(
-            [start, x_hi],
-            [peak, peak],
-            color=COLORS[precision],
-            linestyle=LINESTYLES[precision],
-            linewidth=2,
-            label=f"{precision} roof {format_rate(peak, unit(precision))}",
-        )
-    for precision in PRECISIONS:
+    grid = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    placements = []
+    for axes, precision in zip(grid, panels, strict=True):
+        axes.set_xscale("log")
+        axes.set_yscale("log")
+        axes.set_xlim(x_lo, x_hi)
+        axes.set_ylim(y_lo, y_hi)
+        peak = peaks.get(precision)
+        if bandwidth:
+            ridge = peak / bandwidth if peak else x_hi
+            axes.plot([x_lo, ridge], [bandwidth * x_lo, bandwidth * ridge], color="#444444", linewidth=2)
+        if peak:
+            start = peak / bandwidth if bandwidth else x_lo
+            axes.plot([start, x_hi], [peak, peak], color=COLORS[precision], linestyle=LINESTYLES[precision], lw=2)
         chosen = [r for r in points if r["precision"] == precision]
-        if chosen:
-            axes.scatter(
-                [r["arith_intensity"] for r in chosen],
-                [r["flops_per_s"] for r in chosen],
-                color=COLORS[precision],
-                marker=MARKERS[precision],
-                s=45,
-                zorder=3,
-                edgecolors="black",
-                linewidths=0.5,
-                label=f"{precision} cells",
-            )
-    # One label per model and batch size, next to its highest point: its precisions share one intensity
-    # (bytes are counted on the FP32 graph), so marker and colour tell them apart.
-    batches_per_model: dict[str, set] = {}
-    groups: dict[tuple, dict[str, Any]] = {}
-    for row in points:
-        batches_per_model.setdefault(row["model"], set()).add(row["batch_size"])
-        key = (row["model"], row["batch_size"], row["arith_intensity"])
-        if key not in groups or row["flops_per_s"] > groups[key]["flops_per_s"]:
-            groups[key] = row
-    for (model, batch, intensity), row in groups.items():
-        text = model + (f" b{batch}" if len(batches_per_model[model]) > 1 else "")
-        axes.annotate(text, (intensity, row["flops_per_s"]), xytext=(6, 6), textcoords="offset points", fontsize=8)
-    axes.set_xlim(x_lo, x_hi)
-    axes.set_ylim(y_lo, y_hi)
+        axes.scatter(
+            [r["arith_intensity"] for r in chosen],
+            [r["flops_per_s"] for r in chosen],
+            color=COLORS[precision],
+            marker=MARKERS[precision],
+            s=40,
+            zorder=3,
+            edgecolors="black",
+            linewidths=0.5,
+        )
+        roof_text = f"roof {format_rate(peak, unit(precision))}" if peak else "no roof"
+        axes.set_title(f"{precision} ({roof_text})", fontsize=10, color=COLORS[precision])
+        axes.grid(True, which="major", alpha=0.3)
+        axes.grid(True, which="minor", alpha=0.1)
+        placements.append((axes, chosen))
     byte_models = sorted({str(r.get("bytes_model")) for r in points if r.get("bytes_model")})
-    axes.set_xlabel(f"arithmetic intensity (FLOPs per byte; bytes = {', '.join(byte_models) or 'unknown'})")
-    axes.set_ylabel("achieved FLOP/s (INT8: op/s)")
+    grid[len(grid) // 2].set_xlabel(
+        f"arithmetic intensity (FLOPs per byte; bytes = {', '.join(byte_models) or 'unknown'})"
+    )
+    grid[0].set_ylabel("achieved FLOP/s (INT8: op/s)")
     source = roofs.source if roofs else "no roofs: run `python suite.py peak` or give --peaks"
-    axes.set_title(f"Roofline, {engine}\n{_shorten(source, 110)}", fontsize=10)
-    axes.grid(True, which="major", alpha=0.3)
-    axes.grid(True, which="minor", alpha=0.1)
-    if points or peaks:
-        axes.legend(loc="best", fontsize=8, framealpha=0.85)
-    figure.tight_layout()
+    bw_text = f"; bandwidth {format_rate(bandwidth, 'B/s')} (grey slope)" if bandwidth else ""
+    figure.suptitle(f"Roofline, {engine}{bw_text}\n{_shorten(source, 130)}", fontsize=10)
+    key = [f"{numbers[m]} {m}" for m in sorted(batches_per_model, key=lambda m: numbers.get(m, 0)) if m in numbers]
+    lines = [",   ".join(key[i : i + 8]) for i in range(0, len(key), 8)]
+    figure.text(0.5, 0.01, "\n".join(lines), ha="center", va="bottom", fontsize=9)
+    figure.tight_layout(rect=(0, 0.01 + 0.03 * len(lines), 1, 1))
+    # Labels go where they are clear of each other in display pixels, known only once the layout is final.
+    for axes, chosen in placements:
+        several = {m for m, batches in batches_per_model.items() if len(batches) > 1}
+        texts = [
+            str(numbers.get(r["model"], "?")) + (f"b{r['batch_size']}" if r["model"] in several else "") for r in chosen
+        ]
+        anchors = [tuple(axes.transData.transform((r["arith_intensity"], r["flops_per_s"]))) for r in chosen]
+        box = axes.bbox
+        places = place_labels(
+            anchors, [(6 * len(t) + 3, 11) for t in texts], (box.x0, box.y0, box.x1, box.y1), marker_radius=5
+        )
+        for row, text, place in zip(chosen, texts, places, strict=True):
+            # Axes fractions, not pixels: the SVG is drawn at another resolution than the PNG.
+            axes.annotate(
+                text,
+                (row["arith_intensity"], row["flops_per_s"]),
+                xytext=((place.x - box.x0) / box.width, (place.y - box.y0) / box.height),
+                textcoords="axes fraction",
+                ha="center",
+                va="center",
+                fontsize=8,
+                arrowprops={"arrowstyle": "-", "color": "#888888", "lw": 0.6} if place.leader else None,
+            )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{file_stem(engine)}.png", out_dir / f"{file_stem(engine)}.svg"]
     for path in paths:
-        figure.savefig(path, dpi=DPI)
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, dpi=DPI)
     return paths
 
 

@@ -5,7 +5,9 @@ precision, batch size, scenario, concurrency, engine), or without the engine (``
 engines with each other.
 For each other run X the ratios are X / A: ``p50`` (latency; below 1 means X is faster), ``samples/s``
 (throughput) and ``FLOP/s`` (above 1 means X is faster). Cells missing or not ok in a run have no ratio.
-The environments (CPU, GPU, packages, threads) are listed side by side.
+The environments (CPU, GPU, packages, threads) are listed side by side. Written as ``compare.md``,
+``compare.csv`` (raw values) and ``compare.html`` (a chart of each run's throughput against A per model and
+precision, and the tables sortable; self-contained like report.html).
 
 ``split_by`` (``--split-by node``) makes each run directory several runs, one per value of that column: the rows
 of one cluster run measured on vendor A's nodes against those measured on vendor B's. Split by ``node``, each
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import fmt, load_run
+from common.paths import atomic_path
 
 METRICS = (("latency_ms_p50", "p50 ms"), ("throughput_samples_per_s", "samples/s"), ("flops_per_s", "FLOP/s"))
 
@@ -177,10 +180,64 @@ def compare(
     out_dir = Path(out) if out else Path(dirs[0])
     out_dir.mkdir(parents=True, exist_ok=True)
     md_path, csv_path = out_dir / "compare.md", out_dir / "compare.csv"
-    md_path.write_text(text)
     frame = pl.DataFrame(records, infer_schema_length=None) if records else pl.DataFrame({"model": []})
-    frame.write_csv(csv_path)
+    # Atomic, so that a comparison rewritten in place never leaves half a file.
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(text)
+    with atomic_path(csv_path) as tmp:
+        frame.write_csv(tmp)
+    page = comparison_page(records, names, names_of, environment_table(envs, names_of, runs), ignore_engine)
+    with atomic_path(out_dir / "compare.html") as tmp:
+        tmp.write_text(page)
     return text, md_path, csv_path
+
+
+def ratio_bars(records: list[dict[str, Any]], names: list[str]) -> list[tuple[str, str, float | None]]:
+    """(cell label, run, throughput ratio to run A) for each joined cell and each run after A: what the ratio
+    chart draws. The label is model, precision and batch (scenario and engine where they vary)."""
+    scenarios = {r.get("scenario") for r in records}
+    engines = {r.get("engine") for r in records}
+    bars = []
+    for record in records:
+        label = f"{record['model']} {record['precision']} b{record['batch_size']}"
+        if len(scenarios) > 1 or record.get("concurrency") not in (1, None):
+            label += f" {record['scenario']}" + (f"@{record['concurrency']}" if record.get("concurrency") != 1 else "")
+        if len(engines) > 1:
+            label += f" [{record['engine']}]"
+        bars += [(label, name, record.get(f"{name}/A samples/s")) for name in names[1:]]
+    return bars
+
+
+def comparison_page(
+    records: list[dict[str, Any]],
+    names: list[str],
+    names_of: list[str],
+    environment: list[list[Any]],
+    ignore_engine: bool,
+) -> str:
+    """compare.html: the ratio chart of every run against A per model and precision, then the environments
+    and the joined cells as sortable, filterable tables; one self-contained page like report.html."""
+    from analysis.svg_charts import ratio_chart
+    from bench.report import Document
+
+    doc = Document()
+    doc.heading(1, "Comparison of runs")
+    doc.para("Runs: " + "; ".join(f"{n} = {d}" for n, d in zip(names, names_of, strict=True)) + ".")
+    doc.heading(2, "Throughput against run A")
+    doc.para(
+        f"Each bar is a cell's samples/s in a run divided by its samples/s in run A (joined on model, size, "
+        f"precision, batch size, scenario, concurrency{'' if ignore_engine else ' and engine'}): right of 1 the "
+        "run is faster, left slower; n/a where the cell is missing or did not finish in one of the two."
+    )
+    bars = ratio_bars(records, names)
+    if bars:
+        doc.svg(ratio_chart(bars, "throughput ratio to run A", names[1:]), None, "throughput ratio to run A")
+    doc.heading(2, "Environments")
+    doc.table(["what", *names], environment, name="environments")
+    doc.heading(2, "Cells")
+    columns = list(records[0]) if records else ["model"]
+    doc.table(columns, [[record[c] for c in columns] for record in records], name="cells")
+    return doc.html("aimatrix-onnx comparison")
 
 
 def _split(

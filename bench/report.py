@@ -26,8 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from analysis.roofline import file_stem
 from analysis.roofs import Roofs, format_rate, unit
+from analysis.verdict import PRECISION_ORDER, passes
+from bench.report_html import Cell, as_cell, contents, page, slug
+from bench.report_html import table as html_table
 from bench.results import CELL_COLUMNS, speed_key, speedup
+from common.paths import atomic_path
 
 DEFAULT_THRESHOLD = 0.99
 
@@ -47,11 +52,19 @@ class Document:
     def para(self, text: str) -> None:
         self.blocks.append(("para", text))
 
-    def table(self, header: list[str], rows: list[list[Any]]) -> None:
-        self.blocks.append(("table", header, [[fmt(v) for v in row] for row in rows]))
+    def table(self, header: list[str], rows: list[list[Any]], name: str | None = None) -> None:
+        """A table of raw values (formatted with ``fmt``, sorted by value in HTML) or ``Cell``s; ``name`` gives
+        it an HTML id."""
+        cells = [[value if isinstance(value, Cell) else as_cell(value, fmt(value)) for value in row] for row in rows]
+        self.blocks.append(("table", header, cells, name))
 
     def image(self, path: Path, alt: str) -> None:
         self.blocks.append(("image", Path(path), alt))
+
+    def svg(self, markup: str, path: Path | None, alt: str) -> None:
+        """An SVG chart: inline in HTML, a link to ``path`` (written by the caller) in Markdown, where it is
+        left out when ``path`` is None."""
+        self.blocks.append(("svg", markup, None if path is None else Path(path), alt))
 
     def code(self, text: str) -> None:
         self.blocks.append(("code", text))
@@ -68,55 +81,74 @@ class Document:
             elif kind == "table":
                 header, rows = block[1], block[2]
                 lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-                lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
+                lines += ["| " + " | ".join(c.text.replace("|", "/") for c in row) + " |" for row in rows]
                 out.append("\n".join(lines))
             elif kind == "image":
                 out.append(f"![{block[2]}]({block[1].name})")
+            elif kind == "svg" and block[2] is not None:
+                out.append(f"![{block[3]}]({block[2].name})")
             elif kind == "code":
                 out.append("```\n" + block[1].rstrip() + "\n```")
         return "\n\n".join(out) + "\n"
 
     def html(self, title: str) -> str:
-        """The document as one HTML page with every image embedded as base64 (no file beside it needed)."""
-        body = []
+        """The document as one HTML page: images embedded as base64, charts as inline SVG, style and script
+        inline (``bench.report_html``), so nothing beside it or on a network is needed."""
+        body: list[str] = []
+        sections: list[tuple[str, str]] = []
+        used: set[str] = set()
         for block in self.blocks:
             kind = block[0]
             if kind == "heading":
-                body.append(f"<h{block[1]}>{html.escape(block[2])}</h{block[1]}>")
+                ident = slug(block[2])
+                while ident in used:
+                    ident += "-x"
+                used.add(ident)
+                if block[1] == 2:
+                    sections.append((ident, block[2]))
+                part = f'<h{block[1]} id="{ident}">{html.escape(block[2])}</h{block[1]}>'
             elif kind == "para":
-                body.append(f"<p>{html.escape(block[1])}</p>")
+                part = f"<p>{html.escape(block[1])}</p>"
             elif kind == "table":
-                head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
-                rows = "".join(
-                    "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in block[2]
-                )
-                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+                part = html_table(block[1], block[2], block[3])
             elif kind == "image":
                 data = base64.b64encode(block[1].read_bytes()).decode("ascii")
-                body.append(f'<p><img alt="{html.escape(block[2])}" src="data:image/png;base64,{data}"></p>')
-            elif kind == "code":
-                body.append(f"<pre>{html.escape(block[1])}</pre>")
-        style = (
-            "body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0;"
-            "font-size:13px}th,td{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#eee}"
-            "img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:12px}"
-        )
-        return (
-            f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
-        )
+                part = f'<figure><img alt="{html.escape(block[2])}" src="data:image/png;base64,{data}"></figure>'
+            elif kind == "svg":
+                part = f"<figure>{block[1]}</figure>"
+            else:
+                part = f"<pre>{html.escape(block[1])}</pre>"
+            body.append(part)
+        # The contents go under the title and the run's one-line summary.
+        body.insert(min(2, len(body)), contents(sections))
+        return page(title, body)
+
+
+_SI = ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"))
 
 
 def fmt(value: Any) -> str:
-    """A table cell: floats to about four significant digits, None as empty."""
-    if value is None:
-        return ""
+    """A number for people: thousands separators up to a million (``21,740``), SI prefixes above (``125 M``,
+    ``7.33 T``), four significant digits below a thousand (``0.9951``), small values in e-notation; None and
+    NaN as empty. Raw values stay in results.csv / .parquet."""
+    if value is None or isinstance(value, bool):
+        return "" if value is None else str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
     if isinstance(value, float):
         if value != value:
             return ""
-        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
-            return f"{value:.3g}"
-        return f"{value:.4g}"
+        size = abs(value)
+        if size == 0:
+            return "0"
+        for scale, prefix in _SI:
+            if size >= scale:
+                return f"{value / scale:.3g} {prefix}"
+        if size >= 1000:
+            return f"{value:,.0f}"
+        if size >= 1e-3:
+            return f"{value:.4g}"
+        return f"{value:.3g}"
     return str(value)
 
 
@@ -215,7 +247,7 @@ def build(
     given: Roofs | None = None,
 ) -> Document:
     """The report of ``run_dir`` as a Document; draws the roofline images into ``run_dir`` on the way."""
-    from analysis.roofline import plot
+    from analysis.roofline import model_numbers, plot
 
     run_dir = Path(run_dir)
     rows, env = load_run(run_dir)
@@ -227,31 +259,113 @@ def build(
         f"Run directory {run_dir.resolve()}; report written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}."
     )
 
-    doc.heading(2, "Summary")
-    doc.table(
-        [title for _, title in SUMMARY],
-        [[str(r.get(k))[:120] if k == "error" and r.get(k) else r.get(k) for k, _ in SUMMARY] for r in rows],
-    )
-
-    _speedups(doc, rows)
+    numbers = model_numbers(rows)
+    _answer(doc, rows, threshold, run_dir, numbers)
+    _speedups(doc, rows, threshold)
     _accuracy(doc, rows, threshold, env)
     _labels(doc, rows)
     engines = list(dict.fromkeys(r.get("engine") for r in rows if r.get("engine")))
     roofs = {engine: roofs_for(rows, env, engine, given) for engine in engines}
-    _roofline(doc, rows, roofs, run_dir, plot)
+    _roofline(doc, rows, roofs, run_dir, plot, numbers)
     _scenarios(doc, rows)
     _curves(doc, rows, run_dir)
+    doc.heading(2, "All cells")
+    doc.para("Every cell of the run as measured; the raw values are in results.csv and results.parquet.")
+    doc.table(
+        [title for _, title in SUMMARY],
+        [[str(r.get(k))[:120] if k == "error" and r.get(k) else r.get(k) for k, _ in SUMMARY] for r in rows],
+        name="cells",
+    )
     _paper(doc, rows)
     _environment(doc, env)
     return doc
 
 
-def _speedups(doc: Document, rows: list[dict[str, Any]]) -> None:
+def _answer(
+    doc: Document, rows: list[dict[str, Any]], threshold: float, run_dir: Path, numbers: dict[str, int]
+) -> None:
+    """Per engine: the chart of speed-up against accuracy retained and the verdict table (analysis.verdict)."""
+    from analysis.svg_charts import answer_chart, model_label
+    from analysis.verdict import points, verdicts
+
+    all_points = points(rows, threshold)
+    doc.heading(2, "Which precision to deploy")
+    if not all_points:
+        doc.para("No cell finished: nothing to choose from.")
+        return
+    doc.para(
+        f"Per model, the fastest precision that keeps at least {threshold:g} of FP32's accuracy (--threshold), "
+        "its speed-up over FP32 and the accuracy it keeps; how these are measured is under the chart."
+    )
+    for engine in dict.fromkeys(p.engine for p in all_points):
+        mine = [p for p in all_points if p.engine == engine]
+        labelled = {model_label(p): numbers.get(p.model, 0) for p in mine}
+        doc.heading(3, f"{engine}")
+        title = f"{engine}: speed-up over FP32 against accuracy retained"
+        markup = answer_chart(mine, labelled, threshold, title)
+        path = run_dir / f"answer-{file_stem(engine)[len('roofline-') :]}.svg"
+        with atomic_path(path) as tmp:
+            tmp.write_text(markup)
+        table = []
+        low = [p for p in PRECISION_ORDER if p != "fp32" and any(q.precision == p for q in mine)]
+        by_key = {(model_label(p), p.precision): p for p in mine}
+        for verdict in verdicts(mine):
+            label = verdict.model if verdict.size in ("full", "None") else f"{verdict.model} ({verdict.size})"
+            best = verdict.best
+            line: list[Any] = [numbers.get(verdict.model), label]
+            if best is None:
+                line += [Cell("none", None, "fail"), None, None, ""]
+            else:
+                line += [
+                    Cell(best.precision, None, "pass"),
+                    Cell(f"{best.speedup:.2f}x", best.speedup, "num"),
+                    best.retained,
+                    best.basis,
+                ]
+            for precision in low:
+                point = by_key.get((label, precision))
+                line.append(_point_cell(point))
+            line.append(verdict.reason)
+            table.append(line)
+        header = ["#", "model", "deploy", "speed-up", "accuracy kept", "against"]
+        doc.table(header + [f"{p}: speed-up, kept" for p in low] + ["why"], table, name=f"verdict-{slug(engine)}")
+        doc.svg(markup, path, title)
+        undrawn = [f"{model_label(p)} {p.precision}" for p in mine if not (p.speedup and p.retained is not None)]
+        if undrawn:
+            doc.para(f"Not on the chart (no speed-up or no accuracy): {', '.join(undrawn)}.")
+    trained = any(r.get("label_ratio") is not None for r in rows)
+    doc.para(
+        "MLPerf's rule: a precision passes when it keeps the threshold's share of FP32's accuracy. "
+        + (
+            "Trained models are judged by their metric against the evaluation labels (ratio to FP32's); random"
+            if trained
+            else "Random"
+        )
+        + "-weight models have no labels: their accuracy is their agreement with FP32's outputs (top-1, "
+        "spans, boxes...; the outputs' cosine similarity where the metric is an error), so it says how far the "
+        "precision drifts from FP32, not how well the model does its task. Speed-up is FP32's p50 latency over "
+        "the precision's in the closed loop (throughput ratio where only LoadGen scenarios ran), the geometric "
+        "mean over the batch sizes measured; accuracy is the lowest over them."
+    )
+
+
+def _point_cell(point) -> Cell:
+    """``1.93x, 0.9951`` coloured by pass or fail, sorted by speed-up; empty where the precision did not run."""
+    if point is None:
+        return Cell("")
+    speed = f"{point.speedup:.2f}x" if point.speedup else "-"
+    kept = fmt(point.retained) if point.retained is not None else "-"
+    verdict = {True: " pass", False: " FAIL", None: ""}[point.passes]
+    css = {True: "pass", False: "fail", None: None}[point.passes]
+    return Cell(f"{speed}, {kept}{verdict}", point.speedup, css)
+
+
+def _speedups(doc: Document, rows: list[dict[str, Any]], threshold: float) -> None:
     doc.heading(2, "Speed-up over FP32")
     doc.para(
         "FP32 p50 latency divided by the FP16 or INT8 p50 latency of the same model, size, engine, batch and "
         "scenario; in LoadGen scenarios, FP16 or INT8 samples/s divided by FP32's. Concurrency above 1 is marked "
-        "as @N after the scenario."
+        f"as @N after the scenario. FAIL marks a speed-up whose accuracy keeps less than {threshold:g} of FP32's."
     )
     groups: dict[tuple, dict[str, dict]] = {}
     for row in rows:
@@ -265,7 +379,11 @@ def _speedups(doc: Document, rows: list[dict[str, Any]]) -> None:
             other = by_precision.get(precision, {})
             line += [_p50(other), _rate(other)]
             ratio = speedup(other, base) if other else None
-            line.append(f"{ratio:.2f}x" if ratio else (other.get("status") if other else None))
+            if ratio and passes(other, threshold) is False:
+                # Marked where it is quoted: a speed-up bought with accuracy below the threshold.
+                line.append(Cell(f"{ratio:.2f}x FAIL", ratio, "fail"))
+            else:
+                line.append(f"{ratio:.2f}x" if ratio else (other.get("status") if other else None))
         table.append(line)
     doc.table(
         ["model", "size", "engine", "batch", "scenario", "fp32 p50 ms", "fp32 samples/s"]
@@ -382,15 +500,23 @@ def kernel_note(rows: list[dict[str, Any]], env: dict[str, Any]) -> str | None:
     )
 
 
-def _roofline(doc: Document, rows: list[dict[str, Any]], roofs: dict[str, Roofs | None], run_dir: Path, plot) -> None:
+def _roofline(
+    doc: Document,
+    rows: list[dict[str, Any]],
+    roofs: dict[str, Roofs | None],
+    run_dir: Path,
+    plot,
+    numbers: dict[str, int],
+) -> None:
     doc.heading(2, "Roofline")
     byte_models = sorted({str(r["bytes_model"]) for r in rows if r.get("bytes_model")})
     doc.para(
         "Achieved FLOP/s (FLOPs of the FP32 graph per batch / mean latency) against arithmetic intensity "
         f"(FLOPs / bytes per batch, bytes = {', '.join(byte_models) or 'unknown'}). Bytes are counted at the FP32 "
         "graph's element sizes for every precision, so FP16 and INT8 points sit at FP32's intensity (their real "
-        "intensity is higher). Percent of roof = achieved / min(compute roof of the precision, bandwidth x "
-        "intensity)."
+        "intensity is higher); one panel per precision keeps them apart. Points are numbered by model (key below "
+        "the panels and in the table). Percent of roof = achieved / min(compute roof of the precision, bandwidth "
+        "x intensity)."
     )
     for engine, engine_roofs in roofs.items():
         doc.heading(3, engine)
@@ -404,7 +530,7 @@ def _roofline(doc: Document, rows: list[dict[str, Any]], roofs: dict[str, Roofs 
             roof_rows.append(["bandwidth", format_rate(engine_roofs.bandwidth, "B/s")])
             doc.para(f"Roofs: {engine_roofs.source}.")
             doc.table(["roof", "value"], roof_rows)
-        png, _svg = plot(rows, engine_roofs, run_dir, engine)
+        png, _svg = plot(rows, engine_roofs, run_dir, engine, numbers)
         doc.image(png, f"roofline of {engine}")
         table = []
         for row in rows:
@@ -416,6 +542,7 @@ def _roofline(doc: Document, rows: list[dict[str, Any]], roofs: dict[str, Roofs 
             bound = engine_roofs.attainable(row["precision"], intensity) if engine_roofs else None
             table.append(
                 [
+                    numbers.get(row["model"]),
                     row["model"],
                     row["precision"],
                     row["batch_size"],
@@ -426,7 +553,11 @@ def _roofline(doc: Document, rows: list[dict[str, Any]], roofs: dict[str, Roofs 
                     engine_roofs.bound(row["precision"], intensity) if engine_roofs else None,
                 ]
             )
-        doc.table(["model", "prec", "batch", "FLOP/byte", "achieved", "roof", "% of roof", "bound by"], table)
+        doc.table(
+            ["#", "model", "prec", "batch", "FLOP/byte", "achieved", "roof", "% of roof", "bound by"],
+            table,
+            name=f"roof-{slug(engine)}",
+        )
 
 
 def _scenarios(doc: Document, rows: list[dict[str, Any]]) -> None:
@@ -602,7 +733,10 @@ def write_report(
         raise ValueError(f"the accuracy threshold must be in (0, 1], got {threshold:g}")
     run_dir = Path(run_dir)
     doc = build(run_dir, threshold, given)
-    md, page = run_dir / "report.md", run_dir / "report.html"
-    md.write_text(doc.markdown())
-    page.write_text(doc.html(f"aimatrix-onnx report: {run_dir.name}"))
-    return md, page
+    md, html_path = run_dir / "report.md", run_dir / "report.html"
+    # Atomic: a report rewritten while someone has the old one open never leaves half a file.
+    with atomic_path(md) as tmp:
+        tmp.write_text(doc.markdown())
+    with atomic_path(html_path) as tmp:
+        tmp.write_text(doc.html(f"aimatrix-onnx report: {run_dir.name}"))
+    return md, html_path

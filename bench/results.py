@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from analysis.verdict import speed_key, speedup  # noqa: F401 - re-exported: readers import them from here
 from bench.row import COLUMNS
 from common.paths import atomic_path
 
@@ -324,30 +325,6 @@ SUMMARY_COLUMNS = (
 )
 # Trained models' columns, inserted before the reason where a run has any.
 LABEL_COLUMNS = (("label_metric", "vs labels"), ("label_value", "value"), ("label_ratio", "of fp32"))
-
-
-def speed_key(row: dict[str, Any]) -> tuple:
-    """The cell a row's precision is compared within: model, size, engine, batch size, scenario, concurrency."""
-    return (
-        row.get("model"),
-        row.get("size"),
-        row.get("engine"),
-        row.get("batch_size"),
-        row.get("scenario"),
-        row.get("concurrency"),
-    )
-
-
-def speedup(row: dict[str, Any], fp32: dict[str, Any] | None) -> float | None:
-    """How much faster ``row`` is than its FP32 twin: the ratio of p50 latencies in the closed loop (as the
-    paper compares), of throughputs in LoadGen scenarios (an offline run has no per-query latency)."""
-    if not fp32 or row.get("status") != "ok" or fp32.get("status") != "ok":
-        return None
-    if row.get("scenario") == "latency":
-        base, other = fp32.get("latency_ms_p50"), row.get("latency_ms_p50")
-        return base / other if base and other else None
-    base, other = fp32.get("throughput_samples_per_s"), row.get("throughput_samples_per_s")
-    return other / base if base and other else None
 
 
 def summary_markdown(rows: list[dict[str, Any]]) -> str:

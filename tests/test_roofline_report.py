@@ -223,9 +223,9 @@ def test_report_has_every_cell_speedups_verdicts_and_roof_percentages(tmp_path, 
     text = md.read_text()
     for row in synthetic_rows():
         assert f"| {row['model']} | full | ort-cpu | {row['precision']} | 8 | latency | {row['status']} |" in text
-    # Closed-loop rows: speed-ups are p50 latency ratios.
-    assert "| resnet50 | full | ort-cpu | 8 | latency | 100 | 80 | 100 | 80 | 1.00x | 25 | 320 | 4.00x |" in text
-    assert "| wide_deep | full | ort-cpu | 8 | latency | 2 | 4000 |  |  | failed | 1 | 8000 | 2.00x |" in text
+    # Closed-loop rows: speed-ups are p50 latency ratios; one bought with failing accuracy says so.
+    assert "| resnet50 | full | ort-cpu | 8 | latency | 100 | 80 | 100 | 80 | 1.00x | 25 | 320 | 4.00x FAIL |" in text
+    assert "| wide_deep | full | ort-cpu | 8 | latency | 2 | 4,000 |  |  | failed | 1 | 8,000 | 2.00x FAIL |" in text
     # Agreement 0.995 passes, 0.90 fails; the CTR error metric is judged by cosine (0.95 fails).
     assert (
         "| resnet50 | ort-cpu | fp16 | 8 | latency | top1_agreement | 0.995 | 1 | 0 | top1_agreement >= 0.99 | pass |"
@@ -240,13 +240,19 @@ def test_report_has_every_cell_speedups_verdicts_and_roof_percentages(tmp_path, 
     )
     # resnet50 fp32: 1e10 FLOP/s at intensity 100 under a 2e10 compute roof; wide_deep fp32: 5e11 FLOP/s
     # is above its memory roof (1e10 B/s x 1 FLOP/B), i.e. 5000%: the table shows what was measured.
-    assert "| resnet50 | fp32 | 8 | 100 | 10 GFLOP/s | 20 GFLOP/s | 50.0% | compute |" in text
-    assert "| resnet50 | int8 | 8 | 100 | 40 GOP/s | 80 GOP/s | 50.0% | compute |" in text
-    assert "| resnet50 | fp16 | 8 | 100 | 10 GFLOP/s |  |  |  |" in text  # no fp16 roof given
-    assert "| wide_deep | fp32 | 8 | 1 | 500 GFLOP/s | 10 GFLOP/s | 5000.0% | memory |" in text
+    assert "| 1 | resnet50 | fp32 | 8 | 100 | 10 GFLOP/s | 20 GFLOP/s | 50.0% | compute |" in text
+    assert "| 1 | resnet50 | int8 | 8 | 100 | 40 GOP/s | 80 GOP/s | 50.0% | compute |" in text
+    assert "| 1 | resnet50 | fp16 | 8 | 100 | 10 GFLOP/s |  |  |  |" in text  # no fp16 roof given
+    assert "| 2 | wide_deep | fp32 | 8 | 1 | 500 GFLOP/s | 10 GFLOP/s | 5000.0% | memory |" in text
     # The paper's Table I: ResNet50 at its batch 32 took 29 ms per batch on the V100 (7.33e12 FLOP/s).
-    assert "| resnet50 | ort-cpu | 8 | 1.25e+08 | 6.69e+09 | 1.23 | 32 | 29 |  | 7.33e+12 | 1e+10 |" in text
+    assert "| resnet50 | ort-cpu | 8 | 125 M | 6.69 G | 1.23 | 32 | 29 |  | 7.33 T | 10 G |" in text
     assert "![roofline of ort-cpu](roofline-ort-cpu.png)" in text and (run / "roofline-ort-cpu.png").is_file()
+    # The answer first: INT8 is 4x (resnet50) and 2x (wide_deep) faster but fails, so FP32 stays the choice.
+    assert text.index("## Which precision to deploy") < text.index("## Speed-up over FP32")
+    assert "| 1 | resnet50 | fp32 | 1.00x | 1 | FP32 (top1_agreement) | 1.00x, 0.995 pass | 4.00x, 0.9 FAIL |" in text
+    assert "| 2 | wide_deep | fp32 | 1.00x | 1 | FP32 (cosine) |  | 2.00x, 0.95 FAIL |" in text
+    assert "![ort-cpu: speed-up over FP32 against accuracy retained](answer-ort-cpu.svg)" in text
+    assert (run / "answer-ort-cpu.svg").read_text().count('class="point fail"') == 2
     html = page.read_text()
     assert html.count("data:image/png;base64,") == 1 and 'src="roofline' not in html
     assert html.count("<tr>") > len(synthetic_rows()) and "Test CPU" in html

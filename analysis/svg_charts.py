@@ -1,0 +1,267 @@
+"""Charts of a report drawn as SVG text: the answer chart (speed-up over FP32 against accuracy retained) and
+the ratio chart of a comparison (run B against run A). SVG so that the HTML report holds them inline, crisp at
+any zoom and with a tooltip per point, and ``report.md`` links the same files.
+
+Every mark carries ``data-`` attributes with its values, so a browser test can check what is drawn against
+the rows it came from.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from html import escape
+
+from analysis.label_layout import place_labels
+from analysis.verdict import Point
+
+COLORS = {"fp32": "#1f77b4", "fp16": "#2ca02c", "int8": "#ff7f0e"}
+FAIL = "#d62728"
+FONT = "font-family:sans-serif"
+
+
+def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """About ``count`` round values between ``lo`` and ``hi`` (steps of 1, 2 or 5 times a power of ten)."""
+    span = hi - lo
+    if span <= 0:
+        return [lo]
+    raw = span / count
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = math.ceil(lo / step) * step
+    return [round(first + i * step, 10) for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    """Speed-up ticks on a log axis: 1, 2, 4... and 1/2, 1/4...; with 1.5 and 3 where the axis spans little."""
+    base = [2.0**k for k in range(-6, 8)]
+    if hi / lo < 8:
+        base += [0.75, 1.5, 3.0, 6.0]
+    return sorted(t for t in base if lo <= t <= hi)
+
+
+def _tick_text(value: float) -> str:
+    return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """Plot area in pixels and the data ranges mapped onto it (x logarithmic, y linear)."""
+
+    left: float
+    top: float
+    right: float
+    bottom: float
+    x_lo: float
+    x_hi: float
+    y_lo: float
+    y_hi: float
+
+    def x(self, value: float) -> float:
+        span = math.log(self.x_hi) - math.log(self.x_lo)
+        return self.left + (math.log(value) - math.log(self.x_lo)) / span * (self.right - self.left)
+
+    def y(self, value: float) -> float:
+        return self.bottom - (value - self.y_lo) / (self.y_hi - self.y_lo) * (self.bottom - self.top)
+
+
+def _marker(precision: str, x: float, y: float, fill: str, stroke: str, width: float) -> str:
+    style = f'fill="{fill}" stroke="{stroke}" stroke-width="{width}"'
+    if precision == "fp16":
+        return f'<rect x="{x - 5:.1f}" y="{y - 5:.1f}" width="10" height="10" {style}/>'
+    if precision == "int8":
+        return f'<polygon points="{x:.1f},{y - 6:.1f} {x + 6:.1f},{y + 5:.1f} {x - 6:.1f},{y + 5:.1f}" {style}/>'
+    return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" {style}/>'
+
+
+def answer_chart(points: Sequence[Point], numbers: dict[str, int], threshold: float, title: str) -> str:
+    """An SVG scatter of ``points``: speed-up over FP32 (log x) against accuracy retained (y), one marker per
+    model and precision (shape and colour by precision), labelled with the model's number in ``numbers`` (model
+    label -> number, the key being the verdict table), the threshold drawn as a line with the failing region
+    shaded, failing points outlined in red with a cross. Points without a speed-up or an accuracy are left out
+    (the caller lists them)."""
+    drawn = [p for p in points if p.speedup and p.retained is not None]
+    width, height = 760, 460
+    speeds = [p.speedup for p in drawn] or [1.0]
+    kept = [p.retained for p in drawn] or [1.0]
+    x_lo, x_hi = min(0.5, min(speeds) / 1.25), max(2.0, max(speeds) * 1.25)
+    y_lo, y_hi = min(threshold, min(kept)), max(1.0, max(kept))
+    pad = max((y_hi - y_lo) * 0.08, 0.002)
+    frame = _Frame(64, 54, width - 20, height - 52, x_lo, x_hi, y_lo - pad, y_hi + pad)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart answer" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" role="img" aria-label="{escape(title)}" style="{FONT}">',
+        f'<rect x="0" y="0" width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="14">{escape(title)}</text>',
+    ]
+    # The failing region: everything below the threshold.
+    ty = frame.y(threshold)
+    parts.append(
+        f'<rect class="fail-region" x="{frame.left}" y="{ty:.1f}" width="{frame.right - frame.left}" '
+        f'height="{frame.bottom - ty:.1f}" fill="{FAIL}" fill-opacity="0.07"/>'
+    )
+    for tick in _log_ticks(frame.x_lo, frame.x_hi):
+        x = frame.x(tick)
+        parts.append(f'<line x1="{x:.1f}" y1="{frame.top}" x2="{x:.1f}" y2="{frame.bottom}" stroke="#e4e4e4"/>')
+        parts.append(f'<text x="{x:.1f}" y="{frame.bottom + 16}" text-anchor="middle" font-size="11">')
+        parts.append(f"{_tick_text(tick)}x</text>")
+    for tick in _nice_ticks(frame.y_lo, frame.y_hi):
+        y = frame.y(tick)
+        parts.append(f'<line x1="{frame.left}" y1="{y:.1f}" x2="{frame.right}" y2="{y:.1f}" stroke="#e4e4e4"/>')
+        parts.append(f'<text x="{frame.left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{tick:g}</text>')
+    x1 = frame.x(1.0)
+    parts += [
+        f'<line x1="{x1:.1f}" y1="{frame.top}" x2="{x1:.1f}" y2="{frame.bottom}" stroke="#888"/>',
+        f'<line class="threshold" x1="{frame.left}" y1="{ty:.1f}" x2="{frame.right}" y2="{ty:.1f}" '
+        f'stroke="{FAIL}" stroke-dasharray="6 4" stroke-width="1.5" data-threshold="{threshold}"/>',
+        f'<text x="{frame.left + 4}" y="{ty + 14:.1f}" font-size="11" fill="{FAIL}">'
+        f"below {threshold:g} of FP32: fails</text>",
+        f'<rect x="{frame.left}" y="{frame.top}" width="{frame.right - frame.left}" '
+        f'height="{frame.bottom - frame.top}" fill="none" stroke="#444"/>',
+        f'<text x="{(frame.left + frame.right) / 2}" y="{height - 18}" text-anchor="middle" font-size="12">'
+        "speed-up over FP32 (faster to the right)</text>",
+        f'<text transform="translate(16,{(frame.top + frame.bottom) / 2}) rotate(-90)" text-anchor="middle" '
+        'font-size="12">accuracy retained (fraction of FP32)</text>',
+    ]
+    # Points that land on one spot (every model's FP32 at 1x and 1.0; FP16 that equals FP32) share one label,
+    # "1-20", instead of twenty labels fanned out around one marker.
+    groups: list[list[Point]] = []
+    spots: list[tuple[float, float, str]] = []
+    for point in drawn:
+        x, y = frame.x(point.speedup), frame.y(point.retained)
+        for index, (gx, gy, precision) in enumerate(spots):
+            if precision == point.precision and abs(gx - x) < 3 and abs(gy - y) < 3:
+                groups[index].append(point)
+                break
+        else:
+            spots.append((x, y, point.precision))
+            groups.append([point])
+    labels = [number_ranges([numbers.get(model_label(p), 0) for p in group]) for group in groups]
+    places = place_labels(
+        [(x, y) for x, y, _ in spots],
+        [(7 * len(t) + 2, 12) for t in labels],
+        (frame.left, frame.top, frame.right, frame.bottom),
+    )
+    for group, (x, y, _), label, place in zip(groups, spots, labels, places, strict=True):
+        parts.append("<g>")
+        if place.leader:
+            parts.append(
+                f'<line x1="{x:.1f}" y1="{y:.1f}" x2="{place.x:.1f}" y2="{place.y:.1f}" stroke="#999" '
+                'stroke-width="0.8"/>'
+            )
+        for point in group:
+            failing = point.passes is False
+            tip = (
+                f"#{numbers.get(model_label(point), '?')} {model_label(point)} {point.precision}: "
+                f"{point.speedup:.2f}x, {point.retained:.4f} of FP32 against {point.basis}"
+                + (" (FAILS)" if failing else "")
+            )
+            color = COLORS.get(point.precision, "#777")
+            parts.append(
+                f'<g class="point {"fail" if failing else "pass"}" data-model="{escape(model_label(point))}" '
+                f'data-precision="{point.precision}" data-speedup="{point.speedup:.6g}" '
+                f'data-retained="{point.retained:.6g}"><title>{escape(tip)}</title>'
+                + _marker(point.precision, x, y, color, FAIL if failing else "#222", 2 if failing else 0.8)
+            )
+            if failing:
+                parts.append(
+                    f'<path d="M{x - 4:.1f},{y - 4:.1f}L{x + 4:.1f},{y + 4:.1f}M{x - 4:.1f},{y + 4:.1f}'
+                    f'L{x + 4:.1f},{y - 4:.1f}" stroke="white" stroke-width="1.6"/>'
+                )
+            parts.append("</g>")
+        failing = any(p.passes is False for p in group)
+        parts.append(
+            f'<text x="{place.x:.1f}" y="{place.y + 4:.1f}" text-anchor="middle" font-size="11" '
+            f'fill="{FAIL if failing else "#222"}">{label}</text></g>'
+        )
+    # Legend: the precisions' shapes and the failing mark, in one line between the title and the plot.
+    lx, ly = frame.left + 8, frame.top - 14
+    for precision, color in COLORS.items():
+        parts.append(_marker(precision, lx, ly, color, "#222", 0.8))
+        parts.append(f'<text x="{lx + 10}" y="{ly + 4}" font-size="11">{precision}</text>')
+        lx += 60
+    parts.append(_marker("fp32", lx, ly, "#bbb", FAIL, 2))
+    parts.append(
+        f'<text x="{lx + 10}" y="{ly + 4}" font-size="11" fill="{FAIL}">fails (accuracy below the line)</text>'
+    )
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def number_ranges(numbers: Sequence[int]) -> str:
+    """``1-3,5,7-9`` for [1, 2, 3, 5, 7, 8, 9]: the models of points that share one spot."""
+    ordered = sorted(set(numbers))
+    runs: list[list[int]] = []
+    for number in ordered:
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ",".join(map(str, r)) for r in runs)
+
+
+def model_label(point: Point) -> str:
+    """A point's model as the report names it: ``model`` (``model (tiny)`` outside the full size)."""
+    return point.model if point.size in ("full", "None") else f"{point.model} ({point.size})"
+
+
+def ratio_chart(bars: Sequence[tuple[str, str, float | None]], title: str, runs: Sequence[str]) -> str:
+    """An SVG of horizontal bars on a log axis centred at 1: one group per cell label, one bar per run in
+    ``runs`` (their order), each bar (cell label, run, ratio) drawn from 1 to its ratio, green where the run is
+    faster than run A (ratio > 1) and red where slower. A missing ratio (None) is written as "n/a"."""
+    cells = list(dict.fromkeys(label for label, _, _ in bars))
+    per_cell = max(1, len(runs))
+    bar_h, gap = 14, 8
+    left, right, top = 250, 70, 44
+    width = 820
+    height = top + len(cells) * (per_cell * bar_h + gap) + 40
+    ratios = [r for _, _, r in bars if r]
+    spread = max([abs(math.log(r)) for r in ratios] + [math.log(2)]) * 1.1
+    lo, hi = math.exp(-spread), math.exp(spread)
+
+    def x(value: float) -> float:
+        return left + (math.log(value) - math.log(lo)) / (math.log(hi) - math.log(lo)) * (width - left - right)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart ratio" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" role="img" aria-label="{escape(title)}" style="{FONT}">',
+        f'<rect x="0" y="0" width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="14">{escape(title)}</text>',
+    ]
+    for tick in _log_ticks(lo, hi):
+        tx = x(tick)
+        parts.append(f'<line x1="{tx:.1f}" y1="{top - 8}" x2="{tx:.1f}" y2="{height - 36}" stroke="#e4e4e4"/>')
+        parts.append(f'<text x="{tx:.1f}" y="{top - 12}" text-anchor="middle" font-size="11">{tick:g}x</text>')
+    parts.append(f'<line x1="{x(1):.1f}" y1="{top - 8}" x2="{x(1):.1f}" y2="{height - 36}" stroke="#444"/>')
+    y = top
+    by_key = {(label, run): ratio for label, run, ratio in bars}
+    for label in cells:
+        parts.append(
+            f'<text x="{left - 8}" y="{y + per_cell * bar_h / 2 + 4:.1f}" text-anchor="end" font-size="11">'
+            f"{escape(label)}</text>"
+        )
+        for run in runs:
+            ratio = by_key.get((label, run))
+            if ratio:
+                x0, x1 = sorted((x(1.0), x(ratio)))
+                color = "#2ca02c" if ratio >= 1 else FAIL
+                parts.append(
+                    f'<g class="bar" data-cell="{escape(label)}" data-run="{escape(run)}" data-ratio="{ratio:.6g}">'
+                    f"<title>{escape(label)}: {escape(run)} / A = {ratio:.3f}</title>"
+                    f'<rect x="{x0:.1f}" y="{y + 1}" width="{max(x1 - x0, 1):.1f}" height="{bar_h - 2}" '
+                    f'fill="{color}" fill-opacity="0.8"/>'
+                    f'<text x="{x1 + 4 if ratio >= 1 else x0 - 4:.1f}" y="{y + bar_h - 3}" font-size="10" '
+                    f'text-anchor="{"start" if ratio >= 1 else "end"}">{escape(run)} {ratio:.2f}x</text></g>'
+                )
+            else:
+                parts.append(f'<text x="{x(1.0) + 4:.1f}" y="{y + bar_h - 3}" font-size="10" fill="#888">')
+                parts.append(f"{escape(run)} n/a</text>")
+            y += bar_h
+        y += gap
+    parts.append(
+        f'<text x="{(left + width - right) / 2}" y="{height - 12}" text-anchor="middle" font-size="12">'
+        "throughput of the run against run A (right of 1: faster)</text>"
+    )
+    parts.append("</svg>")
+    return "\n".join(parts)

@@ -1,0 +1,189 @@
+"""The HTML report in a real browser: headless Chromium (Debian's ``chromium``) loads the report of a tiny run
+and of a synthetic twenty-model run; a console error, a request off the page, a missing chart or a verdict
+table that disagrees with the rows fails the test. Skipped, with the reason, where no Chromium is installed
+(``.ci/run`` installs it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from common.browser import Browser, find_chromium
+from tests.test_roofline_report import _row, _write_run
+
+pytestmark = pytest.mark.skipif(
+    find_chromium() is None, reason="no Chromium (apt-get install chromium, or set $CHROMIUM to its executable)"
+)
+
+THRESHOLD = 0.99
+
+
+def expected_verdicts(rows: list[dict]) -> dict[str, tuple[str, str]]:
+    """{model: (precision, speed-up as ``1.23x``)} worked out here from the rows alone, closed-loop rows at one
+    batch size: the fastest precision whose accuracy keeps >= THRESHOLD of FP32's (the ratio against labels
+    for trained models, the agreement with FP32, or the cosine where the metric is an error)."""
+
+    def kept(row: dict) -> float:
+        if row.get("label_ratio") is not None:
+            return row["label_ratio"]
+        if row["accuracy_metric"] == "max_abs_error":
+            return row["accuracy_cosine"]
+        return row["accuracy_value"]
+
+    def name(row: dict) -> str:  # as the report names a model: with its size where it is not full
+        return row["model"] + ("" if row["size"] == "full" else f" ({row['size']})")
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    out = {}
+    for model in dict.fromkeys(map(name, ok)):
+        fp32 = next(r for r in ok if name(r) == model and r["precision"] == "fp32")
+        speeds = {
+            r["precision"]: fp32["latency_ms_p50"] / r["latency_ms_p50"]
+            for r in ok
+            if name(r) == model and kept(r) >= THRESHOLD
+        }
+        best = max(speeds, key=lambda p: (speeds[p], p == "fp32"))
+        out[model] = (best, f"{speeds[best]:.2f}x")
+    return out
+
+
+def check_page(browser: Browser, page: Path, rows: list[dict], engines: list[str]) -> dict:
+    """Load ``page`` and assert what every report must show; returns facts read from the page for more checks."""
+    log = browser.load(page)
+    assert not log.errors, f"the page logged errors: {log.errors}"
+    off_page = [url for url in log.requests if not url.startswith(("file:", "data:"))]
+    assert not off_page, f"the page requested {off_page}: it must open offline"
+    facts = browser.evaluate(
+        """(function(){
+        var out={charts:{},verdicts:{},images:[]};
+        document.querySelectorAll('svg.chart.answer').forEach(function(svg){
+          var engine=svg.getAttribute('aria-label').split(':')[0];
+          out.charts[engine]={points:svg.querySelectorAll('g.point').length,
+            failing:Array.prototype.map.call(svg.querySelectorAll('g.point.fail'),function(g){
+              return g.getAttribute('data-model')+' '+g.getAttribute('data-precision');}),
+            threshold:svg.querySelectorAll('line.threshold').length,
+            width:svg.getBoundingClientRect().width};});
+        document.querySelectorAll('table[id^=verdict-]').forEach(function(t){
+          out.verdicts[t.id]=Array.prototype.map.call(t.tBodies[0].rows,function(r){
+            return [r.cells[1].textContent,r.cells[2].textContent,r.cells[3].textContent,r.cells[2].className];});});
+        document.querySelectorAll('img').forEach(function(img){
+          out.images.push([img.alt,img.complete&&img.naturalWidth>0]);});
+        out.firstSection=document.querySelector('h2').textContent;
+        out.sortable=document.querySelectorAll('table.sortable').length;
+        out.tables=document.querySelectorAll('table').length;
+        return out;})()"""
+    )
+    assert facts["firstSection"] == "Which precision to deploy"
+    assert facts["sortable"] == facts["tables"]
+    for engine in engines:
+        chart = facts["charts"].get(engine)
+        assert chart, f"no answer chart for {engine}: {facts['charts']}"
+        assert chart["threshold"] == 1 and chart["width"] > 300
+        roofline = [ok for alt, ok in facts["images"] if alt == f"roofline of {engine}"]
+        assert roofline == [True], f"the roofline of {engine} did not load: {facts['images']}"
+    # Every ok (model, precision) is a point, failing ones marked; nothing else is.
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert sum(c["points"] for c in facts["charts"].values()) == len(ok)
+    expected = expected_verdicts(rows)
+    table = facts["verdicts"][f"verdict-{engines[0]}"]
+    assert {model: (deploy, speed) for model, deploy, speed, _ in table} == expected
+    assert all(css == "pass" for *_, css in table)
+    return facts
+
+
+def test_console_errors_are_caught(tmp_path):
+    """The check itself: a page that logs an error or throws is seen as failing."""
+    page = tmp_path / "bad.html"
+    page.write_text("<html><body><script>console.error('broken chart');null.x;</script></body></html>")
+    with Browser() as browser:
+        log = browser.load(page)
+    assert "broken chart" in log.console_errors[0]
+    assert log.exceptions and "TypeError" in log.exceptions[0]
+
+
+def synthetic_run(directory: Path, count: int = 20) -> list[dict]:
+    """``count`` models in three precisions on ort-cpu, clustered on the roofline (intensities within 2x), INT8
+    of every third model failing its accuracy, a trained model judged against labels."""
+    rows = []
+    for i in range(count):
+        model = f"model_{i:02d}"
+        intensity = 10.0 * (1 + (i % 5) / 5)
+        fp32 = 10.0 + i
+        rows.append(_row(model, "fp32", fp32, arith_intensity=intensity))
+        rows.append(_row(model, "fp16", fp32 / 1.1, arith_intensity=intensity, accuracy_value=0.999))
+        accuracy = 0.95 if i % 3 == 0 else 0.995
+        rows.append(_row(model, "int8", fp32 / (1.5 + i / 20), arith_intensity=intensity, accuracy_value=accuracy))
+    # A trained model: its INT8 agrees with FP32 less than the threshold but keeps its AUC against labels.
+    labels = {"label_metric": "auc", "label_value": 0.9, "label_value_fp32": 0.9}
+    rows[-1].update(label_ratio=1.001, accuracy_value=0.97, **labels)
+    rows[-2].update(label_ratio=1.0, **labels)
+    rows[-3].update(label_ratio=1.0, **labels)
+    _write_run(directory, rows)
+    return rows
+
+
+def test_report_of_twenty_models_in_a_browser(tmp_path):
+    from analysis.roofs import Roofs
+    from bench.report import write_report
+
+    rows = synthetic_run(tmp_path / "run")
+    _, page = write_report(tmp_path / "run", THRESHOLD, Roofs({"fp32": 1e11, "int8": 4e11}, 1e10, "test roofs"))
+    with Browser() as browser:
+        facts = check_page(browser, page, rows, ["ort-cpu"])
+        assert sorted(facts["charts"]["ort-cpu"]["failing"]) == [f"model_{i:02d} int8" for i in range(0, 20, 3)]
+        # The trained model's INT8 passes on its labels although it agrees with FP32 on only 97% of inputs.
+        assert ["model_19", "int8", "2.45x", "pass"] in facts["verdicts"]["verdict-ort-cpu"]
+        # Sorting by speed-up (twice: descending) and filtering work in the page.
+        browser.evaluate("document.querySelector('#verdict-ort-cpu th:nth-child(4)').click()")
+        browser.evaluate("document.querySelector('#verdict-ort-cpu th:nth-child(4)').click()")
+        first = browser.evaluate("document.querySelector('#verdict-ort-cpu tbody tr').cells[1].textContent")
+        assert first == "model_19"
+        browser.evaluate(
+            "var f=document.querySelector('#verdict-ort-cpu').previousElementSibling;"
+            "f.value='model_0 fail';f.dispatchEvent(new Event('input'))"
+        )
+        shown = browser.evaluate("document.querySelectorAll('#verdict-ort-cpu tbody tr:not([hidden])').length")
+        assert shown == 4
+        assert not browser.load(page).errors
+
+
+def test_report_of_a_tiny_run_in_a_browser(tmp_path):
+    """The report ``suite.py run`` writes for a real tiny run of two models."""
+    import suite
+    from tests.zoo import QUICK
+
+    out = tmp_path / "run"
+    models = ["resnet50", "wide_deep"]
+    quick = [*QUICK[:2], "--batch-sizes", "1", *QUICK[4:]]
+    assert suite.main(["run", "--models", ",".join(models), *quick, "--accuracy-samples", "4", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["status"] for r in rows} == {"ok"}, [r["error"] for r in rows]
+    with Browser() as browser:
+        facts = check_page(browser, out / "report.html", rows, ["ort-cpu"])
+    print(json.dumps(facts["verdicts"], indent=1))
+
+
+def test_comparison_page_in_a_browser(tmp_path):
+    """compare.html: one bar per cell and run after A with the ratio of the rows, n/a where a cell is missing."""
+    import suite
+
+    a = _write_run(tmp_path / "a", [_row("resnet50", "fp32", 10.0), _row("resnet50", "int8", 5.0)])
+    b = _write_run(tmp_path / "b", [_row("resnet50", "fp32", 5.0), _row("resnet50", "int8", 10.0)])
+    c = _write_run(tmp_path / "c", [_row("resnet50", "fp32", 20.0)])
+    assert suite.main(["compare", str(a), str(b), str(c), "--out", str(tmp_path / "cmp")]) == 0
+    with Browser() as browser:
+        log = browser.load(tmp_path / "cmp" / "compare.html")
+        assert not log.errors, log.errors
+        bars = browser.evaluate(
+            "Array.prototype.map.call(document.querySelectorAll('svg.chart.ratio g.bar'),function(g){"
+            "return [g.getAttribute('data-cell'),g.getAttribute('data-run'),Number(g.getAttribute('data-ratio'))];})"
+        )
+        missing = browser.evaluate("document.querySelector('svg.chart.ratio').textContent.indexOf('C n/a')>=0")
+    assert bars == [
+        ["resnet50 fp32 b8", "B", 2.0],
+        ["resnet50 fp32 b8", "C", 0.5],
+        ["resnet50 int8 b8", "B", 0.5],
+    ]
+    assert missing
