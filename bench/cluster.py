@@ -29,6 +29,8 @@ again. A build task is retried once, elsewhere if its node left (building is det
 
 from __future__ import annotations
 
+import os
+import re
 import socket
 import sys
 import time
@@ -86,6 +88,8 @@ def connect(
     ray = import_ray()
     if ray.is_initialized():
         return False
+    # Ray's own variable names a cluster too; ray.init would join it and refuse the local cluster's resources.
+    address = address or os.environ.get("RAY_ADDRESS") or None
     # Workers' output stays in the cluster's logs: the rows carry every reason.
     common = {"log_to_driver": False, "configure_logging": False}
     if address is None:
@@ -389,7 +393,10 @@ class RayExecutor:
         try:
             result = self._ray.get(ref)
         except self._ray.exceptions.RayError as exc:
-            return CellOutcome(request, None, _lost(exc))
+            # A node that left is named in Ray's message by its id: the row names it as the others do.
+            found = re.search(r"node ID: ([0-9a-f]+)", str(exc))
+            node = self.nodes.get(found.group(1), {}).get("name") if found else None
+            return CellOutcome(request, None, _lost(exc), {"node": node} if node else {})
         if result.get("logs") and request.log_dir is not None:
             write_logs(result["logs"], request.log_dir)
         return CellOutcome(request, result["measured"], result["error"], result["where"])

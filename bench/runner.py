@@ -100,11 +100,13 @@ def run(
     out: Path,
     resume: bool = False,
     retry_failed: bool = False,
-    executor: LocalExecutor | None = None,
+    executor=None,
 ) -> RunOutcome:
     """Measure ``config``'s matrix into ``out`` (results.jsonl, samples.jsonl, env.json, results.csv/parquet,
-    summary.md). With ``resume`` the cells already in ``out`` are skipped (failed ones too unless
-    ``retry_failed``). Raises RunRefused before anything is written when the run cannot start."""
+    summary.md, and nodes/<node>.json for a cluster's nodes) on ``executor`` (default: a LocalExecutor of
+    ``config.jobs``; ``bench.cluster.RayExecutor`` for a Ray cluster). With ``resume`` the cells already in ``out``
+    are skipped (failed ones too unless ``retry_failed``). Raises RunRefused before anything is written when the
+    run cannot start."""
     from tqdm import tqdm
 
     from bench.env import environment
@@ -190,7 +192,7 @@ def run(
     return RunOutcome(results.out_dir, rows, summary)
 
 
-def _measure_roofs(executor: LocalExecutor, rows: list[dict[str, Any]], env: dict[str, Any]) -> None:
+def _measure_roofs(executor, rows: list[dict[str, Any]], env: dict[str, Any]) -> None:
     """Measure and cache the roofs of each engine that measured cells here and has none cached for this machine
     and thread count, so that the report (which measures nothing) can draw them. After the cells: no timing
     overlaps it."""

@@ -144,6 +144,8 @@ def test_a_killed_node_fails_its_cell_and_a_killed_driver_loses_nothing(cluster,
         failed = [json.loads(line) for line in _rows(out) if '"failed"' in line]
         assert len(failed) == 1
         assert "left the cluster" in failed[0]["error"] or "worker running it died" in failed[0]["error"]
+        if "left the cluster" in failed[0]["error"]:
+            assert failed[0]["node"], "the row of a cell lost with its node names the node"
         # One more cell measured on the head after the kill, then the driver dies at once.
         count = len(_rows(out))
         _wait(lambda: len(_rows(out)) > count, 60, "a row after the kill")
