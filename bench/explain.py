@@ -395,7 +395,7 @@ def _search(s: ExplainSettings, flavour: str, errors: list[dict], out: Path, say
         say("timing FP32, INT8 and the chosen mixed INT8 side by side")
         confirmed = precision_search.confirmed_speedups(precision_search.confirm(spec, outcome.float_nodes, log))
         result["confirmed"] = confirmed
-        chosen = confirmed.get(f"int8 +{outcome.k} float", {}) if outcome.k else confirmed.get("int8 +0 float", {})
+        chosen = confirmed.get(f"int8 +{outcome.k} float", {})
         record = {
             "target": s.target,
             "metric": result["metric"],
@@ -439,20 +439,11 @@ def _search_row(row: dict[str, Any]) -> dict[str, Any]:
 
 def _build(s: ExplainSettings, precision: str, flavour: str) -> None:
     """Build (or reuse) ``precision``'s artifact in a child; ExplainError with the reason when it fails."""
-    result = run_isolated(
-        "bench.cell:build_artifact",
-        dict(
-            model=s.model,
-            size=s.size,
-            precision=precision,
-            flavour=flavour,
-            export=asdict(s.export),
-            calib=asdict(s.calib),
-        ),
-        BUILD_TIMEOUT_S,
-    )
-    if not result.ok:
-        raise ExplainError(f"building {s.model} ({s.size}) {precision} failed: {result.error}")
+    from bench.precision_search import build
+
+    error = build(s.model, s.size, precision, flavour, asdict(s.export), asdict(s.calib))
+    if error:
+        raise ExplainError(f"building {s.model} ({s.size}) {precision} failed: {error}")
 
 
 def _child(target: str, kwargs: dict, timeout_s: float, what: str):

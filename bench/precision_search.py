@@ -93,26 +93,25 @@ class Candidate:
     cell_timeout_s: float
 
 
+def build(model: str, size: str, precision: str, flavour: str, export: dict, calib: dict) -> str | None:
+    """Build (or reuse) one artifact in a child process (``bench.cell.build_artifact``); None, or why it failed."""
+    built = run_isolated(
+        "bench.cell:build_artifact",
+        dict(model=model, size=size, precision=precision, flavour=flavour, export=export, calib=calib),
+        BUILD_TIMEOUT_S,
+    )
+    return None if built.ok else built.error
+
+
 def measure(spec: Candidate, precision: str, float_nodes: list[str]) -> dict[str, Any]:
     """Build (or reuse) the artifact for ``precision`` with ``float_nodes`` kept in float, then measure it as a
     cell; returns the row's columns with ``retained``, ``status`` (``ok``/``failed``) and ``error``."""
     calib = dict(spec.calib)
     if precision == "int8" and float_nodes:
         calib["float_nodes"] = [(spec.model, spec.size, spec.flavour, list(float_nodes))]
-    built = run_isolated(
-        "bench.cell:build_artifact",
-        dict(
-            model=spec.model,
-            size=spec.size,
-            precision=precision,
-            flavour=spec.flavour,
-            export=spec.export,
-            calib=calib,
-        ),
-        BUILD_TIMEOUT_S,
-    )
-    if not built.ok:
-        return {"status": "failed", "error": f"building failed: {built.error}"}
+    error = build(spec.model, spec.size, precision, spec.flavour, spec.export, calib)
+    if error:
+        return {"status": "failed", "error": f"building failed: {error}"}
     cell = Cell(spec.model, spec.size, spec.engine, precision, spec.batch_size)
     result = run_isolated(
         "bench.cell:run_cell",

@@ -119,13 +119,14 @@ def test_explain_search_and_plan_through_run(tiny_resnet, tmp_path, capsys):
     # The ranking's first k nodes, where k is the smallest measured to reach the target next to k - 1 missing.
     ranked = pl.read_csv(out / "layer_error.csv")["node"].to_list()
     k = len(plan["float_nodes"])
+    # The tiny ResNet-50's INT8 misses 1.0 on 48 samples (0.89 measured), so the search must keep nodes in float.
+    assert k > 0, search
     assert plan["float_nodes"] == ranked[:k]
     log = [json.loads(line) for line in (out / "search.jsonl").read_text().splitlines()]
     measured = {r["k"]: r for r in log if r["phase"] == "search" and r["k"] is not None}
     assert log[0]["label"] == "fp32" and log[0]["retained"] == 1.0
-    if k:
-        assert measured[k]["retained"] >= 1.0 and measured[k]["int8_float_nodes"] == k
-        assert (k - 1) in measured and measured[k - 1]["retained"] < 1.0
+    assert measured[k]["retained"] >= 1.0 and measured[k]["int8_float_nodes"] == k
+    assert (k - 1) in measured and measured[k - 1]["retained"] < 1.0
     assert search["confirmed"]["fp32"]["speedup"] == 1.0
     # Per-op time: FP32 runs float convolutions, INT8 integer ones, and the table holds both side by side.
     groups = summary["op_time"]
@@ -144,18 +145,17 @@ def test_explain_search_and_plan_through_run(tiny_resnet, tmp_path, capsys):
     assert status == 0
     (row,) = [json.loads(line) for line in (run_out / "results.jsonl").read_text().splitlines()]
     assert row["status"] == "ok" and row["int8_float_nodes"] == k
-    if k:
-        name = int8_artifact_name("cpu", float_nodes=tuple(plan["float_nodes"]))
-        assert row["artifact"].endswith(f"/{name}.onnx") and "-mixed" in name
-        entry = ModelStore("resnet50", "tiny").entry(name)
-        assert entry["float_nodes_from_plan"] == sorted(plan["float_nodes"])
-        assert set(plan["float_nodes"]) <= set(entry["excluded_nodes"])
-        # Nothing the plan keeps in float reads a DequantizeLinear.
-        model = onnx.load(row["artifact"])
-        producers = {o: n.op_type for n in model.graph.node for o in n.output}
-        for node in model.graph.node:
-            if node.name in plan["float_nodes"]:
-                assert all(producers.get(i) != "DequantizeLinear" for i in node.input), node.name
+    name = int8_artifact_name("cpu", float_nodes=tuple(plan["float_nodes"]))
+    assert row["artifact"].endswith(f"/{name}.onnx") and "-mixed" in name
+    entry = ModelStore("resnet50", "tiny").entry(name)
+    assert entry["float_nodes_from_plan"] == sorted(plan["float_nodes"])
+    assert set(plan["float_nodes"]) <= set(entry["excluded_nodes"])
+    # Nothing the plan keeps in float reads a DequantizeLinear.
+    model = onnx.load(row["artifact"])
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.name in plan["float_nodes"]:
+            assert all(producers.get(i) != "DequantizeLinear" for i in node.input), node.name
     # The fully quantized artifact is still there, under its own name: a plan never replaces it.
     assert ModelStore("resnet50", "tiny").entry(int8_artifact_name("cpu")) is not None
 
