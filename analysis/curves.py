@@ -2,8 +2,8 @@
 multi-stream, server and offline scenarios, the concurrency) grows, one line per precision, so that a reader
 sees where low precision moves the curve.
 
-One figure per (model, size, engine, scenario) that has at least two points on one precision's line; matplotlib
-through its object API on the Agg canvas, as the roofline.
+One chart per (model, size, engine, scenario) that has at least two points on one precision's line, drawn as SVG
+(``analysis.svg_charts.curve_chart``) so that the HTML report holds it inline with a tooltip per point.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from analysis.roofline import COLORS, DPI, MARKERS
+from analysis.svg_charts import CurvePoint, curve_chart
 
-FIG_SIZE_IN = (7.0, 4.8)
 # The latency axis: the 99th percentile, what a latency bound is usually set on.
 LATENCY = "latency_ms_p99"
 THROUGHPUT = "throughput_samples_per_s"
@@ -53,58 +52,32 @@ def point_label(row: dict[str, Any]) -> str:
 
 
 def file_name(key: tuple) -> str:
-    """``curve-<model>-<size>-<engine>-<scenario>.png`` with anything unsafe in a file name replaced."""
-    return "curve-" + re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(str(k) for k in key)) + ".png"
+    """``curve-<model>-<size>-<engine>-<scenario>.svg`` with anything unsafe in a file name replaced."""
+    return "curve-" + re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(str(k) for k in key)) + ".svg"
+
+
+def title(key: tuple) -> str:
+    model, size, engine, scenario = key
+    return f"{model} ({size}), {engine}, {scenario}"
 
 
 def plot_curves(rows: list[dict[str, Any]], out_dir: Path) -> list[tuple[tuple, Path]]:
-    """Draw every group of ``curve_groups(rows)`` into ``out_dir``; returns (group key, PNG path) pairs."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter
-
-    # Plain numbers on the logarithmic axes (20, 50, 200), not 2 x 10^1; on an axis spanning more than a decade
-    # only the 2s and 5s between decades, so the labels never run into each other.
-    plain = FuncFormatter(lambda value, _: f"{value:g}")
-    sparse = FuncFormatter(lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "25" else "")
-
+    """Draw every group of ``curve_groups(rows)`` as an SVG into ``out_dir``; returns (group key, SVG path)
+    pairs."""
     drawn = []
     out_dir = Path(out_dir)
     for key, lines in curve_groups(rows).items():
-        model, size, engine, scenario = key
-        figure = Figure(figsize=FIG_SIZE_IN)
-        FigureCanvasAgg(figure)
-        axes = figure.add_subplot()
-        for label, points in lines.items():
-            x = [p[LATENCY] for p in points]
-            y = [p[THROUGHPUT] for p in points]
-            precision = points[0].get("precision")
-            concurrency = points[0]["concurrency"]
-            axes.plot(
-                x,
-                y,
-                marker=MARKERS.get(precision, "o"),
-                color=COLORS.get(precision),
-                # Several concurrency lines of one precision share its colour and differ in dashes.
-                linestyle=("-", "--", "-.", ":")[(concurrency.bit_length() - 1) % 4] if " c" in label else "-",
-                label=label,
-            )
-            for point, px, py in zip(points, x, y, strict=True):
-                axes.annotate(point_label(point), (px, py), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        axes.set_xscale("log")
-        axes.set_yscale("log")
-        for axis, column in ((axes.xaxis, LATENCY), (axes.yaxis, THROUGHPUT)):
-            values = [p[column] for points in lines.values() for p in points]
-            axis.set_major_formatter(plain)
-            axis.set_minor_formatter(plain if max(values) < 10 * min(values) else sparse)
-        axes.set_xlabel("p99 latency per query (ms)")
-        axes.set_ylabel("throughput (samples/s)")
-        axes.set_title(f"{model} ({size}), {engine}, {scenario}", fontsize=10)
-        axes.grid(True, which="both", alpha=0.2)
-        axes.legend(loc="best", fontsize=8)
-        figure.tight_layout()
+        points = {
+            label: [
+                CurvePoint(
+                    p[LATENCY], p[THROUGHPUT], point_label(p), str(p.get("precision")), p.get("concurrency") or 1
+                )
+                for p in members
+            ]
+            for label, members in lines.items()
+        }
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / file_name(key)
-        figure.savefig(path, dpi=DPI)
+        path.write_text(curve_chart(points, title(key)))
         drawn.append((key, path))
     return drawn

@@ -1,6 +1,7 @@
-"""Charts of a report drawn as SVG text: the answer chart (speed-up over FP32 against accuracy retained) and
-the ratio chart of a comparison (run B against run A). SVG so that the HTML report holds them inline, crisp at
-any zoom and with a tooltip per point, and ``report.md`` links the same files.
+"""Charts of a report drawn as SVG text: the answer chart (speed-up over FP32 against accuracy retained), the
+throughput-latency curves of a model, and the ratio chart of a comparison (run B against run A). SVG so that
+the HTML report holds them inline, crisp at any zoom and with a tooltip per point, and ``report.md`` links the
+same files.
 
 Every mark carries ``data-`` attributes with its values, so a browser test can check what is drawn against
 the rows it came from.
@@ -9,9 +10,10 @@ the rows it came from.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
+from typing import NamedTuple
 
 from analysis.label_layout import place_labels
 from analysis.verdict import Point
@@ -45,9 +47,34 @@ def _tick_text(value: float) -> str:
     return f"{value:g}"
 
 
+def _decade_ticks(lo: float, hi: float) -> list[float]:
+    """Round values on a logarithmic axis from ``lo`` to ``hi``: 1, 2 and 5 times powers of ten; only the
+    powers where the axis spans more than three decades, every digit where it spans less than a factor 5, so
+    that there are a few ticks and their labels never run into each other."""
+    span = math.log10(hi / lo)
+    steps = ((1,), (1, 2, 5), tuple(range(1, 10)))
+    start = 0 if span > 3 else 1 if span > 0.7 else 2
+    ticks: list[float] = []
+    for mantissas in steps[start:]:
+        ticks = [
+            float(f"{m}e{e}")
+            for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+            for m in mantissas
+            if lo <= float(f"{m}e{e}") <= hi
+        ]
+        if len(ticks) >= 3:
+            break
+    return ticks
+
+
+def _count_text(value: float) -> str:
+    """``20``, ``0.5``, ``21,740``: plain numbers with thousands separators, never ``2e+04``."""
+    return f"{value:,.0f}" if value >= 1000 else f"{value:g}"
+
+
 @dataclass(frozen=True)
 class _Frame:
-    """Plot area in pixels and the data ranges mapped onto it (x logarithmic, y linear)."""
+    """Plot area in pixels and the data ranges mapped onto it (x logarithmic, y linear or logarithmic)."""
 
     left: float
     top: float
@@ -57,13 +84,18 @@ class _Frame:
     x_hi: float
     y_lo: float
     y_hi: float
+    y_log: bool = False
 
     def x(self, value: float) -> float:
         span = math.log(self.x_hi) - math.log(self.x_lo)
         return self.left + (math.log(value) - math.log(self.x_lo)) / span * (self.right - self.left)
 
     def y(self, value: float) -> float:
-        return self.bottom - (value - self.y_lo) / (self.y_hi - self.y_lo) * (self.bottom - self.top)
+        if self.y_log:
+            fraction = (math.log(value) - math.log(self.y_lo)) / (math.log(self.y_hi) - math.log(self.y_lo))
+        else:
+            fraction = (value - self.y_lo) / (self.y_hi - self.y_lo)
+        return self.bottom - fraction * (self.bottom - self.top)
 
 
 def _marker(precision: str, x: float, y: float, fill: str, stroke: str, width: float) -> str:
@@ -185,6 +217,123 @@ def answer_chart(points: Sequence[Point], numbers: dict[str, int], threshold: fl
     parts.append(
         f'<text x="{lx + 10}" y="{ly + 4}" font-size="11" fill="{FAIL}">fails (accuracy below the line)</text>'
     )
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+class CurvePoint(NamedTuple):
+    """One operating point of a throughput-latency curve: p99 latency per query (ms), throughput (samples/s),
+    its label (``b8``, ``b8 c2``), precision and SUT concurrency."""
+
+    latency_ms: float
+    throughput: float
+    label: str
+    precision: str
+    concurrency: int
+
+
+# Several concurrency lines of one precision share its colour and differ in dashes: c1 solid, c2, c4, c8.
+_DASHES = ("", "6 3", "2 3", "8 3 2 3")
+
+
+def _log_range(values: Sequence[float]) -> tuple[float, float]:
+    lo, hi = min(values), max(values)
+    if hi / lo < 1.5:
+        middle = math.sqrt(lo * hi)
+        lo, hi = middle / 1.5, middle * 1.5
+    return lo / 1.2, hi * 1.2
+
+
+def curve_chart(lines: Mapping[str, Sequence[CurvePoint]], title: str) -> str:
+    """An SVG of throughput (log y) against p99 latency (log x): one polyline per entry of ``lines`` (label ->
+    points in order), coloured and shaped by precision, dashed by concurrency where a label names one
+    (``int8 c2``), each point labelled (``b8``) clear of the others and with a tooltip of its values."""
+    width, height = 760, 440
+    drawn = [(name, [p for p in points if p.latency_ms > 0 and p.throughput > 0]) for name, points in lines.items()]
+    every = [p for _, points in drawn for p in points]
+    x_lo, x_hi = _log_range([p.latency_ms for p in every] or [1.0])
+    y_lo, y_hi = _log_range([p.throughput for p in every] or [1.0])
+    # The legend, one entry per line, in rows between the title and the plot (as many rows as the lines need).
+    legend: list[tuple[float, int]] = []
+    lx, row = 84.0, 0
+    for name, _ in drawn:
+        if lx + 30 + 7 * len(name) > width - 20 and lx > 84:
+            lx, row = 84.0, row + 1
+        legend.append((lx, row))
+        lx += 30 + 7 * len(name)
+    top = 48 + 18 * (row + 1)
+    height += 18 * row
+    frame = _Frame(76, top, width - 20, height - 52, x_lo, x_hi, y_lo, y_hi, y_log=True)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart curve" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" role="img" aria-label="{escape(title)}" style="{FONT}">',
+        f'<rect x="0" y="0" width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="14">{escape(title)}</text>',
+    ]
+    for tick in _decade_ticks(x_lo, x_hi):
+        x = frame.x(tick)
+        parts.append(f'<line x1="{x:.1f}" y1="{frame.top}" x2="{x:.1f}" y2="{frame.bottom}" stroke="#e4e4e4"/>')
+        parts.append(f'<text x="{x:.1f}" y="{frame.bottom + 16}" text-anchor="middle" font-size="11">')
+        parts.append(f"{_count_text(tick)}</text>")
+    for tick in _decade_ticks(y_lo, y_hi):
+        y = frame.y(tick)
+        parts.append(f'<line x1="{frame.left}" y1="{y:.1f}" x2="{frame.right}" y2="{y:.1f}" stroke="#e4e4e4"/>')
+        parts.append(f'<text x="{frame.left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">')
+        parts.append(f"{_count_text(tick)}</text>")
+    parts += [
+        f'<rect x="{frame.left}" y="{frame.top}" width="{frame.right - frame.left}" '
+        f'height="{frame.bottom - frame.top}" fill="none" stroke="#444"/>',
+        f'<text x="{(frame.left + frame.right) / 2}" y="{height - 18}" text-anchor="middle" font-size="12">'
+        "p99 latency per query (ms, log)</text>",
+        f'<text transform="translate(16,{(frame.top + frame.bottom) / 2}) rotate(-90)" text-anchor="middle" '
+        'font-size="12">throughput (samples/s, log)</text>',
+    ]
+    anchors = [(frame.x(p.latency_ms), frame.y(p.throughput)) for p in every]
+    places = iter(
+        place_labels(
+            anchors, [(6 * len(p.label) + 2, 11) for p in every], (frame.left, frame.top, frame.right, frame.bottom)
+        )
+    )
+    for (name, points), (lx, row) in zip(drawn, legend, strict=True):
+        if not points:
+            continue
+        precision = points[0].precision
+        color = COLORS.get(precision, "#777")
+        dash = _DASHES[(points[0].concurrency.bit_length() - 1) % 4] if " c" in name else ""
+        dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
+        path = " ".join(f"{frame.x(p.latency_ms):.1f},{frame.y(p.throughput):.1f}" for p in points)
+        parts.append(
+            f'<g class="line" data-line="{escape(name)}"><polyline points="{path}" fill="none" stroke="{color}" '
+            f'stroke-width="1.8"{dash_attr}/>'
+        )
+        for point in points:
+            x, y = frame.x(point.latency_ms), frame.y(point.throughput)
+            place = next(places)
+            tip = (
+                f"{name} {point.label}: {_count_text(float(f'{point.throughput:.4g}'))} samples/s "
+                f"at p99 {point.latency_ms:.4g} ms"
+            )
+            parts.append(
+                f'<g class="point" data-line="{escape(name)}" data-label="{escape(point.label)}" '
+                f'data-latency="{point.latency_ms:.6g}" data-throughput="{point.throughput:.6g}">'
+                f"<title>{escape(tip)}</title>" + _marker(precision, x, y, color, "#222", 0.8) + "</g>"
+            )
+            if place.leader:
+                parts.append(
+                    f'<line x1="{x:.1f}" y1="{y:.1f}" x2="{place.x:.1f}" y2="{place.y:.1f}" stroke="#999" '
+                    'stroke-width="0.8"/>'
+                )
+            parts.append(
+                f'<text x="{place.x:.1f}" y="{place.y + 4:.1f}" text-anchor="middle" font-size="10" '
+                f'fill="#333">{escape(point.label)}</text>'
+            )
+        parts.append("</g>")
+        ly = 40 + 18 * row
+        parts.append(
+            f'<line x1="{lx - 8}" y1="{ly}" x2="{lx + 8}" y2="{ly}" stroke="{color}" stroke-width="1.8"{dash_attr}/>'
+            + _marker(precision, lx, ly, color, "#222", 0.8)
+            + f'<text x="{lx + 14}" y="{ly + 4}" font-size="11">{escape(name)}</text>'
+        )
     parts.append("</svg>")
     return "\n".join(parts)
 

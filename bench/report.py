@@ -645,9 +645,9 @@ def _curves(doc: Document, rows: list[dict[str, Any]], run_dir: Path) -> None:
         "to the left is better: where the INT8 or FP16 line lies above FP32's at the same latency, low precision "
         "serves more at that bound."
     )
-    for (model, size, engine, scenario), png in drawn:
+    for (model, size, engine, scenario), svg in drawn:
         doc.heading(3, f"{model} ({size}), {engine}, {scenario}")
-        doc.image(png, f"throughput against p99 latency of {model} on {engine}, {scenario}")
+        doc.svg(svg.read_text(), svg, f"throughput against p99 latency of {model} on {engine}, {scenario}")
 
 
 def _paper(doc: Document, rows: list[dict[str, Any]]) -> None:

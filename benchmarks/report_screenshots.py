@@ -3,7 +3,8 @@
     python benchmarks/report_screenshots.py RUN_DIR OUT_DIR [--prefix report]
 
 Writes OUT_DIR/<prefix>-first-screen.png (the viewport as the page opens, 1366x900) and
-OUT_DIR/<prefix>-roofline.png (the first roofline figure), and fails on any console error on the way.
+OUT_DIR/<prefix>-roofline.png (the first roofline figure), OUT_DIR/<prefix>-curve.png (the first throughput-latency
+chart, where the run has one), and fails on any console error on the way.
 """
 
 from __future__ import annotations
@@ -41,10 +42,16 @@ def main(argv: list[str] | None = None) -> int:
             roofline = args.out_dir / f"{args.prefix}-roofline.png"
             with atomic_path(roofline) as tmp:
                 browser.screenshot(tmp, selector='img[alt^="roofline of"]')
+            written = [first, roofline]
+            if browser.evaluate("document.querySelector('svg.chart.curve')!==null"):
+                curve = args.out_dir / f"{args.prefix}-curve.png"
+                with atomic_path(curve) as tmp:
+                    browser.screenshot(tmp, selector="svg.chart.curve")
+                written.append(curve)
     except BrowserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"{first}\n{roofline}")
+    print("\n".join(map(str, written)))
     return 0
 
 

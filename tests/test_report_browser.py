@@ -187,3 +187,66 @@ def test_comparison_page_in_a_browser(tmp_path):
         ["resnet50 int8 b8", "B", 0.5],
     ]
     assert missing
+
+
+def test_throughput_latency_curves_in_a_browser(tmp_path):
+    """A load-scenario run at several batch sizes and SUT threads: one inline curve chart per model and scenario,
+    one point per ok row at that row's p99 latency and throughput, inside the plot, labels not overlapping."""
+    from analysis.curves import curve_groups
+    from analysis.roofs import Roofs
+    from bench.report import write_report
+
+    rows = []
+    for model in ("resnet50", "bert"):
+        for precision, speed in (("fp32", 1.0), ("fp16", 1.3), ("int8", 2.9)):
+            for batch in (1, 2, 4, 8, 16, 32):
+                for concurrency in (1, 2):
+                    p50 = 10.0 * batch**0.8 / speed * (1.2 if concurrency == 2 else 1.0)
+                    rows.append(
+                        _row(
+                            model, precision, p50, batch_size=batch, scenario="server", concurrency=concurrency,
+                            throughput_samples_per_s=batch * concurrency * 1e3 / p50,
+                            cell_id=f"{model}/full/ort-cpu/{precision}/b{batch}/server/c{concurrency}",
+                        )
+                    )  # fmt: skip
+    rows.append(_row("resnet50", "int8", None, batch_size=64, scenario="server", status="failed", error="x"))
+    _write_run(tmp_path / "run", rows)
+    _, page = write_report(tmp_path / "run", THRESHOLD, Roofs({"fp32": 1e11, "int8": 4e11}, 1e10, "test roofs"))
+    with Browser() as browser:
+        log = browser.load(page)
+        assert not log.errors, log.errors
+        charts = browser.evaluate(
+            """Array.prototype.map.call(document.querySelectorAll('svg.chart.curve'),function(svg){
+            var frame=svg.querySelector('rect[fill=none]').getBoundingClientRect();
+            var inside=true;
+            var points=Array.prototype.map.call(svg.querySelectorAll('g.point'),function(g){
+              var r=g.getBoundingClientRect(),x=r.left+r.width/2,y=r.top+r.height/2;
+              inside=inside&&x>=frame.left&&x<=frame.right&&y>=frame.top&&y<=frame.bottom;
+              return [g.getAttribute('data-line'),g.getAttribute('data-label'),
+                Number(g.getAttribute('data-latency')),Number(g.getAttribute('data-throughput'))];});
+            var boxes=Array.prototype.map.call(svg.querySelectorAll('g.line > text'),function(t){
+              return t.getBoundingClientRect();});
+            var overlaps=0;
+            boxes.forEach(function(a,i){boxes.slice(i+1).forEach(function(b){
+              if(a.left<b.right&&b.left<a.right&&a.top<b.bottom&&b.top<a.bottom)overlaps++;});});
+            return {title:svg.getAttribute('aria-label'),points:points,inside:inside,overlaps:overlaps,
+              lines:svg.querySelectorAll('polyline').length,width:svg.getBoundingClientRect().width};})"""
+        )
+    groups = curve_groups(rows)
+    assert sorted(c["title"] for c in charts) == ["bert (full), ort-cpu, server", "resnet50 (full), ort-cpu, server"]
+    for chart in charts:
+        model = chart["title"].split(" ")[0]
+        lines = groups[(model, "full", "ort-cpu", "server")]
+        assert chart["lines"] == len(lines) == 6 and chart["width"] > 300
+        expected = sorted(
+            [label, f"b{r['batch_size']}" + (f" c{r['concurrency']}" if r["concurrency"] != 1 else "")]
+            + [r["latency_ms_p99"], r["throughput_samples_per_s"]]
+            for label, members in lines.items()
+            for r in members
+        )
+        drawn = sorted(chart["points"])
+        assert len(drawn) == len(expected) == 36
+        for got, want in zip(drawn, expected, strict=True):
+            assert got[:2] == want[:2] and got[2:] == pytest.approx(want[2:], rel=1e-5)
+        assert chart["inside"], f"a point of {chart['title']} lies outside its plot"
+        assert chart["overlaps"] == 0, f"{chart['overlaps']} point labels overlap in {chart['title']}"

@@ -141,8 +141,8 @@ def test_report_relates_scenarios_and_draws_curves(scenario_run):
     assert relation.count("| resnet50 | ort-cpu |") == 4
     # Two batch sizes per precision: a throughput-latency line for the closed loop, single stream and server.
     for scenario in ("latency", "single-stream", "server"):
-        assert (out / f"curve-resnet50-tiny-ort-cpu-{scenario}.png").stat().st_size > 0
-    assert not (out / "curve-resnet50-tiny-ort-cpu-offline.png").exists()
+        assert (out / f"curve-resnet50-tiny-ort-cpu-{scenario}.svg").stat().st_size > 0
+    assert not (out / "curve-resnet50-tiny-ort-cpu-offline.svg").exists()
     assert "| scenario |" in (out / "summary.md").read_text()
 
 
@@ -222,6 +222,8 @@ def test_gpu_cells_record_device_memory_and_energy(tmp_path):
 
 
 def test_curves_keep_batch_and_concurrency_apart(tmp_path):
+    from xml.etree import ElementTree
+
     from analysis.curves import curve_groups, plot_curves
 
     def row(precision, batch, concurrency, scenario="server"):
@@ -242,5 +244,10 @@ def test_curves_keep_batch_and_concurrency_apart(tmp_path):
     # Only the concurrency varies: one line per precision across it. One point: no curve.
     assert [p["concurrency"] for p in groups[("m", "full", "ort-cpu", "offline-like")]["int8"]] == [1, 2, 4]
     assert ("m", "full", "ort-cpu", "alone") not in groups
-    drawn = plot_curves(both + only_threads, tmp_path)
-    assert len(drawn) == 2 and all(path.stat().st_size > 0 for _, path in drawn)
+    drawn = dict(plot_curves(both + only_threads, tmp_path))
+    assert len(drawn) == 2
+    # Well-formed SVG with one marker per row and one polyline per line.
+    server = ElementTree.parse(drawn[("m", "full", "ort-cpu", "server")]).getroot()
+    ns = "{http://www.w3.org/2000/svg}"
+    assert len([g for g in server.iter(f"{ns}g") if g.get("class") == "point"]) == len(both)
+    assert len(list(server.iter(f"{ns}polyline"))) == 4
