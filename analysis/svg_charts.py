@@ -49,11 +49,11 @@ def _tick_text(value: float) -> str:
 
 def _decade_ticks(lo: float, hi: float) -> list[float]:
     """Round values on a logarithmic axis from ``lo`` to ``hi``: 1, 2 and 5 times powers of ten; only the
-    powers where the axis spans more than three decades, every digit where it spans less than a factor 5, so
-    that there are a few ticks and their labels never run into each other."""
+    powers where the axis spans more than three decades, every digit where it spans less than about a decade and
+    a half, so that there are a few ticks and their labels never run into each other."""
     span = math.log10(hi / lo)
     steps = ((1,), (1, 2, 5), tuple(range(1, 10)))
-    start = 0 if span > 3 else 1 if span > 0.7 else 2
+    start = 0 if span > 3 else 1 if span > 1.2 else 2
     ticks: list[float] = []
     for mantissas in steps[start:]:
         ticks = [
@@ -65,6 +65,16 @@ def _decade_ticks(lo: float, hi: float) -> list[float]:
         if len(ticks) >= 3:
             break
     return ticks
+
+
+def _spaced(ticks: list[float], position, room) -> list[float]:
+    """The ``ticks`` whose labels do not run into the previous one kept: ``position(tick)`` is its pixel
+    coordinate, ``room(tick)`` the pixels its label needs along the axis."""
+    kept: list[float] = []
+    for tick in ticks:
+        if not kept or abs(position(tick) - position(kept[-1])) >= (room(tick) + room(kept[-1])) / 2:
+            kept.append(tick)
+    return kept
 
 
 def _count_text(value: float) -> str:
@@ -270,12 +280,12 @@ def curve_chart(lines: Mapping[str, Sequence[CurvePoint]], title: str) -> str:
         f'<rect x="0" y="0" width="{width}" height="{height}" fill="white"/>',
         f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="14">{escape(title)}</text>',
     ]
-    for tick in _decade_ticks(x_lo, x_hi):
+    for tick in _spaced(_decade_ticks(x_lo, x_hi), frame.x, lambda t: 7 * len(_count_text(t)) + 6):
         x = frame.x(tick)
         parts.append(f'<line x1="{x:.1f}" y1="{frame.top}" x2="{x:.1f}" y2="{frame.bottom}" stroke="#e4e4e4"/>')
         parts.append(f'<text x="{x:.1f}" y="{frame.bottom + 16}" text-anchor="middle" font-size="11">')
         parts.append(f"{_count_text(tick)}</text>")
-    for tick in _decade_ticks(y_lo, y_hi):
+    for tick in _spaced(_decade_ticks(y_lo, y_hi), frame.y, lambda _: 14):
         y = frame.y(tick)
         parts.append(f'<line x1="{frame.left}" y1="{y:.1f}" x2="{frame.right}" y2="{y:.1f}" stroke="#e4e4e4"/>')
         parts.append(f'<text x="{frame.left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">')

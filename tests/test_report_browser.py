@@ -191,14 +191,15 @@ def test_comparison_page_in_a_browser(tmp_path):
 
 def test_throughput_latency_curves_in_a_browser(tmp_path):
     """A load-scenario run at several batch sizes and SUT threads: one inline curve chart per model and scenario,
-    one point per ok row at that row's p99 latency and throughput, inside the plot, labels not overlapping."""
+    one point per ok row at that row's p99 latency and throughput, inside the plot, labels not overlapping where
+    two lines nearly coincide (FP16 at 1.02x of FP32, as on a CPU)."""
     from analysis.curves import curve_groups
     from analysis.roofs import Roofs
     from bench.report import write_report
 
     rows = []
     for model in ("resnet50", "bert"):
-        for precision, speed in (("fp32", 1.0), ("fp16", 1.3), ("int8", 2.9)):
+        for precision, speed in (("fp32", 1.0), ("fp16", 1.02), ("int8", 2.9)):
             for batch in (1, 2, 4, 8, 16, 32):
                 for concurrency in (1, 2):
                     p50 = 10.0 * batch**0.8 / speed * (1.2 if concurrency == 2 else 1.0)
