@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -297,6 +298,9 @@ def _answer(
         f"Per model, the fastest precision that keeps at least {threshold:g} of FP32's accuracy (--threshold), "
         "its speed-up over FP32 and the accuracy it keeps; how these are measured is under the chart."
     )
+    coarse = sample_step_note(rows, threshold)
+    if coarse:
+        doc.para(coarse)
     for engine in dict.fromkeys(p.engine for p in all_points):
         mine = [p for p in all_points if p.engine == engine]
         labelled = {model_label(p): numbers.get(p.model, 0) for p in mine}
@@ -346,6 +350,28 @@ def _answer(
         "precision drifts from FP32, not how well the model does its task. Speed-up is FP32's p50 latency over "
         "the precision's in the closed loop (throughput ratio where only LoadGen scenarios ran), the geometric "
         "mean over the batch sizes measured; accuracy is the lowest over them."
+    )
+
+
+def sample_step_note(rows: list[dict[str, Any]], threshold: float) -> str | None:
+    """A warning where the accuracy samples are too few for the threshold to mean what it says: with N samples
+    a count-based agreement moves in steps of 1/N, and where 1/N exceeds 1 - threshold a single disagreeing
+    sample fails the precision. None where every agreement was measured on enough samples (or against labels,
+    whose evaluation split is the model's own)."""
+    counts = [
+        r["accuracy_samples"]
+        for r in rows
+        if r.get("status") == "ok" and r.get("accuracy_samples") and r.get("label_ratio") is None
+    ]
+    if not counts or threshold >= 1 or 1 / min(counts) <= 1 - threshold:
+        return None
+    fewest = min(counts)
+    needed = math.ceil(1 / (1 - threshold) - 1e-9)
+    return (
+        f"Few samples: agreement was measured on {fewest} sample(s) here, so an agreement that counts samples "
+        f"(top-1, spans, strings) moves in steps of 1/{fewest} = {1 / fewest:.3g}, more than the "
+        f"{1 - threshold:.3g} the threshold allows: one sample that disagrees fails a precision. Read such a FAIL "
+        f"as a cue to look closer, and re-run with --accuracy-samples {needed} or more before acting on it."
     )
 
 

@@ -217,6 +217,27 @@ def test_accuracy_verdicts():
     assert accuracy_verdict({**error_metric, "accuracy_cosine": 0.9}, 0.99)[0] == "FAIL"
 
 
+def test_report_warns_when_one_sample_decides_a_verdict(tmp_path):
+    """8 samples step agreement by 0.125: a single disagreeing sample fails 0.99, and the report says so with
+    the sample count that would let the threshold mean something; 128 samples (or labels) need no warning."""
+    from analysis.roofs import Roofs
+    from bench.report import sample_step_note, write_report
+
+    few = [_row("resnet50", "int8", 5.0, accuracy_samples=8), _row("resnet50", "fp32", 9.0, accuracy_samples=32)]
+    note = sample_step_note(few, 0.99)
+    assert "measured on 8 sample(s)" in note and "1/8 = 0.125" in note and "--accuracy-samples 100 or more" in note
+    assert sample_step_note(few, 0.8) is None  # 0.125 <= 0.2: one sample cannot fail it
+    assert sample_step_note([_row("m", "int8", 5.0, accuracy_samples=128)], 0.99) is None
+    trained = [_row("m", "int8", 5.0, accuracy_samples=8, label_ratio=1.0)]
+    assert sample_step_note(trained, 0.99) is None
+    assert sample_step_note(few, 1.0) is None
+    # The warning stands in the report's answer, before the verdict tables.
+    _write_run(tmp_path / "run", few)
+    markdown, _ = write_report(tmp_path / "run", 0.99, Roofs({"fp32": 1e11, "int8": 4e11}, 1e10, "test roofs"))
+    answer = markdown.read_text().split("## Which precision to deploy")[1]
+    assert answer.index("Few samples: agreement was measured on 8 sample(s)") < answer.index("| # | model |")
+
+
 def test_report_has_every_cell_speedups_verdicts_and_roof_percentages(tmp_path, peak_cache):
     run = _write_run(tmp_path / "run", synthetic_rows())
     md, page = write_report(run, 0.99, Roofs({"fp32": 2e10, "int8": 8e10}, 1e10, "test roofs"))
