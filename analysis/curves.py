@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.svg_charts import CurvePoint, curve_chart
+from common.paths import atomic_path
 
 # The latency axis: the 99th percentile, what a latency bound is usually set on.
 LATENCY = "latency_ms_p99"
@@ -57,6 +58,7 @@ def file_name(key: tuple) -> str:
 
 
 def title(key: tuple) -> str:
+    """``resnet50 (full), ort-cpu, server`` for a group key of ``curve_groups``."""
     model, size, engine, scenario = key
     return f"{model} ({size}), {engine}, {scenario}"
 
@@ -78,6 +80,7 @@ def plot_curves(rows: list[dict[str, Any]], out_dir: Path) -> list[tuple[tuple, 
         }
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / file_name(key)
-        path.write_text(curve_chart(points, title(key)))
+        with atomic_path(path) as tmp:
+            tmp.write_text(curve_chart(points, title(key)))
         drawn.append((key, path))
     return drawn

@@ -353,15 +353,22 @@ def _answer(
     )
 
 
+# Judged by the outputs' cosine similarity to FP32 (accuracy_verdict), which has no 1/N steps.
+CONTINUOUS_METRICS = ("max_abs_error", "cosine_similarity")
+
+
 def sample_step_note(rows: list[dict[str, Any]], threshold: float) -> str | None:
     """A warning where the accuracy samples are too few for the threshold to mean what it says: with N samples
     a count-based agreement moves in steps of 1/N, and where 1/N exceeds 1 - threshold a single disagreeing
-    sample fails the precision. None where every agreement was measured on enough samples (or against labels,
-    whose evaluation split is the model's own)."""
+    sample fails the precision. None where every agreement was measured on enough samples, against labels
+    (whose evaluation split is the model's own) or by the outputs' cosine, which does not move in steps."""
     counts = [
         r["accuracy_samples"]
         for r in rows
-        if r.get("status") == "ok" and r.get("accuracy_samples") and r.get("label_ratio") is None
+        if r.get("status") == "ok"
+        and r.get("accuracy_samples")
+        and r.get("label_ratio") is None
+        and r.get("accuracy_metric") not in CONTINUOUS_METRICS
     ]
     if not counts or threshold >= 1 or 1 / min(counts) <= 1 - threshold:
         return None

@@ -230,6 +230,8 @@ def test_report_warns_when_one_sample_decides_a_verdict(tmp_path):
     assert sample_step_note([_row("m", "int8", 5.0, accuracy_samples=128)], 0.99) is None
     trained = [_row("m", "int8", 5.0, accuracy_samples=8, label_ratio=1.0)]
     assert sample_step_note(trained, 0.99) is None
+    cosine = [_row("m", "int8", 5.0, accuracy_samples=8, accuracy_metric="max_abs_error")]
+    assert sample_step_note(cosine, 0.99) is None
     assert sample_step_note(few, 1.0) is None
     # The warning stands in the report's answer, before the verdict tables.
     _write_run(tmp_path / "run", few)
