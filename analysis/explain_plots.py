@@ -32,6 +32,20 @@ def _figure(width: float, height: float):
     return figure
 
 
+def _save(figure, axes, path: Path, title: str, xlabel: str, ylabel: str | None, grid: bool, **legend) -> Path:
+    """Label ``axes`` (``legend``: keyword arguments of its legend), lay ``figure`` out, write it to ``path``."""
+    axes.set_xlabel(xlabel)
+    if ylabel:
+        axes.set_ylabel(ylabel)
+    if grid:
+        axes.grid(alpha=0.3)
+    axes.set_title(title, fontsize=10)
+    axes.legend(**legend)
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
+
+
 def _finite(value: Any) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
@@ -64,14 +78,9 @@ def plot_layer_error(rows: list[Mapping[str, Any]], path: Path, title: str) -> P
         axes.annotate(
             ordered[x]["node"][-28:], (x, value), fontsize=6, rotation=30, xytext=(3, -10), textcoords="offset points"
         )
-    axes.set_xlabel("quantized node (graph order)")
-    axes.set_ylabel("SQNR (dB, higher is better)")
-    axes.set_title(title, fontsize=10)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="best")
-    figure.tight_layout()
-    figure.savefig(path)
-    return path
+    xlabel = "quantized node (graph order)"
+    ylabel = "SQNR (dB, higher is better)"
+    return _save(figure, axes, path, title, xlabel, ylabel, True, fontsize=8, loc="best")
 
 
 def plot_op_time(groups: Mapping[str, Mapping[str, float]], path: Path, title: str) -> Path:
@@ -85,12 +94,8 @@ def plot_op_time(groups: Mapping[str, Mapping[str, float]], path: Path, title: s
         widths = [groups[p].get(group, 0.0) for p in names]
         axes.barh(names, widths, left=lefts, color=GROUP_COLOURS[group], label=group)
     axes.invert_yaxis()
-    axes.set_xlabel("kernel time per inference (ms)")
-    axes.set_title(title, fontsize=10)
-    axes.legend(fontsize=7, ncol=len(GROUPS), loc="upper center", bbox_to_anchor=(0.5, -0.35))
-    figure.tight_layout()
-    figure.savefig(path)
-    return path
+    legend = {"fontsize": 7, "ncol": len(GROUPS), "loc": "upper center", "bbox_to_anchor": (0.5, -0.35)}
+    return _save(figure, axes, path, title, "kernel time per inference (ms)", None, False, **legend)
 
 
 def plot_tradeoff(rows: list[Mapping[str, Any]], target: float, path: Path, title: str) -> Path:
@@ -107,11 +112,5 @@ def plot_tradeoff(rows: list[Mapping[str, Any]], target: float, path: Path, titl
         )
     axes.axhline(target, color="#444444", linestyle="--", linewidth=1, label=f"target {target:g} of FP32")
     axes.axvline(1.0, color="#bbbbbb", linewidth=1)
-    axes.set_xlabel("speed-up over FP32 (p50 latency)")
-    axes.set_ylabel("accuracy retained (fraction of FP32)")
-    axes.set_title(title, fontsize=10)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="lower left")
-    figure.tight_layout()
-    figure.savefig(path)
-    return path
+    xlabel, ylabel = "speed-up over FP32 (p50 latency)", "accuracy retained (fraction of FP32)"
+    return _save(figure, axes, path, title, xlabel, ylabel, True, fontsize=8, loc="lower left")

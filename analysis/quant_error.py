@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -38,13 +39,34 @@ class QuantizedInput:
     dequantize: str
 
 
-def quantized_inputs(model) -> list[QuantizedInput]:
-    """Every quantized activation and weight input of ``model``'s top-level non-Q/DQ nodes, in graph order
+@dataclass(frozen=True)
+class GraphIndex:
+    """Lookups into one ONNX graph, built once (the functions below ask them for every tensor of a graph of
+    hundreds of nodes): the node producing each tensor, each node by name, each initializer by name."""
+
+    nodes: tuple
+    producers: Mapping[str, Any]
+    by_name: Mapping[str, Any]
+    initializers: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, model) -> GraphIndex:
+        """The index of ``model``'s top-level graph (an onnx.ModelProto)."""
+        nodes = tuple(model.graph.node)
+        return cls(
+            nodes,
+            {out: node for node in nodes for out in node.output},
+            {node.name: node for node in nodes},
+            {init.name: init for init in model.graph.initializer},
+        )
+
+
+def quantized_inputs(graph: GraphIndex) -> list[QuantizedInput]:
+    """Every quantized activation and weight input of the top-level non-Q/DQ nodes of ``graph``, in graph order
     (int32 biases left out)."""
-    producers = {out: node for node in model.graph.node for out in node.output}
-    initializers = {init.name: init for init in model.graph.initializer}
+    producers, initializers = graph.producers, graph.initializers
     found = []
-    for node in model.graph.node:
+    for node in graph.nodes:
         if node.op_type in QDQ_OPS:
             continue
         for name in node.input:
@@ -63,7 +85,7 @@ def quantized_inputs(model) -> list[QuantizedInput]:
     return found
 
 
-def fused_bounds(float_model, qdq_model, tensor: str) -> tuple[float, float] | None:
+def fused_bounds(float_graph: GraphIndex, qdq_graph: GraphIndex, tensor: str) -> tuple[float, float] | None:
     """The bounds of a Relu or Clip that the quantizer folded into the quantization of ``tensor``, or None.
 
     ONNX Runtime's quantizer drops a Relu (or Clip) after a Conv or MatMul, gives its output name to the node
@@ -72,30 +94,30 @@ def fused_bounds(float_model, qdq_model, tensor: str) -> tuple[float, float] | N
     count the Relu as quantization error. Clipping it to these bounds first compares like with like."""
     from onnx import numpy_helper
 
-    producer = next((n for n in float_model.graph.node if tensor in n.output), None)
+    producer = float_graph.producers.get(tensor)
     if producer is None or producer.op_type not in ("Relu", "Clip"):
         return None
-    kept = next((n for n in qdq_model.graph.node if tensor in n.output), None)
+    kept = qdq_graph.producers.get(tensor)
     if kept is not None and kept.op_type == producer.op_type:
         return None
     if producer.op_type == "Relu":
         return (0.0, math.inf)
-    inits = {i.name: numpy_helper.to_array(i) for i in float_model.graph.initializer}
+    inits = float_graph.initializers
     attrs = {a.name: a.f for a in producer.attribute}
     bounds = []
     for index, name, default in ((1, "min", -math.inf), (2, "max", math.inf)):
         given = producer.input[index] if len(producer.input) > index else ""
-        bounds.append(float(inits[given]) if given in inits else attrs.get(name, default))
+        bounds.append(float(numpy_helper.to_array(inits[given])) if given in inits else attrs.get(name, default))
     return (bounds[0], bounds[1])
 
 
-def dequantized_weight(model, dequantize: str) -> np.ndarray:
+def dequantized_weight(graph: GraphIndex, dequantize: str) -> np.ndarray:
     """The float values the DequantizeLinear node named ``dequantize`` gives its consumer: (q - zero point) x
     scale, per axis where the scale is a vector."""
     from onnx import numpy_helper
 
-    node = next(n for n in model.graph.node if n.name == dequantize)
-    inits = {i.name: i for i in model.graph.initializer}
+    node = graph.by_name[dequantize]
+    inits = graph.initializers
     q = numpy_helper.to_array(inits[node.input[0]]).astype(np.float64)
     scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
     zero = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64) if len(node.input) > 2 else 0.0

@@ -50,6 +50,7 @@ def layer_errors(model: str, size: str, artifact: str, batch: int, samples: int,
 
     from analysis.quant_error import (
         QDQ_OPS,
+        GraphIndex,
         SqnrSums,
         dequantized_weight,
         float_weight_name,
@@ -69,33 +70,32 @@ def layer_errors(model: str, size: str, artifact: str, batch: int, samples: int,
     qdq = onnx.load(str(store.verified_path(artifact)))
     reference, _ = cleaned_fp32(store)
     reference, _ = batchnorm_to_depthwise(reference)
-    inputs = quantized_inputs(qdq)
-    float_inits = {init.name: init for init in reference.graph.initializer}
+    q_graph, f_graph = GraphIndex.of(qdq), GraphIndex.of(reference)
+    inputs = quantized_inputs(q_graph)
+    float_inits = f_graph.initializers
     weights: dict[str, float] = {}
     for item in inputs:
         if item.kind == "weight" and float_weight_name(item.source) in float_inits:
             w = numpy_helper.to_array(float_inits[float_weight_name(item.source)]).astype(np.float64)
-            diff = w - dequantized_weight(qdq, item.dequantize)
+            diff = w - dequantized_weight(q_graph, item.dequantize)
             weights[item.read] = sqnr_db(float(np.sum(w * w)), float(np.sum(diff * diff)))
     activations = [i for i in inputs if i.kind == "activation"]
     quantized = {i.node for i in inputs}
-    float_nodes = {n.name for n in reference.graph.node}
     # The first output of each quantized node, where the FP32 graph has the same node (and so the same tensor).
     outputs = {
         n.name: n.output[0]
-        for n in qdq.graph.node
-        if n.name in quantized and n.name in float_nodes and n.op_type not in QDQ_OPS
+        for n in q_graph.nodes
+        if n.name in quantized and n.name in f_graph.by_name and n.op_type not in QDQ_OPS
     }
     float_types = _float_tensors(reference)
     outputs = {node: tensor for node, tensor in outputs.items() if tensor in float_types}
-    fused = {i.source: fused_bounds(reference, qdq, i.source) for i in activations}
-    fused |= {tensor: fused_bounds(reference, qdq, tensor) for tensor in outputs.values()}
+    fused = {t: fused_bounds(f_graph, q_graph, t) for t in {i.source for i in activations} | set(outputs.values())}
     qdq_fetch = sorted({i.source for i in activations} | {i.read for i in activations} | set(outputs.values()))
     ref_fetch = sorted(set(outputs.values()))
-    order = {n.name: i for i, n in enumerate(qdq.graph.node)}
+    order = {n.name: i for i, n in enumerate(q_graph.nodes)}
     q_session = _session(_with_outputs(qdq, qdq_fetch), threads)
     f_session = _session(_with_outputs(reference, ref_fetch), threads)
-    del qdq, reference
+    del qdq, reference, q_graph, f_graph
     act_sums, out_sums = SqnrSums(), SqnrSums()
     batches = accuracy_feeds(spec, size, batch, samples)[: max(1, math.ceil(samples / batch))]
     for feeds in batches:
@@ -334,15 +334,11 @@ def op_time_table(fp32: list[dict], int8: list[dict]) -> list[dict]:
         for row in rows:
             entry = joined.setdefault(
                 (row["op_type"], row["group"]),
-                {"op_type": row["op_type"], "group": row["group"], "fp32_ms": 0.0, "int8_ms": 0.0},
+                dict(op_type=row["op_type"], group=row["group"], fp32_ms=0.0, int8_ms=0.0, fp32_nodes=0, int8_nodes=0),
             )
             entry[f"{precision}_ms"] = row["ms_per_run"]
             entry[f"{precision}_nodes"] = row["nodes"]
-    table = list(joined.values())
-    for row in table:
-        row.setdefault("fp32_nodes", 0)
-        row.setdefault("int8_nodes", 0)
-    return sorted(table, key=lambda r: -max(r["fp32_ms"], r["int8_ms"]))
+    return sorted(joined.values(), key=lambda r: -max(r["fp32_ms"], r["int8_ms"]))
 
 
 def _search(s: ExplainSettings, flavour: str, errors: list[dict], out: Path, say) -> dict[str, Any]:
@@ -379,7 +375,8 @@ def _search(s: ExplainSettings, flavour: str, errors: list[dict], out: Path, say
     except RuntimeError as exc:
         raise ExplainError(str(exc)) from None
     searched_s = time.perf_counter() - started
-    _write_csv([_search_row(r) for r in outcome.candidates], out / "search.csv")
+    candidates = [_search_row(r) for r in outcome.candidates]
+    _write_csv(candidates, out / "search.csv")
     result: dict[str, Any] = {
         "target": s.target,
         "metric": fp32.get("label_metric") or fp32.get("accuracy_metric"),
@@ -410,7 +407,7 @@ def _search(s: ExplainSettings, flavour: str, errors: list[dict], out: Path, say
         plan = Int8Plan(s.model, s.size, flavour, tuple(outcome.float_nodes), record)
         result["plan"] = str(write_plan(plan, out / "int8-plan.json"))
     plot_tradeoff(
-        [_search_row(r) for r in outcome.candidates],
+        candidates,
         s.target,
         out / "tradeoff.png",
         f"{s.model} ({s.size}): INT8 candidates, nodes kept in float",
