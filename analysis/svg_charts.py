@@ -108,6 +108,42 @@ class _Frame:
         return self.bottom - fraction * (self.bottom - self.top)
 
 
+def _head(kind: str, width: int, height: int, title: str) -> list[str]:
+    """The opening of a chart's SVG (class ``chart <kind>``, labelled ``title``): white ground and the title."""
+    return [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart {kind}" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" role="img" aria-label="{escape(title)}" style="{FONT}">',
+        f'<rect x="0" y="0" width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="14">{escape(title)}</text>',
+    ]
+
+
+def _grid(frame: _Frame, x_ticks: Sequence[tuple[float, str]], y_ticks: Sequence[tuple[float, str]]) -> list[str]:
+    """Grid lines and tick labels of ``frame`` at the (value, label) ticks of each axis."""
+    parts = []
+    for tick, text in x_ticks:
+        x = frame.x(tick)
+        parts.append(f'<line x1="{x:.1f}" y1="{frame.top}" x2="{x:.1f}" y2="{frame.bottom}" stroke="#e4e4e4"/>')
+        parts.append(f'<text x="{x:.1f}" y="{frame.bottom + 16}" text-anchor="middle" font-size="11">{text}</text>')
+    for tick, text in y_ticks:
+        y = frame.y(tick)
+        parts.append(f'<line x1="{frame.left}" y1="{y:.1f}" x2="{frame.right}" y2="{y:.1f}" stroke="#e4e4e4"/>')
+        parts.append(f'<text x="{frame.left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{text}</text>')
+    return parts
+
+
+def _box(frame: _Frame, height: int, x_label: str, y_label: str) -> list[str]:
+    """The plot area's outline and the two axis titles (x under the plot, y turned along the left edge)."""
+    return [
+        f'<rect x="{frame.left}" y="{frame.top}" width="{frame.right - frame.left}" '
+        f'height="{frame.bottom - frame.top}" fill="none" stroke="#444"/>',
+        f'<text x="{(frame.left + frame.right) / 2}" y="{height - 18}" text-anchor="middle" font-size="12">'
+        f"{x_label}</text>",
+        f'<text transform="translate(16,{(frame.top + frame.bottom) / 2}) rotate(-90)" text-anchor="middle" '
+        f'font-size="12">{y_label}</text>',
+    ]
+
+
 def _marker(precision: str, x: float, y: float, fill: str, stroke: str, width: float) -> str:
     style = f'fill="{fill}" stroke="{stroke}" stroke-width="{width}"'
     if precision == "fp16":
@@ -131,27 +167,18 @@ def answer_chart(points: Sequence[Point], numbers: dict[str, int], threshold: fl
     y_lo, y_hi = min(threshold, min(kept)), max(1.0, max(kept))
     pad = max((y_hi - y_lo) * 0.08, 0.002)
     frame = _Frame(64, 54, width - 20, height - 52, x_lo, x_hi, y_lo - pad, y_hi + pad)
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart answer" viewBox="0 0 {width} {height}" '
-        f'width="{width}" height="{height}" role="img" aria-label="{escape(title)}" style="{FONT}">',
-        f'<rect x="0" y="0" width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="14">{escape(title)}</text>',
-    ]
+    parts = _head("answer", width, height, title)
     # The failing region: everything below the threshold.
     ty = frame.y(threshold)
     parts.append(
         f'<rect class="fail-region" x="{frame.left}" y="{ty:.1f}" width="{frame.right - frame.left}" '
         f'height="{frame.bottom - ty:.1f}" fill="{FAIL}" fill-opacity="0.07"/>'
     )
-    for tick in _log_ticks(frame.x_lo, frame.x_hi):
-        x = frame.x(tick)
-        parts.append(f'<line x1="{x:.1f}" y1="{frame.top}" x2="{x:.1f}" y2="{frame.bottom}" stroke="#e4e4e4"/>')
-        parts.append(f'<text x="{x:.1f}" y="{frame.bottom + 16}" text-anchor="middle" font-size="11">')
-        parts.append(f"{_tick_text(tick)}x</text>")
-    for tick in _nice_ticks(frame.y_lo, frame.y_hi):
-        y = frame.y(tick)
-        parts.append(f'<line x1="{frame.left}" y1="{y:.1f}" x2="{frame.right}" y2="{y:.1f}" stroke="#e4e4e4"/>')
-        parts.append(f'<text x="{frame.left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{tick:g}</text>')
+    parts += _grid(
+        frame,
+        [(t, f"{_tick_text(t)}x") for t in _log_ticks(frame.x_lo, frame.x_hi)],
+        [(t, f"{t:g}") for t in _nice_ticks(frame.y_lo, frame.y_hi)],
+    )
     x1 = frame.x(1.0)
     parts += [
         f'<line x1="{x1:.1f}" y1="{frame.top}" x2="{x1:.1f}" y2="{frame.bottom}" stroke="#888"/>',
@@ -159,13 +186,8 @@ def answer_chart(points: Sequence[Point], numbers: dict[str, int], threshold: fl
         f'stroke="{FAIL}" stroke-dasharray="6 4" stroke-width="1.5" data-threshold="{threshold}"/>',
         f'<text x="{frame.left + 4}" y="{ty + 14:.1f}" font-size="11" fill="{FAIL}">'
         f"below {threshold:g} of FP32: fails</text>",
-        f'<rect x="{frame.left}" y="{frame.top}" width="{frame.right - frame.left}" '
-        f'height="{frame.bottom - frame.top}" fill="none" stroke="#444"/>',
-        f'<text x="{(frame.left + frame.right) / 2}" y="{height - 18}" text-anchor="middle" font-size="12">'
-        "speed-up over FP32 (faster to the right)</text>",
-        f'<text transform="translate(16,{(frame.top + frame.bottom) / 2}) rotate(-90)" text-anchor="middle" '
-        'font-size="12">accuracy retained (fraction of FP32)</text>',
     ]
+    parts += _box(frame, height, "speed-up over FP32 (faster to the right)", "accuracy retained (fraction of FP32)")
     # Points that land on one spot (every model's FP32 at 1x and 1.0; FP16 that equals FP32) share one label,
     # "1-20", instead of twenty labels fanned out around one marker.
     groups: list[list[Point]] = []
@@ -274,30 +296,11 @@ def curve_chart(lines: Mapping[str, Sequence[CurvePoint]], title: str) -> str:
     top = 48 + 18 * (row + 1)
     height += 18 * row
     frame = _Frame(76, top, width - 20, height - 52, x_lo, x_hi, y_lo, y_hi, y_log=True)
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart curve" viewBox="0 0 {width} {height}" '
-        f'width="{width}" height="{height}" role="img" aria-label="{escape(title)}" style="{FONT}">',
-        f'<rect x="0" y="0" width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="14">{escape(title)}</text>',
-    ]
-    for tick in _spaced(_decade_ticks(x_lo, x_hi), frame.x, lambda t: 7 * len(_count_text(t)) + 6):
-        x = frame.x(tick)
-        parts.append(f'<line x1="{x:.1f}" y1="{frame.top}" x2="{x:.1f}" y2="{frame.bottom}" stroke="#e4e4e4"/>')
-        parts.append(f'<text x="{x:.1f}" y="{frame.bottom + 16}" text-anchor="middle" font-size="11">')
-        parts.append(f"{_count_text(tick)}</text>")
-    for tick in _spaced(_decade_ticks(y_lo, y_hi), frame.y, lambda _: 14):
-        y = frame.y(tick)
-        parts.append(f'<line x1="{frame.left}" y1="{y:.1f}" x2="{frame.right}" y2="{y:.1f}" stroke="#e4e4e4"/>')
-        parts.append(f'<text x="{frame.left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">')
-        parts.append(f"{_count_text(tick)}</text>")
-    parts += [
-        f'<rect x="{frame.left}" y="{frame.top}" width="{frame.right - frame.left}" '
-        f'height="{frame.bottom - frame.top}" fill="none" stroke="#444"/>',
-        f'<text x="{(frame.left + frame.right) / 2}" y="{height - 18}" text-anchor="middle" font-size="12">'
-        "p99 latency per query (ms, log)</text>",
-        f'<text transform="translate(16,{(frame.top + frame.bottom) / 2}) rotate(-90)" text-anchor="middle" '
-        'font-size="12">throughput (samples/s, log)</text>',
-    ]
+    parts = _head("curve", width, height, title)
+    x_ticks = _spaced(_decade_ticks(x_lo, x_hi), frame.x, lambda t: 7 * len(_count_text(t)) + 6)
+    y_ticks = _spaced(_decade_ticks(y_lo, y_hi), frame.y, lambda _: 14)
+    parts += _grid(frame, [(t, _count_text(t)) for t in x_ticks], [(t, _count_text(t)) for t in y_ticks])
+    parts += _box(frame, height, "p99 latency per query (ms, log)", "throughput (samples/s, log)")
     anchors = [(frame.x(p.latency_ms), frame.y(p.throughput)) for p in every]
     places = iter(
         place_labels(
@@ -382,12 +385,7 @@ def ratio_chart(bars: Sequence[tuple[str, str, float | None]], title: str, runs:
     def x(value: float) -> float:
         return left + (math.log(value) - math.log(lo)) / (math.log(hi) - math.log(lo)) * (width - left - right)
 
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart ratio" viewBox="0 0 {width} {height}" '
-        f'width="{width}" height="{height}" role="img" aria-label="{escape(title)}" style="{FONT}">',
-        f'<rect x="0" y="0" width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="14">{escape(title)}</text>',
-    ]
+    parts = _head("ratio", width, height, title)
     for tick in _log_ticks(lo, hi):
         tx = x(tick)
         parts.append(f'<line x1="{tx:.1f}" y1="{top - 8}" x2="{tx:.1f}" y2="{height - 36}" stroke="#e4e4e4"/>')
