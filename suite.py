@@ -983,7 +983,6 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("cpu", "tensorrt"),
         help="the INT8 flavour to explain (default: the engine's; tensorrt's graph runs on ort-cpu for its accuracy)",
     )
-    why.add_argument("--precision", choices=("int8",), default="int8", help="the precision explained (int8)")
     why.add_argument(
         "--target-accuracy",
         type=float,

@@ -200,15 +200,16 @@ def run_cell(
     artifact, _ = artifact_name_for(c.engine, c.precision, int8_weights, float_nodes, int8_flavour)
     store = ModelStore(c.model, c.size)
     path = store.verified_path(artifact)
-    row: dict = {"artifact": str(path), "artifact_sha256": store.entry(artifact)["sha256"]}
+    entry = store.entry(artifact)
+    row: dict = {"artifact": str(path), "artifact_sha256": entry["sha256"]}
     if c.precision == "int8":
         from calibration.tensorrt_rules import row_text
 
-        row["int8_weight_bits"] = store.entry(artifact).get("weight_bits")
+        row["int8_weight_bits"] = entry.get("weight_bits")
         # The tensorrt flavour's check against TensorRT's Q/DQ rules: "ok" or the rules it breaks.
-        row["int8_conformance"] = row_text(store.entry(artifact).get("tensorrt_conformance"))
+        row["int8_conformance"] = row_text(entry.get("tensorrt_conformance"))
         # How many nodes an INT8 plan (accuracy-driven mixed precision) kept in float; 0 when fully quantized.
-        row["int8_float_nodes"] = len(store.entry(artifact).get("float_nodes_from_plan", ()))
+        row["int8_float_nodes"] = len(entry.get("float_nodes_from_plan", ()))
     feeds = spec.make_feeds(c.size, c.batch_size, TIMING_SEED)
     expected = None
     if reference is not None:

@@ -16,7 +16,6 @@ answer is the smallest k measured to reach the target next to a larger k that di
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -103,15 +102,17 @@ def build(model: str, size: str, precision: str, flavour: str, export: dict, cal
     return None if built.ok else built.error
 
 
-def measure(spec: Candidate, precision: str, float_nodes: list[str]) -> dict[str, Any]:
-    """Build (or reuse) the artifact for ``precision`` with ``float_nodes`` kept in float, then measure it as a
-    cell; returns the row's columns with ``retained``, ``status`` (``ok``/``failed``) and ``error``."""
-    calib = dict(spec.calib)
-    if precision == "int8" and float_nodes:
-        calib["float_nodes"] = [(spec.model, spec.size, spec.flavour, list(float_nodes))]
-    error = build(spec.model, spec.size, precision, spec.flavour, spec.export, calib)
-    if error:
-        return {"status": "failed", "error": f"building failed: {error}"}
+def measure(spec: Candidate, precision: str, float_nodes: list[str], built: bool = False) -> dict[str, Any]:
+    """Build (or reuse; ``built``: it is known to exist, skip the build child) the artifact for ``precision`` with
+    ``float_nodes`` kept in float, then measure it as a cell; returns the row's columns with ``retained``,
+    ``status`` (``ok``/``failed``) and ``error``."""
+    if not built:
+        calib = dict(spec.calib)
+        if precision == "int8" and float_nodes:
+            calib["float_nodes"] = [(spec.model, spec.size, spec.flavour, list(float_nodes))]
+        error = build(spec.model, spec.size, precision, spec.flavour, spec.export, calib)
+        if error:
+            return {"status": "failed", "error": f"building failed: {error}"}
     cell = Cell(spec.model, spec.size, spec.engine, precision, spec.batch_size)
     result = run_isolated(
         "bench.cell:run_cell",
@@ -145,7 +146,6 @@ def search(
     Every candidate's row is appended to ``log`` (JSON lines) the moment it is measured, FP32's first. Returns
     the outcome and the FP32 row. A candidate that fails to build or run counts as missing the target (its
     reason is in its row)."""
-    started = time.perf_counter()
     fp32 = _logged(log, {"phase": "search", "k": None, "label": "fp32"}, measure(spec, "fp32", []))
     if fp32["status"] != "ok":
         raise RuntimeError(f"FP32 of {spec.model} could not be measured: {fp32['error']}")
@@ -165,7 +165,6 @@ def search(
         return ok
 
     k = smallest_passing(len(ranked), passes)
-    fp32["search_s"] = time.perf_counter() - started
     return SearchOutcome(k, ranked, candidates), fp32
 
 
@@ -188,13 +187,13 @@ def confirm(spec: Candidate, float_nodes: list[str], log: Path, rounds: int = 2)
     """FP32, the fully quantized INT8 and the chosen mixed INT8 timed again one after another, ``rounds`` times
     (the speed-ups reported are these side-by-side measurements, not the search's, which ran minutes apart;
     ``confirmed_speedups`` sums them up);
-    each row is appended to ``log``. All artifacts exist by now, so nothing is built."""
+    each row is appended to ``log``. The search built every artifact, so none is built again."""
     rows = []
     variants = [("fp32", []), ("int8", [])] + ([("int8", float_nodes)] if float_nodes else [])
     for round_ in range(rounds):
         for precision, nodes in variants:
             label = "fp32" if precision == "fp32" else f"int8 +{len(nodes)} float"
-            row = measure(spec, precision, nodes)
+            row = measure(spec, precision, nodes, built=True)
             head = {"phase": "confirm", "round": round_, "k": len(nodes) if precision == "int8" else None}
             rows.append(_logged(log, {**head, "label": label}, row))
     return rows

@@ -494,8 +494,9 @@ def ensure_int8(
         onnxruntime=onnxruntime_version(),
     )
     options = dict(spec.int8_options)
-    # A plan's nodes join the key only where there are some, so that the keys of fully quantized artifacts
-    # (and with them every store built before plans existed) stay as they were.
+    # A plan's nodes join the key only where there are some: a fully quantized artifact's key is the one it had
+    # before plans existed, so a store is not rebuilt for them (a change to calibration.int8 itself still is,
+    # through ``code``).
     mixed = {"float_nodes": float_nodes} if float_nodes else {}
     key = cache_key(
         calib=calib_key,

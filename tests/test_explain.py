@@ -153,9 +153,10 @@ def test_explain_search_and_plan_through_run(tiny_resnet, tmp_path, capsys):
     # Nothing the plan keeps in float reads a DequantizeLinear.
     model = onnx.load(row["artifact"])
     producers = {o: n.op_type for n in model.graph.node for o in n.output}
-    for node in model.graph.node:
-        if node.name in plan["float_nodes"]:
-            assert all(producers.get(i) != "DequantizeLinear" for i in node.input), node.name
+    planned = [node for node in model.graph.node if node.name in plan["float_nodes"]]
+    assert {node.name for node in planned} == set(plan["float_nodes"]), "a planned node is not in the artifact"
+    for node in planned:
+        assert all(producers.get(i) != "DequantizeLinear" for i in node.input), node.name
     # The fully quantized artifact is still there, under its own name: a plan never replaces it.
     assert ModelStore("resnet50", "tiny").entry(int8_artifact_name("cpu")) is not None
 
