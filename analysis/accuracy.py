@@ -229,18 +229,30 @@ def compare(
     return result
 
 
-def retained(row: Mapping[str, Any]) -> float | None:
-    """The fraction of FP32's accuracy a cell's row retains, on the model's own metric: the ratio to FP32 of
-    the metric against labels for a trained model (``label_ratio``), else the primary metric where higher is
-    better (an agreement with FP32, whose own is 1), else the cosine similarity of the outputs (an error
-    metric has no scale-free bound). None where no accuracy was measured."""
+def higher_is_better(metric: str | None) -> bool | None:
+    """True where a larger value of the primary ``metric`` is better (an agreement with FP32), False for an
+    error metric, None for a name that is no primary metric."""
+    return next((better for name, better in PRIMARY.values() if name == metric), None)
+
+
+def retained_and_basis(row: Mapping[str, Any]) -> tuple[float | None, str]:
+    """The fraction of FP32's accuracy a cell's row retains, on the model's own metric, and what it is measured
+    against, for people: the ratio to FP32 of the metric against labels for a trained model (``label_ratio``;
+    ``labels (auc)``), else the primary metric where higher is better (an agreement with FP32, whose own is 1;
+    ``FP32 (top1_agreement)``), else the cosine similarity of the outputs (an error metric has no scale-free
+    bound; ``FP32 (cosine)``). (None, ``not measured``) where no accuracy was measured."""
     if row.get("label_ratio") is not None:
-        return float(row["label_ratio"])
-    better = next((b for name, b in PRIMARY.values() if name == row.get("accuracy_metric")), None)
-    if better and row.get("accuracy_value") is not None:
-        return float(row["accuracy_value"])
+        return float(row["label_ratio"]), f"labels ({row.get('label_metric')})"
+    metric = row.get("accuracy_metric")
+    if higher_is_better(metric) and row.get("accuracy_value") is not None:
+        return float(row["accuracy_value"]), f"FP32 ({metric})"
     cosine = row.get("accuracy_cosine")
-    return None if cosine is None else float(cosine)
+    return (None, "not measured") if cosine is None else (float(cosine), "FP32 (cosine)")
+
+
+def retained(row: Mapping[str, Any]) -> float | None:
+    """The fraction of FP32's accuracy a cell's row retains (``retained_and_basis``)."""
+    return retained_and_basis(row)[0]
 
 
 def concat(

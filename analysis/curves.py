@@ -63,9 +63,9 @@ def title(key: tuple) -> str:
     return f"{model} ({size}), {engine}, {scenario}"
 
 
-def plot_curves(rows: list[dict[str, Any]], out_dir: Path) -> list[tuple[tuple, Path]]:
-    """Draw every group of ``curve_groups(rows)`` as an SVG into ``out_dir``; returns (group key, SVG path)
-    pairs."""
+def plot_curves(rows: list[dict[str, Any]], out_dir: Path) -> list[tuple[tuple, Path, str]]:
+    """Draw every group of ``curve_groups(rows)`` as an SVG into ``out_dir``; returns (group key, SVG path, SVG
+    markup) triples."""
     drawn = []
     out_dir = Path(out_dir)
     for key, lines in curve_groups(rows).items():
@@ -80,7 +80,8 @@ def plot_curves(rows: list[dict[str, Any]], out_dir: Path) -> list[tuple[tuple, 
         }
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / file_name(key)
+        markup = curve_chart(points, title(key))
         with atomic_path(path) as tmp:
-            tmp.write_text(curve_chart(points, title(key)))
-        drawn.append((key, path))
+            tmp.write_text(markup)
+        drawn.append((key, path, markup))
     return drawn

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from analysis.accuracy import PRIMARY, retained
+from analysis.accuracy import retained, retained_and_basis
 
 PRECISION_ORDER = ("fp32", "fp16", "int8")
 
@@ -71,9 +71,6 @@ class Point:
     retained: float | None  # the lowest retained accuracy over the cells; None where none was measured
     passes: bool | None  # retained >= threshold; None where no accuracy was measured
     basis: str  # what the accuracy is against: "labels (auc)" or "FP32 (top1_agreement)"
-    scenario: str
-    cells: int  # how many cells (batch sizes, thread counts) the point summarises
-    batches: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -90,13 +87,7 @@ class Verdict:
 def basis(row: dict[str, Any]) -> str:
     """What ``retained(row)`` is measured against, for people: ``labels (auc)`` for a trained model,
     ``FP32 (top1_agreement)`` for an agreement metric, ``FP32 (cosine)`` where the metric is an error."""
-    if row.get("label_ratio") is not None:
-        return f"labels ({row.get('label_metric')})"
-    metric = row.get("accuracy_metric")
-    better = next((b for name, b in PRIMARY.values() if name == metric), None)
-    if better and row.get("accuracy_value") is not None:
-        return f"FP32 ({metric})"
-    return "FP32 (cosine)" if row.get("accuracy_cosine") is not None else "not measured"
+    return retained_and_basis(row)[1]
 
 
 def _geomean(values: list[float]) -> float | None:
@@ -121,7 +112,8 @@ def points(rows: Iterable[dict[str, Any]], threshold: float) -> list[Point]:
         if row.get("scenario") == chosen[key]:
             grouped.setdefault((*key, row.get("precision")), []).append(row)
     order = {p: i for i, p in enumerate(PRECISION_ORDER)}
-    keys = sorted(grouped, key=lambda k: (list(chosen).index(k[:3]), order.get(k[3], len(order)), str(k[3])))
+    first_seen = {key: i for i, key in enumerate(chosen)}
+    keys = sorted(grouped, key=lambda k: (first_seen[k[:3]], order.get(k[3], len(order)), str(k[3])))
     out = []
     for engine, model, size, precision in keys:
         cells = grouped[(engine, model, size, precision)]
@@ -138,9 +130,6 @@ def points(rows: Iterable[dict[str, Any]], threshold: float) -> list[Point]:
                 retained=worst,
                 passes=None if worst is None else worst >= threshold,
                 basis=basis(cells[0]),
-                scenario=str(chosen[(engine, model, size)]),
-                cells=len(cells),
-                batches=tuple(sorted({int(r.get("batch_size") or 0) for r in cells})),
             )
         )
     return out

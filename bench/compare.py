@@ -172,7 +172,8 @@ def compare(
         "## Environments",
         "",
     ]
-    lines += _markdown_table(["what", *names], environment_table(envs, names_of, runs))
+    environment = environment_table(envs, names_of, runs)
+    lines += _markdown_table(["what", *names], environment)
     lines += ["", "## Cells", ""]
     columns = list(records[0]) if records else ["model"]
     lines += _markdown_table(columns, [[record[c] for c in columns] for record in records])
@@ -186,7 +187,7 @@ def compare(
         tmp.write_text(text)
     with atomic_path(csv_path) as tmp:
         frame.write_csv(tmp)
-    page = comparison_page(records, names, names_of, environment_table(envs, names_of, runs), ignore_engine)
+    page = comparison_page(records, names, names_of, environment, ignore_engine)
     with atomic_path(out_dir / "compare.html") as tmp:
         tmp.write_text(page)
     return text, md_path, csv_path

@@ -121,10 +121,10 @@ def verdict(real: dict, simulated: dict) -> tuple[bool, str]:
     """(whether the kernels add error of their own, one sentence saying so and whether the task metric shows
     it) from a real run's and its simulation's accuracy rows against FP32 (``accuracy_metric``,
     ``accuracy_value``, ``accuracy_cosine``)."""
-    from analysis.accuracy import PRIMARY
+    from analysis.accuracy import higher_is_better
 
     metric = real["accuracy_metric"]
-    higher_better = next((better for name, better in PRIMARY.values() if name == metric), True)
+    higher_better = higher_is_better(metric) is not False
     real_err, sim_err = 1 - real["accuracy_cosine"], 1 - simulated["accuracy_cosine"]
     worse_metric = (
         real["accuracy_value"] < simulated["accuracy_value"]

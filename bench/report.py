@@ -29,10 +29,10 @@ from typing import Any
 
 from analysis.roofline import file_stem
 from analysis.roofs import Roofs, format_rate, unit
-from analysis.verdict import PRECISION_ORDER, passes
+from analysis.verdict import PRECISION_ORDER, passes, speed_key, speedup
 from bench.report_html import Cell, as_cell, contents, page, slug
 from bench.report_html import table as html_table
-from bench.results import CELL_COLUMNS, speed_key, speedup
+from bench.results import CELL_COLUMNS
 from common.paths import atomic_path
 
 DEFAULT_THRESHOLD = 0.99
@@ -219,11 +219,10 @@ def paper_model(name: str) -> str | None:
 
 def accuracy_verdict(row: dict[str, Any], threshold: float) -> tuple[str, str]:
     """(``pass``/``FAIL``/``-``, the rule applied) for one cell's accuracy against FP32."""
-    from analysis.accuracy import PRIMARY
+    from analysis.accuracy import higher_is_better
 
     metric = row.get("accuracy_metric")
-    higher_better = next((better for name, better in PRIMARY.values() if name == metric), None)
-    if higher_better and row.get("accuracy_value") is not None:
+    if higher_is_better(metric) and row.get("accuracy_value") is not None:
         return ("pass" if row["accuracy_value"] >= threshold else "FAIL"), f"{metric} >= {threshold:g}"
     if row.get("accuracy_cosine") is not None:
         return ("pass" if row["accuracy_cosine"] >= threshold else "FAIL"), f"cosine >= {threshold:g}"
@@ -666,7 +665,7 @@ def _twin(row: dict[str, Any]) -> tuple:
 def _curves(doc: Document, rows: list[dict[str, Any]], run_dir: Path) -> None:
     """Throughput against p99 latency across batch sizes and concurrency, one figure per model, engine and
     scenario (only where a precision has two points or more)."""
-    from analysis.curves import plot_curves
+    from analysis.curves import plot_curves, title
 
     drawn = plot_curves(rows, run_dir)
     if not drawn:
@@ -678,9 +677,10 @@ def _curves(doc: Document, rows: list[dict[str, Any]], run_dir: Path) -> None:
         "to the left is better: where the INT8 or FP16 line lies above FP32's at the same latency, low precision "
         "serves more at that bound."
     )
-    for (model, size, engine, scenario), svg in drawn:
-        doc.heading(3, f"{model} ({size}), {engine}, {scenario}")
-        doc.svg(svg.read_text(), svg, f"throughput against p99 latency of {model} on {engine}, {scenario}")
+    for key, path, markup in drawn:
+        model, _, engine, scenario = key
+        doc.heading(3, title(key))
+        doc.svg(markup, path, f"throughput against p99 latency of {model} on {engine}, {scenario}")
 
 
 def _paper(doc: Document, rows: list[dict[str, Any]]) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from analysis.verdict import speed_key, speedup  # noqa: F401 - re-exported: readers import them from here
+from analysis.verdict import speed_key, speedup
 from bench.row import COLUMNS
 from common.paths import atomic_path
 

@@ -244,7 +244,7 @@ def test_curves_keep_batch_and_concurrency_apart(tmp_path):
     # Only the concurrency varies: one line per precision across it. One point: no curve.
     assert [p["concurrency"] for p in groups[("m", "full", "ort-cpu", "offline-like")]["int8"]] == [1, 2, 4]
     assert ("m", "full", "ort-cpu", "alone") not in groups
-    drawn = dict(plot_curves(both + only_threads, tmp_path))
+    drawn = {key: path for key, path, _ in plot_curves(both + only_threads, tmp_path)}
     assert len(drawn) == 2
     # Well-formed SVG with one marker per row and one polyline per line.
     server = ElementTree.parse(drawn[("m", "full", "ort-cpu", "server")]).getroot()
