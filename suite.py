@@ -22,6 +22,7 @@ from typing import Any
 
 import models
 from models.corpus import ASSET_PREFIX
+from onnx_models import model_spec
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_ENGINES = ("ort-cpu",)
@@ -158,7 +159,7 @@ def settings_from(args: argparse.Namespace):
 
         try:
             for name in args.model_list:
-                calibration_feeds(models.get_model(name), args.size, calib)
+                calibration_feeds(model_spec(name), args.size, calib)
         except FeedError as exc:
             raise UsageError(f"--data does not fit {name}: {exc}") from None
     export = ExportSettings(seed=args.seed, weights=weights.resolve() if weights else None)
@@ -421,7 +422,7 @@ def config_from(args: argparse.Namespace):
     from bench.scenarios import SCENARIOS, LoadSettings
     from bench.timer import TimerSettings
 
-    batches = {m: tuple(parse_batches(preset_value(args, "batch_sizes"), models.get_model(m))) for m in args.model_list}
+    batches = {m: tuple(parse_batches(preset_value(args, "batch_sizes"), model_spec(m))) for m in args.model_list}
     engine_options = engine_options_from(args, args.engine_list)
     export, calib = settings_from(args)
     try:
@@ -486,7 +487,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         + f", {failed} failed, {outcome.count('unsupported')} unsupported; results in {outcome.out_dir}",
         file=sys.stderr,
     )
-    from bench.report import write_report
+    from report.run_report import write_report
 
     try:
         _, page = write_report(outcome.out_dir)
@@ -509,7 +510,7 @@ def executor_for(args: argparse.Namespace):
         return nullcontext(LocalExecutor(args.jobs))
     if args.onnx is not None:
         raise UsageError("--onnx runs with the local executor: leave out --executor ray")
-    from bench.cluster import ClusterError, RayExecutor
+    from cluster.executor import ClusterError, RayExecutor
 
     try:
         return RayExecutor(args.ray_address)
@@ -519,13 +520,13 @@ def executor_for(args: argparse.Namespace):
 
 def cmd_int8_check(args: argparse.Namespace) -> int:
     """Run each model's CPU INT8 artifact with 8-bit and 7-bit weights, on the real integer kernels and simulated
-    in float, next to FP32, and say for each whether this CPU's kernels cost accuracy (``bench.int8_check``).
+    in float, next to FP32, and say for each whether this CPU's kernels cost accuracy (``diagnose.int8_check``).
     Prints the table and verdicts; writes ``int8-check.csv`` and ``int8-check.json`` into ``--out``."""
     import polars as pl
 
     from bench.env import cpu_info
-    from bench.int8_check import TABLE_HEADER, check, table_line
     from bench.timer import TimerSettings
+    from diagnose.int8_check import TABLE_HEADER, check, table_line
 
     export, calib = settings_from(args)
     try:
@@ -562,12 +563,12 @@ def cmd_int8_check(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    """Why one model's INT8 loses accuracy or speed (``bench.explain``): per-layer error, per-op time of FP32 and
+    """Why one model's INT8 loses accuracy or speed (``diagnose.explain``): per-layer error, per-op time of FP32 and
     INT8 side by side, and with ``--target-accuracy`` the fewest nodes to keep in float (an INT8 plan). Prints
     the tables; writes them, their plots and ``explain.json`` into ``--out``."""
     import engines
-    from bench.explain import ExplainError, ExplainSettings, explain
     from bench.timer import TimerSettings
+    from diagnose.explain import ExplainError, ExplainSettings, explain
     from engines.options import EngineOptions
 
     (engine,) = parse_engines(args.engine)
@@ -662,6 +663,7 @@ def bring_model(args: argparse.Namespace) -> str:
     corpus' input shapes unless ``--input-shapes`` is given. A graph with a fixed batch runs at it unless
     ``--batch-sizes`` asks for another (a usage error)."""
     from models import byo
+    from onnx_models.byo import register
 
     if args.models is not None or args.weights is not None:
         raise UsageError("--onnx runs one brought-in model: leave out --models and --weights")
@@ -669,7 +671,7 @@ def bring_model(args: argparse.Namespace) -> str:
         args.onnx, shapes = corpus_file(str(args.onnx).removeprefix(ASSET_PREFIX))
         args.input_shapes = args.input_shapes or shapes
     try:
-        spec = byo.register(
+        spec = register(
             args.onnx, byo.parse_input_shapes(args.input_shapes), byo.parse_batch_axes(args.output_batch_axes)
         )
     except byo.ByoError as exc:
@@ -709,8 +711,9 @@ def roofs_from(args: argparse.Namespace):
 def cmd_peak(args: argparse.Namespace) -> int:
     """Print the roofs: given ones if any, else measured through ``--engine`` now (and cached)."""
     import engines
-    from analysis.roofs import cache_path, describe, save_roofs
+    from analysis.roofs import describe
     from bench.peak import measure_roofs
+    from bench.roofs_cache import cache_path, save_roofs
 
     roofs = roofs_from(args)
     if roofs is None:
@@ -742,7 +745,7 @@ def print_err(line: str) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write report.md and report.html into a results directory."""
-    from bench.report import write_report
+    from report.run_report import write_report
 
     if not (args.dir / "results.jsonl").is_file():
         raise UsageError(f"{args.dir} is not a results directory (no results.jsonl)")
@@ -755,7 +758,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Print and write the comparison of two or more results directories."""
-    from bench.compare import CompareError, compare
+    from report.compare import CompareError, compare
 
     try:
         text, md, table = compare(args.dirs, args.ignore_engine, args.out, args.split_by)

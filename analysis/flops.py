@@ -410,7 +410,7 @@ def _measure(
 
     Returns (shapes, None), or ({}, the reason) when the model cannot run.
     """
-    import onnxruntime as ort
+    from common.ort_session import cpu_session
 
     graph = proto.graph
     present = {o.name for o in graph.output} | {i.name for i in graph.input}
@@ -444,16 +444,12 @@ def _measure(
         if extra:
             del graph.output[len(graph.output) - len(extra) :]
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
     inputs = {}
     for name, (shape, elem_type) in feeds.items():
         dtype = helper.tensor_dtype_to_np_dtype(elem_type)
         inputs[name] = np.ones(shape, dtype) if elem_type in _FLOAT_TYPES else np.zeros(shape, dtype)
     try:
-        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-        values = session.run(fetch, inputs)
+        values = cpu_session(source, optimize=False).run(fetch, inputs)
     except Exception as exc:  # noqa: BLE001 - any failure leaves the shapes unknown, reported to the caller
         return {}, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     finally:

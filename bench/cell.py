@@ -42,11 +42,11 @@ class Cell:
 
 def build_artifact(model: str, size: str, precision: str, flavour: str, export: dict, calib: dict) -> str:
     """Build (or reuse) one artifact; returns its path. ``export`` and ``calib`` are the settings' fields."""
-    from models import get_model
+    from onnx_models import model_spec
     from onnx_models.artifacts import CalibrationSettings, ExportSettings, ensure
 
     path = ensure(
-        get_model(model),
+        model_spec(model),
         size,
         precision,
         ExportSettings(**export),
@@ -74,12 +74,12 @@ def count_flops(model: str, size: str, batches: list[int]) -> dict[int, dict]:
     Inputs take the shapes of the timed feeds at each batch size, so graphs with dynamic dimensions besides
     the batch (brought-in ONNX models) are counted at the shapes that are measured."""
     from analysis.flops import count
-    from models import get_model
+    from onnx_models import model_spec
     from onnx_models.store import ModelStore
 
     store = ModelStore(model, size)
     path = store.verified_path("fp32")
-    spec = get_model(model)
+    spec = model_spec(model)
     from common.source_hash import source_digest
 
     # Keyed by the file and by the counting rules' source: a changed rule recounts instead of reusing.
@@ -142,15 +142,16 @@ def reference_outputs(model: str, size: str, batch: int, samples: int) -> str:
     """FP32 ONNX Runtime CPU outputs on the accuracy inputs, cached in the store; returns the .npz path, whose
     bytes match the sha256 recorded in the manifest when it was written."""
     from analysis.accuracy import concat
+    from common.hashing import cache_key
     from common.packages import onnxruntime_version
     from engines.ort_cpu import OrtCpuEngine
-    from models import get_model
+    from onnx_models import model_spec
     from onnx_models.artifacts import output_batch_axes
-    from onnx_models.store import ModelStore, cache_key
+    from onnx_models.store import ModelStore
 
     store = ModelStore(model, size)
     fp32 = store.verified_path("fp32")
-    spec = get_model(model)
+    spec = model_spec(model)
     # The outputs depend on the file, on the inputs (the model's sampler code and the accuracy seed) and on the
     # ONNX Runtime that computed them.
     axes = output_batch_axes(spec, size)
@@ -191,11 +192,11 @@ def run_cell(
     import psutil
 
     from engines import engine_class
-    from models import get_model
+    from onnx_models import model_spec
     from onnx_models.store import ModelStore
 
     c = Cell(**cell)
-    spec = get_model(c.model)
+    spec = model_spec(c.model)
     engine_cls = engine_class(c.engine)
     artifact, _ = artifact_name_for(c.engine, c.precision, int8_weights, float_nodes, int8_flavour)
     store = ModelStore(c.model, c.size)

@@ -1,7 +1,7 @@
 """Executors: where a plan's work runs. ``LocalExecutor`` runs it on this machine, each piece in a child process
 (``bench.isolation``): artifact builds, then FLOP counts and FP32 references, ``jobs`` models at a time; cells
 strictly one at a time, after all of those, so that no two timings overlap and nothing else runs beside them.
-A cluster executor (``bench.cluster.RayExecutor``) offers the same methods (build, facts, roofs, measure_all,
+A cluster executor (``cluster.executor.RayExecutor``) offers the same methods (build, facts, roofs, measure_all,
 availability, node_environments).
 """
 

@@ -26,22 +26,21 @@ default sizes suit CPUs; a GPU needs larger GEMMs to saturate (``suite.py peak -
 
 Like STREAM, a roof is the best (minimum-time) iteration: on a shared machine the median includes the
 other tenants' interference, while the best run shows what the hardware and kernels can do. Results are
-cached per machine (``machine_key``) by ``analysis.roofs``.
+cached per machine (``analysis.roofs.machine_key``) by ``bench.roofs_cache``.
 """
 
 from __future__ import annotations
 
-import platform
 import re
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from analysis.roofs import PRECISIONS, Roofs, save_roofs
+from analysis.roofs import PRECISIONS, Roofs
+from bench.roofs_cache import local_machine_key, save_roofs
 
 GEMM_SIZES = (256, 512, 1024, 2048)
 QUICK_GEMM_SIZES = (128, 256, 512)
@@ -193,23 +192,6 @@ def _time(engine_name: str, options: dict, model, feeds: dict, work: float, dura
     }
 
 
-def machine_key(engine: str, threads: int | None = None) -> dict[str, Any]:
-    """What identifies a machine's roofs: CPU model, logical cores, onnxruntime version, engine, threads."""
-    from bench.env import cpu_info
-    from common.cores import physical_cores
-    from common.packages import onnxruntime_version
-
-    cpu = cpu_info()
-    return {
-        "cpu": cpu["model"],
-        "logical_cores": cpu["logical_cores"],
-        "onnxruntime": onnxruntime_version(),
-        "engine": engine,
-        "threads": int(threads or physical_cores()),
-        "host": platform.node(),
-    }
-
-
 def measure_roofs(
     engine: str = "ort-cpu",
     threads: int | None = None,
@@ -257,7 +239,7 @@ def measure_roofs(
         bandwidth=stream["best"],
         source="measured (quick)" if quick else "measured",
         details={
-            "machine": machine_key(engine, threads),
+            "machine": local_machine_key(engine, threads),
             "quick": quick,
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "seconds": round(time.time() - started, 1),

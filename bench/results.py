@@ -301,7 +301,7 @@ def _fmt(value: Any) -> str:
 
 
 # (key, title) of the columns that say which cell a row is and how fast it ran: the start of the run's
-# summary.md (below) and of the report's Summary table (bench/report.py), which add their own columns.
+# summary.md (below) and of the report's Summary table (report/run_report.py), which add their own columns.
 CELL_COLUMNS = (
     ("model", "model"),
     ("size", "size"),

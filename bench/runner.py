@@ -47,9 +47,9 @@ def base_row(cell: Cell, facts: dict[str, Any], bytes_model: str = "io") -> Row:
 
     ``bytes_model`` ``io`` counts weights + inputs + outputs per batch; ``activations`` adds every
     intermediate tensor written once and read once."""
-    import models
+    from onnx_models import model_spec
 
-    spec = models.get_model(cell.model)
+    spec = model_spec(cell.model)
     row = Row(
         model=cell.model,
         category=spec.category,
@@ -104,7 +104,7 @@ def run(
 ) -> RunOutcome:
     """Measure ``config``'s matrix into ``out`` (results.jsonl, samples.jsonl, env.json, results.csv/parquet,
     summary.md, and nodes/<node>.json for a cluster's nodes) on ``executor`` (default: a LocalExecutor of
-    ``config.jobs``; ``bench.cluster.RayExecutor`` for a Ray cluster). With ``resume`` the cells already in ``out``
+    ``config.jobs``; ``cluster.executor.RayExecutor`` for a Ray cluster). With ``resume`` the cells already in ``out``
     are skipped (failed ones too unless ``retry_failed``). Raises RunRefused before anything is written when the
     run cannot start."""
     from tqdm import tqdm
@@ -197,12 +197,12 @@ def _measure_roofs(executor, rows: list[dict[str, Any]], env: dict[str, Any]) ->
     and thread count, so that the report (which measures nothing) can draw them. After the cells: no timing
     overlaps it."""
     import engines
-    from analysis.roofs import cached_roofs
-    from bench.report import engine_threads, run_machine_key
+    from analysis.roofs import engine_threads, machine_key
+    from bench.roofs_cache import cached_roofs
 
     for engine in dict.fromkeys(r["engine"] for r in rows if r.get("status") == "ok"):
         threads = engine_threads(rows, engine, env)
-        if engines.availability(engine) is not None or cached_roofs(run_machine_key(env, engine, threads)):
+        if engines.availability(engine) is not None or cached_roofs(machine_key(env, engine, threads)):
             continue
         print(f"measuring {engine} roofs for the report (quick; `suite.py peak` measures fully)", file=sys.stderr)
         error = executor.roofs(engine, threads)

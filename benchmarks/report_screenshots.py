@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common.browser import Browser, BrowserError  # noqa: E402
 from common.paths import atomic_path  # noqa: E402
+from tests.browser import Browser, BrowserError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -101,10 +101,10 @@ def check_runs(model: onnx.ModelProto | Path, feeds: dict, shapes: list[tuple[in
     number of boxes may differ between precisions.
     """
     import numpy as np
-    import onnxruntime as ort
 
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    from common.ort_session import cpu_session
+
+    session = cpu_session(model)
     outputs = session.run(None, feeds)
     for meta, value in zip(session.get_outputs(), outputs, strict=False):
         if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):

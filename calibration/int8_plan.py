@@ -1,6 +1,6 @@
 """INT8 plans: which nodes of a model's INT8 artifact stay in float, as found by the accuracy-driven search.
 
-``suite.py explain MODEL --target-accuracy T`` (``bench.precision_search``) writes one plan file per search;
+``suite.py explain MODEL --target-accuracy T`` (``diagnose.precision_search``) writes one plan file per search;
 ``suite.py run --int8-plan FILE`` (and ``calibrate``) builds that model's INT8 artifact with those nodes left
 in float. The nodes are part of the artifact's name and build key (``onnx_models.artifacts``), so a planned
 artifact is cached beside the fully quantized one and rebuilt only when its inputs change.

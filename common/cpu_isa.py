@@ -89,8 +89,9 @@ def _integer_matmul(weight_value: int, depth: int = 64) -> tuple[int, int]:
     """(ONNX Runtime's result, the exact result) of an 8 x depth x 32 MatMulInteger of activations 255 and
     constant weights ``weight_value``: the largest products the kernels can be handed."""
     import numpy as np
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
+
+    from common.ort_session import cpu_session
 
     rows, cols = 8, 32
     graph = helper.make_graph(
@@ -101,9 +102,7 @@ def _integer_matmul(weight_value: int, depth: int = 64) -> tuple[int, int]:
         [numpy_helper.from_array(np.full((depth, cols), weight_value, np.int8), "b")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(model, threads=1)
     (result,) = session.run(None, {"a": np.full((rows, depth), 255, np.uint8)})
     return int(result.max()), 255 * weight_value * depth
 

@@ -41,6 +41,38 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aimatrix"
 
 
+def store_root() -> Path:
+    """The artifact store's root: ``$AIMATRIX_STORE`` if set, else ``store`` in the suite's cache directory
+    (``cache_root``). Never inside the source tree: a store there once had a source file deleted through it."""
+    given = os.environ.get("AIMATRIX_STORE")
+    return Path(given) if given else cache_root() / "store"
+
+
+# Where the store was kept before it moved out of the source tree: the onnx_models package directory.
+OLD_STORE = Path(__file__).resolve().parent.parent / "onnx_models"
+
+
+def old_store_note() -> str | None:
+    """One line naming a store left in the old place (``OLD_STORE``: model folders holding a manifest, or
+    brought-in models) with how to move it or use it where it is; None when there is none or ``AIMATRIX_STORE``
+    chooses the store. Nothing is moved or deleted: the user decides."""
+    if os.environ.get("AIMATRIX_STORE") or not OLD_STORE.is_dir():
+        return None
+    folders = sorted(
+        d.name for d in OLD_STORE.iterdir() if d.is_dir() and (any(d.glob("*/manifest.json")) or d.name == "byo")
+    )
+    if not folders:
+        return None
+    size = sum(f.stat().st_size for name in folders for f in (OLD_STORE / name).rglob("*") if f.is_file())
+    new = store_root()
+    moved = folders[0] if len(folders) == 1 else "{" + ",".join(folders) + "}"
+    return (
+        f"note: {OLD_STORE} holds an artifact store from before the store moved out of the source tree "
+        f"({len(folders)} folders, {size / 2**30:.1f} GiB); it is not used now (the store is {new}): move it with "
+        f"`mkdir -p {new} && mv {OLD_STORE}/{moved} {new}/`, or use it where it is with AIMATRIX_STORE={OLD_STORE}"
+    )
+
+
 def unique_temp(final: Path) -> Path:
     """A new name beside ``final`` for writing it: ``.<name>.<pid>.<random>.tmp<suffix>``, not yet created.
 

@@ -16,7 +16,21 @@ from pathlib import Path
 # The suite's own top-level packages: imports of anything else (numpy, torch, onnxruntime) are versions, which
 # keys record separately, not source.
 PROJECT_PACKAGES = frozenset(
-    {"analysis", "bench", "calibration", "common", "engines", "exporters", "models", "onnx_models", "suite"}
+    {
+        "analysis",
+        "assets",
+        "bench",
+        "calibration",
+        "cluster",
+        "common",
+        "diagnose",
+        "engines",
+        "exporters",
+        "models",
+        "onnx_models",
+        "report",
+        "suite",
+    }
 )
 
 

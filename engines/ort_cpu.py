@@ -36,7 +36,7 @@ class OrtSessionEngine(Engine):
 
         The option ``optimization: "disabled"`` turns graph optimisation off: a QDQ graph then runs as written,
         every quantized op in float between its DequantizeLinear and QuantizeLinear (INT8 simulated in float,
-        no integer kernel; ``bench.int8_check``)."""
+        no integer kernel; ``diagnose.int8_check``)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()

@@ -147,7 +147,7 @@ class OrtTrtEngine(OrtDeviceEngine):
 
         One directory per artifact and profile, because the provider keeps one engine per subgraph and
         rebuilds it when the profile differs: batch sizes must not evict each other's engines."""
-        from onnx_models.store import cache_key
+        from common.hashing import cache_key
 
         model = self.model_path or Path.home() / ".cache" / "aimatrix" / "model.onnx"
         profile = cache_key(shapes={k: list(v) for k, v in (shapes or {}).items()})

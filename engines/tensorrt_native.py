@@ -76,7 +76,7 @@ def engine_cache_key(
     """The cache key of a serialized engine: everything the engine depends on. A change of the artifact, the
     TensorRT version, the GPU, any profile shape (min, opt, max of any input) or a builder setting gives a new
     key; the same inputs give the same key. ``profile`` maps input name -> (min, opt, max) shapes."""
-    from onnx_models.store import cache_key
+    from common.hashing import cache_key
 
     return cache_key(
         artifact=artifact_sha256,
@@ -303,7 +303,7 @@ class TensorRTEngine(Engine):
             raise
 
     def _activate(self, model_path: Path, settings: dict[str, Any], gpu: str) -> dict[str, tuple[tuple, np.dtype]]:
-        from onnx_models.store import sha256_file
+        from common.hashing import sha256_file
 
         trt, cuda = self._trt, self._cuda
         # A cell always passes its shapes; direct API use without them gets batch DEFAULT_BATCH.

@@ -95,11 +95,10 @@ def parity_errors(
     worst over all outputs. An output that is missing or of another shape raises ExportError. ``align``
     (a spec's ``parity_align``) reorders ONNX Runtime's rows to the framework's before the comparison.
     """
-    import onnxruntime as ort
+    from common.ort_session import run_once
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    got = dict(zip(names, session.run(names, feeds), strict=False))
+    got = run_once(onnx_path, feeds)
+    names = list(got)
     if align is not None and all(name in got and got[name].shape == want.shape for name, want in expected.items()):
         got = align(expected, got)
     worst_abs = worst_rel = 0.0

@@ -226,14 +226,10 @@ def trained_models() -> list[str]:
 
 
 def get_model(name: str) -> ModelSpec:
-    """The spec called ``name``; an unknown name raises UnknownModelError listing the valid ones.
-
-    Names starting ``byo/`` are models brought with ``--onnx``, rebuilt from their spec in the store."""
+    """The catalogue spec called ``name``; an unknown name raises UnknownModelError listing the valid ones.
+    Models brought in with ``--onnx`` (``byo/<stem>``) live in the store: ``onnx_models.model_spec`` finds
+    both kinds."""
     models = all_models()
-    if name not in models and name.startswith("byo/"):
-        from models import byo
-
-        return byo.load(name)
     if name not in models:
         raise UnknownModelError(f"unknown model {name!r}; valid models: {', '.join(models)}")
     return models[name]

@@ -1,9 +1,10 @@
 """Bring your own model: a ModelSpec built from any ONNX file (``suite.py run --onnx FILE``).
 
-This is not a catalogue model file (it has no ``SPECS``): ``register`` reads the file's graph inputs and
-outputs and writes the description to ``<store>/byo/<stem>/spec.json``, next to the model's artifacts, and
-the spec is named ``byo/<stem>``, so its artifacts live in ``<store>/byo/<stem>/<size>/``. Child processes
-look models up by name (``models.get_model``), which rebuilds the spec from that file with ``load``.
+This is not a catalogue model file (it has no ``SPECS``): ``describe_onnx`` reads the file's graph inputs and
+outputs into a description, and ``build_spec`` makes the ModelSpec named ``byo/<stem>`` from it. Keeping the
+description in the store (``<store>/byo/<stem>/spec.json``, beside the model's artifacts in
+``<store>/byo/<stem>/<size>/``) is the store's business: ``onnx_models.byo`` registers it, and child processes
+look such models up by name there (``onnx_models.model_spec``).
 
 Inputs take their dtype from the graph and their shape from the graph, with the first dimension as the
 batch; any other dimension that is not a fixed number must be given with ``--input-shapes`` (whose first
@@ -20,7 +21,6 @@ every output against FP32.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,8 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from common.paths import remove_owned
-from models import InputSpec, ModelSpec, UnknownModelError
+from models import InputSpec, ModelSpec
 
 PREFIX = "byo/"
 _FLOAT_RANGE = (0.0, 1.0)
@@ -132,7 +131,7 @@ def describe_onnx(
     import onnx
     from onnx import TensorProto, helper
 
-    from onnx_models.store import sha256_file
+    from common.hashing import sha256_file
 
     path = Path(path).resolve()
     if not path.is_file():
@@ -237,68 +236,6 @@ def describe_onnx(
         "output_batch_axes": {name: axes.get(name, 0) for name in outputs} if axes else None,
         "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
     }
-
-
-def byo_root() -> Path:
-    """The directory that holds every BYO model's entry, ``<store>/byo``: the only one ``register`` deletes in."""
-    from onnx_models import store_root
-
-    return store_root() / PREFIX.rstrip("/")
-
-
-def spec_path(name: str) -> Path:
-    """Where the spec of BYO model ``name`` is kept: ``<store>/<name>/spec.json``."""
-    from onnx_models import store_root
-
-    return store_root() / name / "spec.json"
-
-
-def register(
-    path: Path,
-    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
-    output_batch_axes: Mapping[str, int] | None = None,
-) -> ModelSpec:
-    """Describe ``path`` (see ``describe_onnx``), persist it for child processes, and return its ModelSpec.
-
-    A store entry belongs to one file and one set of input shapes: when either changed since the last
-    registration, the entry's artifacts and cached analyses (FLOPs, FP32 references) are removed first. A store
-    that cannot be written raises ByoError naming it (and ``AIMATRIX_STORE``, which chooses it).
-    """
-    from common.paths import atomic_path
-    from onnx_models import store_root
-
-    description = describe_onnx(path, input_shapes, output_batch_axes)
-    target = spec_path(description["name"])
-    registered = target.is_file()
-    try:
-        old = json.loads(target.read_text()) if registered else None
-    except (OSError, ValueError):  # unreadable or not JSON: registered anew
-        old = None
-    if old == description:
-        # Registered as it is: nothing to write, so a store that has since become read-only still runs it.
-        return build_spec(description)
-    try:
-        if registered:
-            remove_owned(target.parent, byo_root())
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Atomic, so a child process never reads half a spec.
-        with atomic_path(target) as tmp:
-            tmp.write_text(json.dumps(description, indent=2, sort_keys=True))
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ByoError(
-            f"cannot register {Path(path).name} in the store {store_root()}: {reason}; make it writable, or point "
-            "AIMATRIX_STORE at a writable directory"
-        ) from None
-    return build_spec(description)
-
-
-def load(name: str) -> ModelSpec:
-    """The spec of a registered BYO model; raises UnknownModelError if ``name`` was never registered here."""
-    path = spec_path(name)
-    if not path.is_file():
-        raise UnknownModelError(f"unknown model {name!r}: no {path}; bring it with suite.py run --onnx FILE")
-    return build_spec(json.loads(path.read_text()))
 
 
 def _not_exportable(cfg: Mapping[str, Any], seed: int) -> None:

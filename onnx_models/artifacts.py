@@ -16,7 +16,8 @@ from common.packages import onnxruntime_version, package_version
 from common.source_hash import source_digest
 from models import ModelSpec
 from common.paths import atomic_path
-from onnx_models.store import ArtifactError, ModelStore, cache_key, sha256_file
+from common.hashing import cache_key, sha256_file
+from onnx_models.store import ArtifactError, ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class CalibrationSettings:
     seed: int = 7
     # Weight range of the cpu INT8 flavour: auto (7-bit where this CPU's dot products saturate), 8bit, 7bit.
     int8_weights: str = "auto"
-    # Mixed precision (an INT8 plan of ``bench.precision_search``): the nodes an INT8 artifact keeps in float,
+    # Mixed precision (an INT8 plan of ``diagnose.precision_search``): the nodes an INT8 artifact keeps in float,
     # as (model, size, flavour, (node, ...)) entries; a model without an entry is quantized as usual.
     float_nodes: tuple[tuple[str, str, str, tuple[str, ...]], ...] = ()
 
@@ -169,13 +170,13 @@ def _trained_info(spec: ModelSpec, size: str, path: Path) -> dict:
     """The manifest's ``trained`` entry for the exported ``path``: its scores on the evaluation split against the
     labels, chance, the data and where it came from. Raises TrainingError if the model learnt nothing."""
     from analysis.accuracy import concat
-    from engines.ort_cpu import OrtCpuEngine
+    from common.ort_session import cpu_session
     from onnx_models import trained
 
     track = spec.trained
-    with OrtCpuEngine() as engine:
-        engine.activate(path)
-        outputs = concat([engine.infer(feeds) for feeds in trained.eval_batches(spec, size)])
+    session = cpu_session(path)
+    names = [o.name for o in session.get_outputs()]
+    outputs = concat([dict(zip(names, session.run(names, feeds))) for feeds in trained.eval_batches(spec, size)])
     scores = {k: float(v) for k, v in track.score(outputs, trained.eval_labels(spec, size)).items()}
     trained.check_learnt(spec, scores[track.metric])
     return {

@@ -22,22 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from common.paths import atomic_path, unique_temp
-from onnx_models import store_root
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in chunks so multi-GB models do not fill memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def cache_key(**parts: Any) -> str:
-    """A short stable hash of keyword parts (JSON-serialisable), used as an artifact's build key."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+from common.hashing import sha256_file
+from common.paths import atomic_path, store_root, unique_temp
 
 
 class ModelStore:

@@ -16,7 +16,8 @@ import numpy as np
 from common.packages import package_version
 from models import ModelSpec
 from models.trained import Splits
-from onnx_models.store import ModelStore, cache_key
+from common.hashing import cache_key
+from onnx_models.store import ModelStore
 
 log = logging.getLogger(__name__)
 

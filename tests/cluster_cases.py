@@ -15,11 +15,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench.cluster import CPU_SLOT, RayExecutor
 from bench.config import RunConfig
 from bench.results import ResultsFile
 from bench.runner import run
 from bench.timer import TimerSettings
+from cluster.executor import CPU_SLOT, RayExecutor
 from onnx_models.store import ArtifactError, ModelStore
 from tests.ray_cluster import NODE_IP, LocalCluster
 
@@ -257,7 +257,7 @@ def test_an_artifact_from_another_node_is_installed_only_with_its_bytes(tmp_path
 def test_compare_splits_one_cluster_run_by_node(tmp_path):
     """One run's rows measured on two kinds of node compare as two runs (vendor A against vendor B), each with its
     node's environment from nodes/."""
-    from bench.compare import CompareError, compare
+    from report.compare import CompareError, compare
 
     results = ResultsFile(tmp_path)
     results.write_env({"cpu": {"model": "driver cpu"}, "settings": {}})

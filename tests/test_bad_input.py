@@ -173,14 +173,16 @@ def read_only_store(tmp_path, monkeypatch):
     """An empty store and a way to run the suite with it read-only: ``(store, run)``, ``run(argv) ->
     CompletedProcess``. The suite in this process (and its children) writes to the same store, so a test can fill
     it first. Roofs are cached, so reports measure nothing."""
-    from analysis.roofs import Roofs, save_roofs
-    from bench.peak import machine_key
+    from analysis.roofs import Roofs
+    from bench.roofs_cache import local_machine_key, save_roofs
 
     store = tmp_path / "store"
     store.mkdir()
     monkeypatch.setenv("AIMATRIX_STORE", str(store))
     monkeypatch.setenv("AIMATRIX_CACHE", str(tmp_path / "cache"))
-    save_roofs(Roofs({"fp32": 1e11, "fp16": 1e11, "int8": 4e11}, 2e10, "test", {"machine": machine_key("ort-cpu")}))
+    save_roofs(
+        Roofs({"fp32": 1e11, "fp16": 1e11, "int8": 4e11}, 2e10, "test", {"machine": local_machine_key("ort-cpu")})
+    )
     made_read_only = []
 
     def run(argv: list[str]) -> subprocess.CompletedProcess:

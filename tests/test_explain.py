@@ -13,7 +13,7 @@ import pytest
 
 import suite
 from analysis.op_profile import GROUPS, op_group, per_op_time
-from bench.precision_search import smallest_passing
+from diagnose.precision_search import smallest_passing
 from models import get_model
 from onnx_models.artifacts import CalibrationSettings, ensure, int8_artifact_name
 from onnx_models.store import ModelStore
@@ -89,7 +89,7 @@ def test_layer_error_does_not_count_a_folded_relu_as_quantization_error(tiny_res
     """ONNX Runtime's quantizer folds each Relu into the quantization of the Conv before it; the tensor before
     the QuantizeLinear then holds negative values the FP32 graph never has. Counted as error, every such input
     came out at 3 dB (the Relu's own effect), ranked above the real culprits."""
-    from bench.explain import layer_errors
+    from diagnose.explain import layer_errors
 
     rows = layer_errors(tiny_resnet, "tiny", int8_artifact_name("cpu"), batch=2, samples=4, threads=1)
     by_node = {r["node"]: r for r in rows}
@@ -221,7 +221,7 @@ def test_explain_a_brought_in_onnx_file(tiny_resnet, tmp_path, capsys):
 def test_confirmed_speed_up_is_the_undisturbed_round():
     """A round that another process disturbed must not set the speed-up: DSSD's chosen plan measured 479 ms,
     then 1258 ms while tests ran beside it, and the median of the two reported 0.55x instead of 1.00x."""
-    from bench.precision_search import confirmed_speedups
+    from diagnose.precision_search import confirmed_speedups
 
     def row(label, ms, round_):
         return {"label": label, "latency_ms_p50": ms, "status": "ok", "round": round_, "retained": 1.0}

@@ -17,11 +17,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import suite
-from bench.int8_check import verdict
 from calibration import int8_recipe
 from calibration.int8_recipe import weight_recipe
 from calibration.loop_int8 import quantize_loop_matmuls, simulate_loop_matmuls
 from common.cpu_isa import expected_saturation, isa, saturation_probe
+from diagnose.int8_check import verdict
 from engines.ort_cpu import OrtCpuEngine
 from models import get_model
 from onnx_models.artifacts import CalibrationSettings, ensure_int8, int8_artifact_name

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bench.isolation import run_isolated
 from common.paths import UnsafeDeleteError, remove_owned
-from models import byo
+from onnx_models import byo
 
 REPO = Path(__file__).resolve().parents[1]
 INTERRUPTED = "interrupted; finished cells are in results.jsonl (use --resume)"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from common.browser import Browser, find_chromium
+from tests.browser import Browser, find_chromium
 from tests.test_roofline_report import _row, _write_run
 
 pytestmark = pytest.mark.skipif(
@@ -126,7 +126,7 @@ def synthetic_run(directory: Path, count: int = 20) -> list[dict]:
 
 def test_report_of_twenty_models_in_a_browser(tmp_path):
     from analysis.roofs import Roofs
-    from bench.report import write_report
+    from report.run_report import write_report
 
     rows = synthetic_run(tmp_path / "run")
     _, page = write_report(tmp_path / "run", THRESHOLD, Roofs({"fp32": 1e11, "int8": 4e11}, 1e10, "test roofs"))
@@ -193,9 +193,9 @@ def test_throughput_latency_curves_in_a_browser(tmp_path):
     """A load-scenario run at several batch sizes and SUT threads: one inline curve chart per model and scenario,
     one point per ok row at that row's p99 latency and throughput, inside the plot, labels not overlapping where
     two lines nearly coincide (FP16 at 1.02x of FP32, as on a CPU)."""
-    from analysis.curves import curve_groups
     from analysis.roofs import Roofs
-    from bench.report import write_report
+    from report.curves import curve_groups
+    from report.run_report import write_report
 
     rows = []
     for model in ("resnet50", "bert"):

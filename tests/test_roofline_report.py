@@ -15,12 +15,14 @@ from PIL import Image
 
 import suite
 from analysis.flops import count
-from analysis.roofline import DPI, FIG_SIZE_IN, plot
-from analysis.roofs import PRESETS, PeakError, Roofs, cached_roofs, given_roofs, parse_flops, parse_rate, save_roofs
-from bench.compare import CompareError, join
-from bench.peak import machine_key, measure_roofs
-from bench.report import accuracy_verdict, write_report
-from onnx_models.store import ModelStore, sha256_file
+from analysis.roofs import PRESETS, PeakError, Roofs, engine_threads, given_roofs, machine_key, parse_flops, parse_rate
+from bench.peak import measure_roofs
+from bench.roofs_cache import cached_roofs, local_machine_key, save_roofs
+from common.hashing import sha256_file
+from onnx_models.store import ModelStore
+from report.compare import CompareError, join
+from report.roofline import DPI, FIG_SIZE_IN, plot
+from report.run_report import accuracy_verdict, write_report
 
 QUICK = ["--warmup-s", "0", "--duration-s", "0.2", "--min-iters", "3", "--accuracy-samples", "8"]
 
@@ -49,7 +51,7 @@ def test_peaks_measured_through_the_engine(peak_cache):
     assert roofs.details["stream"]["array_bytes"] == 2**20
 
     assert save_roofs(roofs) and peak_cache.is_file()
-    key = machine_key("ort-cpu")
+    key = local_machine_key("ort-cpu")
     assert cached_roofs(key).compute == roofs.compute
     # A quick measurement never replaces a full one.
     quick = Roofs({"fp32": 1.0}, 1.0, "measured (quick)", {"machine": key, "quick": True})
@@ -221,7 +223,7 @@ def test_report_warns_when_one_sample_decides_a_verdict(tmp_path):
     """8 samples step agreement by 0.125: a single disagreeing sample fails 0.99, and the report says so with
     the sample count that would let the threshold mean something; 128 samples (or labels) need no warning."""
     from analysis.roofs import Roofs
-    from bench.report import sample_step_note, write_report
+    from report.run_report import sample_step_note, write_report
 
     few = [_row("resnet50", "int8", 5.0, accuracy_samples=8), _row("resnet50", "fp32", 9.0, accuracy_samples=32)]
     note = sample_step_note(few, 0.99)
@@ -313,7 +315,6 @@ def test_report_of_this_machines_run_measures_nothing(tmp_path, peak_cache, monk
 def test_run_measures_missing_roofs_after_its_cells(tmp_path, peak_cache):
     """The run, not its report, measures (quick) and caches the roofs of each engine it timed when none are
     cached for this machine and thread count; cached ones are not measured again."""
-    from bench.report import engine_threads, run_machine_key
     from bench.runner import _measure_roofs
 
     run, env = _this_machines_run(tmp_path / "run")
@@ -325,7 +326,7 @@ def test_run_measures_missing_roofs_after_its_cells(tmp_path, peak_cache):
 
         def roofs(self, engine, threads):
             self.calls.append((engine, threads))
-            save_roofs(Roofs({"fp32": 1e11}, 1e10, "test", {"machine": run_machine_key(env, engine, threads)}))
+            save_roofs(Roofs({"fp32": 1e11}, 1e10, "test", {"machine": machine_key(env, engine, threads)}))
 
     recorder = Recorder()
     _measure_roofs(recorder, rows, env)
@@ -404,7 +405,9 @@ def test_compare_bad_out_and_repeated_cells(tmp_path, capsys):
 @pytest.fixture
 def cached_peaks(peak_cache):
     """Roofs cached for this machine, so that reports at the end of runs do not measure them."""
-    save_roofs(Roofs({"fp32": 1e11, "fp16": 1e11, "int8": 4e11}, 2e10, "test", {"machine": machine_key("ort-cpu")}))
+    save_roofs(
+        Roofs({"fp32": 1e11, "fp16": 1e11, "int8": 4e11}, 2e10, "test", {"machine": local_machine_key("ort-cpu")})
+    )
 
 
 def test_byo_model_runs_every_precision(tmp_path, cached_peaks):
@@ -470,7 +473,7 @@ def test_byo_fixed_batch_runs_only_that_batch(tmp_path, capsys):
 
 
 def test_report_says_when_int8_ran_on_saturating_kernels():
-    from bench.report import kernel_note
+    from report.run_report import kernel_note
 
     cpu = {"isa": "avx2", "int8_saturates": True}
     full = [_row("resnet50", "int8", 25.0, int8_weight_bits=8), _row("bert", "int8", 9.0, int8_weight_bits=7)]

@@ -224,7 +224,7 @@ def test_gpu_cells_record_device_memory_and_energy(tmp_path):
 def test_curves_keep_batch_and_concurrency_apart(tmp_path):
     from xml.etree import ElementTree
 
-    from analysis.curves import curve_groups, plot_curves
+    from report.curves import curve_groups, plot_curves
 
     def row(precision, batch, concurrency, scenario="server"):
         return {

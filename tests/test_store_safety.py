@@ -20,7 +20,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from bench.cell import count_flops, reference_outputs
-from models import byo, get_model
+from models import get_model
+from onnx_models import byo
 from onnx_models.artifacts import ExportSettings, ensure_fp16, ensure_fp32, ensure_int8, int8_artifact_name
 from onnx_models.store import ModelStore
 

@@ -22,11 +22,13 @@ QUICK = ["--warmup-s", "0", "--duration-s", "0.2", "--min-iters", "3"]
 @pytest.fixture(autouse=True)
 def cached_peaks(tmp_path, monkeypatch):
     """Roofs cached in a private cache, so that the reports at the end of runs do not measure them."""
-    from analysis.roofs import Roofs, save_roofs
-    from bench.peak import machine_key
+    from analysis.roofs import Roofs
+    from bench.roofs_cache import local_machine_key, save_roofs
 
     monkeypatch.setenv("AIMATRIX_CACHE", str(tmp_path / "peaks"))
-    save_roofs(Roofs({"fp32": 1e11, "fp16": 1e11, "int8": 4e11}, 2e10, "test", {"machine": machine_key("ort-cpu")}))
+    save_roofs(
+        Roofs({"fp32": 1e11, "fp16": 1e11, "int8": 4e11}, 2e10, "test", {"machine": local_machine_key("ort-cpu")})
+    )
 
 
 def _need(asset: str) -> None:

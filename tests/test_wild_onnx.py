@@ -17,9 +17,10 @@ from onnx import TensorProto, helper, numpy_helper
 import assets
 import suite
 from assets.pinned import Asset, Wheel
+from common.hashing import sha256_file
 from models import byo
 from models.corpus import CORPUS
-from onnx_models.store import ModelStore, sha256_file
+from onnx_models.store import ModelStore
 
 QUICK = ["--warmup-s", "0", "--duration-s", "0.2", "--min-iters", "3", "--accuracy-samples", "4"]
 F = TensorProto.FLOAT
@@ -29,11 +30,13 @@ F = TensorProto.FLOAT
 def cached_peaks(tmp_path, monkeypatch):
     """Roofs cached for this machine in a private cache, so that the reports at the end of runs do not measure
     them."""
-    from analysis.roofs import Roofs, save_roofs
-    from bench.peak import machine_key
+    from analysis.roofs import Roofs
+    from bench.roofs_cache import local_machine_key, save_roofs
 
     monkeypatch.setenv("AIMATRIX_CACHE", str(tmp_path / "peaks"))
-    save_roofs(Roofs({"fp32": 1e11, "fp16": 1e11, "int8": 4e11}, 2e10, "test", {"machine": machine_key("ort-cpu")}))
+    save_roofs(
+        Roofs({"fp32": 1e11, "fp16": 1e11, "int8": 4e11}, 2e10, "test", {"machine": local_machine_key("ort-cpu")})
+    )
 
 
 def _rows(out: Path) -> dict[str, dict]:

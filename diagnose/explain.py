@@ -11,7 +11,7 @@ Three parts, each written to the output directory as soon as it is done:
    Runtime's profiler on, time per op type and group (int8 compute, quantize/dequantize, layout, float)
    side by side (``analysis.op_profile``). ``op_time.csv``, ``op_time.png``.
 3. **Accuracy-driven mixed precision** (``--target-accuracy``): the nodes ranked by part 1, searched by
-   ``bench.precision_search``; ``search.jsonl`` (each candidate as measured), ``search.csv``, ``tradeoff.png``,
+   ``diagnose.precision_search``; ``search.jsonl`` (each candidate as measured), ``search.csv``, ``tradeoff.png``,
    and ``int8-plan.json`` for ``suite.py run --int8-plan``.
 
 ``explain.json`` sums it up.
@@ -61,12 +61,12 @@ def layer_errors(model: str, size: str, artifact: str, batch: int, samples: int,
     )
     from bench.cell import accuracy_feeds
     from calibration.graph import batchnorm_to_depthwise
-    from models import get_model
+    from onnx_models import model_spec
     from onnx_models.artifacts import cleaned_fp32
     from onnx_models.store import ModelStore
 
     store = ModelStore(model, size)
-    spec = get_model(model)
+    spec = model_spec(model)
     qdq = onnx.load(str(store.verified_path(artifact)))
     reference, _ = cleaned_fp32(store)
     reference, _ = batchnorm_to_depthwise(reference)
@@ -144,15 +144,10 @@ def _with_outputs(model, names: list[str]):
 def _session(model, threads: int | None):
     """An ONNX Runtime CPU session of ``model`` (a ModelProto) with graph optimisation off: every node runs as
     written, so Q/DQ pairs compute their rounding exactly and every tensor asked for exists."""
-    import onnxruntime as ort
-
     from common.cores import physical_cores
+    from common.ort_session import cpu_session
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = int(threads or physical_cores())
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return cpu_session(model, threads=threads or physical_cores(), optimize=False)
 
 
 def op_profile(
@@ -172,10 +167,10 @@ def op_profile(
     from bench.cell import TIMING_SEED
     from engines import engine_class
     from engines.base import EngineError
-    from models import get_model
+    from onnx_models import model_spec
     from onnx_models.store import ModelStore
 
-    spec = get_model(model)
+    spec = model_spec(model)
     path = ModelStore(model, size).verified_path(artifact)
     feeds = spec.make_feeds(size, batch, TIMING_SEED)
     with engine_class(engine)({**engine_options, "profile": trace_prefix}) as runner:
@@ -265,7 +260,7 @@ def explain(settings: ExplainSettings, out: Path, say: Callable[[str], None] | N
         bar.set_postfix_str("layer error")
         started = time.perf_counter()
         errors = _child(
-            "bench.explain:layer_errors",
+            "diagnose.explain:layer_errors",
             dict(
                 model=s.model,
                 size=s.size,
@@ -279,7 +274,7 @@ def explain(settings: ExplainSettings, out: Path, say: Callable[[str], None] | N
         )
         summary["layer_error_s"] = time.perf_counter() - started
         _write_csv(errors, out / "layer_error.csv")
-        from analysis.explain_plots import plot_layer_error
+        from diagnose.plots import plot_layer_error
 
         plot_layer_error(errors, out / "layer_error.png", f"{s.model} ({s.size}) {int8}: per-layer SQNR")
         summary["quantized_nodes"] = len(errors)
@@ -292,7 +287,7 @@ def explain(settings: ExplainSettings, out: Path, say: Callable[[str], None] | N
         for precision, artifact in (("fp32", "fp32"), ("int8", int8)):
             bar.set_postfix_str(f"op time {precision}")
             profiles[precision] = _child(
-                "bench.explain:op_profile",
+                "diagnose.explain:op_profile",
                 dict(
                     model=s.model,
                     size=s.size,
@@ -309,8 +304,8 @@ def explain(settings: ExplainSettings, out: Path, say: Callable[[str], None] | N
             bar.update()
         table = op_time_table(profiles["fp32"]["rows"], profiles["int8"]["rows"])
         _write_csv(table, out / "op_time.csv")
-        from analysis.explain_plots import plot_op_time
         from analysis.op_profile import group_totals
+        from diagnose.plots import plot_op_time
 
         groups = {p: group_totals(profiles[p]["rows"]) for p in profiles}
         plot_op_time(groups, out / "op_time.png", f"{s.model} ({s.size}) on {s.engine}, batch {s.batch_size}")
@@ -343,9 +338,9 @@ def op_time_table(fp32: list[dict], int8: list[dict]) -> list[dict]:
 
 def _search(s: ExplainSettings, flavour: str, errors: list[dict], out: Path, say) -> dict[str, Any]:
     """The mixed-precision search on ``errors``' ranking; writes the search files and ``int8-plan.json``."""
-    from analysis.explain_plots import plot_tradeoff
-    from bench import precision_search
     from calibration.int8_plan import Int8Plan, write_plan
+    from diagnose import precision_search
+    from diagnose.plots import plot_tradeoff
 
     reference = _child(
         "bench.cell:reference_outputs",
@@ -436,7 +431,7 @@ def _search_row(row: dict[str, Any]) -> dict[str, Any]:
 
 def _build(s: ExplainSettings, precision: str, flavour: str) -> None:
     """Build (or reuse) ``precision``'s artifact in a child; ExplainError with the reason when it fails."""
-    from bench.precision_search import build
+    from diagnose.precision_search import build
 
     error = build(s.model, s.size, precision, flavour, asdict(s.export), asdict(s.calib))
     if error:

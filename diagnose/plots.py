@@ -1,5 +1,5 @@
 """The figures of ``suite.py explain``: per-layer SQNR, per-op-group time, and the accuracy-speed trade-off of
-the mixed-precision candidates. matplotlib through its object API on the Agg canvas (as ``analysis.roofline``).
+the mixed-precision candidates. matplotlib through its object API on the Agg canvas (as ``report.roofline``).
 """
 
 from __future__ import annotations

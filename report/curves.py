@@ -3,7 +3,7 @@ multi-stream, server and offline scenarios, the concurrency) grows, one line per
 sees where low precision moves the curve.
 
 One chart per (model, size, engine, scenario) that has at least two points on one precision's line, drawn as SVG
-(``analysis.svg_charts.curve_chart``) so that the HTML report holds it inline with a tooltip per point.
+(``report.svg_charts.curve_chart``) so that the HTML report holds it inline with a tooltip per point.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from analysis.svg_charts import CurvePoint, curve_chart
 from common.paths import atomic_path
+from report.svg_charts import CurvePoint, curve_chart
 
 # The latency axis: the 99th percentile, what a latency bound is usually set on.
 LATENCY = "latency_ms_p99"

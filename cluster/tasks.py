@@ -1,4 +1,4 @@
-"""The work a Ray cluster's nodes do for ``bench.cluster.RayExecutor``: describing the node, building a model's
+"""The work a Ray cluster's nodes do for ``cluster.executor.RayExecutor``: describing the node, building a model's
 artifacts, counting its FLOPs and computing its FP32 references, and measuring one cell. Each runs as a Ray task
 in a Ray worker process and, inside it, does the real work the way the local executor does, in a child process
 per piece (``bench.executor.LocalExecutor``), so a crash, a hang or an out-of-memory becomes a reason, and each
@@ -25,7 +25,8 @@ from typing import Any
 
 from bench.cell import Cell
 from bench.plan import ArtifactJob
-from onnx_models.store import ArtifactError, ModelStore, sha256_file
+from common.hashing import sha256_file
+from onnx_models.store import ArtifactError, ModelStore
 
 STORE_ID_FILE = ".store-id"
 
@@ -90,7 +91,7 @@ def threads_as_on_the_node() -> None:
 def store_id() -> str:
     """A random token kept in this node's store root (``.store-id``, made on first use): nodes that read the same
     token share one store (one directory, or one network file system), so files need not be sent between them."""
-    from onnx_models import store_root
+    from common.paths import store_root
 
     root = store_root()
     root.mkdir(parents=True, exist_ok=True)

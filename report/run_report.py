@@ -22,18 +22,17 @@ import html
 import json
 import math
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analysis.roofline import file_stem
-from analysis.roofs import Roofs, format_rate, unit
+from analysis.roofs import Roofs, engine_threads, format_rate, machine_key, unit
 from analysis.verdict import PRECISION_ORDER, passes, speed_key, speedup
-from bench.report_html import Cell, as_cell, contents, page, slug
-from bench.report_html import table as html_table
 from bench.results import CELL_COLUMNS
 from common.paths import atomic_path
+from report.html import Cell, as_cell, contents, page, slug
+from report.html import table as html_table
+from report.roofline import file_stem
 
 DEFAULT_THRESHOLD = 0.99
 
@@ -94,7 +93,7 @@ class Document:
 
     def html(self, title: str) -> str:
         """The document as one HTML page: images embedded as base64, charts as inline SVG, style and script
-        inline (``bench.report_html``), so nothing beside it or on a network is needed."""
+        inline (``report.html``), so nothing beside it or on a network is needed."""
         body: list[str] = []
         sections: list[tuple[str, str]] = []
         used: set[str] = set()
@@ -168,40 +167,14 @@ def load_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return results.rows(), env
 
 
-def engine_threads(rows: Iterable[dict[str, Any]], engine: str, env: dict[str, Any]) -> int | None:
-    """The intra-op threads ``engine`` ran with: from its cells' settings, else the run's options or cores."""
-    for row in rows:
-        if row.get("engine") == engine and row.get("engine_settings"):
-            try:
-                threads = json.loads(row["engine_settings"]).get("intra_op_threads")
-            except (json.JSONDecodeError, AttributeError):
-                threads = None
-            if threads:
-                return int(threads)
-    settings = env.get("settings", {})
-    return (settings.get("engine_options") or {}).get("threads") or env.get("cpu", {}).get("physical_cores")
-
-
-def run_machine_key(env: dict[str, Any], engine: str, threads: int | None) -> dict[str, Any]:
-    """The ``bench.peak.machine_key`` of the machine a run was made on, from its env.json."""
-    packages = env.get("packages", {})
-    return {
-        "cpu": env.get("cpu", {}).get("model"),
-        "logical_cores": env.get("cpu", {}).get("logical_cores"),
-        "onnxruntime": packages.get("onnxruntime") or packages.get("onnxruntime-gpu") or "absent",
-        "engine": engine,
-        "threads": threads,
-    }
-
-
 def roofs_for(rows: list[dict[str, Any]], env: dict[str, Any], engine: str, given: Roofs | None) -> Roofs | None:
     """The roofs to draw ``engine``'s cells against: ``given`` ones, else those cached for the machine, engine
     and threads the run used, else None. Nothing is measured here (a run measures its roofs before its report)."""
     if given is not None:
         return given
-    from analysis.roofs import cached_roofs
+    from bench.roofs_cache import cached_roofs
 
-    return cached_roofs(run_machine_key(env, engine, engine_threads(rows, engine, env)))
+    return cached_roofs(machine_key(env, engine, engine_threads(rows, engine, env)))
 
 
 def paper_model(name: str) -> str | None:
@@ -247,7 +220,7 @@ def build(
     given: Roofs | None = None,
 ) -> Document:
     """The report of ``run_dir`` as a Document; draws the roofline images into ``run_dir`` on the way."""
-    from analysis.roofline import model_numbers, plot
+    from report.roofline import model_numbers, plot
 
     run_dir = Path(run_dir)
     rows, env = load_run(run_dir)
@@ -285,8 +258,8 @@ def _answer(
     doc: Document, rows: list[dict[str, Any]], threshold: float, run_dir: Path, numbers: dict[str, int]
 ) -> None:
     """Per engine: the chart of speed-up against accuracy retained and the verdict table (analysis.verdict)."""
-    from analysis.svg_charts import answer_chart, model_label
     from analysis.verdict import points, verdicts
+    from report.svg_charts import answer_chart, model_label
 
     all_points = points(rows, threshold)
     doc.heading(2, "Which precision to deploy")
@@ -665,7 +638,7 @@ def _twin(row: dict[str, Any]) -> tuple:
 def _curves(doc: Document, rows: list[dict[str, Any]], run_dir: Path) -> None:
     """Throughput against p99 latency across batch sizes and concurrency, one figure per model, engine and
     scenario (only where a precision has two points or more)."""
-    from analysis.curves import plot_curves, title
+    from report.curves import plot_curves, title
 
     drawn = plot_curves(rows, run_dir)
     if not drawn:

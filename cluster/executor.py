@@ -38,8 +38,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from bench.cell import artifact_name_for, float_nodes_for
-from bench.cluster_tasks import Shipped, write_logs
 from bench.executor import BuildOutcome, CellOutcome, CellRequest
+from cluster.tasks import Shipped, write_logs
 from common.errors import first_line
 
 CPU_SLOT = "aimatrix_cpu_node"
@@ -181,7 +181,7 @@ class RayExecutor:
     def _probe(self) -> dict[str, dict[str, Any]]:
         """{node id: what ``describe_node`` says} for every live node, each asked on the node itself; a node that
         does not answer within PROBE_TIMEOUT_S (one that has just died, before the cluster noticed) is left out."""
-        from bench.cluster_tasks import describe_node
+        from cluster.tasks import describe_node
 
         answers = self._ask_each([n["NodeID"] for n in self._alive()], describe_node)
         nodes = {info["node_id"]: info for info in answers.values()}
@@ -220,7 +220,7 @@ class RayExecutor:
 
     def _ask_availability(self, engine: str) -> str | None:
         import engines
-        from bench.cluster_tasks import engine_availability
+        from cluster.tasks import engine_availability
 
         try:
             need = _need(engines.engine_class(engine))
@@ -249,7 +249,7 @@ class RayExecutor:
         nodes do not share a store) for the analyses and cells."""
         from tqdm import tqdm
 
-        from bench.cluster_tasks import build_model
+        from cluster.tasks import build_model
         from onnx_models.artifacts import artifact_name
 
         outcome = BuildOutcome()
@@ -310,7 +310,7 @@ class RayExecutor:
         executor's, except that ``reference`` is a ``Shipped`` file for the cells' nodes rather than a path."""
         from tqdm import tqdm
 
-        from bench.cluster_tasks import model_facts
+        from cluster.tasks import model_facts
 
         skip = set(skip)
         facts: dict[tuple[str, int], dict[str, Any]] = {}
@@ -357,7 +357,7 @@ class RayExecutor:
         or node, and a cell no live node can run any more, come back failed with the reason. Leaving early (an
         interrupt) cancels the cells still running."""
         import engines
-        from bench.cluster_tasks import measure_cell
+        from cluster.tasks import measure_cell
 
         pending: dict[Any, tuple[CellRequest, str]] = {}
         for request in requests:

@@ -80,11 +80,11 @@ def measure_variant(
     from bench.cell import TIMING_SEED, accuracy_feeds
     from bench.timer import TimerSettings, measure
     from engines.ort_cpu import OrtCpuEngine
-    from models import get_model
+    from onnx_models import model_spec
     from onnx_models.artifacts import output_batch_axes
     from onnx_models.store import ModelStore
 
-    spec = get_model(model)
+    spec = model_spec(model)
     store = ModelStore(model, size)
     path = store.verified_path(artifact)
     row: dict = {"artifact": artifact, "artifact_sha256": store.entry(artifact)["sha256"]}
@@ -197,7 +197,7 @@ def check(
             kwargs = {"model": model, "size": size, "artifact": artifact, "simulated": variant.simulated}
             kwargs |= {"batch": batch, "samples": samples, "reference": references[model].value}
             kwargs |= {"timer": asdict(timer), "outputs_path": str(outputs)}
-            result = run_isolated("bench.int8_check:measure_variant", kwargs, cell_timeout_s)
+            result = run_isolated("diagnose.int8_check:measure_variant", kwargs, cell_timeout_s)
             if not result.ok:
                 record.update(status="failed", error=result.error)
                 tqdm.write(f"{model} {variant.label}: FAILED: {result.error}", file=sys.stderr)
@@ -213,9 +213,9 @@ def check(
 def _model_verdicts(model: str, records: list[dict[str, Any]]) -> list[str]:
     """Fill each real run's speed-up over FP32 and agreement with its simulation; return one verdict line per
     weight width."""
-    from models import get_model
+    from onnx_models import model_spec
 
-    spec = get_model(model)
+    spec = model_spec(model)
     by_label = {r["variant"]: r for r in records if r.get("status") == "ok"}
     fp32 = by_label.get("fp32")
     lines = []

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from html import escape
 from typing import NamedTuple
 
-from analysis.label_layout import place_labels
 from analysis.verdict import Point
+from report.label_layout import place_labels
 
 COLORS = {"fp32": "#1f77b4", "fp16": "#2ca02c", "int8": "#ff7f0e"}
 FAIL = "#d62728"

@@ -62,15 +62,15 @@ def plot(
     One panel per precision (side by side, one y axis), so that a model's FP32, FP16 and INT8 points, which
     share an intensity, never sit on each other. Each point is a marker labelled with its model's number in
     ``numbers`` (default ``model_numbers(rows)``; ``3b8`` where a model has several batch sizes), placed clear
-    of the other labels (``analysis.label_layout``) with a leader line where it had to move; the key (number ->
+    of the other labels (``report.label_layout``) with a leader line where it had to move; the key (number ->
     model) is printed under the panels. Writes ``roofline-<engine>.png`` (FIG_SIZE_IN at DPI) and ``.svg``
     atomically; returns their paths.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from analysis.label_layout import place_labels
     from common.paths import atomic_path
+    from report.label_layout import place_labels
 
     numbers = numbers or model_numbers(rows)
     points = plotted_rows(rows, engine)

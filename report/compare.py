@@ -20,8 +20,8 @@ import string
 from pathlib import Path
 from typing import Any
 
-from bench.report import fmt, load_run
 from common.paths import atomic_path
+from report.run_report import fmt, load_run
 
 METRICS = (("latency_ms_p50", "p50 ms"), ("throughput_samples_per_s", "samples/s"), ("flops_per_s", "FLOP/s"))
 
@@ -84,7 +84,7 @@ def join(runs: list[list[dict[str, Any]]], ignore_engine: bool = False) -> list[
 
 def environment_table(envs: list[dict[str, Any]], dirs: list[Path | str], runs: list[list[dict]]) -> list[list[Any]]:
     """Rows (what, value in A, value in B, ...) describing each run's machine, software and settings."""
-    from bench.report import engine_threads
+    from analysis.roofs import engine_threads
 
     def cpu(key: str):
         return [env.get("cpu", {}).get(key) for env in envs]
@@ -218,8 +218,8 @@ def comparison_page(
 ) -> str:
     """compare.html: the ratio chart of every run against A per model and precision, then the environments
     and the joined cells as sortable, filterable tables; one self-contained page like report.html."""
-    from analysis.svg_charts import ratio_chart
-    from bench.report import Document
+    from report.run_report import Document
+    from report.svg_charts import ratio_chart
 
     doc = Document()
     doc.heading(1, "Comparison of runs")

@@ -1,0 +1,90 @@
+"""The precision registry: every precision the suite runs, in the order tables, charts, plans and the command
+line list them, with what each means elsewhere: how its artifact is made, which engines run it, the element
+type its roof GEMM computes in, and the one colour every chart draws it in.
+
+Every list of precisions, every per-precision colour and every per-precision branch reads this registry.
+Adding a precision is one entry here and one builder module (``builder``: a module with ``key(job)`` and
+``build(job, out)``, see ``calibration.fp16``), with its tests.
+
+Data only: the command line, the plan and the reports read it without importing a converter or ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class UnknownPrecisionError(ValueError):
+    """A precision name that is not in the registry."""
+
+
+@dataclass(frozen=True)
+class Precision:
+    """One precision.
+
+    ``name`` is what rows, options and artifact names say (``int8``); ``title`` what people read (``INT8``).
+    ``element`` is the numpy type its arithmetic runs in: its roof is a GEMM in that type, counted in OP/s for
+    integer types and FLOP/s for float ones. ``builder`` names the module that makes its artifact from the FP32
+    export (None for the FP32 export itself). A ``quantized`` precision's artifact is a calibrated Q/DQ graph in
+    the flavour the engine consumes (``Engine.int8_flavour``: ``cpu`` or ``tensorrt``) and with the weight range
+    ``--int8-weights`` resolves on this machine; the others are one artifact for every engine. ``engines`` names
+    the engines that run it (fixed names, or a pattern's prefix such as ``ort:``); None: every engine.
+    """
+
+    name: str
+    title: str
+    colour: str
+    element: str
+    builder: str | None
+    quantized: bool = False
+    engines: tuple[str, ...] | None = None
+
+    @property
+    def unit(self) -> str:
+        """What its compute roof counts: ``OP/s`` for integer arithmetic, ``FLOP/s`` for floating point."""
+        return "OP/s" if np.issubdtype(np.dtype(self.element), np.integer) else "FLOP/s"
+
+    def runs_on(self, engine: str) -> bool:
+        """Whether engine ``engine`` (a registry name or a pattern name such as ``ort:XProvider``) runs it."""
+        return self.engines is None or any(
+            engine == e or (e.endswith(":") and engine.startswith(e)) for e in self.engines
+        )
+
+
+# The reference precision: every other precision's artifact is made from its artifact, its speed-up is over it
+# and its accuracy is judged against its outputs.
+BASE = "fp32"
+
+REGISTRY: tuple[Precision, ...] = (
+    Precision("fp32", "FP32", "#1f77b4", "float32", builder=None),
+    Precision("fp16", "FP16", "#2ca02c", "float16", builder="calibration.fp16"),
+    Precision("int8", "INT8", "#ff7f0e", "int8", builder="calibration.int8", quantized=True),
+)
+
+NAMES: tuple[str, ...] = tuple(p.name for p in REGISTRY)
+_BY_NAME = {p.name: p for p in REGISTRY}
+
+
+def get(name: str) -> Precision:
+    """The precision called ``name``; UnknownPrecisionError listing the valid ones otherwise."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise UnknownPrecisionError(f"unknown precision {name!r}; valid precisions: {', '.join(NAMES)}") from None
+
+
+def lower() -> tuple[str, ...]:
+    """Every precision but the reference, in registry order: the ones judged against FP32."""
+    return tuple(n for n in NAMES if n != BASE)
+
+
+def order(name: str) -> int:
+    """``name``'s place in the registry (for sorting); names not in it sort after every registered one."""
+    return NAMES.index(name) if name in _BY_NAME else len(NAMES)
+
+
+def colour(name: str) -> str:
+    """The colour every chart draws precision ``name`` in (grey for a name not in the registry)."""
+    return _BY_NAME[name].colour if name in _BY_NAME else "#7f7f7f"
