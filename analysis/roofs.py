@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-PRECISIONS = ("fp32", "fp16", "int8")
+from common import precisions
 
 _SI = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "p": 1e15}
 
@@ -63,12 +63,12 @@ class Roofs:
     def from_json(cls, data: Mapping[str, Any]) -> Roofs:
         """Read roofs written by ``to_json`` (or by hand: ``compute``, ``bandwidth`` and ``source``)."""
         given = {str(k): float(v) for k, v in dict(data.get("compute") or {}).items()}
-        unknown = sorted(set(given) - set(PRECISIONS))
+        unknown = sorted(set(given) - set(precisions.NAMES))
         if unknown:
-            raise ValueError(f"unknown precisions {unknown} in roofs; valid: {', '.join(PRECISIONS)}")
+            raise ValueError(f"unknown precisions {unknown} in roofs; valid: {', '.join(precisions.NAMES)}")
         bandwidth = data.get("bandwidth")
         return cls(
-            {p: given[p] for p in PRECISIONS if p in given},
+            {p: given[p] for p in precisions.NAMES if p in given},
             float(bandwidth) if bandwidth is not None else None,
             str(data.get("source", "given")),
             dict(data.get("details") or {}),
@@ -134,8 +134,9 @@ def parse_flops(text: str) -> dict[str, float]:
     for part in text.split(","):
         precision, _, value = part.partition("=")
         precision = precision.strip()
-        if precision not in PRECISIONS:
-            raise PeakError(f"unknown precision {precision!r} in --peak-flops; valid: {', '.join(PRECISIONS)}")
+        if precision not in precisions.NAMES:
+            valid = ", ".join(precisions.NAMES)
+            raise PeakError(f"unknown precision {precision!r} in --peak-flops; valid: {valid}")
         roofs[precision] = parse_rate(value)
     return roofs
 
@@ -226,7 +227,7 @@ def format_rate(value: float | None, unit: str) -> str:
 
 def unit(precision: str) -> str:
     """The compute unit of a precision: ``OP/s`` for integer precisions, ``FLOP/s`` otherwise."""
-    return "OP/s" if precision == "int8" else "FLOP/s"
+    return precisions.get(precision).unit if precision in precisions.NAMES else "FLOP/s"
 
 
 def describe(roofs: Roofs) -> list[str]:

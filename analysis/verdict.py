@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from analysis.accuracy import retained, retained_and_basis
-
-PRECISION_ORDER = ("fp32", "fp16", "int8")
+from common import precisions
 
 
 def speed_key(row: dict[str, Any]) -> tuple:
@@ -105,15 +104,14 @@ def points(rows: Iterable[dict[str, Any]], threshold: float) -> list[Point]:
         key = (row.get("engine"), row.get("model"), row.get("size"))
         if key not in chosen or row.get("scenario") == "latency":
             chosen[key] = row.get("scenario")
-    fp32 = {speed_key(r): r for r in rows if r.get("precision") == "fp32"}
+    fp32 = {speed_key(r): r for r in rows if r.get("precision") == precisions.BASE}
     grouped: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         key = (row.get("engine"), row.get("model"), row.get("size"))
         if row.get("scenario") == chosen[key]:
             grouped.setdefault((*key, row.get("precision")), []).append(row)
-    order = {p: i for i, p in enumerate(PRECISION_ORDER)}
     first_seen = {key: i for i, key in enumerate(chosen)}
-    keys = sorted(grouped, key=lambda k: (first_seen[k[:3]], order.get(k[3], len(order)), str(k[3])))
+    keys = sorted(grouped, key=lambda k: (first_seen[k[:3]], precisions.order(k[3]), str(k[3])))
     out = []
     for engine, model, size, precision in keys:
         cells = grouped[(engine, model, size, precision)]
@@ -143,7 +141,7 @@ def verdicts(all_points: Iterable[Point]) -> list[Verdict]:
         grouped.setdefault((point.engine, point.model, point.size), []).append(point)
     out = []
     for (engine, model, size), members in grouped.items():
-        if not any(p.precision == "fp32" and p.speedup for p in members):
+        if not any(p.precision == precisions.BASE and p.speedup for p in members):
             out.append(Verdict(engine, model, size, None, "FP32 did not run: no speed-up to compare"))
             continue
         passing = [p for p in members if p.passes and p.speedup]
@@ -152,10 +150,10 @@ def verdicts(all_points: Iterable[Point]) -> list[Verdict]:
             reason = "no precision passes the threshold" if measured else "no accuracy measured"
             out.append(Verdict(engine, model, size, None, reason))
             continue
-        best = max(passing, key=lambda p: (p.speedup, -PRECISION_ORDER.index(p.precision)))
+        best = max(passing, key=lambda p: (p.speedup, -precisions.order(p.precision)))
         failed = [p.precision for p in members if p.passes is False]
         faster_failed = [p.precision for p in members if p.passes is False and (p.speedup or 0) > best.speedup]
-        if best.precision == "fp32":
+        if best.precision == precisions.BASE:
             reason = "no lower precision is faster and passes" + (f" ({', '.join(failed)} fail)" if failed else "")
         else:
             reason = "fastest that passes" + (f"; faster {', '.join(faster_failed)} fails" if faster_failed else "")

@@ -14,9 +14,10 @@ from typing import Any
 
 from bench.scenarios import CONCURRENT_SCENARIOS, LATENCY, LoadSettings, ScenarioError, check_scenarios
 from bench.timer import TimerSettings
+from common import precisions as registry
 from common.errors import not_finite
 from engines.options import EngineOptions
-from onnx_models.artifacts import PRECISIONS, CalibrationSettings, ExportSettings
+from onnx_models.artifacts import CalibrationSettings, ExportSettings
 
 
 class ConfigError(ValueError):
@@ -66,7 +67,8 @@ class RunConfig:
     batch_sizes: Mapping[str, tuple[int, ...]]
     size: str = "full"
     engines: tuple[str, ...] = ("ort-cpu",)
-    precisions: tuple[str, ...] = PRECISIONS
+    # Every registered precision unless the run names some (read when a RunConfig is made, not at import).
+    precisions: tuple[str, ...] = field(default_factory=lambda: registry.NAMES)
     timer: TimerSettings = field(default_factory=TimerSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
     calib: CalibrationSettings = field(default_factory=CalibrationSettings)
@@ -93,9 +95,10 @@ class RunConfig:
             raise ConfigError(f"no batch size for {', '.join(missing)}")
         if any(not isinstance(b, int) or b < 1 for sizes in self.batch_sizes.values() for b in sizes):
             raise ConfigError(f"batch sizes must be positive integers, got {dict(self.batch_sizes)}")
-        unknown = [p for p in self.precisions if p not in PRECISIONS]
+        valid = registry.NAMES
+        unknown = [p for p in self.precisions if p not in valid]
         if unknown or not self.precisions:
-            raise ConfigError(f"unknown precision {', '.join(unknown)}; valid precisions: {', '.join(PRECISIONS)}")
+            raise ConfigError(f"unknown precision {', '.join(unknown)}; valid precisions: {', '.join(valid)}")
         _finite("--warmup-s", self.timer.warmup_s, 0, inclusive=True)
         _finite("--duration-s", self.timer.duration_s, 0, inclusive=False)
         _finite("--cell-timeout", self.cell_timeout_s, 0, inclusive=False)

@@ -14,28 +14,38 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.cell import Cell, float_nodes_for
+from bench.cell import Cell, run_cell
 from bench.isolation import kill_children, run_isolated
+from bench.model_facts import count_flops, reference_outputs
 from bench.plan import ArtifactJob
-from onnx_models.artifacts import CalibrationSettings, ExportSettings
+from onnx_models.artifacts import Artifact, CalibrationSettings, ExportSettings, ensure, slim_fp32
 
 log = logging.getLogger(__name__)
 
+# How long one artifact build, FLOP count or reference computation may take in its child process.
 BUILD_TIMEOUT_S = 3600.0
 PEAK_TIMEOUT_S = 600.0
 
 
 @dataclass
 class BuildOutcome:
-    """What a round of builds left behind: {(model, artifact): reason} for failures and for conversions a
-    brought-in model cannot undergo (``unsupported``); everything else is in the store."""
+    """What a round of builds left behind: {artifact: reason} for failures and for conversions a brought-in
+    model cannot undergo (``unsupported``); everything else is in the store."""
 
-    failures: dict[tuple[str, str], str] = field(default_factory=dict)
-    unsupported: dict[tuple[str, str], str] = field(default_factory=dict)
+    failures: dict[Artifact, str] = field(default_factory=dict)
+    unsupported: dict[Artifact, str] = field(default_factory=dict)
+
+    def problem(self, artifact: Artifact) -> tuple[str, str] | None:
+        """(``failed`` or ``unsupported``, the reason) for ``artifact``, or None when it was built."""
+        if artifact in self.unsupported:
+            return "unsupported", self.unsupported[artifact]
+        if artifact in self.failures:
+            return "failed", self.failures[artifact]
+        return None
 
 
 @dataclass(frozen=True)
@@ -71,7 +81,6 @@ class LocalExecutor:
     def build(
         self,
         jobs: Iterable[ArtifactJob],
-        size: str,
         export: ExportSettings,
         calib: CalibrationSettings,
         title: str = "artifacts",
@@ -87,61 +96,57 @@ class LocalExecutor:
         starts."""
         from tqdm import tqdm
 
-        from onnx_models.artifacts import artifact_name
-
         jobs = list(jobs)
         outcome = BuildOutcome()
         bar = tqdm(total=sum(len(j.artifacts) for j in jobs), desc=title, unit="artifact", file=sys.stderr)
-        # Tasks are (model, precision, flavour); "clean" is the slimming step between an export and its conversions.
-        # The heap holds (priority, task): exports by job order, then conversions by FP32 size, largest first.
-        ready: list[tuple[tuple, tuple[str, str, str]]] = [
-            ((0, i), (j.model, *j.artifacts[0])) for i, j in enumerate(jobs)
+        # A task is an artifact to build, or SLIM: the slimming step between a model's export and its
+        # conversions. The heap holds (priority, task): exports by job order, then conversions by FP32 size,
+        # largest first.
+        ready: list[tuple[tuple, tuple[str, Artifact | None]]] = [
+            ((0, i), (j.model, j.artifacts[0])) for i, j in enumerate(jobs)
         ]
         later = {j.model: list(j.artifacts[1:]) for j in jobs}
         order = {j.model: i for i, j in enumerate(jobs)}
+        base = {j.model: j.artifacts[0] for j in jobs}
         running = 0
         changed = threading.Condition()
         # Set on an interrupt: a worker whose build was just killed must not start another.
         stop = threading.Event()
 
-        def build_one(model: str, precision: str, flavour: str) -> None:
-            if precision == "clean":
+        def build_one(model: str, artifact: Artifact | None) -> None:
+            if artifact is None:
+                size = base[model].size
                 if _clean_graph_stored(model, size):
                     return
                 bar.set_postfix_str(f"{model} slimming")
-                result = run_isolated("bench.cell:clean_graph", {"model": model, "size": size}, BUILD_TIMEOUT_S)
+                result = run_isolated(slim_fp32, {"model": model, "size": size}, BUILD_TIMEOUT_S)
                 if not result.ok:  # each conversion then slims the graph itself, and fails with its own reason
                     log.debug("slimming %s (%s) failed: %s", model, size, result.error)
                 return
-            float_nodes = calib.float_nodes_for(model, size, flavour) if precision == "int8" else ()
-            artifact = artifact_name(precision, flavour, calib.int8_weights, float_nodes)
-            bar.set_postfix_str(f"{model} {artifact}")
-            if (model, "fp32") in outcome.failures:
-                outcome.failures[(model, artifact)] = outcome.failures[(model, "fp32")]
+            name = artifact.name
+            bar.set_postfix_str(f"{model} {name}")
+            if base[model] in outcome.failures:
+                outcome.failures[artifact] = outcome.failures[base[model]]
                 bar.update()
                 return
-            kwargs = dict(
-                model=model, size=size, precision=precision, flavour=flavour, export=asdict(export), calib=asdict(calib)
-            )
-            result = run_isolated("bench.cell:build_artifact", kwargs, BUILD_TIMEOUT_S)
-            if not result.ok and result.error.startswith("UnsupportedPrecision: "):
-                reason = result.error.removeprefix("UnsupportedPrecision: ")
-                outcome.unsupported[(model, artifact)] = reason
-                tqdm.write(f"{model} ({size}) {artifact}: unsupported: {reason}", file=sys.stderr)
+            result = run_isolated(ensure, {"artifact": artifact, "export": export, "calib": calib}, BUILD_TIMEOUT_S)
+            if not result.ok and result.error_type == "UnsupportedPrecision":
+                outcome.unsupported[artifact] = result.message
+                tqdm.write(f"{model} ({artifact.size}) {name}: unsupported: {result.message}", file=sys.stderr)
             elif not result.ok:
-                outcome.failures[(model, artifact)] = f"building {artifact} failed: {result.error}"
-                tqdm.write(f"{model} ({size}) {artifact}: FAILED: {result.error}", file=sys.stderr)
+                outcome.failures[artifact] = f"building {name} failed: {result.error}"
+                tqdm.write(f"{model} ({artifact.size}) {name}: FAILED: {result.error}", file=sys.stderr)
                 log.debug(result.detail)
             bar.update()
 
-        def follow_ups(model: str, precision: str) -> list[tuple[str, str, str]]:
+        def follow_ups(model: str, artifact: Artifact | None) -> list[tuple[str, Artifact | None]]:
             """The tasks that a finished task of ``model`` makes ready, most urgent first."""
-            if precision == "fp32" and later[model]:
-                if (model, "fp32") in outcome.failures:
-                    return [(model, *artifact) for artifact in later.pop(model)]
-                return [(model, "clean", "")]
-            if precision == "clean":
-                return [(model, *artifact) for artifact in later.pop(model)]
+            if artifact == base[model] and later[model]:
+                if base[model] in outcome.failures:
+                    return [(model, a) for a in later.pop(model)]
+                return [(model, None)]
+            if artifact is None:
+                return [(model, a) for a in later.pop(model)]
             return []
 
         def worker(_: int) -> None:
@@ -159,7 +164,7 @@ class LocalExecutor:
                     build_one(*task)
                 finally:
                     model = task[0]
-                    size_rank = -_fp32_bytes(model, size)
+                    size_rank = -_fp32_bytes(model, base[model].size)
                     with changed:
                         running -= 1
                         for k, follow_up in enumerate(follow_ups(model, task[1])):
@@ -220,7 +225,7 @@ class LocalExecutor:
                 return
             bar.set_postfix_str(model)
             counted = run_isolated(
-                "bench.cell:count_flops", {"model": model, "size": size, "batches": batches[model]}, BUILD_TIMEOUT_S
+                count_flops, {"model": model, "size": size, "batches": batches[model]}, BUILD_TIMEOUT_S
             )
             for batch in batches[model]:
                 # Each worker fills only its own model's entries, so the shared dict needs no lock.
@@ -233,7 +238,7 @@ class LocalExecutor:
                 if stop.is_set() or accuracy_samples is None:
                     continue
                 ref = run_isolated(
-                    "bench.cell:reference_outputs",
+                    reference_outputs,
                     {"model": model, "size": size, "batch": batch, "samples": accuracy_samples},
                     BUILD_TIMEOUT_S,
                 )
@@ -253,8 +258,10 @@ class LocalExecutor:
     def roofs(self, engine: str, threads: int | None) -> str | None:
         """Measure ``engine``'s compute and bandwidth roofs on this machine (quick) in a child and cache them
         (``bench.peak``) for reports; returns None, or the reason they could not be measured."""
+        from bench.peak import measure_and_cache
+
         kwargs = {"engine": engine, "threads": threads, "quick": True}
-        result = run_isolated("bench.peak:measure_and_cache", kwargs, PEAK_TIMEOUT_S)
+        result = run_isolated(measure_and_cache, kwargs, PEAK_TIMEOUT_S)
         return None if result.ok else result.error
 
     # --------------------------------------------------------------------------------------------- cells
@@ -265,17 +272,15 @@ class LocalExecutor:
         """Measure one cell in a child: (the measured columns with ``samples_ms``, None) or (None, the reason
         it failed). ``log_dir`` receives a LoadGen scenario's logs."""
         kwargs = dict(
-            cell=asdict(cell),
-            timer=asdict(config.timer),
+            cell=cell,
+            timer=config.timer,
             accuracy_samples=config.accuracy_samples,
             engine_options=config.engine_options.as_dict(),
             reference=reference,
-            int8_weights=config.calib.int8_weights,
-            load=config.load.as_dict(),
+            load=config.load,
             log_dir=str(log_dir) if log_dir else None,
-            float_nodes=list(float_nodes_for(cell, config.calib)),
         )
-        result = run_isolated("bench.cell:run_cell", kwargs, config.cell_timeout_s)
+        result = run_isolated(run_cell, kwargs, config.cell_timeout_s)
         return (result.value, None) if result.ok else (None, result.error)
 
     def measure_all(self, requests: Iterable[CellRequest], config) -> Iterator[CellOutcome]:
@@ -315,3 +320,22 @@ def _clean_graph_stored(model: str, size: str) -> bool:
 
     store = ModelStore(model, size)
     return store.entry("fp32") is not None and store.has_cache(clean_cache_name(store))
+
+
+def build_models(
+    models: Iterable[str],
+    wanted: Iterable[Artifact],
+    export: ExportSettings,
+    calib: CalibrationSettings,
+    title: str,
+    jobs: int = 1,
+) -> dict[Artifact, str]:
+    """Build ``wanted`` (artifacts of any of ``models``; each model's FP32 export always), each in a child process,
+    ``jobs`` at once; returns {artifact: reason} for the ones that failed or cannot be converted. What
+    ``export``, ``calibrate`` and ``flops`` build before they print."""
+    from bench.plan import artifact_jobs
+
+    wanted = list(wanted)
+    work = artifact_jobs([a for model in models for a in wanted if a.model == model])
+    outcome = LocalExecutor(jobs).build(work, export, calib, title)
+    return {**outcome.failures, **outcome.unsupported}

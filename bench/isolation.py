@@ -5,25 +5,29 @@ in an engine or exporter becomes a reason string instead of ending the run.
 from __future__ import annotations
 
 import ctypes
-import importlib
 import multiprocessing as mp
 import os
 import signal
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 
 @dataclass
 class ChildResult:
-    """``ok`` with the function's return value, or not ok with a one-line ``error`` (and the traceback)."""
+    """``ok`` with the function's return value, or not ok with a one-line ``error`` (``Type: message``, or what
+    ended the child: a timeout, a signal), the exception's ``error_type`` and ``message`` apart (empty when the
+    child raised nothing), and the traceback (``detail``)."""
 
     ok: bool
     value: Any = None
     error: str = ""
     detail: str = ""
+    error_type: str = ""
+    message: str = ""
 
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -63,48 +67,56 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _child(target: str, kwargs: dict, conn, parent_pid: int) -> None:
+def _child(function: Callable[..., Any], kwargs: dict, conn, parent_pid: int) -> None:
     _die_with_parent(parent_pid)
     try:
-        module_name, func_name = target.split(":")
-        value = getattr(importlib.import_module(module_name), func_name)(**kwargs)
-        conn.send(("ok", value, ""))
+        conn.send(("ok", function(**kwargs), "", "", ""))
     except BaseException as exc:  # noqa: BLE001 - everything a child raises becomes a row reason
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        conn.send(("error", f"{type(exc).__name__}: {message}"[:500], traceback.format_exc()))
+        conn.send(("error", None, traceback.format_exc(), type(exc).__name__, message[:480]))
     finally:
         conn.close()
 
 
-def run_isolated(target: str, kwargs: dict, timeout_s: float | None) -> ChildResult:
-    """Call ``module:function`` with ``kwargs`` in a fresh (spawned) process and wait at most ``timeout_s``.
+def run_isolated(function: Callable[..., Any], kwargs: dict, timeout_s: float | None) -> ChildResult:
+    """Call ``function(**kwargs)`` in a fresh (spawned) process and wait at most ``timeout_s``.
 
-    Arguments and the return value must be picklable. Returns a ChildResult; never raises for anything
-    that happens inside the child. Children start with string hashing seeded (``PYTHONHASHSEED``, 0 unless
-    the caller set one): tf2onnx's conversion of models with loops follows the iteration order of sets of
-    names, and with a random seed the same NMT export came out in different bytes from run to run.
+    ``function`` must be defined at the top level of a module (the child imports it by name), and arguments and
+    the return value must be picklable. Returns a ChildResult; never raises for anything that happens inside
+    the child. Children start with string hashing seeded (``PYTHONHASHSEED``, 0 unless the caller's
+    environment sets one): tf2onnx's conversion of models with loops follows the iteration order of sets of
+    names, and with a random seed the same NMT export came out in different bytes from run to run. The seed is
+    set for the child alone: this process's environment is left as it was.
 
     The child never outlives this process (see ``_die_with_parent``), and an exception raised while waiting
     (KeyboardInterrupt, SystemExit, ...) kills and reaps the child before it propagates.
     """
-    os.environ.setdefault("PYTHONHASHSEED", "0")
     context = mp.get_context("spawn")
     parent, child = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(target, kwargs, child, os.getpid()), daemon=True)
+    process = context.Process(target=_child, args=(function, kwargs, child, os.getpid()), daemon=True)
     with _LIVE_LOCK:
-        process.start()
+        # The spawned interpreter reads the seed from the environment it starts with, which is this process's
+        # at start(); every start goes through this lock, so the setting is seen by this child alone.
+        seeded = "PYTHONHASHSEED" not in os.environ
+        if seeded:
+            os.environ["PYTHONHASHSEED"] = "0"
+        try:
+            process.start()
+        finally:
+            if seeded:
+                del os.environ["PYTHONHASHSEED"]
         _LIVE.add(process)
     child.close()
-    status, value, detail = "died", None, ""
+    status, value, detail, error_type, message = "died", None, "", "", ""
     ended = False
     try:
         if parent.poll(timeout_s):
             try:
-                status, value, detail = parent.recv()
+                status, value, detail, error_type, message = parent.recv()
             except EOFError:
                 pass
         else:
-            status, value, detail = "timeout", None, ""
+            status = "timeout"
         ended = status != "timeout"
     finally:
         # Killed at once on a timeout, and also when this wait itself ends by an exception (Ctrl-C, SIGTERM
@@ -121,7 +133,8 @@ def run_isolated(target: str, kwargs: dict, timeout_s: float | None) -> ChildRes
     if status == "ok":
         return ChildResult(True, value)
     if status == "error":
-        return ChildResult(False, error=value, detail=detail)
+        error = f"{error_type}: {message}" if message else error_type
+        return ChildResult(False, error=error, detail=detail, error_type=error_type, message=message)
     if status == "timeout":
         return ChildResult(False, error=f"timed out after {timeout_s:g} s")
     code = process.exitcode

@@ -3,12 +3,13 @@
 Compute roofs are dense GEMMs built with ``onnx.helper`` and run by the engine under test, so the roof is
 what that engine's kernels reach on this machine, not a datasheet figure:
 
-- ``fp32``: ``MatMul`` of an (n, n) float input by an (n, n) float weight.
-- ``fp16``: the same in float16 (input, weight and output). ONNX Runtime's CPU provider has no float16
-  MatMul kernel on most CPUs; it inserts Casts and runs the float32 kernel, and that is what it measures.
-- ``int8``: ``DequantizeLinear(uint8 input)`` and ``DequantizeLinear(int8 weight)`` into ``MatMul`` into
-  ``QuantizeLinear`` (the QDQ form the suite's INT8 artifacts use, unsigned activations and signed weights),
-  which ONNX Runtime fuses into one integer kernel (``QLinearMatMul``); reported as integer ops/s.
+- a float precision (``fp32``, ``fp16``: the registry's ``element``): ``MatMul`` of an (n, n) input by an
+  (n, n) weight in that type (input, weight and output). ONNX Runtime's CPU provider has no float16 MatMul
+  kernel on most CPUs; it inserts Casts and runs the float32 kernel, and that is what it measures.
+- a quantized precision (``int8``): ``DequantizeLinear(uint8 input)`` and ``DequantizeLinear(int8 weight)``
+  into ``MatMul`` into ``QuantizeLinear`` (the QDQ form the suite's INT8 artifacts use, unsigned activations
+  and signed weights), which ONNX Runtime fuses into one integer kernel (``QLinearMatMul``); reported as
+  integer ops/s.
 
 A GEMM of (n, n) by (n, n) is 2 * n**3 operations (a multiply-accumulate is two), the same rule the FLOP
 counter uses. Several sizes are swept; the roof is the best rate over the sweep, and each size's best and
@@ -39,8 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.roofs import PRECISIONS, Roofs
+from analysis.roofs import Roofs
 from bench.roofs_cache import local_machine_key, save_roofs
+from common import precisions
 
 GEMM_SIZES = (256, 512, 1024, 2048)
 QUICK_GEMM_SIZES = (128, 256, 512)
@@ -61,12 +63,14 @@ def gemm_model(precision: str, n: int, seed: int = 0):
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
-    if precision in ("fp32", "fp16"):
-        dtype, elem = (np.float32, TensorProto.FLOAT) if precision == "fp32" else (np.float16, TensorProto.FLOAT16)
+    entry = precisions.get(precision)
+    if not entry.quantized:
+        dtype = np.dtype(entry.element)
+        elem = helper.np_dtype_to_tensor_dtype(dtype)
         nodes = [helper.make_node("MatMul", ["a", "w"], ["c"])]
         inits = [numpy_helper.from_array(rng.standard_normal((n, n)).astype(dtype), "w")]
         feed = rng.standard_normal((n, n)).astype(dtype)
-    elif precision == "int8":
+    elif entry.element == "int8":
         elem = TensorProto.UINT8
         nodes = [
             helper.make_node("DequantizeLinear", ["a", "a_scale", "a_zero"], ["a_float"]),
@@ -85,7 +89,7 @@ def gemm_model(precision: str, n: int, seed: int = 0):
         ]
         feed = rng.integers(0, 256, (n, n)).astype(np.uint8)
     else:
-        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        raise ValueError(f"no roof GEMM for {precision}'s element type {entry.element}")
     graph = helper.make_graph(
         nodes,
         f"gemm_{precision}_{n}",
@@ -214,11 +218,12 @@ def measure_roofs(
     llc = last_level_cache_bytes()
     array_bytes = stream_bytes or llc * (QUICK_STREAM_LLC_MULTIPLE if quick else STREAM_LLC_MULTIPLE)
     options = {"threads": threads} if threads else {}
-    precisions = [p for p in PRECISIONS if p in engine_class(engine).precisions]
+    engine_class(engine)  # an unknown engine fails here, before anything is measured
+    measured = [p.name for p in precisions.REGISTRY if p.runs_on(engine)]
     started = time.time()
     sweeps: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="aimatrix-peak-") as tmp:
-        for precision in precisions:
+        for precision in measured:
             for n in sizes:
                 model, feeds = gemm_model(precision, n)
                 point = {"n": n, **_time(engine, options, model, feeds, 2.0 * n**3, duration, Path(tmp))}

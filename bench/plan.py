@@ -1,26 +1,29 @@
 """From a RunConfig to the work of a run: ``plan(config, done) -> Plan``.
 
 A Plan says which cells to measure, which cannot run here and why (an engine not installed, a precision the
-engine does not run), and which artifacts must exist first; it runs nothing and imports no framework.
+engine does not run), and which artifacts must exist first. Every cell carries its artifact, resolved here once
+(``onnx_models.artifacts.resolve``); builds, executors and the runner read it. It runs nothing and imports no
+framework.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bench.cell import Cell
 from bench.config import RunConfig
-from onnx_models.artifacts import PRECISIONS
+from common import precisions
+from onnx_models.artifacts import Artifact, resolve
 
 
 @dataclass(frozen=True)
 class ArtifactJob:
-    """The artifacts of one model to build, in order (FP32 first: the others are made from it). Each entry is
-    (precision, INT8 flavour)."""
+    """The artifacts of one model to build, in order: FP32 first (the others are made from it), then the lower
+    precisions in registry order."""
 
     model: str
-    artifacts: tuple[tuple[str, str], ...]
+    artifacts: tuple[Artifact, ...]
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,20 @@ class Plan:
     def runnable(self) -> list[Cell]:
         """The cells that have an engine here."""
         return [c for c in self.cells if c.id not in self.unsupported]
+
+
+def artifact_jobs(artifacts: list[Artifact] | tuple[Artifact, ...]) -> tuple[ArtifactJob, ...]:
+    """``artifacts`` grouped into one job per model (models in first-seen order), each led by its FP32 export
+    and then in precision order: what an executor builds."""
+    by_model: dict[str, set[Artifact]] = {}
+    for artifact in artifacts:
+        by_model.setdefault(artifact.model, set()).add(artifact)
+    jobs = []
+    for model, needed in by_model.items():
+        base = next(iter(needed)).source
+        rest = sorted(needed - {base}, key=lambda a: (precisions.order(a.precision), a.name))
+        jobs.append(ArtifactJob(model, (base, *rest)))
+    return tuple(jobs)
 
 
 def plan(
@@ -59,28 +76,19 @@ def plan(
         for c in config.concurrencies(s)
         for p in config.precisions
     )
-    cells = tuple(cell for cell in matrix if cell.id not in done)
     unusable = {e: availability(e) for e in config.engines}
-    unsupported = {}
-    for cell in cells:
+    cells, unsupported = [], {}
+    for cell in matrix:
+        if cell.id in done:
+            continue
         reason = unusable[cell.engine]
-        if reason is None and cell.precision not in engines.engine_class(cell.engine).precisions:
+        if reason is None and not precisions.get(cell.precision).runs_on(cell.engine):
             reason = f"{cell.engine} does not run {cell.precision}"
         if reason:
             unsupported[cell.id] = f"{cell.engine}: {reason}"
-    runnable = [c for c in cells if c.id not in unsupported]
-
-    def artifact(cell: Cell) -> tuple[str, str]:
-        # The flavour matters only for INT8: FP16 is one artifact for every engine.
-        flavour = engines.engine_class(cell.engine).int8_flavour if cell.precision == "int8" else "cpu"
-        return cell.precision, flavour
-
-    builds = []
-    for model in config.models:
-        # What this model's runnable cells need, in precision order; FP32 always and first: every other
-        # artifact, the FLOP count and the reference outputs come from it.
-        needed = {artifact(c) for c in runnable if c.model == model}
-        if needed:
-            rest = sorted(needed - {("fp32", "cpu")}, key=lambda pf: (PRECISIONS.index(pf[0]), pf[1]))
-            builds.append(ArtifactJob(model, (("fp32", "cpu"), *rest)))
-    return Plan(cells, unsupported, tuple(builds))
+            cells.append(cell)
+            continue
+        flavour = engines.engine_class(cell.engine).int8_flavour
+        cells.append(replace(cell, artifact=resolve(cell.model, cell.size, cell.precision, flavour, config.calib)))
+    builds = artifact_jobs([c.artifact for c in cells if c.artifact is not None])
+    return Plan(tuple(cells), unsupported, builds)

@@ -17,6 +17,7 @@ from typing import Any
 
 from analysis.verdict import speed_key, speedup
 from bench.row import COLUMNS
+from common import precisions
 from common.paths import atomic_path
 
 
@@ -330,7 +331,7 @@ LABEL_COLUMNS = (("label_metric", "vs labels"), ("label_value", "value"), ("labe
 def summary_markdown(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of the run: one line per cell, with speed-up over FP32 of the same engine, batch size
     and scenario."""
-    fp32 = {speed_key(r): r for r in rows if r.get("precision") == "fp32"}
+    fp32 = {speed_key(r): r for r in rows if r.get("precision") == precisions.BASE}
     columns = SUMMARY_COLUMNS
     if any(r.get("label_metric") for r in rows):
         columns = (*SUMMARY_COLUMNS[:-1], *LABEL_COLUMNS, SUMMARY_COLUMNS[-1])

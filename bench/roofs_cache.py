@@ -51,6 +51,14 @@ def _locked():
         yield
 
 
+def write_roofs_file(roofs: Roofs, path: Path) -> Path:
+    """``roofs`` as a JSON file at ``path`` (``suite.py peak --json``; ``--peaks FILE`` reads it back on another
+    machine), written atomically; returns ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(roofs.to_json(), indent=2))
+    return path
+
+
 def cached_roofs(key: Mapping[str, Any]) -> Roofs | None:
     """The cached measured roofs for a machine key, or None (none cached, or an entry that cannot be read)."""
     entry = _read().get(key_string(key))

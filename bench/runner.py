@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.paper import paper_comparison
-from bench.cell import Cell, artifact_name_for, float_nodes_for
+from bench.cell import Cell
 from bench.config import RunConfig
 from bench.executor import CellRequest, LocalExecutor
 from bench.plan import plan
@@ -141,10 +141,10 @@ def run(
         print(f"results -> {results.out_dir}", file=sys.stderr)
 
         work = plan(config, done, executor.availability)
-        built = executor.build(work.builds, config.size, config.export, config.calib)
+        built = executor.build(work.builds, config.export, config.calib)
         measured_models = {c.model for c in work.runnable}
         batches = {m: list(config.batch_sizes[m]) for m in config.models if m in measured_models}
-        failed_fp32 = {m for (m, a) in built.failures if a == "fp32"}
+        failed_fp32 = {a.model for a in built.failures if a == a.source}
         facts = executor.facts(batches, config.size, failed_fp32, config.accuracy_samples)
 
         requests = []
@@ -155,7 +155,7 @@ def run(
             for cell in work.cells:
                 cell_facts = facts.get((cell.model, cell.batch_size), {})
                 row = base_row(cell, cell_facts, config.bytes_model)
-                row.update(_reasons(cell, work.unsupported, built, config))
+                row.update(_reasons(cell, work.unsupported, built))
                 if row.status is not None:
                     results.append(row.as_dict(), None)
                     bar.update()
@@ -210,21 +210,14 @@ def _measure_roofs(executor, rows: list[dict[str, Any]], env: dict[str, Any]) ->
             print(f"{engine} roofs not measured ({error}): the roofline is drawn without them", file=sys.stderr)
 
 
-def _reasons(cell: Cell, unsupported: dict[str, str], built, config: RunConfig) -> dict[str, Any]:
+def _reasons(cell: Cell, unsupported: dict[str, str], built) -> dict[str, Any]:
     """``status`` and ``error`` of a cell that will not be measured (no engine here, a conversion the model
-    cannot undergo, a failed build), or ``status`` None for one to measure."""
+    cannot undergo, a failed build: the executor gives every artifact of a model whose FP32 export failed that
+    failure), or ``status`` None for one to measure."""
     if cell.id in unsupported:
         return {"status": "unsupported", "error": unsupported[cell.id]}
-    artifact, _ = artifact_name_for(
-        cell.engine, cell.precision, config.calib.int8_weights, float_nodes_for(cell, config.calib)
-    )
-    if (cell.model, artifact) in built.unsupported:
-        return {"status": "unsupported", "error": built.unsupported[(cell.model, artifact)]}
-    # The executor gives every artifact of a model whose FP32 export failed that failure.
-    error = built.failures.get((cell.model, artifact))
-    if error:
-        return {"status": "failed", "error": error}
-    return {"status": None}
+    problem = built.problem(cell.artifact)
+    return {"status": None} if problem is None else {"status": problem[0], "error": problem[1]}
 
 
 def missing_analysis(facts: dict[str, Any]) -> str | None:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.cell import TIMING_SEED
+from bench.inputs import TIMING_SEED
 from engines import engine_class
 from models import get_model
 

@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from bench import loadgen
-from bench.cell import TIMING_SEED, accuracy_feeds, artifact_name_for
+from bench.inputs import TIMING_SEED, accuracy_feeds
 from bench.scenarios import SINGLE_STREAM, LoadSettings
 from bench.timer import TimerSettings, measure
 from engines import engine_class
 from models import get_model
+from onnx_models.artifacts import resolve
 from onnx_models.store import ModelStore
 
 
@@ -42,8 +43,8 @@ def main() -> None:
     args = parser.parse_args()
 
     spec = get_model(args.model)
-    artifact, _ = artifact_name_for(args.engine, args.precision)
-    path = ModelStore(args.model, args.size).verified_path(artifact)
+    artifact = resolve(args.model, args.size, args.precision, engine_class(args.engine).int8_flavour)
+    path = ModelStore(args.model, args.size).verified_path(artifact.name)
     feeds = spec.make_feeds(args.size, 1, TIMING_SEED)
     samples = accuracy_feeds(spec, args.size, 1, 8)
     timer = TimerSettings(warmup_s=1.0, warmup_iters=2, duration_s=args.seconds, min_iters=10)

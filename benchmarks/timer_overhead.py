@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from bench.cell import TIMING_SEED
+from bench.inputs import TIMING_SEED
 from bench.timer import TimerSettings, measure
 from engines.ort_cpu import OrtCpuEngine
 from models import get_model

@@ -133,3 +133,21 @@ def convert(fp32_path: Path, out_path: Path, feeds: dict, cleaned: tuple[onnx.Mo
             "duplicate_nodes_dropped": duplicates,
         }
     raise ConversionError(f"{fp32_path}: FP16 conversion failed: " + " | ".join(errors))
+
+
+# ------------------------------------------------------------------------------------------------ builder
+# The FP16 entry of the precision registry (common.precisions) names this module: ``key`` and ``build`` are
+# what onnx_models.artifacts.ensure calls, with a BuildJob (the artifact, its model, store and FP32 file).
+
+
+def key(job) -> dict:
+    """What the FP16 artifact depends on besides the FP32 file, this module's source and ONNX Runtime: the
+    graph slimmer's version."""
+    from common.packages import package_version
+
+    return {"onnxslim": package_version("onnxslim") or "absent"}
+
+
+def build(job, out: Path) -> dict:
+    """Convert ``job``'s FP32 file into ``out`` (``convert``, from the slimmed graph); returns manifest info."""
+    return convert(job.fp32, out, job.check_feeds(), cleaned=job.cleaned())

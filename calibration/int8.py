@@ -259,3 +259,97 @@ def _summarise(graph: onnx.GraphProto, quantized: Counter[str], float_compute: C
             quantized[node.op_type] += 1
         elif node.op_type in COMPUTE_OPS:
             float_compute[node.op_type] += 1
+
+
+# ------------------------------------------------------------------------------------------------ builder
+# The INT8 entry of the precision registry (common.precisions) names this module: ``key`` and ``build`` are
+# what onnx_models.artifacts.ensure calls, with a BuildJob (the artifact, its model, store and FP32 file, the
+# calibration settings and data).
+
+
+def ranges_key(job) -> str:
+    """The key of the calibration ranges of ``job``: the FP32 file, method, sample count, the data (for
+    synthetic data the model's sampler code too, which the feeds' digest of shapes, count and seed does not
+    cover), the graph clean-up and feeds code, and the calibrator (ONNX Runtime). Not the flavour, weight
+    width or plan: every INT8 artifact of one model and data reuses the same ranges."""
+    from common.hashing import cache_key
+    from common.packages import onnxruntime_version
+    from common.source_hash import source_digest
+
+    calib = job.calib
+    return cache_key(
+        source=job.source_sha256,
+        method=calib.method,
+        samples=calib.samples,
+        data=job.calibration.digest,
+        sampler=job.spec.code_digest() if calib.data is None else None,
+        code=source_digest("calibration.graph", "calibration.feeds"),
+        onnxruntime=onnxruntime_version(),
+    )
+
+
+def key(job) -> dict:
+    """What the INT8 artifact depends on besides the FP32 file, this module's source and ONNX Runtime: its
+    calibration ranges, flavour, weight width, the model's INT8 options, TensorRT's rules for that flavour, and
+    an INT8 plan's nodes where there are some."""
+    from common.source_hash import source_digest
+
+    artifact = job.artifact
+    return {
+        "calib": ranges_key(job),
+        "flavour": artifact.flavour,
+        "weight_bits": artifact.weight_bits,
+        "options": dict(job.spec.int8_options),
+        "rules": source_digest("calibration.tensorrt_rules") if artifact.flavour == "tensorrt" else None,
+        **({"float_nodes": artifact.float_nodes} if artifact.float_nodes else {}),
+    }
+
+
+def build(job, out: Path) -> dict:
+    """Calibrate (or reuse the stored ranges) and quantize ``job``'s FP32 file into ``out``; returns manifest
+    info. ONNX Runtime uses any ranges file it finds, so one whose bytes the manifest does not vouch for is
+    deleted first and calibration runs again; the one it writes is recorded once ``quantize`` returns.
+
+    A ``tensorrt`` artifact is checked against TensorRT's explicit-quantization rules
+    (``calibration.tensorrt_rules``) and the result recorded (``tensorrt_conformance``). A graph that breaks a
+    rule is kept, with a warning: its rows say which rules it breaks, and an engine that cannot take it fails
+    with its own reason."""
+    from calibration.int8_recipe import weight_recipe
+    from common.cpu_isa import isa
+
+    artifact, store = job.artifact, job.store
+    ranges = f"calibration-{ranges_key(job)}.json"
+    store.verified_cache(ranges)
+    options = dict(job.spec.int8_options)
+    info = quantize(
+        job.fp32,
+        out,
+        job.calibration,
+        method=job.calib.method,
+        flavour=artifact.flavour,
+        cache_path=store.cache_path(ranges),
+        check_feeds=job.check_feeds(),
+        exclude_op_types=tuple(options.get("exclude_op_types", ())),
+        exclude_nodes=tuple(options.get("exclude_nodes", ())) + artifact.float_nodes,
+        weight_bits=artifact.weight_bits,
+        cleaned=job.cleaned(),
+    )
+    if artifact.float_nodes:
+        info["float_nodes_from_plan"] = list(artifact.float_nodes)
+    store.record_cache(ranges)
+    if artifact.flavour == "tensorrt":
+        from calibration import tensorrt_rules
+
+        violations = tensorrt_rules.check(out)
+        info["tensorrt_conformance"] = tensorrt_rules.conformance(violations)
+        if violations:
+            log.warning(
+                "%s (%s) %s breaks TensorRT's Q/DQ rules: %s (first: %s)",
+                artifact.model,
+                artifact.size,
+                artifact.name,
+                tensorrt_rules.row_text(info["tensorrt_conformance"]),
+                violations[0],
+            )
+    recipe = weight_recipe(artifact.flavour, job.calib.int8_weights)
+    return {**info, "weight_recipe": recipe.reason, "built_on_isa": isa()}

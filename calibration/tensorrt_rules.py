@@ -4,7 +4,7 @@ The ``tensorrt`` INT8 flavour (``calibration.int8``) is consumed by TensorRT (na
 TensorRT provider) and by ONNX Runtime's CUDA provider. TensorRT quantizes only explicitly: precision comes from
 the QuantizeLinear / DequantizeLinear (Q/DQ) nodes of the graph, and the parser refuses Q/DQ nodes it cannot
 turn into an IQuantizeLayer / IDequantizeLayer. ``check`` walks a model, Loop, Scan and If bodies included, and
-returns each place that breaks one of the rules below; ``onnx_models.artifacts.ensure_int8`` runs it after every
+returns each place that breaks one of the rules below; ``calibration.int8.build`` runs it after every
 ``tensorrt`` build and records the result in the manifest (``tensorrt_conformance``), and the rows of cells
 that run that flavour carry the broken rules (``int8_conformance``).
 

@@ -37,10 +37,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from bench.cell import artifact_name_for, float_nodes_for
 from bench.executor import BuildOutcome, CellOutcome, CellRequest
 from cluster.tasks import Shipped, write_logs
+from common import precisions
 from common.errors import first_line
+from onnx_models.artifacts import Artifact
 
 CPU_SLOT = "aimatrix_cpu_node"
 # How long the start-up probes of the nodes may take (each computes its environment: a few seconds).
@@ -155,7 +156,7 @@ class RayExecutor:
             raise
         # Every node reading one store token shares one store: nothing needs sending.
         self.ship = len({n["store_id"] for n in self.nodes.values()}) > 1
-        self._artifacts: dict[tuple[str, str], Shipped] = {}
+        self._artifacts: dict[Artifact, Shipped] = {}
         self._availability: dict[str, str | None] = {}
         kind = "each its own store: artifacts travel through Ray's object store" if self.ship else "one shared store"
         self.say(f"ray cluster: {len(self.nodes)} node(s) ({', '.join(self.names())}), {kind}")
@@ -243,50 +244,44 @@ class RayExecutor:
 
     # -------------------------------------------------------------------------------------------- builds
 
-    def build(self, jobs, size: str, export, calib, title: str = "artifacts") -> BuildOutcome:
+    def build(self, jobs, export, calib, title: str = "artifacts") -> BuildOutcome:
         """Build every job's artifacts, one task per model on any node with a free CPU; returns what failed or is
         unsupported, as the local executor does, and keeps each built artifact's entry (and bytes, when the
         nodes do not share a store) for the analyses and cells."""
         from tqdm import tqdm
 
         from cluster.tasks import build_model
-        from onnx_models.artifacts import artifact_name
 
         outcome = BuildOutcome()
         pending = {}
         for job in jobs:
-            names = [
-                artifact_name(
-                    p, f, calib.int8_weights, calib.float_nodes_for(job.model, size, f) if p == "int8" else ()
-                )
-                for p, f in job.artifacts
-            ]
-            task = _remote(build_model, num_cpus=1, num_returns=1 + len(names), max_retries=1)
-            info, *blobs = task.remote(job, size, export, calib, self.ship)
-            pending[info] = (job, names, blobs)
-        total = sum(len(names) for _, names, _ in pending.values())
+            task = _remote(build_model, num_cpus=1, num_returns=1 + len(job.artifacts), max_retries=1)
+            info, *blobs = task.remote(job, export, calib, self.ship)
+            pending[info] = (job, blobs)
+        total = sum(len(job.artifacts) for job, _ in pending.values())
         with tqdm(total=total, desc=title, unit="artifact", file=sys.stderr) as bar:
-            for ref, (job, names, blobs) in self._as_they_end(pending):
+            for ref, (job, blobs) in self._as_they_end(pending):
                 try:
                     info = self._ray.get(ref)
                 except self._ray.exceptions.RayError as exc:
                     reason = f"building on the cluster failed: {_lost(exc)}"
-                    outcome.failures.update({(job.model, name): reason for name in names})
-                    tqdm.write(f"{job.model} ({size}): FAILED: {reason}", file=sys.stderr)
-                    bar.update(len(names))
+                    outcome.failures.update({artifact: reason for artifact in job.artifacts})
+                    tqdm.write(f"{job.model}: FAILED: {reason}", file=sys.stderr)
+                    bar.update(len(job.artifacts))
                     continue
                 outcome.failures.update(info["failures"])
                 outcome.unsupported.update(info["unsupported"])
-                for name, blob in zip(names, blobs, strict=True):
-                    entry = info["entries"].get(name)
+                for artifact, blob in zip(job.artifacts, blobs, strict=True):
+                    entry = info["entries"].get(artifact)
                     if entry is not None:
                         data = blob if self.ship else None
-                        self._artifacts[(job.model, name)] = Shipped(
-                            job.model, size, name, entry["sha256"], entry, info["fields"], data
+                        self._artifacts[artifact] = Shipped(
+                            artifact.model, artifact.size, artifact.name, entry["sha256"], entry, info["fields"], data
                         )
-                for (model, name), reason in info["failures"].items():
-                    tqdm.write(f"{model} ({size}) {name}: FAILED on {info['node']}: {reason}", file=sys.stderr)
-                bar.update(len(names))
+                for artifact, reason in info["failures"].items():
+                    where = f"{artifact.model} ({artifact.size}) {artifact.name}"
+                    tqdm.write(f"{where}: FAILED on {info['node']}: {reason}", file=sys.stderr)
+                bar.update(len(job.artifacts))
         return outcome
 
     def _as_they_end(self, pending: dict) -> Iterator[tuple[Any, Any]]:
@@ -318,7 +313,7 @@ class RayExecutor:
         for model, sizes in batches.items():
             if model in skip:
                 continue
-            fp32 = self._artifacts.get((model, "fp32"))
+            fp32 = self._artifacts.get(Artifact(model, size, precisions.BASE))
             if fp32 is None:
                 reason = f"{model} has no FP32 artifact from this run's builds"
                 facts.update({(model, b): {"flops_error": reason, "reference_error": reason} for b in sizes})
@@ -362,12 +357,9 @@ class RayExecutor:
         pending: dict[Any, tuple[CellRequest, str]] = {}
         for request in requests:
             cell = request.cell
-            name, _ = artifact_name_for(
-                cell.engine, cell.precision, config.calib.int8_weights, float_nodes_for(cell, config.calib)
-            )
-            artifact = self._artifacts.get((cell.model, name))
+            artifact = self._artifacts.get(cell.artifact)
             if artifact is None:
-                yield CellOutcome(request, None, f"{cell.model} {name} was not built in this run")
+                yield CellOutcome(request, None, f"{cell.model} {cell.artifact.name} was not built in this run")
                 continue
             need = _need(engines.engine_class(cell.engine))
             device = {"num_gpus": 1} if need == "GPU" else {"resources": {CPU_SLOT: 1}}

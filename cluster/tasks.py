@@ -137,7 +137,7 @@ def engine_availability(engine: str) -> str | None:
     return engines.availability(engine)
 
 
-def build_model(job: ArtifactJob, size: str, export, calib, ship: bool) -> tuple:
+def build_model(job: ArtifactJob, export, calib, ship: bool) -> tuple:
     """Build (or reuse from this node's store) the artifacts of one model, one child process each, in the local
     executor's order. Returns ``(info, bytes of artifact 1, bytes of artifact 2, ...)`` in ``job.artifacts``'
     order: ``info`` holds the failures and unsupported conversions (as BuildOutcome's), each artifact's manifest
@@ -145,20 +145,18 @@ def build_model(job: ArtifactJob, size: str, export, calib, ship: bool) -> tuple
     ``ship`` (None otherwise, and for failed artifacts)."""
     threads_as_on_the_node()
     from bench.executor import LocalExecutor
-    from onnx_models.artifacts import artifact_name
 
-    outcome = LocalExecutor(1, say=lambda line: None).build([job], size, export, calib)
+    outcome = LocalExecutor(1, say=lambda line: None).build([job], export, calib)
+    size = job.artifacts[0].size
     store = ModelStore(job.model, size)
     manifest = store.manifest()
     entries, blobs = {}, []
-    for precision, flavour in job.artifacts:
-        float_nodes = calib.float_nodes_for(job.model, size, flavour) if precision == "int8" else ()
-        name = artifact_name(precision, flavour, calib.int8_weights, float_nodes)
-        broken = (job.model, name) in outcome.failures or (job.model, name) in outcome.unsupported
-        entry = None if broken else manifest.get("artifacts", {}).get(name)
+    for artifact in job.artifacts:
+        broken = outcome.problem(artifact) is not None
+        entry = None if broken else manifest.get("artifacts", {}).get(artifact.name)
         # Read through the sha256 check: bytes that no longer match their entry are never sent.
-        blobs.append(store.verified_path(name).read_bytes() if entry and ship else None)
-        entries[name] = entry
+        blobs.append(store.verified_path(artifact.name).read_bytes() if entry and ship else None)
+        entries[artifact] = entry
     info = {
         "failures": outcome.failures,
         "unsupported": outcome.unsupported,

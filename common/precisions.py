@@ -1,6 +1,6 @@
 """The precision registry: every precision the suite runs, in the order tables, charts, plans and the command
 line list them, with what each means elsewhere: how its artifact is made, which engines run it, the element
-type its roof GEMM computes in, and the one colour every chart draws it in.
+type its roof GEMM computes in, and the one colour and marker shape every chart draws it with.
 
 Every list of precisions, every per-precision colour and every per-precision branch reads this registry.
 Adding a precision is one entry here and one builder module (``builder``: a module with ``key(job)`` and
@@ -24,7 +24,8 @@ class UnknownPrecisionError(ValueError):
 class Precision:
     """One precision.
 
-    ``name`` is what rows, options and artifact names say (``int8``); ``title`` what people read (``INT8``).
+    ``name`` is what rows, options and artifact names say (``int8``); ``title`` what people read (``INT8``);
+    ``colour`` and ``marker`` (``circle``, ``square``, ``triangle``, ``diamond``) how every chart draws it.
     ``element`` is the numpy type its arithmetic runs in: its roof is a GEMM in that type, counted in OP/s for
     integer types and FLOP/s for float ones. ``builder`` names the module that makes its artifact from the FP32
     export (None for the FP32 export itself). A ``quantized`` precision's artifact is a calibrated Q/DQ graph in
@@ -36,6 +37,7 @@ class Precision:
     name: str
     title: str
     colour: str
+    marker: str
     element: str
     builder: str | None
     quantized: bool = False
@@ -58,9 +60,9 @@ class Precision:
 BASE = "fp32"
 
 REGISTRY: tuple[Precision, ...] = (
-    Precision("fp32", "FP32", "#1f77b4", "float32", builder=None),
-    Precision("fp16", "FP16", "#2ca02c", "float16", builder="calibration.fp16"),
-    Precision("int8", "INT8", "#ff7f0e", "int8", builder="calibration.int8", quantized=True),
+    Precision("fp32", "FP32", "#1f77b4", "circle", "float32", builder=None),
+    Precision("fp16", "FP16", "#2ca02c", "square", "float16", builder="calibration.fp16"),
+    Precision("int8", "INT8", "#ff7f0e", "triangle", "int8", builder="calibration.int8", quantized=True),
 )
 
 NAMES: tuple[str, ...] = tuple(p.name for p in REGISTRY)
@@ -88,3 +90,8 @@ def order(name: str) -> int:
 def colour(name: str) -> str:
     """The colour every chart draws precision ``name`` in (grey for a name not in the registry)."""
     return _BY_NAME[name].colour if name in _BY_NAME else "#7f7f7f"
+
+
+def marker(name: str) -> str:
+    """The marker shape every chart draws precision ``name`` with (a circle for a name not in the registry)."""
+    return _BY_NAME[name].marker if name in _BY_NAME else "circle"

@@ -21,6 +21,7 @@ PROJECT_PACKAGES = frozenset(
         "assets",
         "bench",
         "calibration",
+        "cli",
         "cluster",
         "common",
         "diagnose",

@@ -24,26 +24,30 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench.executor import BUILD_TIMEOUT_S
 from bench.isolation import run_isolated
+from bench.model_facts import reference_outputs
 from bench.timer import TimerSettings
-from onnx_models.artifacts import CalibrationSettings, ExportSettings
+from common.paths import atomic_path
+from onnx_models.artifacts import Artifact, CalibrationSettings, ExportSettings, resolve
 
-BUILD_TIMEOUT_S = 3600.0
 WARMUP_RUNS = 3
+# Op types of the per-op time table that explain.json (and the printed summary) keeps, largest first.
+TOP_OPS = 12
 
 
 # ----------------------------------------------------------------------------------------- child work
 
 
-def layer_errors(model: str, size: str, artifact: str, batch: int, samples: int, threads: int | None) -> list[dict]:
-    """Per quantized node of ``model``'s stored INT8 ``artifact``: its input and output SQNR against the FP32
-    graph the quantizer started from, over ``samples`` accuracy samples in batches of ``batch``
+def layer_errors(artifact: Artifact, batch: int, samples: int, threads: int | None) -> list[dict]:
+    """Per quantized node of the stored INT8 ``artifact``: its input and output SQNR against the FP32 graph the
+    quantizer started from, over ``samples`` accuracy samples in batches of ``batch``
     (``analysis.quant_error.node_errors`` rows, worst first)."""
     import onnx
     from onnx import numpy_helper
@@ -59,15 +63,16 @@ def layer_errors(model: str, size: str, artifact: str, batch: int, samples: int,
         quantized_inputs,
         sqnr_db,
     )
-    from bench.cell import accuracy_feeds
+    from bench.inputs import accuracy_feeds
     from calibration.graph import batchnorm_to_depthwise
     from onnx_models import model_spec
     from onnx_models.artifacts import cleaned_fp32
     from onnx_models.store import ModelStore
 
+    model, size = artifact.model, artifact.size
     store = ModelStore(model, size)
     spec = model_spec(model)
-    qdq = onnx.load(str(store.verified_path(artifact)))
+    qdq = onnx.load(str(store.verified_path(artifact.name)))
     reference, _ = cleaned_fp32(store)
     reference, _ = batchnorm_to_depthwise(reference)
     q_graph, f_graph = GraphIndex.of(qdq), GraphIndex.of(reference)
@@ -151,28 +156,26 @@ def _session(model, threads: int | None):
 
 
 def op_profile(
-    model: str,
-    size: str,
-    artifact: str,
+    artifact: Artifact,
     engine: str,
     batch: int,
     iterations: int,
     engine_options: dict,
     trace_prefix: str,
 ) -> dict:
-    """Run ``model``'s stored ``artifact`` on ``engine`` with ONNX Runtime's profiler on: ``WARMUP_RUNS`` runs,
+    """Run the stored ``artifact`` on ``engine`` with ONNX Runtime's profiler on: ``WARMUP_RUNS`` runs,
     then ``iterations`` profiled ones on the timing inputs at ``batch``. Returns ``rows`` and ``totals`` of
     ``analysis.op_profile.per_op_time`` and the ``trace`` file's path."""
     from analysis.op_profile import per_op_time
-    from bench.cell import TIMING_SEED
+    from bench.inputs import timing_feeds
     from engines import engine_class
     from engines.base import EngineError
     from onnx_models import model_spec
     from onnx_models.store import ModelStore
 
-    spec = model_spec(model)
-    path = ModelStore(model, size).verified_path(artifact)
-    feeds = spec.make_feeds(size, batch, TIMING_SEED)
+    spec = model_spec(artifact.model)
+    path = ModelStore(artifact.model, artifact.size).verified_path(artifact.name)
+    feeds = timing_feeds(spec, artifact.size, batch)
     with engine_class(engine)({**engine_options, "profile": trace_prefix}) as runner:
         if not hasattr(runner, "end_profiling"):
             raise EngineError(
@@ -212,7 +215,7 @@ class ExplainSettings:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.samples < 1 or self.iterations < 1:
-            raise ValueError("--batch-size, --samples and --iterations must be at least 1")
+            raise ValueError("--batch-size, --accuracy-samples and --iterations must be at least 1")
         if self.target is not None and not 0 < self.target <= 1:
             raise ValueError(f"--target-accuracy is a fraction of FP32's accuracy in (0, 1], got {self.target:g}")
         if self.target is not None and self.calib.float_nodes:
@@ -232,20 +235,19 @@ def explain(settings: ExplainSettings, out: Path, say: Callable[[str], None] | N
     from tqdm import tqdm
 
     from engines import engine_class
-    from onnx_models.artifacts import int8_artifact_name
 
     say = say or (lambda line: print(line, file=sys.stderr))
     s = settings
     flavour = s.flavour or engine_class(s.engine).int8_flavour
     out.mkdir(parents=True, exist_ok=True)
     # With an INT8 plan (--int8-plan) the planned artifact is the one explained: where its time goes now.
-    int8 = int8_artifact_name(flavour, s.calib.int8_weights, s.calib.float_nodes_for(s.model, s.size, flavour))
+    fp32, int8 = (resolve(s.model, s.size, p, flavour, s.calib) for p in ("fp32", "int8"))
     summary: dict[str, Any] = {
         "model": s.model,
         "size": s.size,
         "engine": s.engine,
         "flavour": flavour,
-        "int8_artifact": int8,
+        "int8_artifact": int8.name,
         "batch_size": s.batch_size,
         "samples": s.samples,
     }
@@ -253,17 +255,15 @@ def explain(settings: ExplainSettings, out: Path, say: Callable[[str], None] | N
     bar = tqdm(total=len(phases), desc="explain", unit="phase", file=sys.stderr)
     try:
         bar.set_postfix_str(f"{s.model} build")
-        for precision in ("fp32", "int8"):
-            _build(s, precision, flavour)
+        for artifact in (fp32, int8):
+            _build(s, artifact)
         bar.update()
 
         bar.set_postfix_str("layer error")
         started = time.perf_counter()
         errors = _child(
-            "diagnose.explain:layer_errors",
+            layer_errors,
             dict(
-                model=s.model,
-                size=s.size,
                 artifact=int8,
                 batch=s.batch_size,
                 samples=s.samples,
@@ -276,7 +276,7 @@ def explain(settings: ExplainSettings, out: Path, say: Callable[[str], None] | N
         _write_csv(errors, out / "layer_error.csv")
         from diagnose.plots import plot_layer_error
 
-        plot_layer_error(errors, out / "layer_error.png", f"{s.model} ({s.size}) {int8}: per-layer SQNR")
+        plot_layer_error(errors, out / "layer_error.png", f"{s.model} ({s.size}) {int8.name}: per-layer SQNR")
         summary["quantized_nodes"] = len(errors)
         summary["worst_nodes"] = [
             {k: r[k] for k in ("node", "op_type", "sqnr_db", "output_sqnr_db")} for r in errors[:10]
@@ -284,13 +284,11 @@ def explain(settings: ExplainSettings, out: Path, say: Callable[[str], None] | N
         bar.update()
 
         profiles = {}
-        for precision, artifact in (("fp32", "fp32"), ("int8", int8)):
+        for precision, artifact in (("fp32", fp32), ("int8", int8)):
             bar.set_postfix_str(f"op time {precision}")
             profiles[precision] = _child(
-                "diagnose.explain:op_profile",
+                op_profile,
                 dict(
-                    model=s.model,
-                    size=s.size,
                     artifact=artifact,
                     engine=s.engine,
                     batch=s.batch_size,
@@ -304,6 +302,7 @@ def explain(settings: ExplainSettings, out: Path, say: Callable[[str], None] | N
             bar.update()
         table = op_time_table(profiles["fp32"]["rows"], profiles["int8"]["rows"])
         _write_csv(table, out / "op_time.csv")
+        summary["op_time_top"] = table[:TOP_OPS]
         from analysis.op_profile import group_totals
         from diagnose.plots import plot_op_time
 
@@ -317,7 +316,8 @@ def explain(settings: ExplainSettings, out: Path, say: Callable[[str], None] | N
             bar.update()
     finally:
         bar.close()
-        (out / "explain.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+        with atomic_path(out / "explain.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=1, default=str) + "\n")
     return summary
 
 
@@ -343,7 +343,7 @@ def _search(s: ExplainSettings, flavour: str, errors: list[dict], out: Path, say
     from diagnose.plots import plot_tradeoff
 
     reference = _child(
-        "bench.cell:reference_outputs",
+        reference_outputs,
         dict(model=s.model, size=s.size, batch=s.batch_size, samples=s.samples),
         BUILD_TIMEOUT_S,
         "the FP32 reference outputs",
@@ -354,9 +354,9 @@ def _search(s: ExplainSettings, flavour: str, errors: list[dict], out: Path, say
         engine=s.engine,
         flavour=flavour,
         batch_size=s.batch_size,
-        export=asdict(s.export),
-        calib=asdict(s.calib),
-        timer=asdict(s.timer),
+        export=s.export,
+        calib=s.calib,
+        timer=s.timer,
         accuracy_samples=s.samples,
         engine_options=s.engine_options,
         reference=reference,
@@ -429,18 +429,18 @@ def _search_row(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row.get(k) for k in keep}
 
 
-def _build(s: ExplainSettings, precision: str, flavour: str) -> None:
-    """Build (or reuse) ``precision``'s artifact in a child; ExplainError with the reason when it fails."""
+def _build(s: ExplainSettings, artifact: Artifact) -> None:
+    """Build (or reuse) ``artifact`` in a child; ExplainError with the reason when it fails."""
     from diagnose.precision_search import build
 
-    error = build(s.model, s.size, precision, flavour, asdict(s.export), asdict(s.calib))
+    error = build(artifact, s.export, s.calib)
     if error:
-        raise ExplainError(f"building {s.model} ({s.size}) {precision} failed: {error}")
+        raise ExplainError(f"building {s.model} ({s.size}) {artifact.name} failed: {error}")
 
 
-def _child(target: str, kwargs: dict, timeout_s: float, what: str):
-    """``target(**kwargs)`` in a child process; its value, or ExplainError naming ``what`` and the reason."""
-    result = run_isolated(target, kwargs, timeout_s)
+def _child(function: Callable[..., Any], kwargs: dict, timeout_s: float, what: str):
+    """``function(**kwargs)`` in a child process; its value, or ExplainError naming ``what`` and the reason."""
+    result = run_isolated(function, kwargs, timeout_s)
     if not result.ok:
         raise ExplainError(f"{what} failed: {result.error}")
     return result.value
@@ -449,8 +449,6 @@ def _child(target: str, kwargs: dict, timeout_s: float, what: str):
 def _write_csv(rows: list[dict], path: Path) -> None:
     """``rows`` as a CSV file at ``path`` (atomically); an empty table writes a header-less empty file."""
     import polars as pl
-
-    from common.paths import atomic_path
 
     with atomic_path(path) as tmp:
         if rows:

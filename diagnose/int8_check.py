@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,31 +63,31 @@ def _simulation_file(path: Path, tmp: Path) -> Path:
 
 
 def measure_variant(
-    model: str,
-    size: str,
-    artifact: str,
+    artifact,
     simulated: bool,
     batch: int,
     samples: int,
     reference: str,
-    timer: dict,
+    timer,
     outputs_path: str,
 ) -> dict:
-    """Run the stored ``artifact`` of ``model`` on the accuracy inputs (saving its outputs to ``outputs_path``),
-    compare with the FP32 ``reference`` .npz, and time it unless ``simulated`` (a float simulation's speed
-    means nothing). Returns the accuracy columns plus ``latency_ms_p50``/``latency_ms_mean``."""
+    """Run the stored ``artifact`` (an ``onnx_models.artifacts.Artifact``) on the accuracy inputs (saving its
+    outputs to ``outputs_path``), compare with the FP32 ``reference`` .npz, and time it with ``timer`` (a
+    TimerSettings) unless ``simulated`` (a float simulation's speed means nothing). Returns the accuracy columns
+    plus ``latency_ms_p50``/``latency_ms_mean``."""
     from analysis.accuracy import compare, concat
-    from bench.cell import TIMING_SEED, accuracy_feeds
-    from bench.timer import TimerSettings, measure
+    from bench.inputs import accuracy_feeds, timing_feeds
+    from bench.timer import measure
     from engines.ort_cpu import OrtCpuEngine
     from onnx_models import model_spec
     from onnx_models.artifacts import output_batch_axes
     from onnx_models.store import ModelStore
 
-    spec = model_spec(model)
-    store = ModelStore(model, size)
-    path = store.verified_path(artifact)
-    row: dict = {"artifact": artifact, "artifact_sha256": store.entry(artifact)["sha256"]}
+    size = artifact.size
+    spec = model_spec(artifact.model)
+    store = ModelStore(artifact.model, size)
+    path = store.verified_path(artifact.name)
+    row: dict = {"artifact": artifact.name, "artifact_sha256": store.entry(artifact.name)["sha256"]}
     with tempfile.TemporaryDirectory(prefix="aimatrix-int8-check-") as tmp:
         source = _simulation_file(path, Path(tmp)) if simulated else path
         with OrtCpuEngine({"optimization": "disabled"} if simulated else {}) as engine:
@@ -96,8 +96,8 @@ def measure_variant(
                 [engine.infer(f) for f in accuracy_feeds(spec, size, batch, samples)], output_batch_axes(spec, size)
             )
             if not simulated:
-                engine.prepare(spec.make_feeds(size, batch, TIMING_SEED))
-                stats = measure(engine.run_prepared, TimerSettings(**timer))
+                engine.prepare(timing_feeds(spec, size, batch))
+                stats = measure(engine.run_prepared, timer)
                 row.update(latency_ms_p50=stats.p50, latency_ms_mean=stats.mean, iterations=stats.iterations)
     np.savez(outputs_path, **outputs)
     with np.load(reference) as data:
@@ -159,17 +159,20 @@ def check(
     one verdict line per model and weight width)."""
     from tqdm import tqdm
 
-    from bench.executor import BUILD_TIMEOUT_S, LocalExecutor
+    from bench.executor import BUILD_TIMEOUT_S, build_models
     from bench.isolation import run_isolated
-    from bench.plan import ArtifactJob
+    from bench.model_facts import reference_outputs
     from common.cpu_isa import isa
-    from onnx_models.artifacts import artifact_name
+    from onnx_models.artifacts import resolve
 
-    failures: dict[tuple[str, str], str] = {}
+    def artifact(model: str, variant: Variant):
+        return resolve(model, size, variant.precision, "cpu", replace(calib, int8_weights=variant.weights or "auto"))
+
+    failures: dict = {}
     for weights in ("8bit", "7bit"):
-        work = [ArtifactJob(m, (("fp32", "cpu"), ("int8", "cpu"))) for m in model_list]
-        built = LocalExecutor(jobs).build(work, size, export, replace(calib, int8_weights=weights), f"{weights} INT8")
-        failures |= built.failures | built.unsupported
+        width = replace(calib, int8_weights=weights)
+        wanted = [resolve(m, size, "int8", "cpu", width) for m in model_list]
+        failures |= build_models(model_list, wanted, export, width, f"{weights} INT8", jobs)
     records: list[dict[str, Any]] = []
     verdicts: list[str] = []
     runs = [(m, v) for m in model_list for v in VARIANTS]
@@ -180,24 +183,23 @@ def check(
         references: dict[str, Any] = {}
         for model, variant in bar:
             bar.set_postfix_str(f"{model} {variant.label}")
-            artifact = artifact_name(variant.precision, "cpu", variant.weights)
-            record: dict[str, Any] = {"model": model, "size": size, "variant": variant.label, "artifact": artifact}
+            made = artifact(model, variant)
+            record: dict[str, Any] = {"model": model, "size": size, "variant": variant.label, "artifact": made.name}
             record |= {"batch_size": batch, "cpu_isa": isa()}
             records.append(record)
-            error = failures.get((model, "fp32")) or failures.get((model, artifact))
+            error = failures.get(made.source) or failures.get(made)
             if model not in references and not error:
                 kwargs = {"model": model, "size": size, "batch": batch, "samples": samples}
-                references[model] = run_isolated("bench.cell:reference_outputs", kwargs, BUILD_TIMEOUT_S)
+                references[model] = run_isolated(reference_outputs, kwargs, BUILD_TIMEOUT_S)
             if not error and not references[model].ok:
                 error = f"FP32 reference failed: {references[model].error}"
             if error:
                 record.update(status="failed", error=error)
                 continue
             outputs = Path(tmp) / f"{model}-{variant.label.replace(' ', '_')}.npz"
-            kwargs = {"model": model, "size": size, "artifact": artifact, "simulated": variant.simulated}
-            kwargs |= {"batch": batch, "samples": samples, "reference": references[model].value}
-            kwargs |= {"timer": asdict(timer), "outputs_path": str(outputs)}
-            result = run_isolated("diagnose.int8_check:measure_variant", kwargs, cell_timeout_s)
+            kwargs = {"artifact": made, "simulated": variant.simulated, "batch": batch, "samples": samples}
+            kwargs |= {"reference": references[model].value, "timer": timer, "outputs_path": str(outputs)}
+            result = run_isolated(measure_variant, kwargs, cell_timeout_s)
             if not result.ok:
                 record.update(status="failed", error=result.error)
                 tqdm.write(f"{model} {variant.label}: FAILED: {result.error}", file=sys.stderr)
@@ -252,3 +254,23 @@ def table_line(record: dict[str, Any]) -> tuple[str, ...]:
 
 
 TABLE_HEADER = ("model", "variant", "accuracy vs FP32", "1 - cosine", "agrees with simulation", "p50 ms", "vs FP32")
+
+
+def write_results(
+    out: Path, records: list[dict[str, Any]], verdicts: list[str], cpu: dict[str, Any], settings: dict[str, Any]
+) -> tuple[Path, Path]:
+    """Write ``int8-check.csv`` (one line per record) and ``int8-check.json`` (the CPU's facts, ``settings``, the
+    records and the verdicts) into ``out``, each atomically; returns both paths."""
+    import json
+
+    import polars as pl
+
+    from common.paths import atomic_path
+
+    out.mkdir(parents=True, exist_ok=True)
+    table, summary = out / "int8-check.csv", out / "int8-check.json"
+    with atomic_path(table) as tmp:
+        pl.DataFrame(records, infer_schema_length=None).write_csv(tmp)
+    with atomic_path(summary) as tmp:
+        tmp.write_text(json.dumps({"cpu": cpu, "settings": settings, "rows": records, "verdicts": verdicts}, indent=1))
+    return table, summary

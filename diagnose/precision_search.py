@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from analysis.accuracy import retained
-from bench.cell import Cell
+from bench.cell import Cell, run_cell
+from bench.executor import BUILD_TIMEOUT_S
 from bench.isolation import run_isolated
-
-BUILD_TIMEOUT_S = 3600.0
+from bench.timer import TimerSettings
+from onnx_models.artifacts import Artifact, CalibrationSettings, ExportSettings, ensure, resolve
 
 
 @dataclass
@@ -83,22 +84,25 @@ class Candidate:
     engine: str
     flavour: str
     batch_size: int
-    export: dict
-    calib: dict
-    timer: dict
+    export: ExportSettings
+    calib: CalibrationSettings
+    timer: TimerSettings
     accuracy_samples: int
     engine_options: dict
     reference: str
     cell_timeout_s: float
 
+    def artifact(self, precision: str, float_nodes: list[str] | tuple[str, ...] = ()) -> Artifact:
+        """The artifact of ``precision`` in this search's flavour, with ``float_nodes`` kept in float (the
+        quantized precision's only: the others have no nodes to keep)."""
+        plan = ((self.model, self.size, self.flavour, tuple(float_nodes)),) if float_nodes else ()
+        return resolve(self.model, self.size, precision, self.flavour, replace(self.calib, float_nodes=plan))
 
-def build(model: str, size: str, precision: str, flavour: str, export: dict, calib: dict) -> str | None:
-    """Build (or reuse) one artifact in a child process (``bench.cell.build_artifact``); None, or why it failed."""
-    built = run_isolated(
-        "bench.cell:build_artifact",
-        dict(model=model, size=size, precision=precision, flavour=flavour, export=export, calib=calib),
-        BUILD_TIMEOUT_S,
-    )
+
+def build(artifact: Artifact, export: ExportSettings, calib: CalibrationSettings) -> str | None:
+    """Build (or reuse) ``artifact`` in a child process (``onnx_models.artifacts.ensure``); None, or why it
+    failed."""
+    built = run_isolated(ensure, dict(artifact=artifact, export=export, calib=calib), BUILD_TIMEOUT_S)
     return None if built.ok else built.error
 
 
@@ -106,25 +110,20 @@ def measure(spec: Candidate, precision: str, float_nodes: list[str], built: bool
     """Build (or reuse; ``built``: it is known to exist, skip the build child) the artifact for ``precision`` with
     ``float_nodes`` kept in float, then measure it as a cell; returns the row's columns with ``retained``,
     ``status`` (``ok``/``failed``) and ``error``."""
+    artifact = spec.artifact(precision, float_nodes)
     if not built:
-        calib = dict(spec.calib)
-        if precision == "int8" and float_nodes:
-            calib["float_nodes"] = [(spec.model, spec.size, spec.flavour, list(float_nodes))]
-        error = build(spec.model, spec.size, precision, spec.flavour, spec.export, calib)
+        error = build(artifact, spec.export, spec.calib)
         if error:
             return {"status": "failed", "error": f"building failed: {error}"}
-    cell = Cell(spec.model, spec.size, spec.engine, precision, spec.batch_size)
+    cell = Cell(spec.model, spec.size, spec.engine, precision, spec.batch_size, artifact=artifact)
     result = run_isolated(
-        "bench.cell:run_cell",
+        run_cell,
         dict(
-            cell=asdict(cell),
+            cell=cell,
             timer=spec.timer,
             accuracy_samples=spec.accuracy_samples,
             engine_options=spec.engine_options,
             reference=spec.reference,
-            int8_weights=spec.calib.get("int8_weights", "auto"),
-            float_nodes=list(float_nodes) if precision == "int8" else [],
-            int8_flavour=spec.flavour,
         ),
         spec.cell_timeout_s,
     )

@@ -23,15 +23,15 @@ class EngineError(RuntimeError):
 class Engine:
     """One runtime for ONNX artifacts.
 
-    Class attributes: ``name`` (the registry name), ``precisions`` it can run, and ``int8_flavour``, the
-    INT8 artifact it consumes (``cpu`` for U8S8 QDQ, ``tensorrt`` for symmetric QDQ).
+    Class attributes: ``name`` (the registry name) and ``int8_flavour``, the flavour of the quantized artifacts
+    it consumes (``cpu`` for U8S8 QDQ, ``tensorrt`` for symmetric QDQ). Which precisions an engine runs is the
+    precision registry's to say (``common.precisions``): precision lives in the artifact.
 
     ``options`` (:class:`engines.options.EngineOptions`, or a mapping of its fields) come from the command
     line; the cell's input shapes come with :meth:`activate`.
     """
 
     name = "base"
-    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     int8_flavour = "cpu"
     # Whether ``--provider-options`` mean anything to this engine (ort-cpu's settings are its thread count).
     takes_provider_options = True

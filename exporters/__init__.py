@@ -95,21 +95,17 @@ def parity_errors(
     worst over all outputs. An output that is missing or of another shape raises ExportError. ``align``
     (a spec's ``parity_align``) reorders ONNX Runtime's rows to the framework's before the comparison.
     """
+    from analysis.parity import parity
     from common.ort_session import run_once
 
     got = run_once(onnx_path, feeds)
     names = list(got)
     if align is not None and all(name in got and got[name].shape == want.shape for name, want in expected.items()):
         got = align(expected, got)
-    worst_abs = worst_rel = 0.0
     for name, want in expected.items():
         if name not in got:
             raise ExportError(f"the ONNX graph has no output {name!r} (it has {names})")
-        have = got[name]
-        if have.shape != want.shape:
-            raise ExportError(f"output {name!r}: ONNX shape {have.shape} != framework shape {want.shape}")
-        diff = float(np.max(np.abs(have.astype(np.float64) - want.astype(np.float64)))) if want.size else 0.0
-        scale = float(np.max(np.abs(want))) if want.size else 0.0
-        worst_abs = max(worst_abs, diff)
-        worst_rel = max(worst_rel, diff / scale if scale > 0 else diff)
-    return worst_abs, worst_rel
+        if got[name].shape != want.shape:
+            raise ExportError(f"output {name!r}: ONNX shape {got[name].shape} != framework shape {want.shape}")
+    errors = parity((want, got[name]) for name, want in expected.items())
+    return errors["max_abs_error"], errors["max_rel_error"]

@@ -1,27 +1,36 @@
-"""Build-or-reuse of every artifact: FP32 export, FP16 conversion, INT8 quantization.
+"""What each artifact is, and its build-or-reuse.
 
-Each ``ensure_*`` function computes the artifact's build key from everything it depends on, returns the
-stored file when key and sha256 match, and otherwise builds it and records it in the manifest. Framework
-and quantizer imports happen only when something has to be built.
+``Artifact`` is an artifact's identity, worked out in one place (``resolve``): model, size and precision, and
+for a quantized precision the flavour the engine consumes, the weight width this machine needs and the nodes
+an INT8 plan keeps in float. Its ``name`` is the file's name in the store. The run's plan resolves every
+artifact once; builds, cells and executors read them.
+
+``ensure(artifact)`` computes the artifact's build key from everything it depends on, returns the stored file
+when key and sha256 match, and otherwise builds it and records it in the manifest: the FP32 export
+(``ensure_fp32``), or a lower precision through the builder module the precision registry names
+(``common.precisions``), from the FP32 export. Framework and quantizer imports happen only when something has
+to be built.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import precisions
+from common.hashing import cache_key, sha256_file
 from common.packages import onnxruntime_version, package_version
+from common.paths import atomic_path
 from common.source_hash import source_digest
 from models import ModelSpec
-from common.paths import atomic_path
-from common.hashing import cache_key, sha256_file
 from onnx_models.store import ArtifactError, ModelStore
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
 CHECK_SEED = 99
 
 
@@ -107,25 +116,52 @@ def float_nodes_suffix(float_nodes: tuple[str, ...] | list[str]) -> str:
     return f"-mixed{len(float_nodes)}-{cache_key(nodes=sorted(float_nodes))[:8]}"
 
 
-def int8_artifact_name(flavour: str, int8_weights: str = "auto", float_nodes: tuple[str, ...] = ()) -> str:
-    """The store name of an INT8 artifact: ``int8`` for the CPU flavour with 8-bit weights, ``int8-w7`` with
-    7-bit ones (``calibration.int8_recipe`` resolves ``int8_weights``), ``int8-<flavour>`` otherwise; with
-    ``float_nodes`` kept in float, :func:`float_nodes_suffix` follows."""
+@dataclass(frozen=True)
+class Artifact:
+    """One artifact of the store, fully resolved (``resolve`` makes it): ``model``, ``size`` and ``precision``;
+    for a quantized precision its ``flavour`` (``cpu``, ``tensorrt``), ``weight_bits`` (8, or 7 where the CPU's
+    dot products saturate) and the ``float_nodes`` an INT8 plan keeps in float. Plain data: it crosses into
+    child processes and Ray tasks as it is."""
+
+    model: str
+    size: str
+    precision: str
+    flavour: str = "cpu"
+    weight_bits: int | None = None
+    float_nodes: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The artifact's name in the store (its file is ``<name>.onnx``): the precision (``fp32``, ``fp16``);
+        for a quantized precision also ``-<flavour>`` unless it is ``cpu``, ``-w<bits>`` below 8 bits and
+        :func:`float_nodes_suffix` (so ``int8``, ``int8-w7``, ``int8-tensorrt``, ``int8-mixed3-1a2b3c4d``)."""
+        if not precisions.get(self.precision).quantized:
+            return self.precision
+        name = self.precision if self.flavour == "cpu" else f"{self.precision}-{self.flavour}"
+        if self.weight_bits is not None and self.weight_bits != 8:
+            name += f"-w{self.weight_bits}"
+        return name + float_nodes_suffix(self.float_nodes)
+
+    @property
+    def source(self) -> Artifact:
+        """The FP32 artifact this one is made from (itself for FP32)."""
+        return Artifact(self.model, self.size, precisions.BASE)
+
+
+def resolve(
+    model: str, size: str, precision: str, flavour: str = "cpu", calib: CalibrationSettings | None = None
+) -> Artifact:
+    """The artifact of ``model`` at ``size`` and ``precision`` for an engine whose quantized flavour is
+    ``flavour``: the one place an artifact's identity is worked out. For a quantized precision ``calib`` gives
+    the weight range asked for (resolved for this machine, ``calibration.int8_recipe``) and the INT8 plans;
+    other precisions are one artifact whatever the flavour. Raises UnknownPrecisionError for an unknown name."""
+    if not precisions.get(precision).quantized:
+        return Artifact(model, size, precision)
     from calibration.int8_recipe import weight_recipe
 
-    if flavour != "cpu":
-        base = f"int8-{flavour}"
-    else:
-        base = "int8" if weight_recipe(flavour, int8_weights).bits == 8 else "int8-w7"
-    return base + float_nodes_suffix(float_nodes)
-
-
-def artifact_name(
-    precision: str, flavour: str = "cpu", int8_weights: str = "auto", float_nodes: tuple[str, ...] = ()
-) -> str:
-    """The store name of the artifact for ``precision``: ``fp32``, ``fp16``, or the INT8 artifact of ``flavour``
-    (:func:`int8_artifact_name`)."""
-    return int8_artifact_name(flavour, int8_weights, float_nodes) if precision == "int8" else precision
+    calib = calib or CalibrationSettings()
+    bits = weight_recipe(flavour, calib.int8_weights).bits
+    return Artifact(model, size, precision, flavour, bits, calib.float_nodes_for(model, size, flavour))
 
 
 def ensure_fp32(spec: ModelSpec, size: str, settings: ExportSettings = ExportSettings()) -> Path:
@@ -196,6 +232,7 @@ def _copy_onnx(spec: ModelSpec, size: str) -> Path:
     records what was changed, the parity, and each output's batch axis (``output_batch_axes``)."""
     import onnx
 
+    from analysis.parity import parity as max_errors
     from exporters import OPSET
     from onnx_models.normalize import NormalizeError, default_opset, normalize
 
@@ -235,7 +272,7 @@ def _copy_onnx(spec: ModelSpec, size: str) -> Path:
         except ArtifactError as exc:
             problem = str(exc)
         else:
-            parity = _parity(expected, got)
+            parity = {k: v for k, v in max_errors(zip(expected, got)).items() if k != "max_rel_error"}
             if parity["max_abs_error"] > _NORMALIZE_TOLERANCE * max(1.0, parity["max_abs_reference"]):
                 problem = f"normalizing changed the outputs (max abs error {parity['max_abs_error']:.3g})"
     store.dir.mkdir(parents=True, exist_ok=True)
@@ -275,15 +312,6 @@ def _run_file(model, feeds: dict, what: str) -> list:
         return check_runs(model, feeds)
     except Exception as exc:  # noqa: BLE001 - whatever ONNX Runtime raises is the reason
         raise ArtifactError(f"{what} does not run on ONNX Runtime CPU: {first_line(exc)}") from None
-
-
-def _parity(expected: list, got: list) -> dict[str, float]:
-    """Max abs error of ``got`` against ``expected`` (lists of output arrays), and the largest reference value."""
-    import numpy as np
-
-    errors = [float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)), initial=0.0)) for a, b in zip(expected, got)]
-    scale = [float(np.max(np.abs(a.astype(np.float64)), initial=0.0)) for a in expected]
-    return {"max_abs_error": max(errors, default=0.0), "max_abs_reference": max(scale, default=0.0)}
 
 
 def _leading_axis(shape: tuple[int, ...]) -> int | None:
@@ -409,30 +437,6 @@ def cleaned_fp32(store: ModelStore):
     return model, note
 
 
-def ensure_fp16(spec: ModelSpec, size: str, settings: ExportSettings = ExportSettings()) -> Path:
-    """The FP16 artifact (FP32 I/O), converted from the FP32 export unless a valid one is stored."""
-    fp32 = ensure_fp32(spec, size, settings)
-    store = ModelStore(spec.name, size)
-    key = cache_key(
-        source=store.entry("fp32")["sha256"],
-        code=source_digest("calibration.fp16"),
-        onnxruntime=onnxruntime_version(),
-        onnxslim=_version("onnxslim"),
-    )
-    if store.valid("fp16", key):
-        return store.path("fp16")
-    from calibration import fp16
-
-    log.info("converting %s (%s) to fp16", spec.name, size)
-    check = spec.make_feeds(size, 1, CHECK_SEED)
-    try:
-        info = fp16.convert(fp32, store.path("fp16"), check, cleaned=cleaned_fp32(store))
-    except fp16.ConversionError as exc:
-        raise ArtifactError(str(exc)) from exc
-    store.record("fp16", key, source_sha256=store.entry("fp32")["sha256"], **info)
-    return store.path("fp16")
-
-
 def calibration_feeds(spec: ModelSpec, size: str, calib: CalibrationSettings):
     """The calibration batches: synthetic from the input specs, or the user's ``.npz`` checked against them."""
     from calibration.feeds import file_feeds, synthetic_feeds
@@ -455,129 +459,90 @@ def calibration_feeds(spec: ModelSpec, size: str, calib: CalibrationSettings):
     )
 
 
-def ensure_int8(
-    spec: ModelSpec,
-    size: str,
-    settings: ExportSettings = ExportSettings(),
-    calib: CalibrationSettings = CalibrationSettings(),
-    flavour: str = "cpu",
-) -> Path:
-    """The INT8 QDQ artifact of ``flavour``, quantized from the FP32 export unless a valid one is stored.
+@dataclass
+class BuildJob:
+    """What a precision's builder module gets (``key(job)``, ``build(job, out)``): the ``artifact`` to make, its
+    model's ``spec``, the ``store`` it goes into, the stored ``fp32`` file it is made from and the calibration
+    settings; the slimmed graph, a batch to check the result on and the calibration data when it asks."""
 
-    The calibration cache is keyed by the FP32 file and the calibration settings and data, so a new
-    flavour, weight range or rebuilt quantized file reuses the ranges instead of calibrating again. The
-    weight range (``calib.int8_weights``, resolved for this machine) is in the name and the build key.
+    artifact: Artifact
+    spec: ModelSpec
+    store: ModelStore
+    fp32: Path
+    calib: CalibrationSettings
 
-    A ``tensorrt`` artifact is checked against TensorRT's explicit-quantization rules
-    (``calibration.tensorrt_rules``) once built, and the result is recorded in its manifest entry
-    (``tensorrt_conformance``). A graph that breaks a rule is kept, with a warning: the rows of its cells say
-    which rules it breaks, and the engine that cannot take it fails with its own reason.
-    """
-    from calibration.int8_recipe import weight_recipe
-    from common.cpu_isa import isa
+    @property
+    def source_sha256(self) -> str:
+        """The sha256 of the FP32 file the artifact is made from."""
+        return self.store.entry(precisions.BASE)["sha256"]
 
-    fp32 = ensure_fp32(spec, size, settings)
-    store = ModelStore(spec.name, size)
-    recipe = weight_recipe(flavour, calib.int8_weights)
-    float_nodes = calib.float_nodes_for(spec.name, size, flavour)
-    name = int8_artifact_name(flavour, calib.int8_weights, float_nodes)
-    feeds = calibration_feeds(spec, size, calib)
-    source = store.entry("fp32")["sha256"]
-    # The ranges depend on the graph clean-up, the calibrator (ONNX Runtime) and the data: for synthetic data
-    # the model's sampler code too, which the feeds' digest (shapes, count, seed) does not cover.
-    calib_key = cache_key(
-        source=source,
-        method=calib.method,
-        samples=calib.samples,
-        data=feeds.digest,
-        sampler=spec.code_digest() if calib.data is None else None,
-        code=source_digest("calibration.graph", "calibration.feeds"),
-        onnxruntime=onnxruntime_version(),
-    )
-    options = dict(spec.int8_options)
-    # A plan's nodes join the key only where there are some: a fully quantized artifact's key is the one it had
-    # before plans existed, so a store is not rebuilt for them (a change to calibration.int8 itself still is,
-    # through ``code``).
-    mixed = {"float_nodes": float_nodes} if float_nodes else {}
-    key = cache_key(
-        calib=calib_key,
-        flavour=flavour,
-        weight_bits=recipe.bits,
-        options=options,
-        code=source_digest("calibration.int8"),
-        rules=source_digest("calibration.tensorrt_rules") if flavour == "tensorrt" else None,
-        onnxruntime=onnxruntime_version(),
-        **mixed,
-    )
-    if store.valid(name, key):
-        return store.path(name)
-    from calibration import int8
+    def cleaned(self):
+        """(the FP32 graph slimmed for conversion, the clean-up note): ``cleaned_fp32``."""
+        return cleaned_fp32(self.store)
 
-    log.info("quantizing %s (%s) to int8 (%s, %s)", spec.name, size, flavour, calib.method)
-    # ONNX Runtime uses any calibration cache it finds: one whose bytes the manifest does not vouch for is
-    # deleted here, so calibration runs again; the cache it writes is recorded once quantize() returns.
-    calib_cache = f"calibration-{calib_key}.json"
-    store.verified_cache(calib_cache)
-    info = int8.quantize(
-        fp32,
-        store.path(name),
-        feeds,
-        method=calib.method,
-        flavour=flavour,
-        cache_path=store.cache_path(calib_cache),
-        check_feeds=spec.make_feeds(size, 1, CHECK_SEED),
-        exclude_op_types=tuple(options.get("exclude_op_types", ())),
-        exclude_nodes=tuple(options.get("exclude_nodes", ())) + float_nodes,
-        weight_bits=recipe.bits,
-        cleaned=cleaned_fp32(store),
-    )
-    if float_nodes:
-        info["float_nodes_from_plan"] = list(float_nodes)
-    store.record_cache(calib_cache)
-    if flavour == "tensorrt":
-        from calibration import tensorrt_rules
+    def check_feeds(self) -> dict:
+        """One seeded batch (batch 1, or the graph's fixed batch) the result must run on."""
+        return self.spec.make_feeds(self.artifact.size, 1, CHECK_SEED)
 
-        violations = tensorrt_rules.check(store.path(name))
-        info["tensorrt_conformance"] = tensorrt_rules.conformance(violations)
-        if violations:
-            log.warning(
-                "%s (%s) int8-tensorrt breaks TensorRT's Q/DQ rules: %s (first: %s)",
-                spec.name,
-                size,
-                tensorrt_rules.row_text(info["tensorrt_conformance"]),
-                violations[0],
-            )
-    store.record(name, key, source_sha256=source, weight_recipe=recipe.reason, built_on_isa=isa(), **info)
-    return store.path(name)
+    @functools.cached_property
+    def calibration(self):
+        """The calibration batches (``calibration_feeds``), made once per job."""
+        return calibration_feeds(self.spec, self.artifact.size, self.calib)
 
 
 def ensure(
-    spec: ModelSpec,
-    size: str,
-    precision: str,
-    settings: ExportSettings = ExportSettings(),
+    artifact: Artifact,
+    export: ExportSettings = ExportSettings(),
     calib: CalibrationSettings = CalibrationSettings(),
-    int8_flavour: str = "cpu",
 ) -> Path:
-    """The artifact for one precision (``fp32``, ``fp16`` or ``int8``), built if needed.
+    """The stored file of ``artifact``, built first when no valid one is stored; returns its path.
 
-    For a brought-in model (framework ``onnx``) a conversion that fails raises UnsupportedPrecision."""
-    if spec.framework == "onnx" and precision in ("fp16", "int8"):
-        ensure_fp32(spec, size, settings)
-        problem = ModelStore(spec.name, size).entry("fp32").get("not_normalized")
-        if problem:
-            raise UnsupportedPrecision(f"{spec.name} cannot be converted to {precision}: {problem}")
-        try:
-            if precision == "fp16":
-                return ensure_fp16(spec, size, settings)
-            return ensure_int8(spec, size, settings, calib, int8_flavour)
-        except Exception as exc:  # noqa: BLE001 - whatever the converter or its check raises is the reason
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UnsupportedPrecision(f"{spec.name} cannot be converted to {precision}: {reason}") from exc
-    if precision == "fp32":
-        return ensure_fp32(spec, size, settings)
-    if precision == "fp16":
-        return ensure_fp16(spec, size, settings)
-    if precision == "int8":
-        return ensure_int8(spec, size, settings, calib, int8_flavour)
-    raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    For a brought-in model (framework ``onnx``) a conversion that fails raises UnsupportedPrecision: a fact about
+    the model, which its rows report as ``unsupported``."""
+    from onnx_models import model_spec
+
+    spec = model_spec(artifact.model)
+    fp32 = ensure_fp32(spec, artifact.size, export)
+    if artifact.precision == precisions.BASE:
+        return fp32
+    store = ModelStore(artifact.model, artifact.size)
+    if spec.framework != "onnx":
+        return _build(BuildJob(artifact, spec, store, fp32, calib))
+    precision = artifact.precision
+    problem = store.entry(precisions.BASE).get("not_normalized")
+    if problem:
+        raise UnsupportedPrecision(f"{spec.name} cannot be converted to {precision}: {problem}")
+    try:
+        return _build(BuildJob(artifact, spec, store, fp32, calib))
+    except Exception as exc:  # noqa: BLE001 - whatever the converter or its check raises is the reason
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedPrecision(f"{spec.name} cannot be converted to {precision}: {reason}") from exc
+
+
+def _build(job: BuildJob) -> Path:
+    """Reuse or build ``job``'s artifact with its precision's builder module. The build key holds the FP32 file,
+    the builder's source (and what it imports of the suite), ONNX Runtime's version and the builder's own
+    parts (``builder.key``)."""
+    artifact = job.artifact
+    module = precisions.get(artifact.precision).builder
+    builder = importlib.import_module(module)
+    key = cache_key(
+        precision=artifact.precision,
+        source=job.source_sha256,
+        code=source_digest(module),
+        onnxruntime=onnxruntime_version(),
+        **builder.key(job),
+    )
+    name = artifact.name
+    if job.store.valid(name, key):
+        return job.store.path(name)
+    log.info("building %s (%s) %s", artifact.model, artifact.size, name)
+    info = builder.build(job, job.store.path(name))
+    job.store.record(name, key, source_sha256=job.source_sha256, **info)
+    return job.store.path(name)
+
+
+def slim_fp32(model: str, size: str) -> None:
+    """Slim the stored FP32 graph of ``model`` once, into the store's cache that its lower precisions' builds
+    start from (``cleaned_fp32``); a child process's work between an export and its conversions."""
+    cleaned_fp32(ModelStore(model, size))

@@ -63,7 +63,7 @@ document.querySelectorAll('table.sortable').forEach(function(table){
 
 
 @dataclass(frozen=True)
-class Cell:
+class TableCell:
     """A table cell as shown (``text``), the raw value it sorts by (``sort``; None sorts by text) and its CSS
     class (``pass``, ``fail``, ``num``)."""
 
@@ -77,8 +77,8 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "section"
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[Cell]], table_id: str | None = None) -> str:
-    """A sortable (and, from eight rows, filterable) table of ``Cell`` rows; ``data-sort`` carries raw numbers."""
+def table(header: Sequence[str], rows: Sequence[Sequence[TableCell]], table_id: str | None = None) -> str:
+    """A sortable (and, from eight rows, filterable) table of ``TableCell`` rows; ``data-sort`` carries raw numbers."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = []
     for row in rows:
@@ -110,18 +110,18 @@ def page(title: str, body: Sequence[str]) -> str:
     )
 
 
-def as_cell(value: Any, text: str) -> Cell:
+def as_cell(value: Any, text: str) -> TableCell:
     """A cell for a raw ``value`` shown as ``text``: numbers sort by value and align right, ``pass`` and
     ``FAIL`` (also as a leading word) take their colour."""
-    if isinstance(value, Cell):
+    if isinstance(value, TableCell):
         return value
     if isinstance(value, bool):
-        return Cell(text)
+        return TableCell(text)
     if isinstance(value, int | float):
-        return Cell(text, value if value == value else None, "num")
+        return TableCell(text, value if value == value else None, "num")
     word = text.split(" ", 1)[0]
     if word == "pass":
-        return Cell(text, None, "pass")
+        return TableCell(text, None, "pass")
     if word == "FAIL":
-        return Cell(text, None, "fail")
-    return Cell(text)
+        return TableCell(text, None, "fail")
+    return TableCell(text)

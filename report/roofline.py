@@ -13,15 +13,23 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from analysis.roofs import PRECISIONS, Roofs, format_rate, unit
+from analysis.roofs import Roofs, format_rate, unit
+from common import precisions
 
-# Three panels side by side (FP32, FP16, INT8) and the key under them.
+# One panel per precision side by side (FP32, FP16, INT8) and the key under them.
 FIG_SIZE_IN = (15.0, 6.0)
 DPI = 100
-COLORS = {"fp32": "#1f77b4", "fp16": "#2ca02c", "int8": "#d62728"}
-MARKERS = {"fp32": "o", "fp16": "s", "int8": "^"}
-# Roofs of different precisions can coincide (ONNX Runtime CPU runs FP16 GEMMs as FP32): dashes keep both visible.
-LINESTYLES = {"fp32": "-", "fp16": "--", "int8": "-."}
+# matplotlib's markers for the registry's shapes.
+MARKERS = {"circle": "o", "square": "s", "triangle": "^", "diamond": "D"}
+# Roofs of different precisions can coincide (ONNX Runtime CPU runs FP16 GEMMs as FP32): dashes, by the
+# precision's place in the registry, keep both visible.
+LINESTYLES = ("-", "--", "-.", ":")
+
+
+def _style(precision: str) -> tuple[str, str, str]:
+    """(colour, matplotlib marker, line style) of ``precision``."""
+    line = LINESTYLES[precisions.order(precision) % len(LINESTYLES)]
+    return precisions.colour(precision), MARKERS[precisions.marker(precision)], line
 
 
 def plotted_rows(rows: Iterable[dict[str, Any]], engine: str) -> list[dict[str, Any]]:
@@ -83,7 +91,8 @@ def plot(
     x_lo, x_hi = min(x_values) / 4, max(x_values) * 4
     y_values = rates + list(peaks.values()) or [1.0]
     y_lo, y_hi = min(y_values) / 4, max(y_values) * 3
-    panels = [p for p in PRECISIONS if p in peaks or any(r["precision"] == p for r in points)] or ["fp32"]
+    named = [*precisions.NAMES, *sorted({r["precision"] for r in points} - set(precisions.NAMES))]
+    panels = [p for p in named if p in peaks or any(r["precision"] == p for r in points)] or [precisions.BASE]
     batches_per_model: dict[str, set] = {}
     for row in points:
         batches_per_model.setdefault(row["model"], set()).add(row["batch_size"])
@@ -98,25 +107,26 @@ def plot(
         axes.set_xlim(x_lo, x_hi)
         axes.set_ylim(y_lo, y_hi)
         peak = peaks.get(precision)
+        colour, marker, line = _style(precision)
         if bandwidth:
             ridge = peak / bandwidth if peak else x_hi
             axes.plot([x_lo, ridge], [bandwidth * x_lo, bandwidth * ridge], color="#444444", linewidth=2)
         if peak:
             start = peak / bandwidth if bandwidth else x_lo
-            axes.plot([start, x_hi], [peak, peak], color=COLORS[precision], linestyle=LINESTYLES[precision], lw=2)
+            axes.plot([start, x_hi], [peak, peak], color=colour, linestyle=line, lw=2)
         chosen = [r for r in points if r["precision"] == precision]
         axes.scatter(
             [r["arith_intensity"] for r in chosen],
             [r["flops_per_s"] for r in chosen],
-            color=COLORS[precision],
-            marker=MARKERS[precision],
+            color=colour,
+            marker=marker,
             s=40,
             zorder=3,
             edgecolors="black",
             linewidths=0.5,
         )
         roof_text = f"roof {format_rate(peak, unit(precision))}" if peak else "no roof"
-        axes.set_title(f"{precision} ({roof_text})", fontsize=10, color=COLORS[precision])
+        axes.set_title(f"{precision} ({roof_text})", fontsize=10, color=colour)
         axes.grid(True, which="major", alpha=0.3)
         axes.grid(True, which="minor", alpha=0.1)
         placements.append((axes, chosen))

@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from analysis.roofs import Roofs, engine_threads, format_rate, machine_key, unit
-from analysis.verdict import PRECISION_ORDER, passes, speed_key, speedup
+from analysis.verdict import passes, speed_key, speedup
 from bench.results import CELL_COLUMNS
+from common import precisions
 from common.paths import atomic_path
-from report.html import Cell, as_cell, contents, page, slug
+from report.html import TableCell, as_cell, contents, page, slug
 from report.html import table as html_table
 from report.roofline import file_stem
 
@@ -53,9 +54,9 @@ class Document:
         self.blocks.append(("para", text))
 
     def table(self, header: list[str], rows: list[list[Any]], name: str | None = None) -> None:
-        """A table of raw values (formatted with ``fmt``, sorted by value in HTML) or ``Cell``s; ``name`` gives
-        it an HTML id."""
-        cells = [[value if isinstance(value, Cell) else as_cell(value, fmt(value)) for value in row] for row in rows]
+        """A table of raw values (formatted with ``fmt``, sorted by value in HTML) or ``TableCell``s; ``name``
+        gives it an HTML id."""
+        cells = [[v if isinstance(v, TableCell) else as_cell(v, fmt(v)) for v in row] for row in rows]
         self.blocks.append(("table", header, cells, name))
 
     def image(self, path: Path, alt: str) -> None:
@@ -283,18 +284,18 @@ def _answer(
         with atomic_path(path) as tmp:
             tmp.write_text(markup)
         table = []
-        low = [p for p in PRECISION_ORDER if p != "fp32" and any(q.precision == p for q in mine)]
+        low = [p for p in precisions.lower() if any(q.precision == p for q in mine)]
         by_key = {(model_label(p), p.precision): p for p in mine}
         for verdict in verdicts(mine):
             label = verdict.model if verdict.size in ("full", "None") else f"{verdict.model} ({verdict.size})"
             best = verdict.best
             line: list[Any] = [numbers.get(verdict.model), label]
             if best is None:
-                line += [Cell("none", None, "fail"), None, None, ""]
+                line += [TableCell("none", None, "fail"), None, None, ""]
             else:
                 line += [
-                    Cell(best.precision, None, "pass"),
-                    Cell(f"{best.speedup:.2f}x", best.speedup, "num"),
+                    TableCell(best.precision, None, "pass"),
+                    TableCell(f"{best.speedup:.2f}x", best.speedup, "num"),
                     best.retained,
                     best.basis,
                 ]
@@ -354,45 +355,46 @@ def sample_step_note(rows: list[dict[str, Any]], threshold: float) -> str | None
     )
 
 
-def _point_cell(point) -> Cell:
+def _point_cell(point) -> TableCell:
     """``1.93x, 0.9951`` coloured by pass or fail, sorted by speed-up; empty where the precision did not run."""
     if point is None:
-        return Cell("")
+        return TableCell("")
     speed = f"{point.speedup:.2f}x" if point.speedup else "-"
     kept = fmt(point.retained) if point.retained is not None else "-"
     verdict = {True: " pass", False: " FAIL", None: ""}[point.passes]
     css = {True: "pass", False: "fail", None: None}[point.passes]
-    return Cell(f"{speed}, {kept}{verdict}", point.speedup, css)
+    return TableCell(f"{speed}, {kept}{verdict}", point.speedup, css)
 
 
 def _speedups(doc: Document, rows: list[dict[str, Any]], threshold: float) -> None:
     doc.heading(2, "Speed-up over FP32")
     doc.para(
-        "FP32 p50 latency divided by the FP16 or INT8 p50 latency of the same model, size, engine, batch and "
-        "scenario; in LoadGen scenarios, FP16 or INT8 samples/s divided by FP32's. Concurrency above 1 is marked "
+        "FP32 p50 latency divided by a lower precision's p50 latency of the same model, size, engine, batch and "
+        "scenario; in LoadGen scenarios, its samples/s divided by FP32's. Concurrency above 1 is marked "
         f"as @N after the scenario. FAIL marks a speed-up whose accuracy keeps less than {threshold:g} of FP32's."
     )
     groups: dict[tuple, dict[str, dict]] = {}
     for row in rows:
         groups.setdefault(speed_key(row), {})[row.get("precision")] = row
+    low = [p for p in precisions.lower() if any(r.get("precision") == p for r in rows)] or list(precisions.lower())
     table = []
     for (model, size, engine, batch, scenario, concurrency), by_precision in groups.items():
-        base = by_precision.get("fp32", {})
+        base = by_precision.get(precisions.BASE, {})
         label = scenario if concurrency == 1 else f"{scenario}@{concurrency}"
         line: list[Any] = [model, size, engine, batch, label, _p50(base), _rate(base)]
-        for precision in ("fp16", "int8"):
+        for precision in low:
             other = by_precision.get(precision, {})
             line += [_p50(other), _rate(other)]
             ratio = speedup(other, base) if other else None
             if ratio and passes(other, threshold) is False:
                 # Marked where it is quoted: a speed-up bought with accuracy below the threshold.
-                line.append(Cell(f"{ratio:.2f}x FAIL", ratio, "fail"))
+                line.append(TableCell(f"{ratio:.2f}x FAIL", ratio, "fail"))
             else:
                 line.append(f"{ratio:.2f}x" if ratio else (other.get("status") if other else None))
         table.append(line)
     doc.table(
         ["model", "size", "engine", "batch", "scenario", "fp32 p50 ms", "fp32 samples/s"]
-        + [f"{p} {what}" for p in ("fp16", "int8") for what in ("p50 ms", "samples/s", "x")],
+        + [f"{p} {what}" for p in low for what in ("p50 ms", "samples/s", "x")],
         table,
     )
 

@@ -16,9 +16,9 @@ from html import escape
 from typing import NamedTuple
 
 from analysis.verdict import Point
+from common import precisions
 from report.label_layout import place_labels
 
-COLORS = {"fp32": "#1f77b4", "fp16": "#2ca02c", "int8": "#ff7f0e"}
 FAIL = "#d62728"
 FONT = "font-family:sans-serif"
 
@@ -145,11 +145,16 @@ def _box(frame: _Frame, height: int, x_label: str, y_label: str) -> list[str]:
 
 
 def _marker(precision: str, x: float, y: float, fill: str, stroke: str, width: float) -> str:
+    """An SVG marker of ``precision``'s shape (``common.precisions.marker``) centred on (x, y)."""
     style = f'fill="{fill}" stroke="{stroke}" stroke-width="{width}"'
-    if precision == "fp16":
+    shape = precisions.marker(precision)
+    if shape == "square":
         return f'<rect x="{x - 5:.1f}" y="{y - 5:.1f}" width="10" height="10" {style}/>'
-    if precision == "int8":
+    if shape == "triangle":
         return f'<polygon points="{x:.1f},{y - 6:.1f} {x + 6:.1f},{y + 5:.1f} {x - 6:.1f},{y + 5:.1f}" {style}/>'
+    if shape == "diamond":
+        corners = f"{x:.1f},{y - 6:.1f} {x + 6:.1f},{y:.1f} {x:.1f},{y + 6:.1f} {x - 6:.1f},{y:.1f}"
+        return f'<polygon points="{corners}" {style}/>'
     return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" {style}/>'
 
 
@@ -221,7 +226,7 @@ def answer_chart(points: Sequence[Point], numbers: dict[str, int], threshold: fl
                 f"{point.speedup:.2f}x, {point.retained:.4f} of FP32 against {point.basis}"
                 + (" (FAILS)" if failing else "")
             )
-            color = COLORS.get(point.precision, "#777")
+            color = precisions.colour(point.precision)
             parts.append(
                 f'<g class="point {"fail" if failing else "pass"}" data-model="{escape(model_label(point))}" '
                 f'data-precision="{point.precision}" data-speedup="{point.speedup:.6g}" '
@@ -241,11 +246,11 @@ def answer_chart(points: Sequence[Point], numbers: dict[str, int], threshold: fl
         )
     # Legend: the precisions' shapes and the failing mark, in one line between the title and the plot.
     lx, ly = frame.left + 8, frame.top - 14
-    for precision, color in COLORS.items():
-        parts.append(_marker(precision, lx, ly, color, "#222", 0.8))
-        parts.append(f'<text x="{lx + 10}" y="{ly + 4}" font-size="11">{precision}</text>')
+    for entry in precisions.REGISTRY:
+        parts.append(_marker(entry.name, lx, ly, entry.colour, "#222", 0.8))
+        parts.append(f'<text x="{lx + 10}" y="{ly + 4}" font-size="11">{entry.name}</text>')
         lx += 60
-    parts.append(_marker("fp32", lx, ly, "#bbb", FAIL, 2))
+    parts.append(_marker(precisions.BASE, lx, ly, "#bbb", FAIL, 2))
     parts.append(
         f'<text x="{lx + 10}" y="{ly + 4}" font-size="11" fill="{FAIL}">fails (accuracy below the line)</text>'
     )
@@ -311,7 +316,7 @@ def curve_chart(lines: Mapping[str, Sequence[CurvePoint]], title: str) -> str:
         if not points:
             continue
         precision = points[0].precision
-        color = COLORS.get(precision, "#777")
+        color = precisions.colour(precision)
         dash = _DASHES[(points[0].concurrency.bit_length() - 1) % 4] if " c" in name else ""
         dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
         path = " ".join(f"{frame.x(p.latency_ms):.1f},{frame.y(p.throughput):.1f}" for p in points)

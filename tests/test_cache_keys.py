@@ -92,7 +92,7 @@ def test_onnxruntime_version_is_the_installed_build():
 def test_reference_and_flops_caches_are_keyed_by_inputs_and_rules(edited, monkeypatch):
     """The FP32 references are rebuilt when the model's sampler code changes (the inputs change with it), and
     the FLOP counts when the counting rules change; before, both were keyed by the FP32 file alone."""
-    from bench.cell import count_flops, reference_outputs
+    from bench.model_facts import count_flops, reference_outputs
     from onnx_models.artifacts import ensure_fp32
 
     spec = get_model("ncf")

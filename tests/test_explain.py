@@ -14,8 +14,7 @@ import pytest
 import suite
 from analysis.op_profile import GROUPS, op_group, per_op_time
 from diagnose.precision_search import smallest_passing
-from models import get_model
-from onnx_models.artifacts import CalibrationSettings, ensure, int8_artifact_name
+from onnx_models.artifacts import CalibrationSettings, ensure, resolve
 from onnx_models.store import ModelStore
 
 FAST = ["--warmup-s", "0.02", "--duration-s", "0.1", "--min-iters", "2", "--iterations", "3"]
@@ -79,9 +78,8 @@ def test_per_op_time_leaves_out_warm_up_runs():
 @pytest.fixture(scope="module")
 def tiny_resnet() -> str:
     """The tiny ResNet-50's FP32 and CPU INT8 artifacts in the session's store."""
-    spec = get_model("resnet50")
     for precision in ("fp32", "int8"):
-        ensure(spec, "tiny", precision)
+        ensure(resolve("resnet50", "tiny", precision))
     return "resnet50"
 
 
@@ -91,7 +89,7 @@ def test_layer_error_does_not_count_a_folded_relu_as_quantization_error(tiny_res
     came out at 3 dB (the Relu's own effect), ranked above the real culprits."""
     from diagnose.explain import layer_errors
 
-    rows = layer_errors(tiny_resnet, "tiny", int8_artifact_name("cpu"), batch=2, samples=4, threads=1)
+    rows = layer_errors(resolve(tiny_resnet, "tiny", "int8"), batch=2, samples=4, threads=1)
     by_node = {r["node"]: r for r in rows}
     after_relu = by_node["/layer1/layer1.0/conv2/Conv"]  # reads the folded relu of conv1
     assert after_relu["activation_sqnr_db"] > 25, after_relu
@@ -145,7 +143,8 @@ def test_explain_search_and_plan_through_run(tiny_resnet, tmp_path, capsys):
     assert status == 0
     (row,) = [json.loads(line) for line in (run_out / "results.jsonl").read_text().splitlines()]
     assert row["status"] == "ok" and row["int8_float_nodes"] == k
-    name = int8_artifact_name("cpu", float_nodes=tuple(plan["float_nodes"]))
+    planned = CalibrationSettings(float_nodes=(("resnet50", "tiny", "cpu", tuple(plan["float_nodes"])),))
+    name = resolve("resnet50", "tiny", "int8", calib=planned).name
     assert row["artifact"].endswith(f"/{name}.onnx") and "-mixed" in name
     entry = ModelStore("resnet50", "tiny").entry(name)
     assert entry["float_nodes_from_plan"] == sorted(plan["float_nodes"])
@@ -158,17 +157,16 @@ def test_explain_search_and_plan_through_run(tiny_resnet, tmp_path, capsys):
     for node in planned:
         assert all(producers.get(i) != "DequantizeLinear" for i in node.input), node.name
     # The fully quantized artifact is still there, under its own name: a plan never replaces it.
-    assert ModelStore("resnet50", "tiny").entry(int8_artifact_name("cpu")) is not None
+    assert ModelStore("resnet50", "tiny").entry(resolve("resnet50", "tiny", "int8").name) is not None
 
 
 def test_tensorrt_flavour_plan_keeps_to_tensorrts_rules(tiny_resnet):
     """A mixed-precision artifact of the tensorrt flavour is still checked against TensorRT's Q/DQ rules."""
-    spec = get_model("resnet50")
-    ensure(spec, "tiny", "int8", int8_flavour="tensorrt")
+    ensure(resolve("resnet50", "tiny", "int8", "tensorrt"))
     plain = onnx.load(str(ModelStore("resnet50", "tiny").path("int8-tensorrt")))
     nodes = [n.name for n in plain.graph.node if n.op_type == "Conv"][:3]
     calib = CalibrationSettings(float_nodes=(("resnet50", "tiny", "tensorrt", tuple(nodes)),))
-    path = ensure(spec, "tiny", "int8", calib=calib, int8_flavour="tensorrt")
+    path = ensure(resolve("resnet50", "tiny", "int8", "tensorrt", calib), calib=calib)
     entry = ModelStore("resnet50", "tiny").entry(path.stem)
     assert path.stem.startswith("int8-tensorrt-mixed3-")
     assert entry["tensorrt_conformance"]["passed"], entry["tensorrt_conformance"]
@@ -178,7 +176,7 @@ def test_tensorrt_flavour_plan_keeps_to_tensorrts_rules(tiny_resnet):
 def test_plan_naming_nodes_the_graph_lacks_fails_its_build_with_the_fix(tiny_resnet):
     calib = CalibrationSettings(float_nodes=(("resnet50", "tiny", "cpu", ("/no/such/Conv",)),))
     with pytest.raises(ValueError, match=r"not in the graph .*run `suite.py explain` again"):
-        ensure(get_model("resnet50"), "tiny", "int8", calib=calib)
+        ensure(resolve("resnet50", "tiny", "int8", calib=calib), calib=calib)
 
 
 def test_bad_plans_are_usage_errors(tmp_path, capsys):

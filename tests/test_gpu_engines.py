@@ -24,13 +24,15 @@ import engines
 import suite
 from bench.env import environment
 from bench.isolation import run_isolated
+from cli.options import UsageError, engine_options_from, parse_engines
+from cli.parser import build_parser
 from engines import EngineError, UnknownEngineError
 from engines.cuda import TENSORRT_INSTALL, device_problem, gpu_environment, nvidia_smi_gpus
 from engines.options import EngineOptions, parse_provider_options, provider_share
 from engines.ort_cuda import OrtCudaEngine, OrtDeviceEngine
 from engines.ort_trt import OrtTrtEngine, elf_needed, profile_string, provider_nvinfer, tensorrt_library_problem
 from engines.tensorrt_native import TensorRTEngine, engine_cache_key, exact_profile, shapes_from_onnx
-from onnx_models.artifacts import int8_artifact_name
+from onnx_models.artifacts import resolve
 from tests.graphs import add_one_model, save_graph
 
 GPU_ENGINES = ("ort-cuda", "ort-trt", "tensorrt")
@@ -59,7 +61,7 @@ def sessions(monkeypatch):
 
 def run_options(*argv: str, engine_list=("ort-cuda",)) -> dict:
     """The engine options ``suite.py run ARGV`` hands to every engine of ``engine_list``."""
-    return suite.engine_options_from(suite.build_parser().parse_args(["run", *argv]), engine_list).as_dict()
+    return engine_options_from(build_parser().parse_args(["run", *argv]), engine_list).as_dict()
 
 
 # ----------------------------------------------------------------------------------- discovery and reasons
@@ -82,8 +84,8 @@ def test_registry_names_patterns_and_flavours():
 
 def test_pattern_engine_resolves_in_a_fresh_child_process():
     # Cells run in spawned children that know their engine only by name.
-    assert run_isolated("engines:availability", {"name": "ort:CPUExecutionProvider"}, 120).value is None
-    missing = run_isolated("engines:availability", {"name": "ort:NoSuchExecutionProvider"}, 120)
+    assert run_isolated(engines.availability, {"name": "ort:CPUExecutionProvider"}, 120).value is None
+    missing = run_isolated(engines.availability, {"name": "ort:NoSuchExecutionProvider"}, 120)
     assert missing.ok and "NoSuchExecutionProvider is not in onnxruntime.get_available_providers()" in missing.value
 
 
@@ -98,7 +100,7 @@ def test_reasons_on_this_machine():
     if device_problem() is not None:
         assert all(device_problem() in reason for reason in reasons.values())
     # The default engine list is every usable registered engine, whatever this machine has.
-    assert suite.parse_engines(None) == [e for e in engines.engine_names() if engines.availability(e) is None]
+    assert parse_engines(None) == [e for e in engines.engine_names() if engines.availability(e) is None]
 
 
 def test_reasons_follow_each_missing_piece(monkeypatch):
@@ -259,7 +261,7 @@ def test_provider_options_parsing_and_scoping():
         OrtCudaEngine({"cuda_graphs": True})
     assert OrtCudaEngine({"cuda_graph": True}).options == EngineOptions(cuda_graph=True)
     # ort-cpu reads no provider options: given only to it, they are refused rather than silently dropped.
-    with pytest.raises(suite.UsageError, match="would be ignored: no engine of this run \\(ort-cpu\\) takes any"):
+    with pytest.raises(UsageError, match="would be ignored: no engine of this run \\(ort-cpu\\) takes any"):
         run_options("--provider-options", '{"a": 1}', engine_list=["ort-cpu"])
     assert run_options("--provider-options", '{"a": 1}', engine_list=["ort-cpu", "ort:CPUExecutionProvider"])
 
@@ -285,7 +287,7 @@ def test_unknown_engine_names_the_pattern(capsys):
     assert "unknown engine ort:; valid engines: ort-cpu, ort-cuda, ort-trt, tensorrt, ort:<ProviderName>" in (
         capsys.readouterr().err
     )
-    assert suite.parse_engines("ort-cpu,ort:CPUExecutionProvider") == ["ort-cpu", "ort:CPUExecutionProvider"]
+    assert parse_engines("ort-cpu,ort:CPUExecutionProvider") == ["ort-cpu", "ort:CPUExecutionProvider"]
 
 
 def test_ort_cuda_session_arguments(sessions, tiny_onnx):
@@ -616,7 +618,7 @@ def test_named_cpu_provider_end_to_end(mixed_run):
     assert named["fp32"]["accuracy_cosine"] == pytest.approx(1.0) and named["fp32"]["accuracy_max_abs_error"] < 1e-4
     assert named["fp16"]["accuracy_cosine"] > 0.99 and named["int8"]["accuracy_cosine"] > 0.9
     # The generic route takes the CPU-style INT8 artifact for a non-TensorRT provider, like ort-cpu.
-    assert named["int8"]["artifact"].endswith(f"/{int8_artifact_name('cpu')}.onnx")
+    assert named["int8"]["artifact"].endswith(f"/{resolve('x', 'tiny', 'int8').name}.onnx")
     settings = json.loads(named["fp32"]["engine_settings"])
     assert settings["providers"] == ["CPUExecutionProvider"] and settings["io_binding"] == "host"
     assert "samples_ms" not in named["fp32"] and named["fp32"]["iterations"] >= 3
@@ -712,7 +714,7 @@ def test_ort_engines_really_run_the_lowered_graph(gpu_run, tmp_path, precision):
     from onnx_models.store import ModelStore
 
     feeds = get_model("resnet50").make_feeds("tiny", 2, 1)
-    name = "fp16" if precision == "fp16" else int8_artifact_name("tensorrt")
+    name = resolve("resnet50", "tiny", precision, "tensorrt").name
     artifact = ModelStore("resnet50", "tiny").verified_path(name)
     if engines.availability("ort-cuda") is None:
         events = ort_node_events(OrtCudaEngine(), artifact, feeds, tmp_path)

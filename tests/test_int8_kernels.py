@@ -23,8 +23,7 @@ from calibration.loop_int8 import quantize_loop_matmuls, simulate_loop_matmuls
 from common.cpu_isa import expected_saturation, isa, saturation_probe
 from diagnose.int8_check import verdict
 from engines.ort_cpu import OrtCpuEngine
-from models import get_model
-from onnx_models.artifacts import CalibrationSettings, ensure_int8, int8_artifact_name
+from onnx_models.artifacts import CalibrationSettings, ensure, resolve
 from onnx_models.store import ModelStore
 from tests.test_units import _loop_model
 
@@ -165,17 +164,22 @@ def test_simulated_qdq_runs_in_float_and_real_kernels_saturate_only_where_probed
         assert saturated is (weight_value == 127 and bool(SATURATES))
 
 
+def int8_name(flavour: str = "cpu", weights: str = "auto") -> str:
+    """The name of the INT8 artifact of ``flavour`` with weight range ``weights`` resolved on this machine."""
+    return resolve("resnet50", "tiny", "int8", flavour, CalibrationSettings(int8_weights=weights)).name
+
+
 def test_auto_weight_range_follows_the_probe(monkeypatch):
     monkeypatch.setattr(int8_recipe, "saturation_probe", lambda: True)
     monkeypatch.setattr(int8_recipe, "isa", lambda: "avx2")
     recipe = weight_recipe("cpu")
     assert (recipe.bits, recipe.weight_max) == (7, 64) and "avx2" in recipe.reason
-    assert int8_artifact_name("cpu") == "int8-w7" and int8_artifact_name("cpu", "8bit") == "int8"
+    assert int8_name() == "int8-w7" and int8_name("cpu", "8bit") == "int8"
     monkeypatch.setattr(int8_recipe, "saturation_probe", lambda: False)
-    assert weight_recipe("cpu").bits == 8 and int8_artifact_name("cpu") == "int8"
+    assert weight_recipe("cpu").bits == 8 and int8_name() == "int8"
     assert weight_recipe("cpu", "7bit").bits == 7 and "given" in weight_recipe("cpu", "7bit").reason
     # TensorRT's kernels accumulate in 32 bits: full range whatever the CPU or the request.
-    assert weight_recipe("tensorrt", "7bit").bits == 8 and int8_artifact_name("tensorrt") == "int8-tensorrt"
+    assert weight_recipe("tensorrt", "7bit").bits == 8 and int8_name("tensorrt") == "int8-tensorrt"
     with pytest.raises(ValueError, match="auto, 8bit, 7bit"):
         weight_recipe("cpu", "6bit")
     with pytest.raises(ValueError, match="--int8-weights"):
@@ -193,10 +197,10 @@ def _weight_extremes(path) -> int:
 
 
 def test_weight_range_is_in_the_artifact_name_key_and_manifest():
-    spec = get_model("resnet50")
     store = ModelStore("resnet50", "tiny")
     for weights, name, extreme in (("8bit", "int8", 127), ("7bit", "int8-w7", 64)):
-        path = ensure_int8(spec, "tiny", calib=CalibrationSettings(int8_weights=weights))
+        calib = CalibrationSettings(int8_weights=weights)
+        path = ensure(resolve("resnet50", "tiny", "int8", calib=calib), calib=calib)
         assert path == store.path(name)
         entry = store.entry(name)
         assert entry["weight_bits"] == int(weights[0]) and entry["built_on_isa"] == isa()

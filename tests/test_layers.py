@@ -2,7 +2,8 @@
 functions) and of ``suite.py``: packages form layers, low to high (``LAYERS``), and a module imports only its
 own package and the packages of lower layers. So data flows one way: the leaf ``common`` imports nothing of
 the suite, the catalogue knows nothing of the store, the store nothing of engines, the run pipeline (``bench``)
-nothing of the reports, diagnostics or the cluster that use it, and only ``suite.py`` sits above them all.
+nothing of the reports, diagnostics or the cluster that use it, and only the command line (``cli`` and
+``suite.py``) sits above them all.
 Packages of one layer do not import each other. Besides, the report measures nothing, and no import cycle
 crosses a package boundary."""
 
@@ -23,6 +24,7 @@ LAYERS = (
     ("engines",),
     ("bench",),
     ("cluster", "diagnose", "report"),
+    ("cli",),
     ("suite",),
 )
 RANK = {package: rank for rank, layer in enumerate(LAYERS) for package in layer}

@@ -14,7 +14,7 @@ import pytest
 import suite
 from common.cpu_isa import isa, saturation_probe
 from models import get_model
-from onnx_models.artifacts import CalibrationSettings, ensure_fp32, ensure_int8
+from onnx_models.artifacts import CalibrationSettings, ensure, ensure_fp32, resolve
 from onnx_models.store import ArtifactError, ModelStore
 from tests.zoo import CPU_INT8
 
@@ -121,13 +121,14 @@ def test_same_seed_same_bytes_and_corrupt_file_is_rebuilt(tiny_run):
 
 
 def test_calibration_cache_is_reused(tiny_run):
-    spec = get_model("wide_deep")
     store = ModelStore("wide_deep", "tiny")
     store.path(CPU_INT8).unlink()
     # The run calibrated on the quick preset's 8 samples: the same settings reuse its ranges, others do not.
-    ensure_int8(spec, "tiny", calib=CalibrationSettings(samples=8))
-    assert store.entry(CPU_INT8)["calibration"]["cache_reused"] is True
-    ensure_int8(spec, "tiny", calib=CalibrationSettings(samples=16))
+    for samples in (8, 16):
+        calib = CalibrationSettings(samples=samples)
+        ensure(resolve("wide_deep", "tiny", "int8", calib=calib), calib=calib)
+        if samples == 8:
+            assert store.entry(CPU_INT8)["calibration"]["cache_reused"] is True
     assert store.entry(CPU_INT8)["calibration"]["cache_reused"] is False
 
 

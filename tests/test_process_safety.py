@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from bench.isolation import run_isolated
 from common.paths import UnsafeDeleteError, remove_owned
 from onnx_models import byo
+from tests.child_targets import write_pid_and_sleep
 
 REPO = Path(__file__).resolve().parents[1]
 INTERRUPTED = "interrupted; finished cells are in results.jsonl (use --resume)"
@@ -139,7 +140,8 @@ def test_child_dies_when_parent_is_sigkilled(tmp_path):
     pid_file = tmp_path / "child.pid"
     script = (
         "from bench.isolation import run_isolated\n"
-        f"run_isolated('tests.child_targets:write_pid_and_sleep', {{'pid_file': {str(pid_file)!r}}}, 120)\n"
+        "from tests.child_targets import write_pid_and_sleep\n"
+        f"run_isolated(write_pid_and_sleep, {{'pid_file': {str(pid_file)!r}}}, 120)\n"
     )
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
     child = None
@@ -180,7 +182,7 @@ def test_interrupted_wait_kills_the_child_at_once(tmp_path):
     try:
         thread.start()
         with pytest.raises(_Interrupted):
-            run_isolated("tests.child_targets:write_pid_and_sleep", {"pid_file": str(pid_file)}, 120)
+            run_isolated(write_pid_and_sleep, {"pid_file": str(pid_file)}, 120)
         returned = time.monotonic()
         thread.join()
         assert child, "the child never started"
@@ -264,12 +266,12 @@ def test_an_interrupt_starts_no_further_build(monkeypatch):
     import bench.executor as executor
     from bench.isolation import ChildResult
     from bench.plan import ArtifactJob
-    from onnx_models.artifacts import CalibrationSettings, ExportSettings
+    from onnx_models.artifacts import CalibrationSettings, ExportSettings, resolve
 
     started, release = [], threading.Event()
 
-    def build(target, kwargs, timeout_s):
-        started.append((kwargs["model"], kwargs["precision"]))
+    def build(function, kwargs, timeout_s):
+        started.append((kwargs["artifact"].model, kwargs["artifact"].precision))
         if len(started) == 2:
             # Both workers are busy: interrupt the main thread, as Ctrl-C does.
             os.kill(os.getpid(), signal.SIGINT)
@@ -282,7 +284,10 @@ def test_an_interrupt_starts_no_further_build(monkeypatch):
 
     monkeypatch.setattr(executor, "run_isolated", build)
     monkeypatch.setattr(executor, "kill_children", kill_children)
-    jobs = [ArtifactJob(m, (("fp32", "cpu"), ("fp16", "cpu"), ("int8", "cpu"))) for m in ("resnet50", "googlenet")]
+    jobs = [
+        ArtifactJob(m, tuple(resolve(m, "tiny", p) for p in ("fp32", "fp16", "int8")))
+        for m in ("resnet50", "googlenet")
+    ]
     # Ctrl-C as a fresh `suite.py` process meets it: SIGINT unblocked and Python's handler in place. In two full
     # runs of the suite (alone this test passed) the signal sent below had no effect at all, as if blocked or
     # handled elsewhere by what earlier tests left in this process; what was found is in the failure message.
@@ -291,9 +296,7 @@ def test_an_interrupt_starts_no_further_build(monkeypatch):
     found["handler"] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
-            executor.LocalExecutor(jobs=2, say=lambda line: None).build(
-                jobs, "tiny", ExportSettings(), CalibrationSettings()
-            )
+            executor.LocalExecutor(jobs=2, say=lambda line: None).build(jobs, ExportSettings(), CalibrationSettings())
             pytest.fail(f"no KeyboardInterrupt; before the test SIGINT was {found}")
     finally:
         signal.signal(signal.SIGINT, found["handler"])

@@ -9,17 +9,23 @@ from bench.config import PRESETS, ConfigError, RunConfig
 from bench.executor import LocalExecutor
 from bench.plan import ArtifactJob, plan
 from bench.timer import TimerSettings
-from onnx_models.artifacts import CalibrationSettings, ExportSettings, int8_artifact_name
+from cli.options import calibration_samples, config_from, select
+from cli.parser import build_parser
+from onnx_models.artifacts import CalibrationSettings, ExportSettings, resolve
 from onnx_models.store import ModelStore
 
 
 def config_of(*argv: str) -> RunConfig:
-    """The RunConfig that ``suite.py run ARGV`` measures with."""
-    args = suite.build_parser().parse_args(["run", *argv])
-    args.model_list = suite.split_names(args.models, list(suite.models.all_models()), "model", ["resnet50", "nmt"])
-    args.engine_list = suite.parse_engines(args.engines)
-    args.precision_list = suite.split_names(args.precisions, suite.PRECISIONS, "precision", suite.PRECISIONS)
-    return suite.config_from(args)
+    """The RunConfig that ``suite.py run ARGV`` measures with (models resnet50 and nmt unless ARGV names some)."""
+    if "--models" not in argv:
+        argv = ("--models", "resnet50,nmt", *argv)
+    args = build_parser().parse_args(["run", *argv])
+    return config_from(args, select(args))
+
+
+def jobs_of(models: tuple[str, ...], precisions: tuple[str, ...]) -> list[ArtifactJob]:
+    """One build job per model of ``models`` at tiny size: its ``precisions``' CPU artifacts, FP32 first."""
+    return [ArtifactJob(m, tuple(resolve(m, "tiny", p) for p in precisions)) for m in models]
 
 
 @pytest.mark.parametrize(
@@ -76,8 +82,8 @@ def test_presets_and_options_over_them():
     # INT8 calibration samples: the preset's, or --samples; `calibrate` makes the default job's artifacts.
     assert (quick.calib.samples, paper.calib.samples) == (8, 32)
     assert config_of("--preset", "paper", "--samples", "16").calib.samples == 16
-    calibrate = suite.build_parser().parse_args(["calibrate"])
-    assert suite.calibration_samples(calibrate) == quick.calib.samples
+    calibrate = build_parser().parse_args(["calibrate"])
+    assert calibration_samples(calibrate) == quick.calib.samples
     # The build jobs change how fast artifacts are made, not what is measured: not a setting a resume compares.
     assert "jobs" not in quick.settings() and quick.settings()["timer"]["duration_s"] == 1.0
 
@@ -101,10 +107,9 @@ def test_plan_lists_cells_reasons_and_builds(monkeypatch):
     # ort-cuda's cells are unsupported with the engine's reason, and need no artifacts.
     assert {c.engine for c in work.runnable} == {"ort-cpu"}
     assert set(work.unsupported.values()) == {"ort-cuda: no GPU (test)"}
-    assert work.builds == (
-        ArtifactJob("resnet50", (("fp32", "cpu"), ("int8", "cpu"))),
-        ArtifactJob("wide_deep", (("fp32", "cpu"), ("int8", "cpu"))),
-    )
+    assert work.builds == tuple(jobs_of(("resnet50", "wide_deep"), ("fp32", "int8")))
+    # Every runnable cell carries the artifact it measures, resolved once by the plan.
+    assert all(c.artifact == resolve(c.model, "tiny", c.precision) for c in work.runnable)
     # Artifacts follow each model's own cells: with resnet50's ort-trt INT8 cells measured already (a resume),
     # only wide_deep gets the tensorrt INT8 flavour (ort-trt taken as usable here: plan() only asks).
     monkeypatch.setattr(engines, "availability", lambda e: None)
@@ -116,9 +121,10 @@ def test_plan_lists_cells_reasons_and_builds(monkeypatch):
         precisions=("fp32", "int8"),
     )
     resumed = plan(both, {"resnet50/tiny/ort-trt/int8/b1"})
+    trt = resolve("wide_deep", "tiny", "int8", "tensorrt")
     assert resumed.builds == (
-        ArtifactJob("resnet50", (("fp32", "cpu"), ("int8", "cpu"))),
-        ArtifactJob("wide_deep", (("fp32", "cpu"), ("int8", "cpu"), ("int8", "tensorrt"))),
+        *jobs_of(("resnet50",), ("fp32", "int8")),
+        ArtifactJob("wide_deep", (*jobs_of(("wide_deep",), ("fp32", "int8"))[0].artifacts, trt)),
     )
     with pytest.raises(ConfigError, match="no batch size for wide_deep"):
         RunConfig(models=("resnet50", "wide_deep"), batch_sizes={"resnet50": (1,)})
@@ -134,8 +140,8 @@ def test_parallel_builds_make_the_same_artifacts(tmp_path, monkeypatch):
     shas = {}
     for jobs in (1, 2):
         monkeypatch.setenv("AIMATRIX_STORE", str(tmp_path / f"store{jobs}"))
-        work = [ArtifactJob(m, (("fp32", "cpu"), ("fp16", "cpu"))) for m in ("ncf", "wide_deep")]
-        outcome = LocalExecutor(jobs).build(work, "tiny", ExportSettings(), CalibrationSettings())
+        work = jobs_of(("ncf", "wide_deep"), ("fp32", "fp16"))
+        outcome = LocalExecutor(jobs).build(work, ExportSettings(), CalibrationSettings())
         assert not outcome.failures and not outcome.unsupported
         shas[jobs] = {
             (m, a): ModelStore(m, "tiny").entry(a)["sha256"] for m in ("ncf", "wide_deep") for a in ("fp32", "fp16")
@@ -144,9 +150,9 @@ def test_parallel_builds_make_the_same_artifacts(tmp_path, monkeypatch):
     broken = tmp_path / "broken.weights.h5"
     broken.write_bytes(b"not a checkpoint")
     monkeypatch.setenv("AIMATRIX_STORE", str(tmp_path / "store3"))
-    work = [ArtifactJob("ncf", (("fp32", "cpu"), ("fp16", "cpu")))]
-    outcome = LocalExecutor(2).build(work, "tiny", ExportSettings(weights=broken), CalibrationSettings())
-    assert set(outcome.failures) == {("ncf", "fp32"), ("ncf", "fp16")}
+    work = jobs_of(("ncf",), ("fp32", "fp16"))
+    outcome = LocalExecutor(2).build(work, ExportSettings(weights=broken), CalibrationSettings())
+    assert set(outcome.failures) == set(work[0].artifacts)
 
 
 def test_analyses_run_jobs_models_at_a_time(monkeypatch):
@@ -159,9 +165,9 @@ def test_analyses_run_jobs_models_at_a_time(monkeypatch):
 
     both_running = threading.Barrier(2, timeout=10)
 
-    def analyse(target, kwargs, timeout_s):
+    def analyse(function, kwargs, timeout_s):
         model = kwargs["model"]
-        if target.endswith("count_flops"):
+        if function is executor.count_flops:
             # Passes only when the other model's count runs at the same time.
             both_running.wait()
             return ChildResult(True, {b: {"flops_per_batch": len(model) * b} for b in kwargs["batches"]})
@@ -191,21 +197,23 @@ def test_a_models_conversions_run_side_by_side_after_one_clean_up(monkeypatch):
     side_by_side = threading.Barrier(2, timeout=10)
     monkeypatch.setattr(executor, "_clean_graph_stored", lambda model, size: False)
 
-    def build(target, kwargs, timeout_s):
-        step = "clean" if target.endswith("clean_graph") else kwargs["precision"]
+    def build(function, kwargs, timeout_s):
+        if function is executor.slim_fp32:
+            model, step = kwargs["model"], "clean"
+        else:
+            model, step = kwargs["artifact"].model, kwargs["artifact"].precision
         with lock:
-            log.append((kwargs["model"], step))
-        if kwargs["model"] == "ncf" and step == "fp32":
+            log.append((model, step))
+        if model == "ncf" and step == "fp32":
             return ChildResult(False, error="export failed")
-        if kwargs["model"] == "resnet50" and step in ("fp16", "int8"):
+        if model == "resnet50" and step in ("fp16", "int8"):
             side_by_side.wait()  # passes only while both conversions run at once
         return ChildResult(True, "path")
 
     monkeypatch.setattr(executor, "run_isolated", build)
-    jobs = [ArtifactJob(m, (("fp32", "cpu"), ("fp16", "cpu"), ("int8", "cpu"))) for m in ("resnet50", "ncf")]
-    outcome = LocalExecutor(jobs=2).build(jobs, "tiny", ExportSettings(), CalibrationSettings())
+    jobs = jobs_of(("resnet50", "ncf"), ("fp32", "fp16", "int8"))
+    outcome = LocalExecutor(jobs=2).build(jobs, ExportSettings(), CalibrationSettings())
     mine = [step for model, step in log if model == "resnet50"]
     assert mine[:2] == ["fp32", "clean"] and sorted(mine[2:]) == ["fp16", "int8"]
     assert [step for model, step in log if model == "ncf"] == ["fp32"]
-    int8 = int8_artifact_name("cpu")
-    assert set(outcome.failures) == {("ncf", "fp32"), ("ncf", "fp16"), ("ncf", int8)}
+    assert set(outcome.failures) == set(jobs[1].artifacts)

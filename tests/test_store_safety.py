@@ -19,10 +19,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bench.cell import count_flops, reference_outputs
+from bench.model_facts import count_flops, reference_outputs
 from models import get_model
 from onnx_models import byo
-from onnx_models.artifacts import ExportSettings, ensure_fp16, ensure_fp32, ensure_int8, int8_artifact_name
+from onnx_models.artifacts import ExportSettings, ensure, ensure_fp32, resolve
 from onnx_models.store import ModelStore
 
 MODEL, SIZE = "wide_deep", "tiny"
@@ -142,14 +142,14 @@ def test_fp16_is_replaced_atomically_not_written_in_place(spec):
     """A run reading fp16.onnx while another rebuilds it must see the old file or the new one, never a half
     written one: the rebuild goes to a new inode (a temporary moved into place), the old one stays whole."""
     store = ModelStore(MODEL, SIZE)
-    path = ensure_fp16(spec, SIZE)
+    path = ensure(resolve(MODEL, SIZE, "fp16"))
     good = path.read_bytes()
     stale = store.dir / "stale.bin"
     stale.write_bytes(b"an fp16 file some reader still has open")
     os.replace(stale, path)  # changed bytes: the manifest's sha256 no longer matches, so it is rebuilt
     reader = store.dir / "reader-view.bin"
     os.link(path, reader)  # a reader's open file: the inode it holds
-    assert ensure_fp16(spec, SIZE) == path
+    assert ensure(resolve(MODEL, SIZE, "fp16")) == path
     assert reader.read_bytes() == b"an fp16 file some reader still has open", "fp16 was rewritten in place"
     assert path.read_bytes() == good and temporaries(store.dir) == []
     reader.unlink()
@@ -220,19 +220,19 @@ def _widen_ranges(ranges: dict) -> dict:
 @pytest.mark.parametrize("damage", ["truncated", "edited"])
 def test_damaged_calibration_cache_is_rebuilt(spec, damage):
     store = ModelStore(MODEL, SIZE)
-    name = int8_artifact_name("cpu")
+    name = resolve(MODEL, SIZE, "int8").name
     _fresh(store, "calibration-*", f"{name}.onnx")
-    ensure_int8(spec, SIZE)
+    ensure(resolve(MODEL, SIZE, "int8"))
     (cache,) = store.dir.glob("calibration-*.json")
     ranges, int8_sha = json.loads(cache.read_text()), store.entry(name)["sha256"]
     _truncate(cache) if damage == "truncated" else _edit_json(cache, _widen_ranges)
     store.path(name).unlink()  # the INT8 artifact is rebuilt, so the calibration cache is read
-    ensure_int8(spec, SIZE)
+    ensure(resolve(MODEL, SIZE, "int8"))
     assert store.entry(name)["calibration"]["cache_reused"] is False, f"the {damage} calibration cache was used"
     assert json.loads(cache.read_text()) == ranges
     assert store.entry(name)["sha256"] == int8_sha
     store.path(name).unlink()  # the recalibrated cache is trusted again
-    ensure_int8(spec, SIZE)
+    ensure(resolve(MODEL, SIZE, "int8"))
     assert store.entry(name)["calibration"]["cache_reused"] is True
     assert temporaries(store.dir) == []
 
@@ -243,11 +243,11 @@ def test_graph_clean_up_is_made_once_per_fp32_file(spec, monkeypatch):
     import calibration.graph
 
     store = ModelStore(MODEL, SIZE)
-    name = int8_artifact_name("cpu")
+    name = resolve(MODEL, SIZE, "int8").name
     _fresh(store, "clean-*", "fp16.onnx", f"{name}.onnx")
-    ensure_fp16(spec, SIZE)
+    ensure(resolve(MODEL, SIZE, "fp16"))
     (cache,) = store.dir.glob("clean-*.onnx")
-    ensure_int8(spec, SIZE)
+    ensure(resolve(MODEL, SIZE, "int8"))
     shas = {a: store.entry(a)["sha256"] for a in ("fp16", name)}
 
     def no_clean(path):
@@ -256,8 +256,8 @@ def test_graph_clean_up_is_made_once_per_fp32_file(spec, monkeypatch):
     monkeypatch.setattr(calibration.graph, "clean", no_clean)
     for artifact in shas:
         store.path(artifact).unlink()
-    ensure_fp16(spec, SIZE)
-    ensure_int8(spec, SIZE)
+    ensure(resolve(MODEL, SIZE, "fp16"))
+    ensure(resolve(MODEL, SIZE, "int8"))
     assert {a: store.entry(a)["sha256"] for a in shas} == shas
     assert store.entry(name)["graph_cleanup"].startswith("onnxslim ")
     assert cache.is_file() and temporaries(store.dir) == []
@@ -273,13 +273,13 @@ def _scale_largest_weight(path: Path) -> None:
 @pytest.mark.parametrize("damage", ["truncated", "edited"])
 def test_damaged_clean_graph_cache_is_rebuilt(spec, damage):
     store = ModelStore(MODEL, SIZE)
-    name = int8_artifact_name("cpu")
+    name = resolve(MODEL, SIZE, "int8").name
     _fresh(store, "clean-*", f"{name}.onnx")
-    ensure_int8(spec, SIZE)
+    ensure(resolve(MODEL, SIZE, "int8"))
     (cache,) = store.dir.glob("clean-*.onnx")
     good, int8_sha = cache.read_bytes(), store.entry(name)["sha256"]
     _truncate(cache) if damage == "truncated" else _scale_largest_weight(cache)
     store.path(name).unlink()
-    ensure_int8(spec, SIZE)
+    ensure(resolve(MODEL, SIZE, "int8"))
     assert store.entry(name)["sha256"] == int8_sha, f"the {damage} clean-up cache was used"
     assert cache.read_bytes() == good

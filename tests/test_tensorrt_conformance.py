@@ -19,7 +19,7 @@ from calibration.feeds import Feeds
 from calibration.loop_int8 import quantize_loop_matmuls
 from calibration.tensorrt_rules import RULE_IDS, RULES, check, conformance, row_text
 from models import all_models
-from onnx_models.artifacts import ensure
+from onnx_models.artifacts import ensure, resolve
 from onnx_models.store import ModelStore
 from tests.test_units import _loop_model
 
@@ -390,7 +390,7 @@ def test_the_cpu_flavour_keeps_its_own_options():
 @pytest.mark.parametrize("name", list(all_models()))
 def test_every_catalogue_models_tensorrt_artifact_passes(name):
     """Built as the cells of a TensorRT or CUDA engine would build it; the manifest records the check."""
-    ensure(all_models()[name], "tiny", "int8", int8_flavour="tensorrt")
+    ensure(resolve(name, "tiny", "int8", "tensorrt"))
     entry = ModelStore(name, "tiny").entry("int8-tensorrt")
     record = entry["tensorrt_conformance"]
     assert record["rules"] == len(RULES)

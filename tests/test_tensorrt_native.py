@@ -988,10 +988,9 @@ QUICK = ["--size", "tiny", "--warmup-s", "0", "--duration-s", "0.2", "--min-iter
 
 
 def _resnet_artifact(precision: str) -> Path:
-    from models import get_model
-    from onnx_models.artifacts import ensure
+    from onnx_models.artifacts import ensure, resolve
 
-    return ensure(get_model("resnet50"), "tiny", precision, int8_flavour="tensorrt")
+    return ensure(resolve("resnet50", "tiny", precision, "tensorrt"))
 
 
 def _resnet_feeds():

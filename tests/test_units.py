@@ -14,6 +14,7 @@ from bench.results import ResultsFile, summary_markdown, to_frame
 from bench.timer import LatencyStats, TimerSettings, measure
 from calibration.feeds import FeedError, file_feeds, synthetic_feeds
 from models import InputSpec
+from tests import child_targets
 
 
 def test_latency_stats_from_known_values():
@@ -153,15 +154,17 @@ def test_file_feeds_rejects_unreadable(tmp_path):
 
 
 def test_isolation_returns_value_and_errors():
-    assert run_isolated("tests.child_targets:add", {"a": 2, "b": 3}, 60).value == 5
-    failed = run_isolated("tests.child_targets:fail", {}, 60)
+    assert run_isolated(child_targets.add, {"a": 2, "b": 3}, 60).value == 5
+    failed = run_isolated(child_targets.fail, {}, 60)
     assert not failed.ok and failed.error == "ValueError: bad thing" and "Traceback" in failed.detail
+    # The exception's type crosses the pipe as a field, not as text to match.
+    assert (failed.error_type, failed.message) == ("ValueError", "bad thing")
 
 
 def test_isolation_survives_crash_and_hang():
-    crashed = run_isolated("tests.child_targets:crash", {}, 60)
+    crashed = run_isolated(child_targets.crash, {}, 60)
     assert not crashed.ok and "SIGABRT" in crashed.error
-    hung = run_isolated("tests.child_targets:hang", {}, 1.0)
+    hung = run_isolated(child_targets.hang, {}, 1.0)
     assert not hung.ok and hung.error == "timed out after 1 s"
 
 
@@ -324,10 +327,14 @@ def test_a_float_weight_conv_between_quantized_ones_counts_as_float(tmp_path):
 
 
 def test_children_hash_strings_with_a_fixed_seed(monkeypatch):
+    import os
+
     monkeypatch.delenv("PYTHONHASHSEED", raising=False)
-    assert run_isolated("tests.child_targets:hash_seed", {}, 60).value == "0"
+    assert run_isolated(child_targets.hash_seed, {}, 60).value == "0"
+    # The seed is the child's: this process's environment (and so any other program it starts) is left alone.
+    assert "PYTHONHASHSEED" not in os.environ
     monkeypatch.setenv("PYTHONHASHSEED", "7")  # a seed the user chose is kept
-    assert run_isolated("tests.child_targets:hash_seed", {}, 60).value == "7"
+    assert run_isolated(child_targets.hash_seed, {}, 60).value == "7"
 
 
 def test_fp16_conversion_leaves_no_repeated_cast():

@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import suite
-from onnx_models.artifacts import int8_artifact_name
+from onnx_models.artifacts import resolve
 
 # The CPU INT8 artifact this machine builds: ``int8``, or ``int8-w7`` where its 8-bit dot products saturate.
-CPU_INT8 = int8_artifact_name("cpu")
+CPU_INT8 = resolve("any", "tiny", "int8").name
 
 # Batch 2, every precision on ort-cpu, timing cut to the minimum: the run proves each cell works, not speed.
 QUICK = ["--size", "tiny", "--batch-sizes", "2", "--warmup-s", "0", "--duration-s", "0.1", "--min-iters", "2"]
