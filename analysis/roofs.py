@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from common import precisions
+from common.numbers import format_rate
 
 _SI = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "p": 1e15}
 
@@ -213,16 +214,6 @@ def engine_threads(rows: Iterable[Mapping[str, Any]], engine: str, env: Mapping[
 
 
 # ---------------------------------------------------------------------------------------------- printing
-
-
-def format_rate(value: float | None, unit: str) -> str:
-    """``2.31e11, "FLOP/s"`` -> ``231 GFLOP/s``."""
-    if value is None:
-        return "-"
-    for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g} {prefix}{unit}"
-    return f"{value:.3g} {unit}"
 
 
 def unit(precision: str) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 from analysis.verdict import speed_key, speedup
 from bench.row import COLUMNS
 from common import precisions
+from common.numbers import fmt
 from common.paths import atomic_path
 
 
@@ -291,16 +292,6 @@ def write_tables(out_dir: Path) -> Any:
     return frame
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
-            return f"{value:.3g}"
-        return f"{value:.3f}".rstrip("0").rstrip(".")
-    return str(value)
-
-
 # (key, title) of the columns that say which cell a row is and how fast it ran: the start of the run's
 # summary.md (below) and of the report's Summary table (report/run_report.py), which add their own columns.
 CELL_COLUMNS = (
@@ -344,5 +335,5 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
         view["speedup_vs_fp32"] = speedup(row, fp32.get(speed_key(row)))
         if view.get("error"):
             view["error"] = str(view["error"]).replace("|", "/")[:120]
-        lines.append("| " + " | ".join(_fmt(view.get(key)) for key, _ in columns) + " |")
+        lines.append("| " + " | ".join(fmt(view.get(key)) for key, _ in columns) + " |")
     return "\n".join(lines) + "\n"

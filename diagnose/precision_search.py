@@ -26,6 +26,7 @@ from bench.cell import Cell, run_cell
 from bench.executor import BUILD_TIMEOUT_S
 from bench.isolation import run_isolated
 from bench.timer import TimerSettings
+from common.numbers import fmt
 from onnx_models.artifacts import Artifact, CalibrationSettings, ExportSettings, ensure, resolve
 
 
@@ -158,8 +159,8 @@ def search(
         candidates.append(row)
         ok = row["status"] == "ok" and row["retained"] is not None and row["retained"] >= target
         say(
-            f"  k={k}: accuracy {_fmt(row.get('retained'))} of FP32 (target {target:g}), "
-            f"speed-up {_fmt(row.get('speedup'))}x{'' if row['status'] == 'ok' else ': ' + str(row['error'])}"
+            f"  k={k}: accuracy {fmt(row.get('retained')) or '-'} of FP32 (target {target:g}), "
+            f"speed-up {fmt(row.get('speedup')) or '-'}x{'' if row['status'] == 'ok' else ': ' + str(row['error'])}"
         )
         return ok
 
@@ -220,7 +221,3 @@ def confirmed_speedups(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for values in out.values():
         values["speedup"] = base / values["latency_ms_p50"] if base else None
     return out
-
-
-def _fmt(value: Any) -> str:
-    return "-" if value is None else f"{value:.3f}"

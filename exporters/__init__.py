@@ -1,4 +1,5 @@
 """Exporters: a catalogue model in its framework -> FP32 ONNX, proven equal to the framework by a parity check.
+The store (``onnx_models``) calls them; they use the catalogue, analysis and ``common`` only.
 
 Each framework has one module here with a ``to_onnx`` function (see ``exporters.pytorch``); this package
 picks it by the spec's framework, runs it, then checks parity against ONNX Runtime FP32.

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common.paths import atomic_path
-from report.run_report import fmt, load_run
+from report.run_report import load_run
 
 METRICS = (("latency_ms_p50", "p50 ms"), ("throughput_samples_per_s", "samples/s"), ("flops_per_s", "FLOP/s"))
 
@@ -160,24 +160,9 @@ def compare(
         raise CompareError(f"{dirs[0]} has rows of one {split_by} only; nothing to compare")
     records = join(runs, ignore_engine)
     names = labels(len(runs))
-    lines = [
-        "# Comparison of runs",
-        "",
-        "Runs: " + "; ".join(f"{n} = {d}" for n, d in zip(names, names_of, strict=True)) + ".",
-        "",
-        f"Cells joined on model, size, precision, batch size, scenario, concurrency"
-        f"{'' if ignore_engine else ' and engine'}. Ratios are "
-        "X / A: p50 latency below 1, samples/s and FLOP/s above 1 mean X is faster than A.",
-        "",
-        "## Environments",
-        "",
-    ]
     environment = environment_table(envs, names_of, runs)
-    lines += _markdown_table(["what", *names], environment)
-    lines += ["", "## Cells", ""]
-    columns = list(records[0]) if records else ["model"]
-    lines += _markdown_table(columns, [[record[c] for c in columns] for record in records])
-    text = "\n".join(lines) + "\n"
+    doc = comparison(records, names, names_of, environment, ignore_engine)
+    text = doc.markdown()
     out_dir = Path(out) if out else Path(dirs[0])
     out_dir.mkdir(parents=True, exist_ok=True)
     md_path, csv_path = out_dir / "compare.md", out_dir / "compare.csv"
@@ -187,9 +172,8 @@ def compare(
         tmp.write_text(text)
     with atomic_path(csv_path) as tmp:
         frame.write_csv(tmp)
-    page = comparison_page(records, names, names_of, environment, ignore_engine)
     with atomic_path(out_dir / "compare.html") as tmp:
-        tmp.write_text(page)
+        tmp.write_text(doc.html("aimatrix-onnx comparison"))
     return text, md_path, csv_path
 
 
@@ -209,36 +193,41 @@ def ratio_bars(records: list[dict[str, Any]], names: list[str]) -> list[tuple[st
     return bars
 
 
-def comparison_page(
+def comparison(
     records: list[dict[str, Any]],
     names: list[str],
     names_of: list[str],
     environment: list[list[Any]],
     ignore_engine: bool,
-) -> str:
-    """compare.html: the ratio chart of every run against A per model and precision, then the environments
-    and the joined cells as sortable, filterable tables; one self-contained page like report.html."""
-    from report.run_report import Document
+):
+    """The comparison as one Document, rendered to compare.md and compare.html: the runs, how cells are joined,
+    the ratio chart of every run against A (in the HTML page), then the environments and the joined cells (in
+    HTML sortable, filterable tables)."""
+    from report.document import Document
     from report.svg_charts import ratio_chart
 
+    joined = "model, size, precision, batch size, scenario, concurrency" + ("" if ignore_engine else " and engine")
     doc = Document()
     doc.heading(1, "Comparison of runs")
     doc.para("Runs: " + "; ".join(f"{n} = {d}" for n, d in zip(names, names_of, strict=True)) + ".")
-    doc.heading(2, "Throughput against run A")
     doc.para(
-        f"Each bar is a cell's samples/s in a run divided by its samples/s in run A (joined on model, size, "
-        f"precision, batch size, scenario, concurrency{'' if ignore_engine else ' and engine'}): right of 1 the "
-        "run is faster, left slower; n/a where the cell is missing or did not finish in one of the two."
+        f"Cells joined on {joined}. Ratios are X / A: p50 latency below 1, samples/s and FLOP/s above 1 mean X is "
+        "faster than A."
     )
     bars = ratio_bars(records, names)
     if bars:
+        doc.heading(2, "Throughput against run A")
+        doc.para(
+            "Each bar is a cell's samples/s in a run divided by its samples/s in run A: right of 1 the run is "
+            "faster, left slower; n/a where the cell is missing or did not finish in one of the two."
+        )
         doc.svg(ratio_chart(bars, "throughput ratio to run A", names[1:]), None, "throughput ratio to run A")
     doc.heading(2, "Environments")
     doc.table(["what", *names], environment, name="environments")
     doc.heading(2, "Cells")
     columns = list(records[0]) if records else ["model"]
     doc.table(columns, [[record[c] for c in columns] for record in records], name="cells")
-    return doc.html("aimatrix-onnx comparison")
+    return doc
 
 
 def _split(
@@ -257,9 +246,3 @@ def _split(
         part_rows = [r for r in rows if r.get(split_by) == value]
         parts.append((f"{directory} [{split_by}={value}]", part_rows, node_env or env))
     return parts
-
-
-def _markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(fmt(v).replace("|", "/") for v in row) + " |" for row in rows]
-    return lines

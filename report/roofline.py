@@ -13,8 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from analysis.roofs import Roofs, format_rate, unit
+from analysis.roofs import Roofs, unit
 from common import precisions
+from common.numbers import format_rate
 
 # One panel per precision side by side (FP32, FP16, INT8) and the key under them.
 FIG_SIZE_IN = (15.0, 6.0)

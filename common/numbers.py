@@ -1,0 +1,45 @@
+"""Numbers for people, the one way every table, summary and chart writes them: ``fmt`` for a value in a table
+(``21,740``, ``125 M``, ``0.9951``), ``format_rate`` for a rate with its unit (``231 GFLOP/s``). Raw values stay
+in the results files."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# SI prefixes, largest first.
+_SI = ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
+
+
+def fmt(value: Any) -> str:
+    """A table value: thousands separators up to a million (``21,740``), SI prefixes above (``125 M``,
+    ``7.33 T``), four significant digits below a thousand (``0.9951``), small values in e-notation; None and
+    NaN as empty, booleans and text as they are."""
+    if value is None or isinstance(value, bool):
+        return "" if value is None else str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value != value:
+            return ""
+        size = abs(value)
+        if size == 0:
+            return "0"
+        for scale, prefix in _SI[:4]:
+            if size >= scale:
+                return f"{value / scale:.3g} {prefix}"
+        if size >= 1000:
+            return f"{value:,.0f}"
+        if size >= 1e-3:
+            return f"{value:.4g}"
+        return f"{value:.3g}"
+    return str(value)
+
+
+def format_rate(value: float | None, unit: str) -> str:
+    """A rate with its unit and an SI prefix: ``2.31e11, "FLOP/s"`` -> ``231 GFLOP/s``; None as ``-``."""
+    if value is None:
+        return "-"
+    for scale, prefix in _SI:
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
