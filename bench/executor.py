@@ -99,8 +99,8 @@ class LocalExecutor:
         jobs = list(jobs)
         outcome = BuildOutcome()
         bar = tqdm(total=sum(len(j.artifacts) for j in jobs), desc=title, unit="artifact", file=sys.stderr)
-        # A task is an artifact to build, or SLIM: the slimming step between a model's export and its
-        # conversions. The heap holds (priority, task): exports by job order, then conversions by FP32 size,
+        # A task is (model, an artifact to build), or (model, None): the slimming step between a model's export
+        # and its conversions. The heap holds (priority, task): exports by job order, then conversions by FP32 size,
         # largest first.
         ready: list[tuple[tuple, tuple[str, Artifact | None]]] = [
             ((0, i), (j.model, j.artifacts[0])) for i, j in enumerate(jobs)

@@ -178,6 +178,17 @@ def ensure_fp32(spec: ModelSpec, size: str, settings: ExportSettings = ExportSet
     key = fp32_key(spec, size, settings)
     if store.valid("fp32", key):
         return store.path("fp32")
+    with store.building("fp32"):
+        # Another process may have exported it while this one waited for the lock.
+        if store.valid("fp32", key):
+            return store.path("fp32")
+        return _export(spec, size, settings, store, key, weights_sha)
+
+
+def _export(
+    spec: ModelSpec, size: str, settings: ExportSettings, store: ModelStore, key: str, weights_sha: str | None
+) -> Path:
+    """Export ``spec`` into ``store`` as its FP32 artifact (the build lock held) and record it under ``key``."""
     import exporters
 
     log.info("exporting %s (%s)", spec.name, size)
@@ -536,9 +547,12 @@ def _build(job: BuildJob) -> Path:
     name = artifact.name
     if job.store.valid(name, key):
         return job.store.path(name)
-    log.info("building %s (%s) %s", artifact.model, artifact.size, name)
-    info = builder.build(job, job.store.path(name))
-    job.store.record(name, key, source_sha256=job.source_sha256, **info)
+    with job.store.building(name):
+        if job.store.valid(name, key):  # built by another process while this one waited for the lock
+            return job.store.path(name)
+        log.info("building %s (%s) %s", artifact.model, artifact.size, name)
+        info = builder.build(job, job.store.path(name))
+        job.store.record(name, key, source_sha256=job.source_sha256, **info)
     return job.store.path(name)
 
 

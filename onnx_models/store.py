@@ -133,6 +133,23 @@ class ModelStore:
             self._write(manifest)
 
     @contextmanager
+    def building(self, name: str) -> Iterator[None]:
+        """Hold the build lock of artifact or cache ``name`` (``flock`` on ``<dir>/.<name>.build.lock``) inside
+        the block. A second run, test worker or cluster node that wants the same file waits here, then finds it
+        built (its caller checks again) instead of building it beside the first. Released when the block ends
+        or the process dies. A store that cannot take a lock file (read-only) is built into unlocked: the build
+        then fails with its own reason."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            handle = open(self.dir / f".{name}.build.lock", "a")
+        except OSError:
+            yield
+            return
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    @contextmanager
     def locked(self) -> Iterator[None]:
         """Hold this manifest's lock (``flock`` on ``<dir>/.manifest.lock``, waiting for it) inside the block.
 

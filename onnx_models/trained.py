@@ -92,8 +92,6 @@ def _framework_version(spec: ModelSpec) -> str | None:
 def ensure_checkpoint(spec: ModelSpec, size: str, seed: int) -> Path:
     """The trained checkpoint of ``spec`` at ``size``: trained from ``seed`` on the training split unless a cached
     one with the same data, code, seed, config and framework version is in the store."""
-    from common.paths import atomic_path
-
     store = ModelStore(spec.name, size)
     track = spec.trained
     key = cache_key(
@@ -107,6 +105,17 @@ def ensure_checkpoint(spec: ModelSpec, size: str, seed: int) -> Path:
     cached = store.verified_cache(name)
     if cached is not None:
         return cached
+    with store.building(name):
+        # Another process may have trained it while this one waited for the lock.
+        cached = store.verified_cache(name)
+        return cached if cached is not None else _train(spec, size, seed, store, name)
+
+
+def _train(spec: ModelSpec, size: str, seed: int, store: ModelStore, name: str) -> Path:
+    """Train ``spec`` into the store's cache ``name`` (the build lock held); returns its path."""
+    from common.paths import atomic_path
+
+    track = spec.trained
     data = splits(spec, size)
     log.info("training %s (%s) on %d samples, seed %d", spec.name, size, len(data.train_labels), seed)
     path = store.cache_path(name)

@@ -1,5 +1,11 @@
 """Shared fixtures: a private artifact store for the whole test session, and tiny-model builds reused by
-every test that needs them (exports are the slow part)."""
+every test that needs them (exports are the slow part).
+
+The tests run in parallel worker processes (pytest-xdist: ``-n auto --dist loadfile`` in pyproject.toml), each
+with a store of its own: tests build artifacts of one name with other settings (calibration samples, weight
+ranges) and damage them on purpose, which other tests must not meet halfway through a cell. A test file runs in
+one worker, so its module fixtures are made once; tests that need the same costly artifacts (the trained
+track's models, trained for a minute and more each) belong in one file."""
 
 from __future__ import annotations
 
@@ -13,9 +19,12 @@ import pytest
 from common.paths import cache_root
 
 # Set before anything imports onnx_models, and inherited by the child processes the suite spawns, so tests
-# never touch the repository's own store.
+# never touch the user's own store. Each process of the session (each xdist worker) makes its own. Threads
+# that wait sleep rather than spin (OpenMP's default spins): two workers share two cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _STORE = Path(tempfile.mkdtemp(prefix="aimatrix-test-store-"))
 os.environ["AIMATRIX_STORE"] = str(_STORE)
+
 # Files from registry packages (assets) are verified by sha256 wherever they lie: tests share the user's
 # cache of them (or the one AIMATRIX_ASSETS names) rather than download them again every session.
 os.environ.setdefault("AIMATRIX_ASSETS", str(cache_root() / "assets"))
@@ -23,11 +32,33 @@ os.environ.setdefault("AIMATRIX_ASSETS", str(cache_root() / "assets"))
 os.environ["AIMATRIX_CACHE"] = str(_STORE / "cache")
 
 
+# The slowest files (seconds on two cores, run beside the others): started first, so that no worker is left
+# with one of them at the end while the other idles.
+SLOW_FIRST = (
+    "test_cluster.py",  # ~130, its own pytest process with Ray clusters
+    "test_trained_words.py",  # ~120, trains the CRNN
+    "test_trained.py",  # ~180, trains the other four
+    "test_wild_onnx.py",  # ~95, ten real-world files at every precision
+    "test_scenarios.py",  # ~70, LoadGen cells
+    "test_explain.py",  # ~60, a mixed-precision search
+    "test_zoo_vision.py",  # ~60
+)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Skip tests marked ``gpu`` where the NVIDIA driver sees no CUDA device, saying why.
+    """Put the files of ``SLOW_FIRST`` first (each file's tests keep their order; ``--dist loadfile
+    --no-loadscope-reorder`` hands out files in this order), and skip tests marked ``gpu`` where the NVIDIA
+    driver sees no CUDA device, saying why.
 
     Not "CUDA in onnxruntime.get_available_providers()": onnxruntime-gpu lists its CUDA and TensorRT providers
     on a machine without a driver or a GPU too, and the tests would then run and fail."""
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.path)).name, len(rank)))
+    skip_gpu_tests(items)
+
+
+def skip_gpu_tests(items) -> None:
+    """Mark the ``gpu`` tests among ``items`` skipped, with the reason, where no CUDA device is usable."""
     from engines.cuda import device_problem
 
     problem = device_problem()
@@ -55,5 +86,5 @@ def store_root() -> Path:
 
 
 def pytest_unconfigure(config):
-    """Remove the session's private store (tiny artifacts, reference outputs, caches) when the session ends."""
+    """Remove the process's private store (tiny artifacts, reference outputs, caches) when its session ends."""
     shutil.rmtree(_STORE, ignore_errors=True)

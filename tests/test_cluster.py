@@ -25,7 +25,8 @@ TIMEOUT_S = 1500
 @pytest.mark.cluster
 def test_cluster_cases_in_their_own_process():
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(HERE / "cluster_cases.py")],
+        # -n 0: in this one process, not in parallel workers of its own.
+        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", str(HERE / "cluster_cases.py")],
         cwd=HERE.parent,
         capture_output=True,
         text=True,

@@ -211,7 +211,7 @@ def test_gpu_tests_skip_without_a_device_whatever_onnxruntime_lists(monkeypatch)
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(cuda, "device_problem", lambda: "no NVIDIA driver (libcuda.so.1 cannot be loaded)")
     gpu, cpu = Item(True), Item(False)
-    conftest.pytest_collection_modifyitems(None, [gpu, cpu])
+    conftest.skip_gpu_tests([gpu, cpu])
     assert [m.kwargs["reason"] for m in gpu.markers] == [
         "needs an NVIDIA GPU: no NVIDIA driver (libcuda.so.1 cannot be loaded)"
     ]
@@ -219,7 +219,7 @@ def test_gpu_tests_skip_without_a_device_whatever_onnxruntime_lists(monkeypatch)
     # With a device the gpu tests run, whatever else is missing (each then skips on its own engine's reason).
     monkeypatch.setattr(cuda, "device_problem", lambda: None)
     gpu = Item(True)
-    conftest.pytest_collection_modifyitems(None, [gpu])
+    conftest.skip_gpu_tests([gpu])
     assert gpu.markers == []
 
 

@@ -142,11 +142,18 @@ def test_neumf_on_movielens_is_scored_by_hit_rate(tmp_path):
     ("model", "asset", "metric", "floor"),
     [
         ("resnet50_mnist", "mnist-5k", "top1", 0.85),  # 10 digits: chance 0.1
-        ("crnn_words", None, "exact_match", 0.8),  # 3 or 4 digits: chance ~1e-4
         ("bert_reviews", "clothing-reviews", "auc", 0.75),  # chance 0.5
     ],
 )
 def test_a_trained_model_of_each_category_is_scored_against_labels(tmp_path, model, asset, metric, floor):
+    """One trained model per category is scored against its labels at every precision (crnn_words, the text
+    category's, in tests/test_trained_words.py)."""
+    assert_scored_against_labels(tmp_path, model, asset, metric, floor)
+
+
+def assert_scored_against_labels(tmp_path, model: str, asset: str | None, metric: str, floor: float) -> None:
+    """Run ``model`` at tiny size, every precision; FP32 scores above ``floor`` on ``metric`` against the labels,
+    and no precision loses more than a tenth of it."""
     if asset:
         _need(asset)
     out = tmp_path / "run"
@@ -182,3 +189,12 @@ def test_a_model_that_did_not_learn_fails_its_build_in_one_line():
     assert str(info.value) == (
         "wide_deep_adult did not learn: auc 0.6000 on the evaluation split, chance is 0.5000 (needs > 0.8500)"
     )
+
+
+@pytest.mark.parametrize("name", [m for m in models.trained_models() if m != "crnn_words"])
+def test_trained_models_tensorrt_artifacts_pass(name):
+    """The trained track's ``tensorrt`` INT8 artifacts keep TensorRT's Q/DQ rules, as every catalogue model's do
+    (tests/test_tensorrt_conformance.py): checked here, in the file that trains these models anyway."""
+    from tests.test_tensorrt_conformance import assert_tensorrt_artifact_passes
+
+    assert_tensorrt_artifact_passes(name)
