@@ -33,3 +33,19 @@ def write_pid_and_sleep(pid_file: str, seconds: float = 60.0) -> None:
         f.write(str(os.getpid()))
     os.replace(tmp, pid_file)
     time.sleep(seconds)
+
+
+def ensure_counting_exports(model: str, size: str, counter: str) -> str:
+    """Ensure ``model``'s FP32 artifact at ``size``, appending a line to ``counter`` for each export it makes."""
+    import exporters
+    from onnx_models.artifacts import ensure, resolve
+
+    real = exporters.export
+
+    def counted(*args, **kwargs):
+        with open(counter, "a") as handle:
+            handle.write("export\n")
+        return real(*args, **kwargs)
+
+    exporters.export = counted
+    return str(ensure(resolve(model, size, "fp32")))

@@ -283,3 +283,20 @@ def test_damaged_clean_graph_cache_is_rebuilt(spec, damage):
     ensure(resolve(MODEL, SIZE, "int8"))
     assert store.entry(name)["sha256"] == int8_sha, f"the {damage} clean-up cache was used"
     assert cache.read_bytes() == good
+
+
+def test_two_processes_wanting_one_artifact_build_it_once(own_store, tmp_path):
+    """Two runs (or test workers, or cluster nodes on a shared store) asking for the same artifact at once: the
+    second waits on the artifact's build lock and reuses what the first built, instead of exporting it too."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bench.isolation import run_isolated
+    from tests.child_targets import ensure_counting_exports
+
+    counter = tmp_path / "exports"
+    kwargs = {"model": "ncf", "size": SIZE, "counter": str(counter)}
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: run_isolated(ensure_counting_exports, kwargs, 600), range(2)))
+    assert [r.error for r in results if not r.ok] == []
+    assert results[0].value == results[1].value == str(ModelStore("ncf", SIZE).path("fp32"))
+    assert counter.read_text().splitlines() == ["export"]
