@@ -36,8 +36,6 @@ from cli.parser import build_parser
 from common import precisions
 from onnx_models import model_spec
 
-log = logging.getLogger("suite")
-
 # Commands that read or build the artifact store: they name a store left in its old place.
 STORE_COMMANDS = ("export", "calibrate", "flops", "run", "explain", "int8-check")
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.inputs import accuracy_feeds, timing_feeds
+from bench.scenarios import LoadSettings
 from bench.timer import TimerSettings
 from onnx_models.artifacts import Artifact
 
@@ -46,7 +47,7 @@ def run_cell(
     accuracy_samples: int,
     engine_options: dict,
     reference: str | None,
-    load=None,
+    load: LoadSettings | None = None,
     log_dir: str | None = None,
 ) -> dict:
     """Measure one cell: load its artifact (``cell.artifact``) in the engine, check accuracy against
@@ -96,19 +97,16 @@ def run_cell(
         meter = _gpu_meter(engine)
         cuda = engine.cuda_device()
         row["device"] = "cpu" if cuda is None else f"cuda:{cuda}"
-        timing = timer
         try:
             if c.scenario == "latency":
                 # The accuracy batches only where there is a reference to score them against.
                 samples = accuracy_feeds(spec, c.size, c.batch_size, accuracy_samples) if expected is not None else []
-                row.update(_closed_loop(engine, spec, c, feeds, samples, expected, timing, meter))
+                row.update(_closed_loop(engine, spec, c, feeds, samples, expected, timer, meter))
             else:
-                from bench.scenarios import LoadSettings
-
                 # LoadGen's query sample library: the accuracy batches, scored or not.
                 samples = accuracy_feeds(spec, c.size, c.batch_size, accuracy_samples)
                 settings = load or LoadSettings()
-                row.update(_loadgen(engine, spec, c, samples, expected, timing, settings, log_dir, meter))
+                row.update(_loadgen(engine, spec, c, samples, expected, timer, settings, log_dir, meter))
         finally:
             if meter is not None:
                 meter.close()

@@ -24,8 +24,8 @@ class UnknownPrecisionError(ValueError):
 class Precision:
     """One precision.
 
-    ``name`` is what rows, options and artifact names say (``int8``); ``title`` what people read (``INT8``);
-    ``colour`` and ``marker`` (``circle``, ``square``, ``triangle``, ``diamond``) how every chart draws it.
+    ``name`` is what rows, options, charts and artifact names say (``int8``); ``colour`` and ``marker``
+    (``circle``, ``square``, ``triangle``, ``diamond``) are how every chart draws it.
     ``element`` is the numpy type its arithmetic runs in: its roof is a GEMM in that type, counted in OP/s for
     integer types and FLOP/s for float ones. ``builder`` names the module that makes its artifact from the FP32
     export (None for the FP32 export itself). A ``quantized`` precision's artifact is a calibrated Q/DQ graph in
@@ -35,7 +35,6 @@ class Precision:
     """
 
     name: str
-    title: str
     colour: str
     marker: str
     element: str
@@ -60,9 +59,9 @@ class Precision:
 BASE = "fp32"
 
 REGISTRY: tuple[Precision, ...] = (
-    Precision("fp32", "FP32", "#1f77b4", "circle", "float32", builder=None),
-    Precision("fp16", "FP16", "#2ca02c", "square", "float16", builder="calibration.fp16"),
-    Precision("int8", "INT8", "#ff7f0e", "triangle", "int8", builder="calibration.int8", quantized=True),
+    Precision("fp32", "#1f77b4", "circle", "float32", builder=None),
+    Precision("fp16", "#2ca02c", "square", "float16", builder="calibration.fp16"),
+    Precision("int8", "#ff7f0e", "triangle", "int8", builder="calibration.int8", quantized=True),
 )
 
 NAMES: tuple[str, ...] = tuple(p.name for p in REGISTRY)

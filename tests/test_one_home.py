@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def fp16_again(monkeypatch) -> Precision:
     """A fifth precision added the way the registry says: one entry (here reusing the FP16 builder module)."""
-    entry = Precision("fp16b", "FP16 again", "#8c564b", "diamond", "float16", builder="calibration.fp16")
+    entry = Precision("fp16b", "#8c564b", "diamond", "float16", builder="calibration.fp16")
     registry = (*precisions.REGISTRY, entry)
     monkeypatch.setattr(precisions, "REGISTRY", registry)
     monkeypatch.setattr(precisions, "NAMES", tuple(p.name for p in registry))
@@ -81,7 +81,7 @@ def test_a_precision_is_one_registry_entry(fp16_again):
 
 def test_every_engine_runs_what_the_registry_says(monkeypatch):
     """Which engines run a precision is the registry's to say: the plan marks the others unsupported."""
-    only_trt = Precision("fp16t", "FP16 TRT", "#17becf", "circle", "float16", "calibration.fp16", engines=("ort-trt",))
+    only_trt = Precision("fp16t", "#17becf", "circle", "float16", "calibration.fp16", engines=("ort-trt",))
     registry = (*precisions.REGISTRY, only_trt)
     monkeypatch.setattr(precisions, "REGISTRY", registry)
     monkeypatch.setattr(precisions, "NAMES", tuple(p.name for p in registry))
