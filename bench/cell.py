@@ -41,6 +41,79 @@ class Cell:
         return base + (f"/c{self.concurrency}" if self.concurrency != 1 else "")
 
 
+class CellSession:
+    """One cell in the process that measures it: its artifact loaded in the engine (``__init__``, which also
+    checks accuracy against ``reference`` and warms the engine up on the staged timing feeds), then timed in one
+    window or in rounds (``round``; other cells' rounds run between them, each in a process of its own, so that
+    drift of the machine falls on every cell alike), then summed up (``finish``: the row's columns).
+
+    The closed loop (``latency``) only: LoadGen scenarios run in one window (``run_cell``)."""
+
+    def __init__(self, cell: Cell, timer: TimerSettings, accuracy_samples: int, engine_options: dict, reference):
+        from bench.timer import warm_up
+
+        self.cell, self.timer = cell, timer
+        self.row, self.engine, self.spec, feeds, expected = _open(cell, engine_options, reference)
+        self.meter = None
+        try:
+            self.meter = _gpu_meter(self.engine)
+            # The accuracy batches only where there is a reference to score them against.
+            samples = []
+            if expected is not None:
+                samples = accuracy_feeds(self.spec, cell.size, cell.batch_size, accuracy_samples)
+            self.row.update(_score(self.spec, cell.size, expected, [self.engine.infer(f) for f in samples]))
+            self.engine.prepare(feeds)
+            warm_up(self.engine.run_prepared, timer)
+        except BaseException:
+            if self.meter is not None:
+                self.meter.close()
+            self.engine.deactivate()
+            raise
+        self.rounds: list[list[float]] = []
+
+    def round(self, seconds: float, min_iters: int, rewarm: int = 0) -> float:
+        """Time one round: ``rewarm`` untimed runs (caches the other cells' rounds evicted), then runs until both
+        ``seconds`` and ``min_iters`` are reached. Returns the round's p50 latency in ms."""
+        from bench.timer import measure
+
+        settings = TimerSettings(0.0, rewarm, seconds, max(1, min_iters))
+        meter = self.meter
+        stats = measure(self.engine.run_prepared, settings, on_measure=meter.start if meter else None)
+        if meter is not None:
+            meter.pause(stats.iterations * self.cell.batch_size)
+        self.rounds.append(stats.samples_ms)
+        return stats.p50
+
+    def finish(self) -> dict:
+        """The measured columns (latency statistics over every round's samples, each round's p50, the engine's
+        timing breakdown and settings, memory) plus ``samples_ms``; the engine is released."""
+        from analysis.intervals import median_interval, unstable
+        from bench.timer import LatencyStats
+
+        try:
+            samples = [ms for one in self.rounds for ms in one]
+            stats = LatencyStats.from_values(samples)
+            rounds = [LatencyStats.from_values(r).p50 for r in self.rounds]
+            row = self.row
+            if self.meter is not None:
+                row.update(self.meter.stop(0))
+            row.update(self.engine.timing_breakdown(stats.iterations))
+            row.update(stats.to_row())
+            row["iterations"] = stats.iterations
+            row["latency_ms_p50_lo"], row["latency_ms_p50_hi"] = median_interval(samples) or (None, None)
+            row["rounds"] = len(self.rounds)
+            row["round_p50_ms"] = json.dumps([round(p50, 6) for p50 in rounds])
+            row["unstable"] = unstable(rounds, samples)
+            row["samples_ms"] = stats.samples_ms
+            row["engine_settings"] = json.dumps(self.engine.describe(), sort_keys=True)
+        finally:
+            if self.meter is not None:
+                self.meter.close()
+            self.engine.deactivate()
+        row["peak_rss_mib"] = _peak_rss_mib()
+        return row
+
+
 def run_cell(
     cell: Cell,
     timer: TimerSettings,
@@ -50,13 +123,35 @@ def run_cell(
     load: LoadSettings | None = None,
     log_dir: str | None = None,
 ) -> dict:
-    """Measure one cell: load its artifact (``cell.artifact``) in the engine, check accuracy against
-    ``reference`` (an .npz of FP32 outputs, or None to skip), then time it: with the suite's timer in the
-    ``latency`` scenario, with LoadGen (``load``, a ``bench.scenarios.LoadSettings``; its logs into ``log_dir``)
-    in the others. Returns the measured columns plus ``samples_ms`` (the timer's latencies; None for LoadGen
-    scenarios, whose latencies are in its logs)."""
-    import resource
+    """Measure one cell in one window: load its artifact (``cell.artifact``) in the engine, check accuracy
+    against ``reference`` (an .npz of FP32 outputs, or None to skip), then time it: with the suite's timer in the
+    ``latency`` scenario (a ``CellSession`` of one round), with LoadGen (``load``, a
+    ``bench.scenarios.LoadSettings``; its logs into ``log_dir``) in the others. Returns the measured columns plus
+    ``samples_ms`` (the timer's latencies; None for LoadGen scenarios, whose latencies are in its logs)."""
+    if cell.scenario == "latency":
+        session = CellSession(cell, timer, accuracy_samples, engine_options, reference)
+        session.round(timer.duration_s, timer.min_iters)
+        return session.finish()
+    row, engine, spec, _, expected = _open(cell, engine_options, reference)
+    try:
+        meter = _gpu_meter(engine)
+        try:
+            # LoadGen's query sample library: the accuracy batches, scored or not.
+            samples = accuracy_feeds(spec, cell.size, cell.batch_size, accuracy_samples)
+            row.update(_loadgen(engine, spec, cell, samples, expected, timer, load or LoadSettings(), log_dir, meter))
+        finally:
+            if meter is not None:
+                meter.close()
+        row["engine_settings"] = json.dumps(engine.describe(), sort_keys=True)
+    finally:
+        engine.deactivate()
+    row["peak_rss_mib"] = _peak_rss_mib()
+    return row
 
+
+def _open(cell: Cell, engine_options: dict, reference: str | None) -> tuple:
+    """Load ``cell``'s artifact into its engine: (the row's columns so far, the active engine, the model's spec,
+    the timing feeds, the FP32 reference outputs or None)."""
     import psutil
 
     from common import precisions
@@ -64,16 +159,14 @@ def run_cell(
     from onnx_models import model_spec
     from onnx_models.store import ModelStore
 
-    c = cell
-    if c.artifact is None:
-        raise ValueError(f"cell {c.id} has no artifact: cells come from bench.plan.plan, which resolves them")
-    spec = model_spec(c.model)
-    engine_cls = engine_class(c.engine)
-    store = ModelStore(c.model, c.size)
-    path = store.verified_path(c.artifact.name)
-    entry = store.entry(c.artifact.name)
+    if cell.artifact is None:
+        raise ValueError(f"cell {cell.id} has no artifact: cells come from bench.plan.plan, which resolves them")
+    spec = model_spec(cell.model)
+    store = ModelStore(cell.model, cell.size)
+    path = store.verified_path(cell.artifact.name)
+    entry = store.entry(cell.artifact.name)
     row: dict = {"artifact": str(path), "artifact_sha256": entry["sha256"]}
-    if precisions.get(c.precision).quantized:
+    if precisions.get(cell.precision).quantized:
         from calibration.tensorrt_rules import row_text
 
         row["int8_weight_bits"] = entry.get("weight_bits")
@@ -81,39 +174,29 @@ def run_cell(
         row["int8_conformance"] = row_text(entry.get("tensorrt_conformance"))
         # How many nodes an INT8 plan (accuracy-driven mixed precision) kept in float; 0 when fully quantized.
         row["int8_float_nodes"] = len(entry.get("float_nodes_from_plan", ()))
-    feeds = timing_feeds(spec, c.size, c.batch_size)
+    feeds = timing_feeds(spec, cell.size, cell.batch_size)
     expected = None
     if reference is not None:
         with np.load(reference) as data:
             expected = {name: data[name] for name in data.files}
     process = psutil.Process()
-    with engine_cls(engine_options) as engine:
-        resident = process.memory_info().rss
-        start = time.perf_counter()
-        # Engines that build for fixed shapes (TensorRT's optimisation profiles) learn the cell's shapes up front.
-        engine.activate(path, {name: array.shape for name, array in feeds.items()})
-        row["engine_build_s"] = time.perf_counter() - start
-        row["engine_load_mib"] = (process.memory_info().rss - resident) / 2**20
-        meter = _gpu_meter(engine)
-        cuda = engine.cuda_device()
-        row["device"] = "cpu" if cuda is None else f"cuda:{cuda}"
-        try:
-            if c.scenario == "latency":
-                # The accuracy batches only where there is a reference to score them against.
-                samples = accuracy_feeds(spec, c.size, c.batch_size, accuracy_samples) if expected is not None else []
-                row.update(_closed_loop(engine, spec, c, feeds, samples, expected, timer, meter))
-            else:
-                # LoadGen's query sample library: the accuracy batches, scored or not.
-                samples = accuracy_feeds(spec, c.size, c.batch_size, accuracy_samples)
-                settings = load or LoadSettings()
-                row.update(_loadgen(engine, spec, c, samples, expected, timer, settings, log_dir, meter))
-        finally:
-            if meter is not None:
-                meter.close()
-        row["engine_settings"] = json.dumps(engine.describe(), sort_keys=True)
-    # ru_maxrss is in KiB on Linux: the most this cell's own process (spawned, so nothing inherited) held.
-    row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return row
+    engine = engine_class(cell.engine)(engine_options)
+    resident = process.memory_info().rss
+    start = time.perf_counter()
+    # Engines that build for fixed shapes (TensorRT's optimisation profiles) learn the cell's shapes up front.
+    engine.activate(path, {name: array.shape for name, array in feeds.items()})
+    row["engine_build_s"] = time.perf_counter() - start
+    row["engine_load_mib"] = (process.memory_info().rss - resident) / 2**20
+    cuda = engine.cuda_device()
+    row["device"] = "cpu" if cuda is None else f"cuda:{cuda}"
+    return row, engine, spec, feeds, expected
+
+
+def _peak_rss_mib() -> float:
+    """The most this process held (ru_maxrss, KiB on Linux): a cell's process is spawned, so nothing inherited."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _gpu_meter(engine):
@@ -151,36 +234,27 @@ def label_columns(spec, size: str, expected: dict, got: dict) -> dict:
     of FP32."""
     from onnx_models.trained import eval_labels
 
+    from analysis.intervals import label_ratio_interval
+
     labels = eval_labels(spec, size)
     track = spec.trained
-    value = float(track.score(got, labels)[track.metric])
-    fp32 = float(track.score(expected, labels)[track.metric])
+
+    def score(outputs, truth) -> float:
+        return float(track.score(outputs, truth)[track.metric])
+
+    value, fp32 = score(got, labels), score(expected, labels)
     ratio = value / fp32 if fp32 else None
+    lo, hi = (label_ratio_interval(score, expected, got, labels) if ratio is not None else None) or (None, None)
     return {
         "label_metric": track.metric,
         "label_value": value,
         "label_value_fp32": fp32,
         "label_ratio": ratio,
+        "label_ratio_lo": lo,
+        "label_ratio_hi": hi,
         "label_pass_99": None if ratio is None else ratio >= LABEL_TARGETS[0],
         "label_pass_999": None if ratio is None else ratio >= LABEL_TARGETS[1],
     }
-
-
-def _closed_loop(engine, spec, c: Cell, feeds, samples, expected, timer, meter) -> dict:
-    """The ``latency`` scenario: accuracy on the accuracy batches, then the suite's timer on staged feeds."""
-    from bench.timer import measure
-
-    row = _score(spec, c.size, expected, [engine.infer(f) for f in samples])
-    engine.prepare(feeds)
-    stats = measure(engine.run_prepared, timer, on_measure=meter.start if meter else None)
-    if meter is not None:
-        # Before the breakdown's extra pass: the energy is the timed window's alone.
-        row.update(meter.stop(stats.iterations * c.batch_size))
-    row.update(engine.timing_breakdown(stats.iterations))
-    row.update(stats.to_row())
-    row["iterations"] = stats.iterations
-    row["samples_ms"] = stats.samples_ms
-    return row
 
 
 def _loadgen(engine, spec, c: Cell, samples, expected, timer, load, log_dir: str | None, meter) -> dict:

@@ -29,13 +29,15 @@ class ConfigError(ValueError):
 # calibrated on 8 samples, so that the whole catalogue finishes in half an hour on two cores (in the 41-minute
 # run with 32 samples, INT8 builds took 1,723 of the two build workers' seconds; with 2 s windows and 5
 # iterations the cells took 11 min 22 s, with these 9 min 29 s); `paper` is the paper's batch sizes and 5 s
-# windows.
+# windows. Both cut each closed-loop window into 5 rounds, the precisions and engines of a model taking turns
+# (bench.executor), so that drift of a shared machine falls on all of them alike and a speed-up gets an interval.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "batch_sizes": "1",
         "warmup_s": 0.25,
         "duration_s": 1.0,
         "min_iters": 3,
+        "rounds": 5,
         "accuracy_samples": 8,
         "samples": 8,
         "min_duration_s": 5.0,
@@ -45,6 +47,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "warmup_s": 1.0,
         "duration_s": 5.0,
         "min_iters": 10,
+        "rounds": 5,
         "accuracy_samples": 32,
         "samples": 32,
         "min_duration_s": 30.0,
@@ -70,6 +73,9 @@ class RunConfig:
     # Every registered precision unless the run names some (read when a RunConfig is made, not at import).
     precisions: tuple[str, ...] = field(default_factory=lambda: registry.NAMES)
     timer: TimerSettings = field(default_factory=TimerSettings)
+    # Timing rounds each closed-loop cell's window is cut into: the cells of one model, batch size and scenario
+    # (its precisions and engines) take turns round by round, each in a warm process of its own. 1: one window.
+    rounds: int = 1
     export: ExportSettings = field(default_factory=ExportSettings)
     calib: CalibrationSettings = field(default_factory=CalibrationSettings)
     engine_options: EngineOptions = field(default_factory=EngineOptions)
@@ -107,6 +113,8 @@ class RunConfig:
             raise ConfigError(f"--threads must be a positive integer, got {threads!r}")
         if self.accuracy_samples < 1:
             raise ConfigError("--accuracy-samples must be at least 1")
+        if not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ConfigError(f"--rounds must be a positive integer, got {self.rounds!r}")
         if self.jobs < 1:
             raise ConfigError(f"--jobs must be at least 1, got {self.jobs}")
         if self.bytes_model not in ("io", "activations"):
@@ -136,6 +144,7 @@ class RunConfig:
             "batch_sizes": {m: list(b) for m, b in self.batch_sizes.items()},
             "size": self.size,
             "timer": asdict(self.timer),
+            "rounds": self.rounds,
             "calibration": {
                 k: str(v) if isinstance(v, Path) else v
                 for k, v in asdict(self.calib).items()

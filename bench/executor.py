@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import socket
 import sys
 import threading
@@ -22,6 +23,7 @@ from bench.cell import Cell, run_cell
 from bench.isolation import kill_children, run_isolated
 from bench.model_facts import count_flops, reference_outputs
 from bench.plan import ArtifactJob
+from bench.timer import TimerSettings
 from onnx_models.artifacts import Artifact, CalibrationSettings, ExportSettings, ensure, slim_fp32
 
 log = logging.getLogger(__name__)
@@ -284,12 +286,19 @@ class LocalExecutor:
         return (result.value, None) if result.ok else (None, result.error)
 
     def measure_all(self, requests: Iterable[CellRequest], config) -> Iterator[CellOutcome]:
-        """Measure each requested cell, strictly one after the other, yielding each outcome as it ends (so the
-        caller writes it before the next cell starts)."""
+        """Measure the requested cells, one timing at a time, yielding each outcome as it ends (so the caller
+        writes it before the next starts). With ``config.rounds`` above 1 the closed-loop cells of one model,
+        size, batch size and concurrency (its precisions and engines) are measured in interleaved rounds
+        (``measure_rounds``) and end together; every other cell runs in one window of its own."""
         host = socket.gethostname()
-        for request in requests:
-            measured, error = self.measure(request.cell, config, request.reference, request.log_dir)
-            yield CellOutcome(request, measured, error, {"node": host})
+        for group in interleave_groups(requests, config.rounds):
+            if len(group) == 1 and (config.rounds == 1 or group[0].cell.scenario != "latency"):
+                request = group[0]
+                measured, error = self.measure(request.cell, config, request.reference, request.log_dir)
+                yield CellOutcome(request, measured, error, {"node": host})
+                continue
+            for request, measured, error in measure_rounds(group, config):
+                yield CellOutcome(request, measured, error, {"node": host})
 
     def availability(self, engine: str) -> str | None:
         """None when ``engine`` can run on this machine, else the reason it cannot."""
@@ -300,6 +309,81 @@ class LocalExecutor:
     def node_environments(self) -> dict[str, dict[str, Any]]:
         """The environments of other machines that measure cells: none (this machine's is env.json)."""
         return {}
+
+
+# Untimed runs at the start of every round but the first: the other cells' rounds evicted this one's caches.
+REWARM_RUNS = 1
+
+
+def interleave_groups(requests: Iterable[CellRequest], rounds: int) -> list[list[CellRequest]]:
+    """``requests`` grouped for measurement, in the order their first cells come: with ``rounds`` above 1, the
+    closed-loop cells that are compared with each other (one model, size, batch size and concurrency: its
+    precisions and engines) form one group; any other cell is a group of its own."""
+    groups: dict[Any, list[CellRequest]] = {}
+    for index, request in enumerate(requests):
+        cell = request.cell
+        if rounds > 1 and cell.scenario == "latency":
+            key: Any = (cell.model, cell.size, cell.batch_size, cell.concurrency)
+        else:
+            key = index
+        groups.setdefault(key, []).append(request)
+    return list(groups.values())
+
+
+def measure_rounds(group: list[CellRequest], config) -> list[tuple[CellRequest, dict[str, Any] | None, str | None]]:
+    """Measure ``group``'s closed-loop cells in ``config.rounds`` interleaved rounds: each cell's engine is loaded,
+    checked for accuracy and warmed up in a process of its own (``bench.cell.CellSession`` in a
+    ``bench.isolation.Worker``), then round after round each cell times a share of the window (``duration_s``
+    and ``min_iters`` divided by the rounds) while the others wait, in an order rotated every round, so that the
+    machine's drift falls on every cell of the group alike. Returns (request, measured columns or None, the
+    reason it failed or None) per cell, in the group's order; the columns hold every round's p50
+    (``round_p50_ms``) and the group's id (``rounds_group``), which pairs them for speed-up intervals."""
+    import secrets
+
+    from bench.cell import CellSession
+    from bench.isolation import Worker
+
+    timer, timeout = config.timer, config.cell_timeout_s
+    share = TimerSettings(0.0, 0, timer.duration_s / config.rounds, max(1, math.ceil(timer.min_iters / config.rounds)))
+    group_id = secrets.token_hex(6)
+    workers: dict[int, Worker] = {}
+    errors: dict[int, str] = {}
+    try:
+        for index, request in enumerate(group):
+            kwargs = dict(
+                cell=request.cell,
+                timer=timer,
+                accuracy_samples=config.accuracy_samples,
+                engine_options=config.engine_options.as_dict(),
+                reference=request.reference,
+            )
+            worker = Worker(CellSession, kwargs)
+            started = worker.start(timeout)
+            if started.ok:
+                workers[index] = worker
+            else:
+                errors[index] = started.error
+        for number in range(config.rounds):
+            live = sorted(workers)
+            turn = number % len(live) if live else 0
+            for index in live[turn:] + live[:turn]:
+                arguments = {"seconds": share.duration_s, "min_iters": share.min_iters}
+                arguments["rewarm"] = REWARM_RUNS if number else 0
+                done = workers[index].call("round", arguments, timeout)
+                if not done.ok:
+                    errors[index] = f"round {number + 1} of {config.rounds}: {done.error}"
+                    workers.pop(index).close()
+        measured: dict[int, dict[str, Any]] = {}
+        for index, worker in sorted(workers.items()):
+            finished = worker.call("finish", {}, timeout)
+            if finished.ok:
+                measured[index] = {**finished.value, "rounds_group": group_id}
+            else:
+                errors[index] = finished.error
+    finally:
+        for worker in workers.values():
+            worker.close()
+    return [(request, measured.get(index), errors.get(index)) for index, request in enumerate(group)]
 
 
 def _fp32_bytes(model: str, size: str) -> int:

@@ -52,14 +52,18 @@ class GpuMeter:
     """The device memory of this process and the energy of the GPU it runs on, over one window.
 
     ``start()`` reads the energy counter, ``stop(samples)`` reads it again and returns the row's
-    ``gpu_memory_mib``, ``energy_j_per_sample`` and ``samples_per_j`` (None where NVML cannot say). The GPU is
-    the one whose running processes include this one (CUDA's device numbering can differ from NVML's), else
-    NVML's ``device_index``."""
+    ``gpu_memory_mib``, ``energy_j_per_sample`` and ``samples_per_j`` (None where NVML cannot say). A window cut
+    into rounds (other cells run between them) is ``start()`` and ``pause(samples)`` per round, then
+    ``stop(0)``: the energy and inputs of the rounds alone are summed. The GPU is the one whose running processes
+    include this one (CUDA's device numbering can differ from NVML's), else NVML's ``device_index``."""
 
     def __init__(self, device_index: int = 0):
         self.nvml = _nvml()
         self.handle = None
         self._energy_mj: int | None = None
+        # Energy (J) and inputs of the rounds paused so far; None once a round's energy could not be read.
+        self._joules: float | None = 0.0
+        self._samples = 0
         if isinstance(self.nvml, str):
             return
         self.handle = self._own_device() or self.nvml.nvmlDeviceGetHandleByIndex(device_index)
@@ -91,17 +95,31 @@ class GpuMeter:
         if self.handle is not None:
             self._energy_mj = self._energy()
 
+    def pause(self, samples: int) -> None:
+        """End the current round (``samples`` inputs inferred in it) and add its energy to the window's."""
+        if self.handle is None or self._joules is None:
+            return
+        end = self._energy()
+        if self._energy_mj is None or end is None or end < self._energy_mj:
+            self._joules = None
+            return
+        self._joules += (end - self._energy_mj) / 1e3
+        self._samples += samples
+        self._energy_mj = None
+
     def stop(self, samples: int) -> dict[str, float | None]:
-        """The window's columns, ``samples`` being the inputs inferred in it."""
+        """The window's columns, ``samples`` being the inputs inferred since the last ``start()`` (0 when the
+        rounds were paused already)."""
         columns: dict[str, float | None] = {"gpu_memory_mib": None, "energy_j_per_sample": None, "samples_per_j": None}
         if self.handle is None:
             return columns
         used = self._process_memory(self.handle)
         columns["gpu_memory_mib"] = used / 2**20 if used else None
-        end = self._energy()
-        if self._energy_mj is not None and end is not None and samples > 0 and end > self._energy_mj:
-            joules = (end - self._energy_mj) / 1e3
-            columns.update(energy_j_per_sample=joules / samples, samples_per_j=samples / joules)
+        if self._energy_mj is not None:
+            self.pause(samples)
+        joules, inferred = self._joules, self._samples
+        if joules and inferred > 0:
+            columns.update(energy_j_per_sample=joules / inferred, samples_per_j=inferred / joules)
         return columns
 
     def close(self) -> None:

@@ -191,6 +191,8 @@ MATRIX_SETTINGS = ("models", "engines", "precisions", "batch_sizes", "scenarios"
 # matrix and their rows lack is filled with that.
 _MATRIX_BEFORE = {"scenarios": ["latency"], "concurrency": [1]}
 _ROWS_BEFORE_SCENARIOS = {"scenario": "latency", "concurrency": 1}
+# Settings that directories written before them were measured with: one timing window per cell.
+_SETTINGS_BEFORE = {"rounds": 1}
 # Settings that only LoadGen cells use: a directory without them has no such rows yet.
 _LOADGEN_SETTINGS = ("load",)
 
@@ -201,7 +203,8 @@ def _as_dict(value: Any) -> dict[str, Any]:
 
 def _measured_by(env: dict[str, Any]) -> dict[str, Any]:
     """The parts of an environment that a resume must keep, flattened to ``a.b`` keys."""
-    settings = {k: v for k, v in _as_dict(env.get("settings")).items() if k not in MATRIX_SETTINGS}
+    settings = {**_SETTINGS_BEFORE, **_as_dict(env.get("settings"))}
+    settings = {k: v for k, v in settings.items() if k not in MATRIX_SETTINGS}
     flat: dict[str, Any] = {}
 
     def walk(prefix: str, value: Any) -> None:

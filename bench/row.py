@@ -30,8 +30,20 @@ class Row:
     status: str | None = None
     error: str | None = None
     iterations: int | None = None
+    # The closed loop's timing rounds: how many, and each round's p50 latency (a JSON list, in the order measured;
+    # the rounds of one model's cells alternate, so round i of each was measured side by side), and the id that
+    # the cells measured in one interleaved group share (speed-ups pair rounds only within one group).
+    rounds: int | None = None
+    round_p50_ms: str | None = None
+    rounds_group: str | None = None
+    # Why the timing is not to be trusted (rounds that disagree, a round far from the others, wide or bimodal
+    # samples: analysis.intervals.unstable), or None.
+    unstable: str | None = None
     latency_ms_mean: float | None = None
     latency_ms_p50: float | None = None
+    # The p50's 95% interval (order statistics of the samples, analysis.intervals.median_interval).
+    latency_ms_p50_lo: float | None = None
+    latency_ms_p50_hi: float | None = None
     latency_ms_p90: float | None = None
     latency_ms_p95: float | None = None
     latency_ms_p99: float | None = None
@@ -65,6 +77,11 @@ class Row:
     arith_intensity: float | None = None
     accuracy_metric: str | None = None
     accuracy_value: float | None = None
+    # The primary metric's 95% interval, its method (wilson, bootstrap, t) and the units it counts.
+    accuracy_value_lo: float | None = None
+    accuracy_value_hi: float | None = None
+    accuracy_interval: str | None = None
+    accuracy_samples_n: int | None = None
     accuracy_cosine: float | None = None
     accuracy_max_abs_error: float | None = None
     accuracy_samples: int | None = None
@@ -74,6 +91,9 @@ class Row:
     label_value: float | None = None
     label_value_fp32: float | None = None
     label_ratio: float | None = None
+    # The ratio's 95% interval: a paired bootstrap over the evaluation samples.
+    label_ratio_lo: float | None = None
+    label_ratio_hi: float | None = None
     label_pass_99: bool | None = None
     label_pass_999: bool | None = None
     cpu_isa: str | None = None

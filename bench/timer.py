@@ -74,6 +74,19 @@ class LatencyStats:
         return {f"latency_ms_{k}": v for k, v in stats.items()}
 
 
+def warm_up(run_once: Callable[[], None], settings: TimerSettings) -> int:
+    """Run ``run_once`` until both ``settings.warmup_s`` and ``settings.warmup_iters`` are reached (untimed);
+    returns how many runs that took."""
+    clock = time.perf_counter_ns
+    start = clock()
+    done = 0
+    warmup_ns = settings.warmup_s * 1e9
+    while done < settings.warmup_iters or (clock() - start) < warmup_ns:
+        run_once()
+        done += 1
+    return done
+
+
 def measure(
     run_once: Callable[[], None],
     settings: TimerSettings = TimerSettings(),
@@ -82,12 +95,7 @@ def measure(
     """Warm up, then time ``run_once`` (a synchronised inference) repeatedly; returns its latencies.
     ``on_measure`` is called once between warm-up and measurement (a GPU energy reading's start)."""
     clock = time.perf_counter_ns
-    start = clock()
-    done = 0
-    warmup_ns = settings.warmup_s * 1e9
-    while done < settings.warmup_iters or (clock() - start) < warmup_ns:
-        run_once()
-        done += 1
+    warm_up(run_once, settings)
     if on_measure is not None:
         on_measure()
     samples: list[float] = []

@@ -307,6 +307,7 @@ def config_from(args: argparse.Namespace, selection: Selection):
             engines=selection.engines,
             precisions=selection.precisions,
             timer=timer,
+            rounds=preset_value(args, "rounds"),
             export=export,
             calib=calib,
             engine_options=engine_options,

@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--warmup-s", type=float, help="warm-up seconds, at least one run (preset: 0.25 / 1)")
     run.add_argument("--duration-s", type=float, help="minimum measured seconds per cell (preset: 1 / 5)")
     run.add_argument("--min-iters", type=int, help="minimum measured iterations per cell (preset: 3 / 10)")
+    run.add_argument(
+        "--rounds",
+        type=int,
+        help="timing rounds each closed-loop window is cut into, a model's precisions and engines taking turns "
+        "(preset: 5 / 5; 1: one window per cell)",
+    )
     run.add_argument("--threads", type=int, help="intra-op threads for CPU engines (default: physical cores)")
     run.add_argument(
         "--provider-options",

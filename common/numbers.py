@@ -43,3 +43,15 @@ def format_rate(value: float | None, unit: str) -> str:
         if abs(value) >= scale:
             return f"{value / scale:.3g} {prefix}{unit}"
     return f"{value:.3g} {unit}"
+
+
+def with_interval(value: float | None, lo: float | None, hi: float | None, suffix: str = "") -> str:
+    """A value with its interval: ``2.61x [2.52, 2.70]`` (``suffix`` ``x``: two decimals) or ``0.875 [0.529,
+    0.978]`` (four significant digits); the value alone without an interval, ``-`` without a value."""
+    if value is None:
+        return "-"
+    text = f"{value:.2f}{suffix}" if suffix else f"{value:.4g}"
+    if lo is None or hi is None:
+        return text
+    bounds = f"{lo:.2f}, {hi:.2f}" if suffix else f"{lo:.4g}, {hi:.4g}"
+    return f"{text} [{bounds}]"

@@ -161,7 +161,7 @@ def compare(
     records = join(runs, ignore_engine)
     names = labels(len(runs))
     environment = environment_table(envs, names_of, runs)
-    doc = comparison(records, names, names_of, environment, ignore_engine)
+    doc = comparison(records, names, names_of, environment, ignore_engine, agreement(runs, names))
     text = doc.markdown()
     out_dir = Path(out) if out else Path(dirs[0])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -199,10 +199,12 @@ def comparison(
     names_of: list[str],
     environment: list[list[Any]],
     ignore_engine: bool,
+    agreed: list[dict[str, Any]] | None = None,
 ):
     """The comparison as one Document, rendered to compare.md and compare.html: the runs, how cells are joined,
-    the ratio chart of every run against A (in the HTML page), then the environments and the joined cells (in
-    HTML sortable, filterable tables)."""
+    whether the other runs give run A's answers (``agreed``, from ``agreement``), the ratio chart of every run
+    against A (in the HTML page), then the environments and the joined cells (in HTML sortable, filterable
+    tables)."""
     from report.document import Document
     from report.svg_charts import ratio_chart
 
@@ -214,6 +216,20 @@ def comparison(
         f"Cells joined on {joined}. Ratios are X / A: p50 latency below 1, samples/s and FLOP/s above 1 mean X is "
         "faster than A."
     )
+    if agreed:
+        doc.heading(2, "Do the runs give the same answers?")
+        doc.para(
+            "Each run's verdicts (which precision to deploy, per engine and model, as its report gives them) against "
+            "run A's, and how many of its speed-ups lie inside run A's 95% intervals (cells timed in rounds in "
+            "both). Run the same matrix twice on one machine to see whether its answers survive a second run."
+        )
+        for entry in agreed:
+            doc.para(
+                f"{entry['run']}: {entry['changed']} of {entry['verdicts']} verdicts differ from A's; "
+                f"{entry['inside']} of {entry['paired']} speed-ups lie inside A's interval."
+            )
+        table = [[e["run"], *line] for e in agreed for line in e["lines"]]
+        doc.table(["run", "engine", "model", "answer in A", "answer in the run", "same"], table, name="verdicts")
     bars = ratio_bars(records, names)
     if bars:
         doc.heading(2, "Throughput against run A")
@@ -228,6 +244,55 @@ def comparison(
     columns = list(records[0]) if records else ["model"]
     doc.table(columns, [[record[c] for c in columns] for record in records], name="cells")
     return doc
+
+
+def agreement(runs: list[list[dict[str, Any]]], names: list[str], threshold: float = 0.99) -> list[dict[str, Any]]:
+    """For each run after A: how many of its verdicts (``analysis.verdict``) differ from A's, over the (engine,
+    model, size) both judged, and how many of its speed-ups lie inside A's 95% interval, over the cells paired in
+    both (``lines``: per verdict, A's answer, the run's, and whether they agree)."""
+    from analysis.verdict import points, speed_key, speedup_interval, verdicts
+    from report.run_report import counterparts
+
+    def answers(rows: list[dict[str, Any]]) -> dict[tuple, str]:
+        judged = verdicts(points(rows, threshold, stand_ins), threshold)
+        return {
+            (v.engine, v.model, v.size): v.decision + (f" {v.best.precision}" if v.decision == "deploy" else "")
+            for v in judged
+        }
+
+    def intervals(rows: list[dict[str, Any]]) -> dict[tuple, tuple[float, float, float]]:
+        base = {speed_key(r): r for r in rows if r.get("precision") == "fp32"}
+        found = {}
+        for row in rows:
+            paired = speedup_interval(row, base.get(speed_key(row))) if row.get("precision") != "fp32" else None
+            if paired:
+                found[(*speed_key(row), row.get("precision"))] = paired
+        return found
+
+    stand_ins = counterparts()
+    first, first_intervals = answers(runs[0]), intervals(runs[0])
+    out = []
+    for name, rows in zip(names[1:], runs[1:], strict=True):
+        mine, mine_intervals = answers(rows), intervals(rows)
+        shared = [k for k in first if k in mine]
+        lines = [
+            [k[0], k[1] + ("" if k[2] == "full" else f" ({k[2]})"), first[k], mine[k], first[k] == mine[k]]
+            for k in shared
+        ]
+        paired = [k for k in first_intervals if k in mine_intervals]
+        inside = sum(1 for k in paired if first_intervals[k][1] <= mine_intervals[k][0] <= first_intervals[k][2])
+        changed = sum(1 for k in shared if first[k] != mine[k])
+        out.append(
+            {
+                "run": name,
+                "verdicts": len(shared),
+                "changed": changed,
+                "paired": len(paired),
+                "inside": inside,
+                "lines": lines,
+            }
+        )
+    return out
 
 
 def _split(

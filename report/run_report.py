@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from analysis.roofs import Roofs, engine_threads, machine_key, unit
-from analysis.verdict import passes, speed_key, speedup
+from analysis.verdict import passes, speed_key, speedup, speedup_interval
 from bench.results import CELL_COLUMNS
 from common import precisions
-from common.numbers import fmt, format_rate
+from common.numbers import format_rate, with_interval
 from common.paths import atomic_path
 from report.document import Document
 from report.html import TableCell, slug
@@ -138,25 +138,61 @@ def build(
     return doc
 
 
+def counterparts() -> dict[str, str]:
+    """{catalogue model: the trained model of the same architecture that stands in for it} from the catalogue
+    (a trained model is a variant of the model it was trained from); {} where the catalogue cannot be read."""
+    import models
+
+    try:
+        catalogue = models.all_models()
+    except (ImportError, ValueError, OSError):
+        return {}
+    return {spec.variant_of: name for name, spec in catalogue.items() if spec.trained is not None and spec.variant_of}
+
+
+DECISION_CSS = {"deploy": "pass", "keep fp32": None, "undecided": "undecided", "none": "fail"}
+
+
 def _answer(
     doc: Document, rows: list[dict[str, Any]], threshold: float, run_dir: Path, numbers: dict[str, int]
 ) -> None:
     """Per engine: the chart of speed-up against accuracy retained and the verdict table (analysis.verdict)."""
-    from analysis.verdict import points, verdicts
+    from analysis.verdict import MIN_SPEEDUP, points, verdicts
     from report.svg_charts import answer_chart, model_label
 
-    all_points = points(rows, threshold)
+    stand_ins = counterparts()
+    all_points = points(rows, threshold, stand_ins)
     doc.heading(2, "Which precision to deploy")
     if not all_points:
         doc.para("No cell finished: nothing to choose from.")
         return
     doc.para(
-        f"Per model, the fastest precision that keeps at least {threshold:g} of FP32's accuracy (--threshold), "
-        "its speed-up over FP32 and the accuracy it keeps; how these are measured is under the chart."
+        f"Per model, the fastest lower precision that is measurably faster than FP32 (the whole 95% interval of "
+        f"its speed-up at or above {MIN_SPEEDUP:g}x) and keeps at least {threshold:g} of FP32's accuracy against "
+        "labels (the whole interval at or above --threshold). Where the evidence does not carry an answer, the "
+        "verdict is undecided and says what would decide it. Intervals are 95%; how each is made is under the "
+        "chart."
     )
-    coarse = sample_step_note(rows, threshold)
-    if coarse:
-        doc.para(coarse)
+    unjudged = sorted({p.model for p in all_points if p.accuracy == "unjudged"})
+    if unjudged:
+        missing = sorted({stand_ins[m] for m in unjudged if m in stand_ins})
+        run = f" `suite.py run --models {','.join([*unjudged, *missing])}`" if missing else ""
+        doc.para(
+            f"Random weights: {', '.join(unjudged)} ran with random weights, whose agreement with FP32 says how far "
+            "a precision drifts, not what it costs a trained model, so no deploy or fail verdict rests on it. "
+            + (
+                f"The trained counterparts ({', '.join(missing)}) would judge them against labels:{run}. "
+                if missing
+                else ""
+            )
+            + "Real weights (--weights) or a real model (--onnx) judge the others."
+        )
+    unstable = sorted({f"{p.model} {p.precision}" for p in all_points if p.unstable})
+    if unstable:
+        doc.para(
+            f"Unstable timing: {', '.join(unstable)} measured rounds that disagree (the machine was busy, or the "
+            "engine's speed drifts): their verdicts are undecided; re-run them on a quiet machine."
+        )
     for engine in dict.fromkeys(p.engine for p in all_points):
         mine = [p for p in all_points if p.engine == engine]
         labelled = {model_label(p): numbers.get(p.model, 0) for p in mine}
@@ -169,44 +205,51 @@ def _answer(
         table = []
         low = [p for p in precisions.lower() if any(q.precision == p for q in mine)]
         by_key = {(model_label(p), p.precision): p for p in mine}
-        for verdict in verdicts(mine):
+        for verdict in verdicts(mine, threshold):
             label = verdict.model if verdict.size in ("full", "None") else f"{verdict.model} ({verdict.size})"
             best = verdict.best
-            line: list[Any] = [numbers.get(verdict.model), label]
-            if best is None:
-                line += [TableCell("none", None, "fail"), None, None, ""]
+            decision = verdict.decision if verdict.decision != "deploy" else f"deploy {best.precision}"
+            line: list[Any] = [
+                numbers.get(verdict.model),
+                label,
+                TableCell(decision, None, DECISION_CSS[verdict.decision]),
+            ]
+            if verdict.decision == "deploy":
+                line += [_speed_cell(best), _kept_cell(best), best.basis]
             else:
-                line += [
-                    TableCell(best.precision, None, "pass"),
-                    TableCell(f"{best.speedup:.2f}x", best.speedup, "num"),
-                    best.retained,
-                    best.basis,
-                ]
+                line += [None, None, ""]
             for precision in low:
-                point = by_key.get((label, precision))
-                line.append(_point_cell(point))
+                line.append(_point_cell(by_key.get((label, precision))))
             line.append(verdict.reason)
             table.append(line)
-        header = ["#", "model", "deploy", "speed-up", "accuracy kept", "against"]
+        header = ["#", "model", "answer", "speed-up [95%]", "accuracy kept [95%]", "against"]
         doc.table(header + [f"{p}: speed-up, kept" for p in low] + ["why"], table, name=f"verdict-{slug(engine)}")
         doc.svg(markup, path, title)
         undrawn = [f"{model_label(p)} {p.precision}" for p in mine if not (p.speedup and p.retained is not None)]
         if undrawn:
             doc.para(f"Not on the chart (no speed-up or no accuracy): {', '.join(undrawn)}.")
-    trained = any(r.get("label_ratio") is not None for r in rows)
     doc.para(
-        "MLPerf's rule: a precision passes when it keeps the threshold's share of FP32's accuracy. "
-        + (
-            "Trained models are judged by their metric against the evaluation labels (ratio to FP32's); random"
-            if trained
-            else "Random"
-        )
-        + "-weight models have no labels: their accuracy is their agreement with FP32's outputs (top-1, "
-        "spans, boxes...; the outputs' cosine similarity where the metric is an error), so it says how far the "
-        "precision drifts from FP32, not how well the model does its task. Speed-up is FP32's p50 latency over "
-        "the precision's in the closed loop (throughput ratio where only LoadGen scenarios ran), the geometric "
-        "mean over the batch sizes measured; accuracy is the lowest over them."
+        "How these are measured. Speed-up: FP32's p50 latency over the precision's in the closed loop, the "
+        "geometric mean over the batch sizes measured. The cells of one model and batch size are timed in "
+        "interleaved rounds (--rounds; each in a warm process of its own), so that drift of the machine falls on "
+        "every precision alike; the interval is Student's t on the logarithms of the rounds' paired ratios. "
+        "Accuracy: against labels for trained models (the metric's ratio to FP32's, its interval a paired "
+        "bootstrap over the evaluation samples) and, through its trained counterpart measured in the same run, "
+        "for a catalogue model of the same architecture; random-weight agreement with FP32 (top-1, spans, "
+        "boxes...; the outputs' cosine where the metric is an error; a Wilson interval for counted agreement) "
+        "is shown as drift and never judged. MLPerf's rule is the threshold: a precision passes when it keeps "
+        "that share of FP32's accuracy; accuracy is the lowest over the batch sizes measured."
     )
+
+
+def _speed_cell(point) -> TableCell:
+    """``2.61x [2.52, 2.70]``, sorted by the speed-up."""
+    return TableCell(with_interval(point.speedup, point.speedup_lo, point.speedup_hi, "x"), point.speedup, "num")
+
+
+def _kept_cell(point) -> TableCell:
+    """``0.9951 [0.990, 0.999]``, sorted by the accuracy kept."""
+    return TableCell(with_interval(point.retained, point.retained_lo, point.retained_hi), point.retained, "num")
 
 
 # Judged by the outputs' cosine similarity to FP32 (accuracy_verdict), which has no 1/N steps.
@@ -239,22 +282,29 @@ def sample_step_note(rows: list[dict[str, Any]], threshold: float) -> str | None
 
 
 def _point_cell(point) -> TableCell:
-    """``1.93x, 0.9951`` coloured by pass or fail, sorted by speed-up; empty where the precision did not run."""
+    """A lower precision in the verdict table: ``2.61x [2.52, 2.70], 0.875 [0.53, 0.98] unjudged``, coloured by
+    what is decided (faster and passing, failing or slower), sorted by speed-up; empty where it did not run."""
     if point is None:
         return TableCell("")
-    speed = f"{point.speedup:.2f}x" if point.speedup else "-"
-    kept = fmt(point.retained) if point.retained is not None else "-"
-    verdict = {True: " pass", False: " FAIL", None: ""}[point.passes]
-    css = {True: "pass", False: "fail", None: None}[point.passes]
-    return TableCell(f"{speed}, {kept}{verdict}", point.speedup, css)
+    speed = with_interval(point.speedup, point.speedup_lo, point.speedup_hi, "x")
+    kept = with_interval(point.retained, point.retained_lo, point.retained_hi)
+    state = point.accuracy or ""
+    if point.speed in ("slower", "no gain"):
+        state = f"{point.speed}, {state}".rstrip(", ")
+    css = "pass" if point.speed == "faster" and point.accuracy == "pass" else None
+    if point.accuracy == "fail" or point.speed == "slower":
+        css = "fail"
+    return TableCell(f"{speed}, {kept} {state}".strip(), point.speedup, css)
 
 
 def _speedups(doc: Document, rows: list[dict[str, Any]], threshold: float) -> None:
     doc.heading(2, "Speed-up over FP32")
     doc.para(
         "FP32 p50 latency divided by a lower precision's p50 latency of the same model, size, engine, batch and "
-        "scenario; in LoadGen scenarios, its samples/s divided by FP32's. Concurrency above 1 is marked "
-        f"as @N after the scenario. FAIL marks a speed-up whose accuracy keeps less than {threshold:g} of FP32's."
+        "scenario, with its 95% interval where the two were timed side by side in rounds (the geometric mean of "
+        "the rounds' ratios then); in LoadGen scenarios, its samples/s divided by FP32's. Concurrency above 1 is "
+        f"marked as @N after the scenario. 'below {threshold:g}' marks a speed-up whose cell keeps less than "
+        f"{threshold:g} of FP32's accuracy by its own measure (against labels, or its agreement with FP32)."
     )
     groups: dict[tuple, dict[str, dict]] = {}
     for row in rows:
@@ -268,18 +318,25 @@ def _speedups(doc: Document, rows: list[dict[str, Any]], threshold: float) -> No
         for precision in low:
             other = by_precision.get(precision, {})
             line += [_p50(other), _rate(other)]
-            ratio = speedup(other, base) if other else None
+            paired = speedup_interval(other, base) if other else None
+            ratio = paired[0] if paired else (speedup(other, base) if other else None)
+            text = with_interval(*paired, "x") if paired else (f"{ratio:.2f}x" if ratio else None)
             if ratio and passes(other, threshold) is False:
                 # Marked where it is quoted: a speed-up bought with accuracy below the threshold.
-                line.append(TableCell(f"{ratio:.2f}x FAIL", ratio, "fail"))
+                line.append(TableCell(f"{text} below {threshold:g}", ratio, "fail"))
             else:
-                line.append(f"{ratio:.2f}x" if ratio else (other.get("status") if other else None))
+                line.append(TableCell(text, ratio, "num") if ratio else (other.get("status") if other else None))
         table.append(line)
     doc.table(
         ["model", "size", "engine", "batch", "scenario", "fp32 p50 ms", "fp32 samples/s"]
         + [f"{p} {what}" for p in low for what in ("p50 ms", "samples/s", "x")],
         table,
     )
+
+
+def _interval_text(lo: float | None, hi: float | None) -> str | None:
+    """``[0.529, 0.978]``, or None without an interval."""
+    return None if lo is None or hi is None else f"[{lo:.4g}, {hi:.4g}]"
 
 
 def _rate(row: dict[str, Any]) -> float | None:
@@ -312,13 +369,15 @@ def _accuracy(doc: Document, rows: list[dict[str, Any]], threshold: float, env: 
                 row["scenario"],
                 row["accuracy_metric"],
                 row.get("accuracy_value"),
+                _interval_text(row.get("accuracy_value_lo"), row.get("accuracy_value_hi")),
                 row.get("accuracy_cosine"),
                 row.get("accuracy_max_abs_error"),
                 rule,
                 verdict,
             ]
         )
-    header = ["model", "engine", "prec", "batch", "scenario", "metric", "value", "cosine", "max abs error", "rule"]
+    header = ["model", "engine", "prec", "batch", "scenario", "metric", "value", "95%", "cosine", "max abs error"]
+    header.append("rule")
     header.append("result")
     doc.table(header, table)
     note = kernel_note(rows, env)

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from analysis.verdict import Point
 from common import precisions
+from common.numbers import with_interval
 from report.label_layout import place_labels
 
 FAIL = "#d62728"
@@ -162,12 +163,13 @@ def answer_chart(points: Sequence[Point], numbers: dict[str, int], threshold: fl
     """An SVG scatter of ``points``: speed-up over FP32 (log x) against accuracy retained (y), one marker per
     model and precision (shape and colour by precision), labelled with the model's number in ``numbers`` (model
     label -> number, the key being the verdict table), the threshold drawn as a line with the failing region
-    shaded, failing points outlined in red with a cross. Points without a speed-up or an accuracy are left out
-    (the caller lists them)."""
+    shaded, failing points outlined in red with a cross, and each point's 95% intervals as error bars (speed-up
+    across, accuracy up and down; ``line.err`` elements with ``data-lo`` and ``data-hi``). Points without a
+    speed-up or an accuracy are left out (the caller lists them)."""
     drawn = [p for p in points if p.speedup and p.retained is not None]
     width, height = 760, 460
-    speeds = [p.speedup for p in drawn] or [1.0]
-    kept = [p.retained for p in drawn] or [1.0]
+    speeds = [v for p in drawn for v in (p.speedup, p.speedup_lo, p.speedup_hi) if v] or [1.0]
+    kept = [v for p in drawn for v in (p.retained, p.retained_lo, p.retained_hi) if v is not None] or [1.0]
     x_lo, x_hi = min(0.5, min(speeds) / 1.25), max(2.0, max(speeds) * 1.25)
     y_lo, y_hi = min(threshold, min(kept)), max(1.0, max(kept))
     pad = max((y_hi - y_lo) * 0.08, 0.002)
@@ -223,14 +225,17 @@ def answer_chart(points: Sequence[Point], numbers: dict[str, int], threshold: fl
             failing = point.passes is False
             tip = (
                 f"#{numbers.get(model_label(point), '?')} {model_label(point)} {point.precision}: "
-                f"{point.speedup:.2f}x, {point.retained:.4f} of FP32 against {point.basis}"
+                f"{with_interval(point.speedup, point.speedup_lo, point.speedup_hi, 'x')}, "
+                f"{with_interval(point.retained, point.retained_lo, point.retained_hi)} of FP32 against {point.basis}"
                 + (" (FAILS)" if failing else "")
             )
             color = precisions.colour(point.precision)
             parts.append(
                 f'<g class="point {"fail" if failing else "pass"}" data-model="{escape(model_label(point))}" '
                 f'data-precision="{point.precision}" data-speedup="{point.speedup:.6g}" '
-                f'data-retained="{point.retained:.6g}"><title>{escape(tip)}</title>'
+                f'data-retained="{point.retained:.6g}" data-accuracy="{point.accuracy or ""}" '
+                f'data-speed="{point.speed or ""}"><title>{escape(tip)}</title>'
+                + _error_bars(frame, point, x, y, color)
                 + _marker(point.precision, x, y, color, FAIL if failing else "#222", 2 if failing else 0.8)
             )
             if failing:
@@ -256,6 +261,26 @@ def answer_chart(points: Sequence[Point], numbers: dict[str, int], threshold: fl
     )
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+def _error_bars(frame: _Frame, point: Point, x: float, y: float, color: str) -> str:
+    """A point's 95% intervals as thin lines through its marker: the speed-up's across (``line.err.speed``), the
+    accuracy's up and down (``line.err.kept``), each with its bounds as ``data-lo``/``data-hi``; '' where the
+    point has neither."""
+    bars = []
+    if point.speedup_lo and point.speedup_hi:
+        x1, x2 = frame.x(point.speedup_lo), frame.x(point.speedup_hi)
+        bars.append(
+            f'<line class="err speed" x1="{x1:.1f}" y1="{y:.1f}" x2="{x2:.1f}" y2="{y:.1f}" stroke="{color}" '
+            f'stroke-width="1.2" data-lo="{point.speedup_lo:.6g}" data-hi="{point.speedup_hi:.6g}"/>'
+        )
+    if point.retained_lo is not None and point.retained_hi is not None:
+        y1, y2 = frame.y(point.retained_lo), frame.y(point.retained_hi)
+        bars.append(
+            f'<line class="err kept" x1="{x:.1f}" y1="{y1:.1f}" x2="{x:.1f}" y2="{y2:.1f}" stroke="{color}" '
+            f'stroke-width="1.2" data-lo="{point.retained_lo:.6g}" data-hi="{point.retained_hi:.6g}"/>'
+        )
+    return "".join(bars)
 
 
 class CurvePoint(NamedTuple):
