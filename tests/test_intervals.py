@@ -1,4 +1,4 @@
-"""The statistics behind every interval the suite reports (analysis.intervals)."""
+"""The statistics behind every interval the suite reports (analysis.intervals) and compare()'s accuracy intervals."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from analysis import intervals
+from analysis.accuracy import compare
 from analysis.intervals import (
     bootstrap_interval,
     label_ratio_interval,
@@ -211,6 +212,69 @@ def test_bootstrap_interval_is_seeded():
     assert bootstrap_interval(mean_of, 1) is None
     # Resamples with no value (NaN) are left out; with too few left there is no interval.
     assert bootstrap_interval(lambda i: math.nan, 50) is None
+
+
+def test_compare_classification_has_wilson_bounds():
+    ref = np.eye(4)[[0, 1, 2, 3, 0, 1, 2, 3]]
+    cand = ref.copy()
+    cand[3] = np.eye(4)[0]
+    result = compare("classification", {"logits": ref}, {"logits": cand})
+    assert result["accuracy_value"] == 7 / 8
+    assert (result["accuracy_value_lo"], result["accuracy_value_hi"]) == proportion_interval(7, 8)
+    assert result["accuracy_interval"] == "wilson" and result["accuracy_samples_n"] == 8
+
+
+def test_compare_units_of_the_other_agreements():
+    # Pose counts samples x keypoints; translation counts the tokens up to each sentence's end.
+    heat = np.zeros((2, 3, 4, 4))
+    heat[:, :, 0, 0] = 1
+    cand = heat.copy()
+    cand[1, 2, 3, 3] = 2
+    pose = compare("pose", {"h": heat}, {"h": cand})
+    assert pose["accuracy_samples_n"] == 6 and pose["accuracy_value_hi"] == proportion_interval(5, 6)[1]
+    tokens = compare("translation", {"t": np.array([[5, 6, 2, 0, 0]])}, {"t": np.array([[5, 7, 2, 9, 9]])}, {"eos": 2})
+    assert tokens["accuracy_samples_n"] == 3 and tokens["accuracy_value_lo"] == proportion_interval(2, 3)[0]
+
+
+def test_compare_detection_bootstraps_over_images():
+    rng = np.random.default_rng(8)
+    images, k = 30, 4
+    corners = rng.uniform(0, 50, (images, k, 2))
+    boxes = np.concatenate([corners, corners + 10], axis=-1)
+    scores = np.full((images, k), 0.9)
+    labels = rng.integers(0, 3, (images, k))
+    moved = boxes.copy()
+    moved[: images // 3, 0] += 30  # one box of a third of the images moves away: unmatched
+    ref = {"boxes": boxes, "scores": scores, "labels": labels}
+    cand = {"boxes": moved, "scores": scores, "labels": labels}
+    result = compare("detection", ref, cand)
+    assert result["accuracy_value"] == pytest.approx(110 / 120)
+    assert result["accuracy_interval"] == "bootstrap" and result["accuracy_samples_n"] == images
+    assert result["accuracy_value_lo"] < result["accuracy_value"] < result["accuracy_value_hi"] < 1.0
+    again = compare("detection", ref, cand)
+    assert (again["accuracy_value_lo"], again["accuracy_value_hi"]) == (
+        result["accuracy_value_lo"],
+        result["accuracy_value_hi"],
+    )
+
+
+def test_compare_generic_has_a_t_interval_over_sample_cosines():
+    rng = np.random.default_rng(9)
+    ref = rng.normal(size=(40, 16))
+    cand = ref + rng.normal(0, 0.3, ref.shape)
+    result = compare("generic", {"y": ref, "z": ref}, {"y": cand, "z": ref})
+    assert result["accuracy_value"] == result["accuracy_cosine"] < 1.0
+    assert result["accuracy_interval"] == "t" and result["accuracy_samples_n"] == 40
+    assert result["accuracy_value_lo"] < result["accuracy_value"] < result["accuracy_value_hi"] <= 1.0
+    same = compare("generic", {"y": ref}, {"y": ref})
+    assert same["accuracy_value_lo"] == pytest.approx(1.0) and same["accuracy_value_hi"] == 1.0
+
+
+def test_compare_ctr_has_no_interval():
+    result = compare("ctr", {"p": np.array([[0.1], [0.5], [0.9]])}, {"p": np.array([[0.1], [0.95], [0.9]])})
+    assert result["accuracy_value"] == pytest.approx(0.45)
+    assert [result[k] for k in ("accuracy_value_lo", "accuracy_value_hi", "accuracy_interval")] == [None] * 3
+    assert result["accuracy_samples_n"] is None
 
 
 def test_label_ratio_interval_with_a_trained_classifier_score():
