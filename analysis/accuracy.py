@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from analysis import intervals
+
 # task -> (primary metric name, higher is better)
 PRIMARY = {
     "classification": ("top1_agreement", True),
@@ -26,14 +28,13 @@ PRIMARY = {
 }
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over samples of the cosine similarity of the flattened per-sample outputs."""
+def _sample_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The cosine similarity of each sample's flattened outputs (1 where both are all zeros, 0 where one is)."""
     a = a.reshape(a.shape[0], -1).astype(np.float64)
     b = b.reshape(b.shape[0], -1).astype(np.float64)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     dots = np.sum(a * b, axis=1)
-    cos = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(np.all(a == b, axis=1), 1.0, 0.0))
-    return float(np.mean(cos))
+    return np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(np.all(a == b, axis=1), 1.0, 0.0))
 
 
 def ranking_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -148,12 +149,82 @@ def ctc_greedy_decode(logits: np.ndarray, blank: int) -> list[tuple[int, ...]]:
     return decoded
 
 
+# The accuracy interval's confidence, and the seed of the bootstrap (detection) so that a row is reproducible.
+CONFIDENCE = 0.95
+BOOTSTRAP_SEED = 0
+
+# (method, (lo, hi) or None, units counted): the primary metric's interval, as the per-task helpers give it.
+_Interval = tuple[str | None, tuple[float, float] | None, int | None]
+
+
+def _wilson(agree: np.ndarray) -> _Interval:
+    """Wilson's interval of the fraction of True in ``agree`` (one per counted unit)."""
+    return "wilson", intervals.proportion_interval(int(np.sum(agree)), agree.size, CONFIDENCE), agree.size
+
+
+def _box_f1(matched: float, ref_count: float, cand_count: float) -> tuple[float, float, float]:
+    """(recall, precision, F1) of ``matched`` boxes of ``ref_count`` reference and ``cand_count`` candidate boxes."""
+    recall = matched / ref_count if ref_count else 1.0
+    precision = matched / cand_count if cand_count else 1.0
+    return recall, precision, float(2 * recall * precision / (recall + precision)) if recall + precision else 0.0
+
+
+def _detection(reference, candidate, options) -> tuple[float, dict[str, float], _Interval]:
+    """Box F1 over all images, from per-image greedy matches; the interval is a seeded bootstrap over images."""
+    boxes, scores, labels = list(reference)[:3]
+    counts = np.array(
+        [
+            detection_match(
+                (reference[boxes][i], reference[scores][i], reference[labels][i]),
+                (candidate[boxes][i], candidate[scores][i], candidate[labels][i]),
+                float(options.get("score_threshold", 0.05)),
+            )
+            for i in range(reference[boxes].shape[0])
+        ],
+        dtype=np.float64,
+    ).reshape(-1, 3)
+    matched, ref_count, cand_count = counts.sum(axis=0)
+    recall, precision, value = _box_f1(matched, ref_count, cand_count)
+    extras = {
+        "accuracy_box_recall": float(recall),
+        "accuracy_box_precision": float(precision),
+        "accuracy_reference_boxes": float(ref_count),
+    }
+    bounds = intervals.bootstrap_interval(
+        lambda images: _box_f1(*counts[images].sum(axis=0))[2], len(counts), CONFIDENCE, seed=BOOTSTRAP_SEED
+    )
+    return value, extras, ("bootstrap", bounds, len(counts))
+
+
+def _translation(ref: np.ndarray, cand: np.ndarray, options) -> tuple[float, dict[str, float], _Interval]:
+    """Token agreement within the reference's sentences; Wilson's interval over the tokens compared."""
+    if "eos" in options:
+        # Positions after the reference's end of sentence are padding: compare only the sentence.
+        ended = np.cumsum(ref == options["eos"], axis=-1) - (ref == options["eos"]) > 0
+        mask = ~ended
+    else:
+        mask = np.ones(ref.shape, dtype=bool)
+    value = float(np.sum((ref == cand) & mask) / max(1, np.sum(mask)))
+    extras = {"accuracy_sentence_agreement": float(np.mean(np.all((ref == cand) | ~mask, axis=-1)))}
+    return value, extras, _wilson((ref == cand)[mask])
+
+
+def _generic(per_sample: Mapping[str, np.ndarray]) -> _Interval:
+    """Student's t interval, within [-1, 1], over the per-sample cosines of the output whose mean cosine is the
+    lowest (the one ``accuracy_cosine`` reports)."""
+    worst = min(per_sample.values(), key=lambda c: float(np.mean(c)))
+    bounds = intervals.mean_interval(worst, CONFIDENCE)
+    if bounds is not None:
+        bounds = (max(-1.0, bounds[0]), min(1.0, bounds[1]))
+    return "t", bounds, len(worst)
+
+
 def compare(
     task: str,
     reference: dict[str, np.ndarray],
     candidate: dict[str, np.ndarray],
     options: Mapping[str, Any] | None = None,
-) -> dict[str, float | str]:
+) -> dict[str, Any]:
     """Compare ``candidate`` outputs with ``reference`` outputs (name -> array, samples on axis 0).
 
     Returns ``accuracy_metric`` (the task's primary metric name), ``accuracy_value`` and the details
@@ -161,6 +232,14 @@ def compare(
     outputs are read in the spec's order: detection (boxes, scores, labels, ...), pose (heatmaps
     (B, K, H, W)), ctc_text (logits (B, T, C); ``options["blank"]``, default C - 1), translation (token
     ids (B, T); ``options["eos"]`` ends a sentence when given).
+
+    The primary metric's 95% interval (``analysis.intervals``) comes with it: ``accuracy_value_lo`` and
+    ``accuracy_value_hi``, ``accuracy_interval`` the method, and ``accuracy_samples_n`` the units it counts.
+    Agreements are proportions, with Wilson's interval over their units (classification, span_qa and ctc_text:
+    samples; pose: samples x keypoints; translation: the tokens compared); detection's box F1 has a seeded
+    percentile bootstrap over images (from per-image match counts); generic's cosine has Student's t over the
+    per-sample cosines. ctr's primary metric is a worst-case error, with no interval: its bounds, method and
+    units are None, as are the bounds and method wherever too few units make no interval.
     """
     options = options or {}
     if task not in PRIMARY:
@@ -168,64 +247,53 @@ def compare(
     missing = sorted(set(reference) - set(candidate))
     if missing:
         raise ValueError(f"candidate lacks outputs {missing}")
-    cosines = [_cosine(reference[k], candidate[k]) for k in reference]
+    per_sample = {k: _sample_cosines(reference[k], candidate[k]) for k in reference}
+    cosines = [float(np.mean(c)) for c in per_sample.values()]
     max_abs = max(
         float(np.max(np.abs(reference[k].astype(np.float64) - candidate[k].astype(np.float64)))) for k in reference
     )
-    result: dict[str, float | str] = {"accuracy_cosine": min(cosines), "accuracy_max_abs_error": max_abs}
+    result: dict[str, Any] = {"accuracy_cosine": min(cosines), "accuracy_max_abs_error": max_abs}
     first = next(iter(reference))
     names = list(reference)
+    interval: _Interval = (None, None, None)
     if task == "classification":
-        value = float(np.mean(reference[first].argmax(-1) == candidate[first].argmax(-1)))
+        agree = reference[first].argmax(-1) == candidate[first].argmax(-1)
+        value, interval = float(np.mean(agree)), _wilson(agree)
     elif task == "detection":
-        boxes, scores, labels = names[:3]
-        totals = np.zeros(3)
-        for i in range(reference[boxes].shape[0]):
-            totals += detection_match(
-                (reference[boxes][i], reference[scores][i], reference[labels][i]),
-                (candidate[boxes][i], candidate[scores][i], candidate[labels][i]),
-                float(options.get("score_threshold", 0.05)),
-            )
-        matched, ref_count, cand_count = totals
-        recall = matched / ref_count if ref_count else 1.0
-        precision = matched / cand_count if cand_count else 1.0
-        result["accuracy_box_recall"] = float(recall)
-        result["accuracy_box_precision"] = float(precision)
-        result["accuracy_reference_boxes"] = float(ref_count)
-        value = float(2 * recall * precision / (recall + precision)) if recall + precision else 0.0
+        value, extras, interval = _detection(reference, candidate, options)
+        result.update(extras)
     elif task == "pose":
         ref, cand = reference[first], candidate[first]
         flat = (ref.shape[0], ref.shape[1], -1)
-        value = float(np.mean(ref.reshape(flat).argmax(-1) == cand.reshape(flat).argmax(-1)))
+        agree = ref.reshape(flat).argmax(-1) == cand.reshape(flat).argmax(-1)
+        value, interval = float(np.mean(agree)), _wilson(agree)
     elif task == "ctc_text":
         blank = int(options.get("blank", reference[first].shape[-1] - 1))
         ref_text = ctc_greedy_decode(reference[first], blank)
         cand_text = ctc_greedy_decode(candidate[first], blank)
-        value = float(np.mean([a == b for a, b in zip(ref_text, cand_text, strict=True)]))
+        agree = np.array([a == b for a, b in zip(ref_text, cand_text, strict=True)], dtype=bool)
+        value, interval = float(np.mean(agree)), _wilson(agree)
     elif task == "translation":
-        ref, cand = reference[first], candidate[first]
-        if "eos" in options:
-            # Positions after the reference's end of sentence are padding: compare only the sentence.
-            ended = np.cumsum(ref == options["eos"], axis=-1) - (ref == options["eos"]) > 0
-            mask = ~ended
-        else:
-            mask = np.ones(ref.shape, dtype=bool)
-        value = float(np.sum((ref == cand) & mask) / max(1, np.sum(mask)))
-        result["accuracy_sentence_agreement"] = float(np.mean(np.all((ref == cand) | ~mask, axis=-1)))
+        value, extras, interval = _translation(reference[first], candidate[first], options)
+        result.update(extras)
     elif task == "generic":
-        value = result["accuracy_cosine"]
+        value, interval = result["accuracy_cosine"], _generic(per_sample)
     elif task == "span_qa":
         start, end = names[:2]
         start_ok = reference[start].argmax(-1) == candidate[start].argmax(-1)
         end_ok = reference[end].argmax(-1) == candidate[end].argmax(-1)
         result["accuracy_start_agreement"] = float(np.mean(start_ok))
         result["accuracy_end_agreement"] = float(np.mean(end_ok))
-        value = float(np.mean(start_ok & end_ok))
+        value, interval = float(np.mean(start_ok & end_ok)), _wilson(start_ok & end_ok)
     else:
         value = max_abs
         result["accuracy_ranking_agreement"] = ranking_agreement(reference[first], candidate[first])
     result["accuracy_metric"] = PRIMARY[task][0]
     result["accuracy_value"] = value
+    method, bounds, units = interval
+    result["accuracy_value_lo"], result["accuracy_value_hi"] = bounds if bounds is not None else (None, None)
+    result["accuracy_interval"] = method if bounds is not None else None
+    result["accuracy_samples_n"] = units
     return result
 
 
