@@ -16,7 +16,9 @@ only where the evidence carries it. Pure functions over result rows (dicts as in
   model's agreement with FP32 says how far a precision drifts from FP32, not what it costs a trained model: it is
   shown (``retained``, with its interval) but never **judged**.
 - The **verdict** of a model: deploy the fastest precision that is faster and passes; keep FP32 when every lower
-  precision is settled against (not faster, or failing); otherwise undecided, with what would decide it.
+  precision is settled against (not faster, or failing); otherwise undecided, with what would decide it. A cell
+  whose timing is flagged unstable (``analysis.intervals.unstable``) is named, not skipped: its speed-up's
+  interval comes from its rounds, so a disturbed timing widens it until it decides nothing.
 """
 
 from __future__ import annotations
@@ -217,7 +219,7 @@ def points(
         if counterpart and accuracy["accuracy"] == "unjudged" and (engine, counterpart, size, precision) in own:
             borrowed = own[(engine, counterpart, size, precision)]
             if borrowed["evidence"]:
-                accuracy = {**borrowed, "basis": f"labels of {counterpart}: {borrowed['basis']}"}
+                accuracy = {**borrowed, "basis": borrowed["basis"].replace("labels", f"labels of {counterpart}", 1)}
         unstable = next((r.get("unstable") for r in cells if r.get("unstable")), None)
         out.append(
             Point(
@@ -287,7 +289,7 @@ def verdicts(all_points: Iterable[Point], threshold: float = 0.99, min_speedup: 
         if not lower:
             out.append(Verdict(engine, model, size, "none", None, "no lower precision ran"))
             continue
-        deployable = [p for p in lower if p.speed == "faster" and p.accuracy == "pass" and not p.unstable]
+        deployable = [p for p in lower if p.speed == "faster" and p.accuracy == "pass"]
         if deployable:
             best = max(deployable, key=lambda p: (p.speedup or 0, -precisions.order(p.precision)))
             others = [_why(p, threshold, min_speedup) for p in lower if p is not best]
@@ -296,7 +298,7 @@ def verdicts(all_points: Iterable[Point], threshold: float = 0.99, min_speedup: 
             continue
         settled = all(p.speed in ("no gain", "slower") or p.accuracy == "fail" for p in lower)
         reasons = "; ".join(_why(p, threshold, min_speedup) for p in lower)
-        if settled and not any(p.unstable for p in lower):
+        if settled:
             out.append(Verdict(engine, model, size, "keep fp32", base, reasons))
         else:
             out.append(Verdict(engine, model, size, "undecided", None, reasons))
@@ -305,12 +307,16 @@ def verdicts(all_points: Iterable[Point], threshold: float = 0.99, min_speedup: 
 
 def _why(point: Point, threshold: float, min_speedup: float) -> str:
     """One clause on ``point``: its speed and accuracy as far as they are decided, and what would decide the
-    rest."""
+    rest. An unstable timing does not by itself withhold a verdict (the speed-up's interval, made from the
+    rounds, widens with it), but is named."""
+    clause = _clause(point, threshold, min_speedup)
+    return f"{clause} (its timing is flagged unstable: re-run to confirm)" if point.unstable else clause
+
+
+def _clause(point: Point, threshold: float, min_speedup: float) -> str:
     from analysis.intervals import samples_to_decide
 
     name = point.precision
-    if point.unstable:
-        return f"{name}'s timing is unstable ({point.unstable}): re-run on a quiet machine"
     if point.speed is None:
         speed = f"{name} was not timed side by side with FP32 in rounds (re-run with --rounds 5)"
     elif point.speed == "faster":

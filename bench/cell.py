@@ -232,9 +232,8 @@ def label_columns(spec, size: str, expected: dict, got: dict) -> dict:
     """The trained track's columns: the task metric against the evaluation labels for this precision and for
     FP32 (``expected``, the FP32 reference on the same samples), their ratio, and pass or fail at 99% and 99.9%
     of FP32."""
-    from onnx_models.trained import eval_labels
-
     from analysis.intervals import label_ratio_interval
+    from onnx_models.trained import eval_labels
 
     labels = eval_labels(spec, size)
     track = spec.trained
@@ -244,7 +243,10 @@ def label_columns(spec, size: str, expected: dict, got: dict) -> dict:
 
     value, fp32 = score(got, labels), score(expected, labels)
     ratio = value / fp32 if fp32 else None
-    lo, hi = (label_ratio_interval(score, expected, got, labels) if ratio is not None else None) or (None, None)
+    interval = None
+    if ratio is not None:
+        interval = label_ratio_interval(score, expected, got, labels, rows_per_sample=track.rows_per_sample)
+    lo, hi = interval or (None, None)
     return {
         "label_metric": track.metric,
         "label_value": value,

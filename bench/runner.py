@@ -42,18 +42,28 @@ class RunOutcome:
         return sum(1 for r in self.rows if r.get("status") == status)
 
 
-def base_row(cell: Cell, facts: dict[str, Any], bytes_model: str = "io") -> Row:
-    """The columns every row has, whatever its status: identity, model facts, paper comparison.
+def base_row(cell: Cell, facts: dict[str, Any], bytes_model: str = "io", checkpoint: bool = False) -> Row:
+    """The columns every row has, whatever its status: identity, model facts, paper comparison, and what its
+    weights are (``weights``: ``trained`` in the suite and scored against labels, a user's ``checkpoint``
+    (``checkpoint`` True: --weights), a brought-in ``file``, or seeded ``random`` ones: what its accuracy can be
+    judged by, ``analysis.verdict``).
 
     ``bytes_model`` ``io`` counts weights + inputs + outputs per batch; ``activations`` adds every
     intermediate tensor written once and read once."""
     from onnx_models import model_spec
 
     spec = model_spec(cell.model)
+    if spec.trained is not None:
+        weights = "trained"
+    elif spec.framework == "onnx":
+        weights = "file"
+    else:
+        weights = "checkpoint" if checkpoint else "random"
     row = Row(
         model=cell.model,
         category=spec.category,
         framework=spec.framework,
+        weights=weights,
         size=cell.size,
         engine=cell.engine,
         precision=cell.precision,
@@ -154,7 +164,7 @@ def run(
             rows_of: dict[str, Row] = {}
             for cell in work.cells:
                 cell_facts = facts.get((cell.model, cell.batch_size), {})
-                row = base_row(cell, cell_facts, config.bytes_model)
+                row = base_row(cell, cell_facts, config.bytes_model, config.export.weights is not None)
                 row.update(_reasons(cell, work.unsupported, built))
                 if row.status is not None:
                     results.append(row.as_dict(), None)

@@ -144,6 +144,7 @@ SPECS = [
             chance=0.1,
             margin=0.15,
             weights_suffix=".weights.h5",
+            rows_per_sample=CANDIDATES,
             data_note=(
                 "MovieLens 100k (GroupLens), 943 users x 1,682 movies: latest rating per user held out among 99 "
                 "unrated movies, the other 99,057 ratings with 4 sampled negatives each train"

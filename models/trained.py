@@ -67,3 +67,6 @@ class TrainedTrack:
     # Installed packages whose files make the data (distribution name -> what it provides), for data made
     # rather than fetched: their versions join the splits' cache key and the provenance.
     packages: Mapping[str, str] = field(default_factory=dict)
+    # Rows of the outputs (axis 0) that make one evaluation sample: 1, or a ranking model's candidates per user
+    # (``score`` reads them in whole groups). A bootstrap over the evaluation samples resamples whole groups.
+    rows_per_sample: int = 1

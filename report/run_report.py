@@ -190,8 +190,9 @@ def _answer(
     unstable = sorted({f"{p.model} {p.precision}" for p in all_points if p.unstable})
     if unstable:
         doc.para(
-            f"Unstable timing: {', '.join(unstable)} measured rounds that disagree (the machine was busy, or the "
-            "engine's speed drifts): their verdicts are undecided; re-run them on a quiet machine."
+            f"Unstable timing: {', '.join(unstable)} (rounds that disagree, a round far from the others, or samples "
+            "spread widely or in two groups: the machine was busy, or the engine's speed drifts). Their speed-up "
+            "intervals widen with it; re-run them on a quiet machine to confirm the verdicts that rest on them."
         )
     for engine in dict.fromkeys(p.engine for p in all_points):
         mine = [p for p in all_points if p.engine == engine]
