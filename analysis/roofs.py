@@ -21,6 +21,8 @@ from common import precisions
 from common.numbers import format_rate
 
 _SI = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "p": 1e15}
+# The stability of roofs cached before they were timed in passes.
+NOT_CHECKED = "not checked (measured before roofs were timed in passes)"
 
 
 @dataclass
@@ -230,26 +232,35 @@ def describe(roofs: Roofs) -> list[str]:
         lines.append(
             f"{machine['engine']} on {machine['cpu']} ({machine['logical_cores']} logical cores, onnxruntime "
             f"{machine['onnxruntime']}, {machine['threads']} threads), measured {details['measured_at']} in "
-            f"{details['seconds']} s, {details['duration_s_per_point']} s per point"
+            f"{details['seconds']} s, {details['duration_s_per_point']} s per pass"
+            + (f", up to {details['max_passes']} passes per point" if "max_passes" in details else "")
         )
-        lines.append(f"{'kernel':<28}{'best':>16}{'median':>16}  median/best  ops after optimisation")
+        lines.append(f"{'kernel':<28}{'best':>16}{'median':>16}  median/best  passes     ops after optimisation")
         for precision, points in details["gemm"].items():
             for point in points:
                 n = point["n"]
                 lines.append(
                     f"{f'gemm {precision} {n}x{n}x{n}':<28}{format_rate(point['best'], unit(precision)):>16}"
                     f"{format_rate(point['median'], unit(precision)):>16}  {point['median'] / point['best']:>11.2f}"
-                    f"  {' '.join(point['kernels'] or ['?'])}"
+                    f"  {_passes(point):<9}  {' '.join(point['kernels'] or ['?'])}"
                 )
         stream = details["stream"]
         label = f"stream add 3x{stream['array_bytes'] / 2**20:.0f} MiB"
         lines.append(
             f"{label:<28}{format_rate(stream['best'], 'B/s'):>16}"
             f"{format_rate(stream['median'], 'B/s'):>16}  {stream['median'] / stream['best']:>11.2f}"
-            f"  {' '.join(stream['kernels'] or ['?'])}"
+            f"  {_passes(stream):<9}  {' '.join(stream['kernels'] or ['?'])}"
         )
+        lines.append(f"stability: {details.get('stability', NOT_CHECKED)}")
     roof_text = ", ".join(f"{p} {format_rate(v, unit(p))}" for p, v in roofs.compute.items())
     lines.append(
         f"roofs ({roofs.source}): {roof_text or 'no compute roof'}; bandwidth {format_rate(roofs.bandwidth, 'B/s')}"
     )
     return lines
+
+
+def _passes(point: Mapping[str, Any]) -> str:
+    """``2 agree`` or ``3 differ``: how many passes a point took and whether its last two agreed."""
+    if "passes" not in point:
+        return "1"
+    return f"{len(point['passes'])} {'agree' if point.get('agreed') else 'differ'}"

@@ -15,8 +15,18 @@ from PIL import Image
 
 import suite
 from analysis.flops import count
-from analysis.roofs import PRESETS, PeakError, Roofs, engine_threads, given_roofs, machine_key, parse_flops, parse_rate
-from bench.peak import measure_roofs
+from analysis.roofs import (
+    PRESETS,
+    PeakError,
+    Roofs,
+    describe,
+    engine_threads,
+    given_roofs,
+    machine_key,
+    parse_flops,
+    parse_rate,
+)
+from bench.peak import MAX_PASSES, STABLE_TOLERANCE, measure_roofs, settle, stability
 from bench.roofs_cache import cached_roofs, local_machine_key, save_roofs
 from common.hashing import sha256_file
 from onnx_models.store import ModelStore
@@ -46,6 +56,25 @@ def test_peaks_measured_through_the_engine(peak_cache):
         # A GEMM 1700x larger must not look orders of magnitude slower per operation than a tiny one.
         assert large["best"] > tiny["best"] / 100, precision
         assert roofs.compute[precision] == max(tiny["best"], large["best"])
+    # Every point was timed in passes until two agreed (at most MAX_PASSES); its rate is the best of the agreeing
+    # pair, or of all passes where none agreed, and the roofs say which points did not settle.
+    points = {f"gemm {p} n={point['n']}": point for p, sweep in roofs.details["gemm"].items() for point in sweep}
+    points["stream"] = roofs.details["stream"]
+    for name, point in points.items():
+        assert 2 <= len(point["passes"]) <= MAX_PASSES, name
+        low, high = sorted(point["passes"][-2:])
+        assert point["spread"] == pytest.approx(1 - low / high, abs=1e-4)
+        assert point["agreed"] == (point["spread"] <= STABLE_TOLERANCE), name
+        assert point["agreed"] or len(point["passes"]) == MAX_PASSES, name
+        assert point["best"] == max(point["passes"][-2:] if point["agreed"] else point["passes"]), name
+    assert roofs.bandwidth == points["stream"]["best"]
+    unsettled = [name for name, point in points.items() if not point["agreed"]]
+    stability = roofs.details["stability"]
+    assert stability == "stable" if not unsettled else stability.startswith("unstable: "), stability
+    assert all(f"{name}: passes" in stability for name in unsettled)
+    assert roofs.details["max_passes"] == MAX_PASSES and roofs.details["tolerance"] == STABLE_TOLERANCE
+    assert f"stability: {stability}" in describe(roofs)
+    assert roofs.details["measured_at"]
     # ONNX Runtime fuses the QDQ GEMM into one integer kernel: the INT8 roof is an integer kernel's.
     assert roofs.details["gemm"]["int8"][1]["kernels"] == ["QLinearMatMul"]
     assert roofs.details["stream"]["array_bytes"] == 2**20
@@ -58,6 +87,34 @@ def test_peaks_measured_through_the_engine(peak_cache):
     assert not save_roofs(quick)
     assert cached_roofs(key).compute == roofs.compute
     assert cached_roofs({**key, "threads": key["threads"] + 7}) is None
+
+
+def test_a_roof_point_is_timed_until_two_passes_agree():
+    """Passes go on until two consecutive ones agree within the tolerance; the rate is the best of that pair (a
+    slow first pass, the machine busy, does not count), and a point that never settles keeps its best pass and
+    says so."""
+
+    def scripted(*rates):
+        def one_pass(index):
+            return {"best": rates[index], "median": rates[index] / 2, "iterations": index}
+
+        return one_pass
+
+    settled = settle(scripted(60.0, 100.0, 95.0), max_passes=3, tol=0.10)
+    assert settled["passes"] == [60.0, 100.0, 95.0] and settled["agreed"] and settled["best"] == 100.0
+    assert settled["spread"] == pytest.approx(0.05) and settled["iterations"] == 1
+    # Two agreeing passes are enough.
+    assert settle(scripted(100.0, 92.0, 1.0), max_passes=3, tol=0.10)["passes"] == [100.0, 92.0]
+    # The busy pass came first and last: no pair agreed, the best of all passes is kept, and it is unstable.
+    unsettled = settle(scripted(100.0, 60.0, 80.0), max_passes=3, tol=0.10)
+    assert unsettled["passes"] == [100.0, 60.0, 80.0] and not unsettled["agreed"] and unsettled["best"] == 100.0
+    assert unsettled["spread"] == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        settle(scripted(1.0), max_passes=1)
+    stream = {**settled, "array_bytes": 8}
+    assert stability({"fp32": [{"n": 64, **settled}]}, stream) == "stable"
+    text = stability({"fp32": [{"n": 64, **settled}], "int8": [{"n": 128, **unsettled}]}, stream)
+    assert text == "unstable: gemm int8 n=128: passes 100, 60, 80 OP/s (last two 25% apart)"
 
 
 def test_given_roofs_and_presets(tmp_path):
