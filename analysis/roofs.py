@@ -21,6 +21,11 @@ from common import precisions
 from common.numbers import format_rate
 
 _SI = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "p": 1e15}
+# A run measures cached roofs again when one of its cells goes above them by more than this share. A cell's
+# FLOP/s comes from its mean latency and a roof from the best iteration, so a cell sits below its roof; the margin
+# leaves room for a model's kernels beating the roof GEMM's by a little (quick roofs use GEMMs of 512 at most)
+# and for the FLOP count's rounding, so that only a roof clearly below the machine's is measured again.
+ABOVE_ROOF_MARGIN = 0.05
 # The stability of roofs cached before they were timed in passes.
 NOT_CHECKED = "not checked (measured before roofs were timed in passes)"
 
@@ -213,6 +218,35 @@ def engine_threads(rows: Iterable[Mapping[str, Any]], engine: str, env: Mapping[
                 return int(threads)
     settings = env.get("settings", {})
     return (settings.get("engine_options") or {}).get("threads") or env.get("cpu", {}).get("physical_cores")
+
+
+# ------------------------------------------------------------------------------------------ above a roof
+
+
+def roof_share(roofs: Roofs | None, row: Mapping[str, Any]) -> float | None:
+    """A row's achieved FLOP/s over its attainable roof (``Roofs.attainable`` at its precision and arithmetic
+    intensity): above 1 is above the roof. None where the roofs, the roof or the rate is unknown."""
+    if roofs is None or not row.get("flops_per_s"):
+        return None
+    bound = roofs.attainable(str(row.get("precision")), row.get("arith_intensity"))
+    return row["flops_per_s"] / bound if bound else None
+
+
+def above_roof(
+    roofs: Roofs | None, rows: Iterable[Mapping[str, Any]], engine: str, margin: float = 0.0
+) -> list[tuple[Mapping[str, Any], float]]:
+    """(row, ``roof_share``) of each ok closed-loop row of ``engine`` above its roof by more than ``margin``
+    (a share of the roof), the furthest above first. A cell cannot beat its roof: one above it means the roofs
+    were measured while other work ran (too low), or, above the memory roof, that the byte model counts bytes
+    the cell read from cache rather than memory."""
+    found = []
+    for row in rows:
+        if row.get("engine") != engine or row.get("status") != "ok" or row.get("scenario") != "latency":
+            continue
+        share = roof_share(roofs, row)
+        if share is not None and share > 1.0 + margin:
+            found.append((row, share))
+    return sorted(found, key=lambda item: -item[1])
 
 
 # ---------------------------------------------------------------------------------------------- printing

@@ -340,8 +340,16 @@ def measure_roofs(
     )
 
 
-def measure_and_cache(engine: str = "ort-cpu", threads: int | None = None, quick: bool = False) -> dict:
-    """Measure (``measure_roofs``) and cache; returns the roofs as JSON (for a child process to hand back)."""
+def measure_and_cache(
+    engine: str = "ort-cpu", threads: int | None = None, quick: bool = False, replace: str | None = None
+) -> dict:
+    """Measure (``measure_roofs``) and cache; returns the roofs as JSON (for a child process to hand back).
+
+    ``replace`` says why the cached roofs are wrong (a run's cells went above them): it is kept in the details
+    (``replaced_because``), and the new roofs replace the cached ones even where those were a full measurement
+    and these are quick (``save_roofs``)."""
     roofs = measure_roofs(engine, threads, quick)
-    save_roofs(roofs)
+    if replace:
+        roofs.details["replaced_because"] = replace
+    save_roofs(roofs, replace=bool(replace))
     return roofs.to_json()

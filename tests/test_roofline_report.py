@@ -381,9 +381,13 @@ def test_run_measures_missing_roofs_after_its_cells(tmp_path, peak_cache):
         def __init__(self):
             self.calls = []
 
+        def node_environments(self):
+            return {}
+
         def roofs(self, engine, threads):
             self.calls.append((engine, threads))
-            save_roofs(Roofs({"fp32": 1e11}, 1e10, "test", {"machine": machine_key(env, engine, threads)}))
+            # Above every synthetic cell: the second run finds nothing to measure again.
+            save_roofs(Roofs({"fp32": 1e12}, 1e12, "test", {"machine": machine_key(env, engine, threads)}))
 
     recorder = Recorder()
     _measure_roofs(recorder, rows, env)
@@ -393,6 +397,94 @@ def test_run_measures_missing_roofs_after_its_cells(tmp_path, peak_cache):
     assert len(recorder.calls) == 1
     md, _ = write_report(run)
     assert "Roofs: test." in md.read_text()
+
+
+class RoofsRecorder:
+    """An executor that records the roofs it is asked for and caches quick ones of ``fp32`` (FLOP/s) and
+    ``bandwidth``, as ``LocalExecutor.roofs`` would through ``bench.peak.measure_and_cache``."""
+
+    def __init__(self, env, fp32=1e11, bandwidth=1e12, nodes=None):
+        self.env, self.fp32, self.bandwidth, self.nodes, self.calls = env, fp32, bandwidth, nodes or {}, []
+
+    def node_environments(self):
+        return self.nodes
+
+    def roofs(self, engine, threads, replace=None):
+        self.calls.append((engine, threads, replace))
+        details = {"machine": machine_key(self.env, engine, threads), "quick": True, "measured_at": "later"}
+        if replace:
+            details["replaced_because"] = replace
+        save_roofs(Roofs({"fp32": self.fp32}, self.bandwidth, "measured (quick)", details), replace=bool(replace))
+
+
+def test_run_measures_again_cached_roofs_its_cells_went_above(tmp_path, peak_cache, capsys):
+    """Roofs measured under load stay too low for every later report: a run whose cells go above the cached roofs
+    measures them again (quick) and replaces them, even a full measurement, and says so; roofs the cells stay
+    under are left alone, and a cluster's cells (other machines) judge nothing here."""
+    from bench.runner import _measure_roofs
+
+    run, env = _this_machines_run(tmp_path / "run")
+    rows = synthetic_rows()
+    threads = engine_threads(rows, "ort-cpu", env)
+    key = machine_key(env, "ort-cpu", threads)
+    # resnet50 fp32 achieved 1e10 FLOP/s, wide_deep fp32 5e11: a full measurement under load gave 5e9.
+    loaded = {"machine": key, "quick": False, "measured_at": "2025-01-02T03:04:05+0000", "stability": "stable"}
+    save_roofs(Roofs({"fp32": 5e9}, 1e12, "measured", loaded))
+
+    cluster = RoofsRecorder(env, nodes={"node-1": env})
+    _measure_roofs(cluster, rows, env)
+    assert cluster.calls == [] and cached_roofs(key).compute == {"fp32": 5e9}
+
+    recorder = RoofsRecorder(env, fp32=1e12)
+    _measure_roofs(recorder, rows, env)
+    ((engine, called_threads, reason),) = recorder.calls
+    assert (engine, called_threads) == ("ort-cpu", threads)
+    assert reason == "2 cell(s) of a run went above them (wide_deep/full/ort-cpu/fp32/b8 at 10000%)"
+    err = capsys.readouterr().err
+    assert "ort-cpu roofs measured 2025-01-02T03:04:05+0000 (measured) are below what this run achieved" in err
+    assert "measuring them again (quick) to replace them" in err and "still above" not in err
+    # The quick measurement replaced the full one, and remembers what it replaced.
+    replaced = cached_roofs(key)
+    assert replaced.compute == {"fp32": 1e12} and replaced.details["quick"]
+    assert replaced.details["replaced"]["measured_at"] == "2025-01-02T03:04:05+0000"
+    assert replaced.details["replaced"]["compute"] == {"fp32": 5e9}
+    # The new roofs are above every cell: nothing is measured again.
+    _measure_roofs(recorder, rows, env)
+    assert len(recorder.calls) == 1
+    # A margin: a cell 3% above its roof is within what a model's kernels may beat a quick GEMM by.
+    save_roofs(Roofs({"fp32": 5e11 / 1.03}, 1e12, "measured", loaded), replace=True)
+    _measure_roofs(recorder, rows, env)
+    assert len(recorder.calls) == 1
+    # Measured again and still below a cell: the run says that the measurement is not the likely cause.
+    save_roofs(Roofs({"fp32": 5e9}, 1e12, "measured", loaded), replace=True)
+    _measure_roofs(RoofsRecorder(env, fp32=2e10), rows, env)
+    assert "1 ort-cpu cell(s) are still above the measured-again roofs (wide_deep/full/ort-cpu/fp32/b8 at 2500%)" in (
+        capsys.readouterr().err
+    )
+
+
+def test_measure_and_cache_replaces_on_purpose(peak_cache, monkeypatch):
+    """A quick measurement never replaces a full one, unless the run says why the full one is wrong."""
+    import bench.peak
+
+    key = local_machine_key("ort-cpu")
+    save_roofs(Roofs({"fp32": 5e9}, 1e9, "measured", {"machine": key, "quick": False, "measured_at": "then"}))
+
+    def quick(engine, threads, quick):
+        return Roofs({"fp32": 2e11}, 3e10, "measured (quick)", {"machine": key, "quick": quick, "measured_at": "now"})
+
+    monkeypatch.setattr(bench.peak, "measure_roofs", quick)
+    bench.peak.measure_and_cache("ort-cpu", None, quick=True)
+    assert cached_roofs(key).compute == {"fp32": 5e9}
+    bench.peak.measure_and_cache("ort-cpu", None, quick=True, replace="a cell at 173%")
+    roofs = cached_roofs(key)
+    assert roofs.compute == {"fp32": 2e11} and roofs.details["replaced_because"] == "a cell at 173%"
+    assert roofs.details["replaced"] == {
+        "source": "measured",
+        "measured_at": "then",
+        "compute": {"fp32": 5e9},
+        "bandwidth": 1e9,
+    }
 
 
 def test_report_command_rejects_bad_input(tmp_path):
