@@ -23,6 +23,7 @@ from analysis.roofs import (
     engine_threads,
     given_roofs,
     machine_key,
+    measurement_note,
     parse_flops,
     parse_rate,
 )
@@ -74,7 +75,7 @@ def test_peaks_measured_through_the_engine(peak_cache):
     assert all(f"{name}: passes" in stability for name in unsettled)
     assert roofs.details["max_passes"] == MAX_PASSES and roofs.details["tolerance"] == STABLE_TOLERANCE
     assert f"stability: {stability}" in describe(roofs)
-    assert roofs.details["measured_at"]
+    assert roofs.details["measured_at"] and f"Stability: {stability}." in measurement_note(roofs)
     # ONNX Runtime fuses the QDQ GEMM into one integer kernel: the INT8 roof is an integer kernel's.
     assert roofs.details["gemm"]["int8"][1]["kernels"] == ["QLinearMatMul"]
     assert roofs.details["stream"]["array_bytes"] == 2**20
@@ -321,11 +322,11 @@ def test_report_has_every_cell_speedups_verdicts_and_roof_percentages(tmp_path, 
         "| wide_deep | ort-cpu | int8 | 8 | latency | max_abs_error | 0.06 | 0.95 | 0 | cosine >= 0.99 | FAIL |" in text
     )
     # resnet50 fp32: 1e10 FLOP/s at intensity 100 under a 2e10 compute roof; wide_deep fp32: 5e11 FLOP/s
-    # is above its memory roof (1e10 B/s x 1 FLOP/B), i.e. 5000%: the table shows what was measured.
+    # is above its memory roof (1e10 B/s x 1 FLOP/B), i.e. 5000%: the table shows what was measured, marked.
     assert "| 1 | resnet50 | fp32 | 8 | 100 | 10 GFLOP/s | 20 GFLOP/s | 50.0% | compute |" in text
     assert "| 1 | resnet50 | int8 | 8 | 100 | 40 GOP/s | 80 GOP/s | 50.0% | compute |" in text
     assert "| 1 | resnet50 | fp16 | 8 | 100 | 10 GFLOP/s |  |  |  |" in text  # no fp16 roof given
-    assert "| 2 | wide_deep | fp32 | 8 | 1 | 500 GFLOP/s | 10 GFLOP/s | 5000.0% | memory |" in text
+    assert "| 2 | wide_deep | fp32 | 8 | 1 | 500 GFLOP/s | 10 GFLOP/s | 5000.0% | memory, above roof |" in text
     # The paper's Table I: ResNet50 at its batch 32 took 29 ms per batch on the V100 (7.33e12 FLOP/s).
     assert "| resnet50 | ort-cpu | 8 | 125 M | 6.69 G | 1.23 | 32 | 29 |  | 7.33 T | 10 G |" in text
     assert "![roofline of ort-cpu](roofline-ort-cpu.png)" in text and (run / "roofline-ort-cpu.png").is_file()
@@ -455,6 +456,9 @@ def test_run_measures_again_cached_roofs_its_cells_went_above(tmp_path, peak_cac
     save_roofs(Roofs({"fp32": 5e11 / 1.03}, 1e12, "measured", loaded), replace=True)
     _measure_roofs(recorder, rows, env)
     assert len(recorder.calls) == 1
+    text = write_report(run)[0].read_text()
+    assert "Roofs: measured. Measured 2025-01-02T03:04:05+0000: full" in text and "Stability: stable." in text
+    assert "| 2 | wide_deep | fp32 | 8 | 1 | 500 GFLOP/s | 485 GFLOP/s | 103.0% | compute, above roof |" in text
     # Measured again and still below a cell: the run says that the measurement is not the likely cause.
     save_roofs(Roofs({"fp32": 5e9}, 1e12, "measured", loaded), replace=True)
     _measure_roofs(RoofsRecorder(env, fp32=2e10), rows, env)
@@ -485,6 +489,42 @@ def test_measure_and_cache_replaces_on_purpose(peak_cache, monkeypatch):
         "compute": {"fp32": 5e9},
         "bandwidth": 1e9,
     }
+    assert measurement_note(roofs).endswith(
+        "Measured again because a cell at 173%; they replaced roofs measured then (measured)."
+    )
+
+
+def test_report_flags_cells_above_their_roof_and_says_how_the_roofs_were_measured(tmp_path):
+    """A cell above 100% of its roof is marked in the roof table, explained under it with the command that
+    measures again, and edged in red in the chart; the report says when, how and how stably the roofs were
+    measured."""
+    rows = [_row("resnet50", "fp32", 100.0), _row("googlenet", "fp32", 10.0)]  # 1e10 and 1e11 FLOP/s
+    run = _write_run(tmp_path / "run", rows)
+    unstable = "unstable: gemm fp32 n=512: passes 1.2e+11, 6e+10, 9e+10 FLOP/s (last two 33% apart)"
+    details = {
+        "measured_at": "2025-01-02T03:04:05+0000",
+        "quick": True,
+        "duration_s_per_point": 0.25,
+        "max_passes": 3,
+        "tolerance": 0.1,
+        "stability": unstable,
+        "gemm": {"fp32": [{"n": 128}, {"n": 256}, {"n": 512}]},
+    }
+    text = write_report(run, 0.99, Roofs({"fp32": 5e10}, 1e12, "measured (quick)", details))[0].read_text()
+    assert (
+        "Roofs: measured (quick). Measured 2025-01-02T03:04:05+0000: quick, 3 GEMM sizes per precision and a stream, "
+        "0.25 s passes, up to 3 passes per point until two agree within 10%. Stability: " + unstable + "."
+    ) in text
+    assert "| 1 | resnet50 | fp32 | 8 | 100 | 10 GFLOP/s | 50 GFLOP/s | 20.0% | compute |" in text
+    assert "| 2 | googlenet | fp32 | 8 | 100 | 100 GFLOP/s | 50 GFLOP/s | 200.0% | compute, above roof |" in text
+    assert "1 cell(s) above 100% of their roof" in text and "`python suite.py peak --engine ort-cpu`" in text
+    assert 'class="fail">compute, above roof<' in (run / "report.html").read_text()
+    svg = (run / "roofline-ort-cpu.svg").read_text()
+    assert svg.count("stroke: #b0001e") == 1 and "red edge: 1 point(s) above their roof" in svg
+    # Without a cell above its roof, no mark and no sentence; roofs cached before passes say stability is unknown.
+    text = write_report(run, 0.99, Roofs({"fp32": 5e11}, 1e12, "measured", {"measured_at": "then"}))[0].read_text()
+    assert "above roof" not in text and "Stability: not checked" in text
+    assert "stroke: #b0001e" not in (run / "roofline-ort-cpu.svg").read_text()
 
 
 def test_report_command_rejects_bad_input(tmp_path):
