@@ -21,6 +21,13 @@ from common import precisions
 from common.numbers import format_rate
 
 _SI = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "p": 1e15}
+# A run measures cached roofs again when one of its cells goes above them by more than this share. A cell's
+# FLOP/s comes from its mean latency and a roof from the best iteration, so a cell sits below its roof; the margin
+# leaves room for a model's kernels beating the roof GEMM's by a little (quick roofs use GEMMs of 512 at most)
+# and for the FLOP count's rounding, so that only a roof clearly below the machine's is measured again.
+ABOVE_ROOF_MARGIN = 0.05
+# The stability of roofs cached before they were timed in passes.
+NOT_CHECKED = "not checked (measured before roofs were timed in passes)"
 
 
 @dataclass
@@ -213,6 +220,62 @@ def engine_threads(rows: Iterable[Mapping[str, Any]], engine: str, env: Mapping[
     return (settings.get("engine_options") or {}).get("threads") or env.get("cpu", {}).get("physical_cores")
 
 
+# ------------------------------------------------------------------------------------------ above a roof
+
+
+def roof_share(roofs: Roofs | None, row: Mapping[str, Any]) -> float | None:
+    """A row's achieved FLOP/s over its attainable roof (``Roofs.attainable`` at its precision and arithmetic
+    intensity): above 1 is above the roof. None where the roofs, the roof or the rate is unknown."""
+    if roofs is None or not row.get("flops_per_s"):
+        return None
+    bound = roofs.attainable(str(row.get("precision")), row.get("arith_intensity"))
+    return row["flops_per_s"] / bound if bound else None
+
+
+def above_roof(
+    roofs: Roofs | None, rows: Iterable[Mapping[str, Any]], engine: str, margin: float = 0.0
+) -> list[tuple[Mapping[str, Any], float]]:
+    """(row, ``roof_share``) of each ok closed-loop row of ``engine`` above its roof by more than ``margin``
+    (a share of the roof), the furthest above first. A cell cannot beat its roof: one above it means the roofs
+    were measured while other work ran (too low), or, above the memory roof, that the byte model counts bytes
+    the cell read from cache rather than memory."""
+    found = []
+    for row in rows:
+        if row.get("engine") != engine or row.get("status") != "ok" or row.get("scenario") != "latency":
+            continue
+        share = roof_share(roofs, row)
+        if share is not None and share > 1.0 + margin:
+            found.append((row, share))
+    return sorted(found, key=lambda item: -item[1])
+
+
+def measurement_note(roofs: Roofs) -> str | None:
+    """When and how measured roofs were measured and how stable they were, in a sentence or two (None for
+    given roofs): ``Measured 2025-...: quick, 3 GEMM sizes per precision and a stream, 0.25 s passes, up to 3
+    passes per point until two agree within 10%. Stability: stable.``"""
+    details = roofs.details
+    if "measured_at" not in details:
+        return None
+    how = "quick" if details.get("quick") else "full"
+    sizes = {len(points) for points in (details.get("gemm") or {}).values()}
+    size_text = f"{max(sizes)} GEMM sizes per precision and a stream" if sizes else "GEMMs and a stream"
+    text = f"Measured {details['measured_at']}: {how}, {size_text}, {details.get('duration_s_per_point')} s passes"
+    if "stability" in details:
+        text += (
+            f", up to {details.get('max_passes')} passes per point until two agree within "
+            f"{100 * details.get('tolerance', 0):.0f}%. Stability: {details['stability']}."
+        )
+    else:
+        text += f". Stability: {NOT_CHECKED}."
+    if details.get("replaced_because"):
+        replaced = details.get("replaced") or {}
+        text += (
+            f" Measured again because {details['replaced_because']}; they replaced roofs measured "
+            f"{replaced.get('measured_at') or 'at an unknown time'} ({replaced.get('source') or 'unknown source'})."
+        )
+    return text
+
+
 # ---------------------------------------------------------------------------------------------- printing
 
 
@@ -230,26 +293,35 @@ def describe(roofs: Roofs) -> list[str]:
         lines.append(
             f"{machine['engine']} on {machine['cpu']} ({machine['logical_cores']} logical cores, onnxruntime "
             f"{machine['onnxruntime']}, {machine['threads']} threads), measured {details['measured_at']} in "
-            f"{details['seconds']} s, {details['duration_s_per_point']} s per point"
+            f"{details['seconds']} s, {details['duration_s_per_point']} s per pass"
+            + (f", up to {details['max_passes']} passes per point" if "max_passes" in details else "")
         )
-        lines.append(f"{'kernel':<28}{'best':>16}{'median':>16}  median/best  ops after optimisation")
+        lines.append(f"{'kernel':<28}{'best':>16}{'median':>16}  median/best  passes     ops after optimisation")
         for precision, points in details["gemm"].items():
             for point in points:
                 n = point["n"]
                 lines.append(
                     f"{f'gemm {precision} {n}x{n}x{n}':<28}{format_rate(point['best'], unit(precision)):>16}"
                     f"{format_rate(point['median'], unit(precision)):>16}  {point['median'] / point['best']:>11.2f}"
-                    f"  {' '.join(point['kernels'] or ['?'])}"
+                    f"  {_passes(point):<9}  {' '.join(point['kernels'] or ['?'])}"
                 )
         stream = details["stream"]
         label = f"stream add 3x{stream['array_bytes'] / 2**20:.0f} MiB"
         lines.append(
             f"{label:<28}{format_rate(stream['best'], 'B/s'):>16}"
             f"{format_rate(stream['median'], 'B/s'):>16}  {stream['median'] / stream['best']:>11.2f}"
-            f"  {' '.join(stream['kernels'] or ['?'])}"
+            f"  {_passes(stream):<9}  {' '.join(stream['kernels'] or ['?'])}"
         )
+        lines.append(f"stability: {details.get('stability', NOT_CHECKED)}")
     roof_text = ", ".join(f"{p} {format_rate(v, unit(p))}" for p, v in roofs.compute.items())
     lines.append(
         f"roofs ({roofs.source}): {roof_text or 'no compute roof'}; bandwidth {format_rate(roofs.bandwidth, 'B/s')}"
     )
     return lines
+
+
+def _passes(point: Mapping[str, Any]) -> str:
+    """``2 agree`` or ``3 differ``: how many passes a point took and whether its last two agreed."""
+    if "passes" not in point:
+        return "1"
+    return f"{len(point['passes'])} {'agree' if point.get('agreed') else 'differ'}"

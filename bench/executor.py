@@ -257,12 +257,13 @@ class LocalExecutor:
             bar.close()
         return facts
 
-    def roofs(self, engine: str, threads: int | None) -> str | None:
+    def roofs(self, engine: str, threads: int | None, replace: str | None = None) -> str | None:
         """Measure ``engine``'s compute and bandwidth roofs on this machine (quick) in a child and cache them
-        (``bench.peak``) for reports; returns None, or the reason they could not be measured."""
+        (``bench.peak``) for reports; returns None, or the reason they could not be measured. ``replace`` says
+        why the cached roofs are wrong: the new ones then replace them, even a full measurement."""
         from bench.peak import measure_and_cache
 
-        kwargs = {"engine": engine, "threads": threads, "quick": True}
+        kwargs = {"engine": engine, "threads": threads, "quick": True, "replace": replace}
         result = run_isolated(measure_and_cache, kwargs, PEAK_TIMEOUT_S)
         return None if result.ok else result.error
 

@@ -68,16 +68,27 @@ def cached_roofs(key: Mapping[str, Any]) -> Roofs | None:
         return None
 
 
-def save_roofs(roofs: Roofs) -> bool:
+def save_roofs(roofs: Roofs, replace: bool = False) -> bool:
     """Cache measured roofs under their machine key (``roofs.details["machine"]``); a quick measurement never
-    replaces a full one. Returns True when the cache was written."""
+    replaces a full one unless ``replace``: a run found the cached roofs below what its cells achieved, so they
+    are wrong, full or not. What a replacement replaced (source, time, values) is kept in the new entry's
+    details (``replaced``). Returns True when the cache was written."""
     key = key_string(roofs.details["machine"])
     with _locked():
         cache = _read()
         old = cache.get(key)
-        if isinstance(old, dict) and roofs.details.get("quick") and not (old.get("details") or {}).get("quick"):
+        old_details = (old.get("details") or {}) if isinstance(old, dict) else {}
+        if isinstance(old, dict) and not replace and roofs.details.get("quick") and not old_details.get("quick"):
             return False
-        cache[key] = roofs.to_json()
+        entry = roofs.to_json()
+        if replace and isinstance(old, dict):
+            entry["details"]["replaced"] = {
+                "source": old.get("source"),
+                "measured_at": old_details.get("measured_at"),
+                "compute": old.get("compute"),
+                "bandwidth": old.get("bandwidth"),
+            }
+        cache[key] = entry
         with atomic_path(cache_path()) as tmp:
             tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
     return True

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from analysis.roofs import Roofs, unit
+from analysis.roofs import Roofs, roof_share, unit
 from common import precisions
 from common.numbers import format_rate
 
@@ -25,6 +25,8 @@ MARKERS = {"circle": "o", "square": "s", "triangle": "^", "diamond": "D"}
 # Roofs of different precisions can coincide (ONNX Runtime CPU runs FP16 GEMMs as FP32): dashes, by the
 # precision's place in the registry, keep both visible.
 LINESTYLES = ("-", "--", "-.", ":")
+# The edge of a point above its roof (roofs measured under load, or a byte model that counts cached bytes).
+ABOVE_EDGE = "#b0001e"
 
 
 def _style(precision: str) -> tuple[str, str, str]:
@@ -102,6 +104,7 @@ def plot(
     FigureCanvasAgg(figure)
     grid = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     placements = []
+    above_roof = 0
     for axes, precision in zip(grid, panels, strict=True):
         axes.set_xscale("log")
         axes.set_yscale("log")
@@ -116,6 +119,9 @@ def plot(
             start = peak / bandwidth if bandwidth else x_lo
             axes.plot([start, x_hi], [peak, peak], color=colour, linestyle=line, lw=2)
         chosen = [r for r in points if r["precision"] == precision]
+        # A point above its roof (analysis.roofs.above_roof) gets a thick red edge; the report's table says why.
+        high = [(roof_share(roofs, r) or 0.0) > 1.0 for r in chosen]
+        above_roof += sum(high)
         axes.scatter(
             [r["arith_intensity"] for r in chosen],
             [r["flops_per_s"] for r in chosen],
@@ -123,8 +129,8 @@ def plot(
             marker=marker,
             s=40,
             zorder=3,
-            edgecolors="black",
-            linewidths=0.5,
+            edgecolors=[ABOVE_EDGE if h else "black" for h in high],
+            linewidths=[2.2 if h else 0.5 for h in high],
         )
         roof_text = f"roof {format_rate(peak, unit(precision))}" if peak else "no roof"
         axes.set_title(f"{precision} ({roof_text})", fontsize=10, color=colour)
@@ -138,7 +144,8 @@ def plot(
     grid[0].set_ylabel("achieved FLOP/s (INT8: op/s)")
     source = roofs.source if roofs else "no roofs: run `python suite.py peak` or give --peaks"
     bw_text = f"; bandwidth {format_rate(bandwidth, 'B/s')} (grey slope)" if bandwidth else ""
-    figure.suptitle(f"Roofline, {engine}{bw_text}\n{_shorten(source, 130)}", fontsize=10)
+    above_text = f"; red edge: {above_roof} point(s) above their roof" if above_roof else ""
+    figure.suptitle(f"Roofline, {engine}{bw_text}{above_text}\n{_shorten(source, 130)}", fontsize=10)
     key = [f"{numbers[m]} {m}" for m in sorted(batches_per_model, key=lambda m: numbers.get(m, 0)) if m in numbers]
     lines = [",   ".join(key[i : i + 8]) for i in range(0, len(key), 8)]
     figure.text(0.5, 0.01, "\n".join(lines), ha="center", va="bottom", fontsize=9)

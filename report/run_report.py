@@ -458,6 +458,8 @@ def _roofline(
     plot,
     numbers: dict[str, int],
 ) -> None:
+    from analysis.roofs import measurement_note, roof_share
+
     doc.heading(2, "Roofline")
     byte_models = sorted({str(r["bytes_model"]) for r in rows if r.get("bytes_model")})
     doc.para(
@@ -478,11 +480,13 @@ def _roofline(
         else:
             roof_rows = [[p, format_rate(v, unit(p))] for p, v in engine_roofs.compute.items()]
             roof_rows.append(["bandwidth", format_rate(engine_roofs.bandwidth, "B/s")])
-            doc.para(f"Roofs: {engine_roofs.source}.")
+            note = measurement_note(engine_roofs)
+            doc.para(f"Roofs: {engine_roofs.source}." + (f" {note}" if note else ""))
             doc.table(["roof", "value"], roof_rows)
         png, _svg = plot(rows, engine_roofs, run_dir, engine, numbers)
         doc.image(png, f"roofline of {engine}")
         table = []
+        above = 0
         for row in rows:
             if row.get("engine") != engine or row.get("status") != "ok" or not row.get("flops_per_s"):
                 continue
@@ -490,6 +494,14 @@ def _roofline(
                 continue
             intensity = row.get("arith_intensity")
             bound = engine_roofs.attainable(row["precision"], intensity) if engine_roofs else None
+            share = roof_share(engine_roofs, row)
+            bound_by = engine_roofs.bound(row["precision"], intensity) if engine_roofs else None
+            if share is not None and share > 1.0:
+                above += 1
+                share_cell = TableCell(f"{100 * share:.1f}%", 100 * share, "fail")
+                bound_by = TableCell(f"{bound_by}, above roof" if bound_by else "above roof", None, "fail")
+            else:
+                share_cell = TableCell(f"{100 * share:.1f}%", 100 * share, "num") if share is not None else None
             table.append(
                 [
                     numbers.get(row["model"]),
@@ -499,8 +511,8 @@ def _roofline(
                     intensity,
                     format_rate(row["flops_per_s"], unit(row["precision"])),
                     format_rate(bound, unit(row["precision"])) if bound else None,
-                    f"{100 * row['flops_per_s'] / bound:.1f}%" if bound else None,
-                    engine_roofs.bound(row["precision"], intensity) if engine_roofs else None,
+                    share_cell,
+                    bound_by,
                 ]
             )
         doc.table(
@@ -508,6 +520,14 @@ def _roofline(
             table,
             name=f"roof-{slug(engine)}",
         )
+        if above:
+            doc.para(
+                f'{above} cell(s) above 100% of their roof (marked "above roof", a red edge in the chart). No cell '
+                "can run faster than its roof: the roofs were measured while other work ran (too low), or, above the "
+                "memory roof, the byte model counts bytes the cell read from cache rather than memory. A run measures "
+                "cached roofs again when its cells go above them; to measure them on a quiet machine run "
+                f"`python suite.py peak --engine {engine}`, then `python suite.py report DIR`."
+            )
 
 
 def _scenarios(doc: Document, rows: list[dict[str, Any]]) -> None:

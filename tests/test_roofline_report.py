@@ -15,8 +15,19 @@ from PIL import Image
 
 import suite
 from analysis.flops import count
-from analysis.roofs import PRESETS, PeakError, Roofs, engine_threads, given_roofs, machine_key, parse_flops, parse_rate
-from bench.peak import measure_roofs
+from analysis.roofs import (
+    PRESETS,
+    PeakError,
+    Roofs,
+    describe,
+    engine_threads,
+    given_roofs,
+    machine_key,
+    measurement_note,
+    parse_flops,
+    parse_rate,
+)
+from bench.peak import MAX_PASSES, STABLE_TOLERANCE, measure_roofs, settle, stability
 from bench.roofs_cache import cached_roofs, local_machine_key, save_roofs
 from common.hashing import sha256_file
 from onnx_models.store import ModelStore
@@ -46,6 +57,25 @@ def test_peaks_measured_through_the_engine(peak_cache):
         # A GEMM 1700x larger must not look orders of magnitude slower per operation than a tiny one.
         assert large["best"] > tiny["best"] / 100, precision
         assert roofs.compute[precision] == max(tiny["best"], large["best"])
+    # Every point was timed in passes until two agreed (at most MAX_PASSES); its rate is the best of the agreeing
+    # pair, or of all passes where none agreed, and the roofs say which points did not settle.
+    points = {f"gemm {p} n={point['n']}": point for p, sweep in roofs.details["gemm"].items() for point in sweep}
+    points["stream"] = roofs.details["stream"]
+    for name, point in points.items():
+        assert 2 <= len(point["passes"]) <= MAX_PASSES, name
+        low, high = sorted(point["passes"][-2:])
+        assert point["spread"] == pytest.approx(1 - low / high, abs=1e-4)
+        assert point["agreed"] == (point["spread"] <= STABLE_TOLERANCE), name
+        assert point["agreed"] or len(point["passes"]) == MAX_PASSES, name
+        assert point["best"] == max(point["passes"][-2:] if point["agreed"] else point["passes"]), name
+    assert roofs.bandwidth == points["stream"]["best"]
+    unsettled = [name for name, point in points.items() if not point["agreed"]]
+    stability = roofs.details["stability"]
+    assert stability == "stable" if not unsettled else stability.startswith("unstable: "), stability
+    assert all(f"{name}: passes" in stability for name in unsettled)
+    assert roofs.details["max_passes"] == MAX_PASSES and roofs.details["tolerance"] == STABLE_TOLERANCE
+    assert f"stability: {stability}" in describe(roofs)
+    assert roofs.details["measured_at"] and f"Stability: {stability}." in measurement_note(roofs)
     # ONNX Runtime fuses the QDQ GEMM into one integer kernel: the INT8 roof is an integer kernel's.
     assert roofs.details["gemm"]["int8"][1]["kernels"] == ["QLinearMatMul"]
     assert roofs.details["stream"]["array_bytes"] == 2**20
@@ -58,6 +88,34 @@ def test_peaks_measured_through_the_engine(peak_cache):
     assert not save_roofs(quick)
     assert cached_roofs(key).compute == roofs.compute
     assert cached_roofs({**key, "threads": key["threads"] + 7}) is None
+
+
+def test_a_roof_point_is_timed_until_two_passes_agree():
+    """Passes go on until two consecutive ones agree within the tolerance; the rate is the best of that pair (a
+    slow first pass, the machine busy, does not count), and a point that never settles keeps its best pass and
+    says so."""
+
+    def scripted(*rates):
+        def one_pass(index):
+            return {"best": rates[index], "median": rates[index] / 2, "iterations": index}
+
+        return one_pass
+
+    settled = settle(scripted(60.0, 100.0, 95.0), max_passes=3, tol=0.10)
+    assert settled["passes"] == [60.0, 100.0, 95.0] and settled["agreed"] and settled["best"] == 100.0
+    assert settled["spread"] == pytest.approx(0.05) and settled["iterations"] == 1
+    # Two agreeing passes are enough.
+    assert settle(scripted(100.0, 92.0, 1.0), max_passes=3, tol=0.10)["passes"] == [100.0, 92.0]
+    # The busy pass came first and last: no pair agreed, the best of all passes is kept, and it is unstable.
+    unsettled = settle(scripted(100.0, 60.0, 80.0), max_passes=3, tol=0.10)
+    assert unsettled["passes"] == [100.0, 60.0, 80.0] and not unsettled["agreed"] and unsettled["best"] == 100.0
+    assert unsettled["spread"] == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        settle(scripted(1.0), max_passes=1)
+    stream = {**settled, "array_bytes": 8}
+    assert stability({"fp32": [{"n": 64, **settled}]}, stream) == "stable"
+    text = stability({"fp32": [{"n": 64, **settled}], "int8": [{"n": 128, **unsettled}]}, stream)
+    assert text == "unstable: gemm int8 n=128: passes 100, 60, 80 OP/s (last two 25% apart)"
 
 
 def test_given_roofs_and_presets(tmp_path):
@@ -264,11 +322,11 @@ def test_report_has_every_cell_speedups_verdicts_and_roof_percentages(tmp_path, 
         "| wide_deep | ort-cpu | int8 | 8 | latency | max_abs_error | 0.06 | 0.95 | 0 | cosine >= 0.99 | FAIL |" in text
     )
     # resnet50 fp32: 1e10 FLOP/s at intensity 100 under a 2e10 compute roof; wide_deep fp32: 5e11 FLOP/s
-    # is above its memory roof (1e10 B/s x 1 FLOP/B), i.e. 5000%: the table shows what was measured.
+    # is above its memory roof (1e10 B/s x 1 FLOP/B), i.e. 5000%: the table shows what was measured, marked.
     assert "| 1 | resnet50 | fp32 | 8 | 100 | 10 GFLOP/s | 20 GFLOP/s | 50.0% | compute |" in text
     assert "| 1 | resnet50 | int8 | 8 | 100 | 40 GOP/s | 80 GOP/s | 50.0% | compute |" in text
     assert "| 1 | resnet50 | fp16 | 8 | 100 | 10 GFLOP/s |  |  |  |" in text  # no fp16 roof given
-    assert "| 2 | wide_deep | fp32 | 8 | 1 | 500 GFLOP/s | 10 GFLOP/s | 5000.0% | memory |" in text
+    assert "| 2 | wide_deep | fp32 | 8 | 1 | 500 GFLOP/s | 10 GFLOP/s | 5000.0% | memory, above roof |" in text
     # The paper's Table I: ResNet50 at its batch 32 took 29 ms per batch on the V100 (7.33e12 FLOP/s).
     assert "| resnet50 | ort-cpu | 8 | 125 M | 6.69 G | 1.23 | 32 | 29 |  | 7.33 T | 10 G |" in text
     assert "![roofline of ort-cpu](roofline-ort-cpu.png)" in text and (run / "roofline-ort-cpu.png").is_file()
@@ -324,9 +382,13 @@ def test_run_measures_missing_roofs_after_its_cells(tmp_path, peak_cache):
         def __init__(self):
             self.calls = []
 
+        def node_environments(self):
+            return {}
+
         def roofs(self, engine, threads):
             self.calls.append((engine, threads))
-            save_roofs(Roofs({"fp32": 1e11}, 1e10, "test", {"machine": machine_key(env, engine, threads)}))
+            # Above every synthetic cell: the second run finds nothing to measure again.
+            save_roofs(Roofs({"fp32": 1e12}, 1e12, "test", {"machine": machine_key(env, engine, threads)}))
 
     recorder = Recorder()
     _measure_roofs(recorder, rows, env)
@@ -336,6 +398,133 @@ def test_run_measures_missing_roofs_after_its_cells(tmp_path, peak_cache):
     assert len(recorder.calls) == 1
     md, _ = write_report(run)
     assert "Roofs: test." in md.read_text()
+
+
+class RoofsRecorder:
+    """An executor that records the roofs it is asked for and caches quick ones of ``fp32`` (FLOP/s) and
+    ``bandwidth``, as ``LocalExecutor.roofs`` would through ``bench.peak.measure_and_cache``."""
+
+    def __init__(self, env, fp32=1e11, bandwidth=1e12, nodes=None):
+        self.env, self.fp32, self.bandwidth, self.nodes, self.calls = env, fp32, bandwidth, nodes or {}, []
+
+    def node_environments(self):
+        return self.nodes
+
+    def roofs(self, engine, threads, replace=None):
+        self.calls.append((engine, threads, replace))
+        details = {"machine": machine_key(self.env, engine, threads), "quick": True, "measured_at": "later"}
+        if replace:
+            details["replaced_because"] = replace
+        save_roofs(Roofs({"fp32": self.fp32}, self.bandwidth, "measured (quick)", details), replace=bool(replace))
+
+
+def test_run_measures_again_cached_roofs_its_cells_went_above(tmp_path, peak_cache, capsys):
+    """Roofs measured under load stay too low for every later report: a run whose cells go above the cached roofs
+    measures them again (quick) and replaces them, even a full measurement, and says so; roofs the cells stay
+    under are left alone, and a cluster's cells (other machines) judge nothing here."""
+    from bench.runner import _measure_roofs
+
+    run, env = _this_machines_run(tmp_path / "run")
+    rows = synthetic_rows()
+    threads = engine_threads(rows, "ort-cpu", env)
+    key = machine_key(env, "ort-cpu", threads)
+    # resnet50 fp32 achieved 1e10 FLOP/s, wide_deep fp32 5e11: a full measurement under load gave 5e9.
+    loaded = {"machine": key, "quick": False, "measured_at": "2025-01-02T03:04:05+0000", "stability": "stable"}
+    save_roofs(Roofs({"fp32": 5e9}, 1e12, "measured", loaded))
+
+    cluster = RoofsRecorder(env, nodes={"node-1": env})
+    _measure_roofs(cluster, rows, env)
+    assert cluster.calls == [] and cached_roofs(key).compute == {"fp32": 5e9}
+
+    recorder = RoofsRecorder(env, fp32=1e12)
+    _measure_roofs(recorder, rows, env)
+    ((engine, called_threads, reason),) = recorder.calls
+    assert (engine, called_threads) == ("ort-cpu", threads)
+    assert reason == "2 cell(s) of a run went above them (wide_deep/full/ort-cpu/fp32/b8 at 10000%)"
+    err = capsys.readouterr().err
+    assert "ort-cpu roofs measured 2025-01-02T03:04:05+0000 (measured) are below what this run achieved" in err
+    assert "measuring them again (quick) to replace them" in err and "still above" not in err
+    # The quick measurement replaced the full one, and remembers what it replaced.
+    replaced = cached_roofs(key)
+    assert replaced.compute == {"fp32": 1e12} and replaced.details["quick"]
+    assert replaced.details["replaced"]["measured_at"] == "2025-01-02T03:04:05+0000"
+    assert replaced.details["replaced"]["compute"] == {"fp32": 5e9}
+    # The new roofs are above every cell: nothing is measured again.
+    _measure_roofs(recorder, rows, env)
+    assert len(recorder.calls) == 1
+    # A margin: a cell 3% above its roof is within what a model's kernels may beat a quick GEMM by.
+    save_roofs(Roofs({"fp32": 5e11 / 1.03}, 1e12, "measured", loaded), replace=True)
+    _measure_roofs(recorder, rows, env)
+    assert len(recorder.calls) == 1
+    text = write_report(run)[0].read_text()
+    assert "Roofs: measured. Measured 2025-01-02T03:04:05+0000: full" in text and "Stability: stable." in text
+    assert "| 2 | wide_deep | fp32 | 8 | 1 | 500 GFLOP/s | 485 GFLOP/s | 103.0% | compute, above roof |" in text
+    # Measured again and still below a cell: the run says that the measurement is not the likely cause.
+    save_roofs(Roofs({"fp32": 5e9}, 1e12, "measured", loaded), replace=True)
+    _measure_roofs(RoofsRecorder(env, fp32=2e10), rows, env)
+    assert "1 ort-cpu cell(s) are still above the measured-again roofs (wide_deep/full/ort-cpu/fp32/b8 at 2500%)" in (
+        capsys.readouterr().err
+    )
+
+
+def test_measure_and_cache_replaces_on_purpose(peak_cache, monkeypatch):
+    """A quick measurement never replaces a full one, unless the run says why the full one is wrong."""
+    import bench.peak
+
+    key = local_machine_key("ort-cpu")
+    save_roofs(Roofs({"fp32": 5e9}, 1e9, "measured", {"machine": key, "quick": False, "measured_at": "then"}))
+
+    def quick(engine, threads, quick):
+        return Roofs({"fp32": 2e11}, 3e10, "measured (quick)", {"machine": key, "quick": quick, "measured_at": "now"})
+
+    monkeypatch.setattr(bench.peak, "measure_roofs", quick)
+    bench.peak.measure_and_cache("ort-cpu", None, quick=True)
+    assert cached_roofs(key).compute == {"fp32": 5e9}
+    bench.peak.measure_and_cache("ort-cpu", None, quick=True, replace="a cell at 173%")
+    roofs = cached_roofs(key)
+    assert roofs.compute == {"fp32": 2e11} and roofs.details["replaced_because"] == "a cell at 173%"
+    assert roofs.details["replaced"] == {
+        "source": "measured",
+        "measured_at": "then",
+        "compute": {"fp32": 5e9},
+        "bandwidth": 1e9,
+    }
+    assert measurement_note(roofs).endswith(
+        "Measured again because a cell at 173%; they replaced roofs measured then (measured)."
+    )
+
+
+def test_report_flags_cells_above_their_roof_and_says_how_the_roofs_were_measured(tmp_path):
+    """A cell above 100% of its roof is marked in the roof table, explained under it with the command that
+    measures again, and edged in red in the chart; the report says when, how and how stably the roofs were
+    measured."""
+    rows = [_row("resnet50", "fp32", 100.0), _row("googlenet", "fp32", 10.0)]  # 1e10 and 1e11 FLOP/s
+    run = _write_run(tmp_path / "run", rows)
+    unstable = "unstable: gemm fp32 n=512: passes 1.2e+11, 6e+10, 9e+10 FLOP/s (last two 33% apart)"
+    details = {
+        "measured_at": "2025-01-02T03:04:05+0000",
+        "quick": True,
+        "duration_s_per_point": 0.25,
+        "max_passes": 3,
+        "tolerance": 0.1,
+        "stability": unstable,
+        "gemm": {"fp32": [{"n": 128}, {"n": 256}, {"n": 512}]},
+    }
+    text = write_report(run, 0.99, Roofs({"fp32": 5e10}, 1e12, "measured (quick)", details))[0].read_text()
+    assert (
+        "Roofs: measured (quick). Measured 2025-01-02T03:04:05+0000: quick, 3 GEMM sizes per precision and a stream, "
+        "0.25 s passes, up to 3 passes per point until two agree within 10%. Stability: " + unstable + "."
+    ) in text
+    assert "| 1 | resnet50 | fp32 | 8 | 100 | 10 GFLOP/s | 50 GFLOP/s | 20.0% | compute |" in text
+    assert "| 2 | googlenet | fp32 | 8 | 100 | 100 GFLOP/s | 50 GFLOP/s | 200.0% | compute, above roof |" in text
+    assert "1 cell(s) above 100% of their roof" in text and "`python suite.py peak --engine ort-cpu`" in text
+    assert 'class="fail">compute, above roof<' in (run / "report.html").read_text()
+    svg = (run / "roofline-ort-cpu.svg").read_text()
+    assert svg.count("stroke: #b0001e") == 1 and "red edge: 1 point(s) above their roof" in svg
+    # Without a cell above its roof, no mark and no sentence; roofs cached before passes say stability is unknown.
+    text = write_report(run, 0.99, Roofs({"fp32": 5e11}, 1e12, "measured", {"measured_at": "then"}))[0].read_text()
+    assert "above roof" not in text and "Stability: not checked" in text
+    assert "stroke: #b0001e" not in (run / "roofline-ort-cpu.svg").read_text()
 
 
 def test_report_command_rejects_bad_input(tmp_path):
