@@ -8,13 +8,14 @@ only where the evidence carries it. Pure functions over result rows (dicts as in
   interval lies at or above ``min_speedup`` (1.05: a gain worth deploying), **slower** when it lies below 1, and
   of **no measurable gain** otherwise; without an interval (cells not timed side by side: LoadGen scenarios,
   results from before rounds) it is undecided.
-- Its **accuracy** is judged only against labels: a trained model's metric on its evaluation labels relative to
-  FP32's (``label_ratio``, with its bootstrap interval), or, for a random-weight catalogue model, that of its
-  trained counterpart (the same architecture trained in the suite, ``counterparts``) measured in the same run on
-  the same engine and precision. It **passes** when the interval's low end reaches the threshold (MLPerf's 99% of
-  FP32 by default), **fails** when its high end stays below it, and is **undecided** in between. A random-weight
-  model's agreement with FP32 says how far a precision drifts from FP32, not what it costs a trained model: it is
-  shown (``retained``, with its interval) but never **judged**.
+- Its **accuracy** is judged where the weights are real (``judgement``): a trained model's metric on its
+  evaluation labels relative to FP32's (``label_ratio``, with its bootstrap interval); a user's checkpoint's or a
+  brought-in file's agreement with FP32; for a random-weight catalogue model, the label ratio of its trained
+  counterpart (the same architecture trained in the suite, ``counterparts``) measured in the same run on the same
+  engine and precision. It **passes** when the interval's low end reaches the threshold (MLPerf's 99% of FP32 by
+  default), **fails** when its high end stays below it, and is **undecided** in between. A random-weight model's
+  own agreement with FP32 says how far a precision drifts from FP32, not what it costs a trained model: it is
+  shown (``retained``, with its interval) but never judged (``unjudged``).
 - The **verdict** of a model: deploy the fastest precision that is faster and passes; keep FP32 when every lower
   precision is settled against (not faster, or failing); otherwise undecided, with what would decide it. A cell
   whose timing is flagged unstable (``analysis.intervals.unstable``) is named, not skipped: its speed-up's
@@ -82,14 +83,6 @@ def speedup_interval(row: dict[str, Any], fp32: dict[str, Any] | None) -> tuple[
     base, other = round_p50s(fp32), round_p50s(row)
     paired = min(len(base), len(other))
     return ratio_interval(base[:paired], other[:paired]) if paired >= 2 else None
-
-
-def passes(row: dict[str, Any], threshold: float) -> bool | None:
-    """Whether one cell keeps at least ``threshold`` of FP32's accuracy by its own value (``retained``); None
-    where no accuracy was measured. What the report's accuracy table shows cell by cell; verdicts judge more
-    strictly (``Point``)."""
-    kept = retained(row)
-    return None if kept is None else kept >= threshold
 
 
 def retained_interval(row: dict[str, Any]) -> tuple[float | None, float | None]:
@@ -244,31 +237,48 @@ def points(
     return out
 
 
+def weights_of(row: dict[str, Any]) -> str:
+    """What ``row``'s model weights are (its ``weights`` column; for rows written before it: ``trained`` where
+    it has a label metric, ``file`` for a brought-in model, else ``random``)."""
+    if row.get("weights"):
+        return str(row["weights"])
+    if row.get("label_ratio") is not None:
+        return "trained"
+    return "file" if row.get("framework") == "onnx" else "random"
+
+
+def judgement(row: dict[str, Any], threshold: float) -> tuple[str | None, str]:
+    """(``pass``, ``fail``, ``undecided``, ``unjudged`` or None, what it is judged against) for one cell's
+    accuracy: against labels where it has them; by its agreement with FP32 where its weights are real (a user's
+    checkpoint, a brought-in file); never by a random-weight model's agreement, which is drift (``unjudged``).
+    None where no accuracy was measured. Judged on the 95% interval where there is one, else on the value."""
+    value, basis = retained_and_basis(row)
+    if value is None:
+        return None, "no accuracy measured"
+    lo, hi = retained_interval(row)
+    if row.get("label_ratio") is not None:
+        return _judge(lo, hi, value, threshold), basis
+    if weights_of(row) in ("checkpoint", "file"):
+        return _judge(lo, hi, value, threshold), f"{basis}, real weights"
+    return "unjudged", f"{basis}, random weights"
+
+
 def _accuracy(cells: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
-    """The accuracy of one precision's cells: the worst cell's retained value and interval, whether it is
-    judged (against labels) and how, what it is against, and the model whose labels judged it."""
+    """The accuracy of one precision's cells: the worst cell's retained value and interval, its judgement and
+    what it is against, and the model whose labels or real weights judged it."""
     measured = [r for r in cells if retained(r) is not None]
     if not measured:
-        return {
-            "retained": None,
-            "lo": None,
-            "hi": None,
-            "accuracy": None,
-            "basis": "",
-            "evidence": None,
-            "samples": None,
-        }
+        return dict.fromkeys(("retained", "lo", "hi", "accuracy", "evidence", "samples")) | {"basis": ""}
     worst = min(measured, key=retained)
-    value, basis = retained_and_basis(worst)
     lo, hi = retained_interval(worst)
-    labelled = worst.get("label_ratio") is not None
+    state, basis = judgement(worst, threshold)
     return {
-        "retained": value,
+        "retained": retained(worst),
         "lo": lo,
         "hi": hi,
-        "accuracy": _judge(lo, hi, value, threshold) if labelled else "unjudged",
-        "basis": basis if labelled else f"{basis}, random weights",
-        "evidence": worst.get("model") if labelled else None,
+        "accuracy": state,
+        "basis": basis,
+        "evidence": worst.get("model") if state != "unjudged" else None,
         "samples": worst.get("accuracy_samples_n") or worst.get("accuracy_samples"),
     }
 
@@ -333,7 +343,14 @@ def _clause(point: Point, threshold: float, min_speedup: float) -> str:
         return f"{speed} and passes ({point.basis})"
     if point.accuracy == "undecided":
         kept = with_interval(point.retained, point.retained_lo, point.retained_hi)
-        return f"{speed}; its accuracy ({kept} against {point.basis}) reaches {threshold:g}: undecided on these labels"
+        needed = None
+        if "labels" not in point.basis and point.retained is not None and point.samples:
+            needed = samples_to_decide(point.retained, threshold, point.samples)
+        if needed:
+            settle = f"{point.samples} samples are too few; about {needed} would decide it (--accuracy-samples)"
+        else:
+            settle = "these labels cannot decide it"
+        return f"{speed}; its accuracy {kept} against {point.basis} reaches {threshold:g}: undecided, {settle}"
     if point.accuracy == "unjudged":
         needed = (
             samples_to_decide(point.retained, threshold, point.samples)

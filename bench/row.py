@@ -23,6 +23,9 @@ class Row:
     engine: str
     precision: str
     batch_size: int
+    # What the model's weights are: trained in the suite (scored against labels), a user's checkpoint
+    # (--weights), a brought-in file, or seeded random ones; what its accuracy can be judged by (analysis.verdict).
+    weights: str | None = None
     # The load scenario (bench.scenarios) and the SUT threads that served it.
     scenario: str = "latency"
     concurrency: int = 1

@@ -209,8 +209,10 @@ def _measure_roofs(executor, rows: list[dict[str, Any]], env: dict[str, Any]) ->
 
     Cached roofs that one of this run's ok closed-loop cells went above by more than ``ABOVE_ROOF_MARGIN`` are
     wrong (measured while other work ran): they are measured again, quick, and replace the cached ones even where
-    those were a full measurement, said on stderr. Cells measured on other machines (a cluster's nodes) say nothing
-    about this machine's roofs, and the cluster executor measures none."""
+    those were a full measurement, said on stderr. Above a memory roof whose measurement was stable the byte
+    model is what is wrong (bytes read from cache): the report flags such a cell, and nothing is measured again.
+    Cells measured on other machines (a cluster's nodes) say nothing about this machine's roofs, and the cluster
+    executor measures none."""
     import engines
     from analysis.roofs import ABOVE_ROOF_MARGIN, above_roof, engine_threads, machine_key
     from bench.roofs_cache import cached_roofs
@@ -227,6 +229,14 @@ def _measure_roofs(executor, rows: list[dict[str, Any]], env: dict[str, Any]) ->
             error = executor.roofs(engine, threads)
         else:
             above = [] if elsewhere else above_roof(cached, rows, engine, ABOVE_ROOF_MARGIN)
+            # Above a stable memory roof, the byte model counted bytes read from cache: measuring the same roof
+            # again would not lift it (and would replace a full measurement with a quick one on every run).
+            stable = str(cached.details.get("stability", "")) == "stable"
+            above = [
+                (row, share)
+                for row, share in above
+                if not stable or cached.bound(str(row.get("precision")), row.get("arith_intensity")) == "compute"
+            ]
             if not above:
                 continue
             row, share = above[0]

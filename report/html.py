@@ -27,6 +27,7 @@ table.sortable th[aria-sort=descending]::after{content:" \\25BC";font-size:9px}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.pass{background:#e3f4e1;color:#14601c;font-weight:600}
 td.fail{background:#fbe0df;color:#a01212;font-weight:600}
+td.undecided{background:#fdf2d4;color:#6e5200;font-weight:600}
 input.filter{margin:.6em 0 0;padding:3px 6px;font-size:13px;width:18em}
 svg.chart{max-width:100%;height:auto;border:1px solid #e4e4e4}
 img{max-width:100%}figure{margin:0 0 1em}
@@ -65,7 +66,7 @@ document.querySelectorAll('table.sortable').forEach(function(table){
 @dataclass(frozen=True)
 class TableCell:
     """A table cell as shown (``text``), the raw value it sorts by (``sort``; None sorts by text) and its CSS
-    class (``pass``, ``fail``, ``num``)."""
+    class (``pass``, ``fail``, ``undecided``, ``num``)."""
 
     text: str
     sort: float | str | None = None

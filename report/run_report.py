@@ -18,13 +18,12 @@ cached); otherwise the roofline shows the points without roofs. Making a report 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 from analysis.roofs import Roofs, engine_threads, machine_key, unit
-from analysis.verdict import passes, speed_key, speedup, speedup_interval
+from analysis.verdict import judgement, speed_key, speedup, speedup_interval
 from bench.results import CELL_COLUMNS
 from common import precisions
 from common.numbers import format_rate, with_interval
@@ -75,15 +74,14 @@ def paper_model(name: str) -> str | None:
 
 
 def accuracy_verdict(row: dict[str, Any], threshold: float) -> tuple[str, str]:
-    """(``pass``/``FAIL``/``-``, the rule applied) for one cell's accuracy against FP32."""
-    from analysis.accuracy import higher_is_better
+    """(``pass``/``FAIL``/``undecided``/``drift``/``-``, what it is judged against) for one cell's accuracy: the
+    verdicts' own judgement (``analysis.verdict.judgement``), on the 95% interval; a random-weight model's
+    agreement with FP32 is drift, never a pass or a fail."""
+    from analysis.verdict import judgement
 
-    metric = row.get("accuracy_metric")
-    if higher_is_better(metric) and row.get("accuracy_value") is not None:
-        return ("pass" if row["accuracy_value"] >= threshold else "FAIL"), f"{metric} >= {threshold:g}"
-    if row.get("accuracy_cosine") is not None:
-        return ("pass" if row["accuracy_cosine"] >= threshold else "FAIL"), f"cosine >= {threshold:g}"
-    return "-", "no accuracy measured"
+    state, basis = judgement(row, threshold)
+    shown = {"pass": "pass", "fail": "FAIL", "undecided": "undecided", "unjudged": "drift", None: "-"}[state]
+    return shown, basis
 
 
 # ------------------------------------------------------------------------------------------------- report
@@ -253,35 +251,6 @@ def _kept_cell(point) -> TableCell:
     return TableCell(with_interval(point.retained, point.retained_lo, point.retained_hi), point.retained, "num")
 
 
-# Judged by the outputs' cosine similarity to FP32 (accuracy_verdict), which has no 1/N steps.
-CONTINUOUS_METRICS = ("max_abs_error", "cosine_similarity")
-
-
-def sample_step_note(rows: list[dict[str, Any]], threshold: float) -> str | None:
-    """A warning where the accuracy samples are too few for the threshold to mean what it says: with N samples
-    a count-based agreement moves in steps of 1/N, and where 1/N exceeds 1 - threshold a single disagreeing
-    sample fails the precision. None where every agreement was measured on enough samples, against labels
-    (whose evaluation split is the model's own) or by the outputs' cosine, which does not move in steps."""
-    counts = [
-        r["accuracy_samples"]
-        for r in rows
-        if r.get("status") == "ok"
-        and r.get("accuracy_samples")
-        and r.get("label_ratio") is None
-        and r.get("accuracy_metric") not in CONTINUOUS_METRICS
-    ]
-    if not counts or threshold >= 1 or 1 / min(counts) <= 1 - threshold:
-        return None
-    fewest = min(counts)
-    needed = math.ceil(1 / (1 - threshold) - 1e-9)
-    return (
-        f"Few samples: agreement was measured on {fewest} sample(s) here, so an agreement that counts samples "
-        f"(top-1, spans, strings) moves in steps of 1/{fewest} = {1 / fewest:.3g}, more than the "
-        f"{1 - threshold:.3g} the threshold allows: one sample that disagrees fails a precision. Read such a FAIL "
-        f"as a cue to look closer, and re-run with --accuracy-samples {needed} or more before acting on it."
-    )
-
-
 def _point_cell(point) -> TableCell:
     """A lower precision in the verdict table: ``2.61x [2.52, 2.70], 0.875 [0.53, 0.98] unjudged``, coloured by
     what is decided (faster and passing, failing or slower), sorted by speed-up; empty where it did not run."""
@@ -304,8 +273,8 @@ def _speedups(doc: Document, rows: list[dict[str, Any]], threshold: float) -> No
         "FP32 p50 latency divided by a lower precision's p50 latency of the same model, size, engine, batch and "
         "scenario, with its 95% interval where the two were timed side by side in rounds (the geometric mean of "
         "the rounds' ratios then); in LoadGen scenarios, its samples/s divided by FP32's. Concurrency above 1 is "
-        f"marked as @N after the scenario. 'below {threshold:g}' marks a speed-up whose cell keeps less than "
-        f"{threshold:g} of FP32's accuracy by its own measure (against labels, or its agreement with FP32)."
+        "marked as @N after the scenario. FAIL marks a speed-up whose cell fails its accuracy (judged as in the "
+        "accuracy table: never on a random-weight model's agreement)."
     )
     groups: dict[tuple, dict[str, dict]] = {}
     for row in rows:
@@ -322,9 +291,9 @@ def _speedups(doc: Document, rows: list[dict[str, Any]], threshold: float) -> No
             paired = speedup_interval(other, base) if other else None
             ratio = paired[0] if paired else (speedup(other, base) if other else None)
             text = with_interval(*paired, "x") if paired else (f"{ratio:.2f}x" if ratio else None)
-            if ratio and passes(other, threshold) is False:
+            if ratio and judgement(other, threshold)[0] == "fail":
                 # Marked where it is quoted: a speed-up bought with accuracy below the threshold.
-                line.append(TableCell(f"{text} below {threshold:g}", ratio, "fail"))
+                line.append(TableCell(f"{text} FAIL", ratio, "fail"))
             else:
                 line.append(TableCell(text, ratio, "num") if ratio else (other.get("status") if other else None))
         table.append(line)
