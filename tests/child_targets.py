@@ -49,3 +49,26 @@ def ensure_counting_exports(model: str, size: str, counter: str) -> str:
 
     exporters.export = counted
     return str(ensure(resolve(model, size, "fp32")))
+
+
+class Counter:
+    """A Worker's served object: made in the child, called method by method."""
+
+    def __init__(self, start: int, fail_to_start: bool = False):
+        if fail_to_start:
+            raise RuntimeError("engine would not load")
+        self.value = start
+        self.pid = os.getpid()
+
+    def add(self, n: int) -> tuple[int, int]:
+        self.value += n
+        return self.value, self.pid
+
+    def fail(self) -> None:
+        raise ValueError("no such round")
+
+    def crash(self) -> None:
+        os.abort()
+
+    def hang(self) -> None:
+        time.sleep(60)

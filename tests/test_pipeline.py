@@ -48,6 +48,14 @@ def test_run_measures_every_cell(tiny_run):
             assert row["accuracy_cosine"] == pytest.approx(1.0) and row["accuracy_max_abs_error"] < 1e-4
         else:
             assert 0.5 < row["accuracy_cosine"] <= 1.0 + 1e-9, row
+    # The quick preset's five rounds: a model's three precisions timed in turns, paired by their group.
+    groups = {}
+    for row in rows:
+        assert row["rounds"] == 5 and len(json.loads(row["round_p50_ms"])) == 5 and row["weights"] == "random"
+        assert row["latency_ms_p50_lo"] <= row["latency_ms_p50"] <= row["latency_ms_p50_hi"], row
+        groups.setdefault(row["rounds_group"], set()).add(row["model"])
+    assert sorted(len(models) for models in groups.values()) == [1] * len(FOUR)
+    assert all(len([r for r in rows if r["rounds_group"] == g]) == 3 for g in groups)
     metrics = {r["model"]: r["accuracy_metric"] for r in rows}
     assert metrics == {
         "resnet50": "top1_agreement",

@@ -173,6 +173,22 @@ def test_resume_with_other_settings_is_refused(run_copy, capsys):
     assert (run_copy / "env.json").read_bytes() == env and (run_copy / "results.jsonl").read_bytes() == rows
 
 
+def test_resume_of_a_directory_from_before_rounds(run_copy, capsys):
+    """A directory written before rounds existed was timed in one window per cell: resumed with the preset's
+    rounds it is refused, saying so; with --rounds 1 it is continued."""
+    env = json.loads((run_copy / "env.json").read_text())
+    assert env["settings"].pop("rounds") == 5
+    (run_copy / "env.json").write_text(json.dumps(env))
+    other = list(ONE_CELL)
+    other[other.index("--batch-sizes") + 1] = "1"
+    assert suite.main(["run", *other, "--out", str(run_copy), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "rounds 1 -> 5" in err and "\n" not in err, err
+    assert suite.main(["run", *other, "--rounds", "1", "--out", str(run_copy), "--resume"]) == 0
+    rows = ResultsFile(run_copy).rows()
+    assert [(r["batch_size"], r["status"], r.get("rounds")) for r in rows] == [(2, "ok", 5), (1, "ok", 1)]
+
+
 def test_resume_without_env_json_is_refused(run_copy, capsys):
     (run_copy / "env.json").unlink()
     assert suite.main(["run", *ONE_CELL, "--out", str(run_copy), "--resume"]) == 2
