@@ -60,24 +60,27 @@ def cmd_list(args: argparse.Namespace, selection: Selection) -> int:
 
 
 def list_trained() -> int:
-    """Print the trained track: model, category, metric and chance, data, and the packages it comes from."""
+    """Print the trained track: model, the catalogue model whose accuracy it judges in a report (the one it was
+    trained from), category, metric and chance, data, and the packages it comes from."""
     import assets
 
     rows = []
     for name in models.trained_models():
-        track = models.get_model(name).trained
+        spec = models.get_model(name)
+        track = spec.trained
         wheels = sorted({assets.get(a).wheel.requirement for a in track.assets})
         wheels += [f"{package} (installed)" for package in track.packages]
         rows.append(
             (
                 name,
-                models.get_model(name).category,
+                spec.variant_of or "-",
+                spec.category,
                 f"{track.metric} (chance {track.chance:g})",
                 track.data_note,
                 ", ".join(wheels),
             )
         )
-    print_table(("model", "category", "metric", "data", "from"), rows)
+    print_table(("model", "stands in for", "category", "metric", "data", "from"), rows)
     return 0
 
 
@@ -436,15 +439,22 @@ def cmd_peak(args: argparse.Namespace, selection: Selection) -> int:
     return 0
 
 
+def check_verdict_options(args: argparse.Namespace) -> None:
+    """--threshold in (0, 1] and --min-speedup a finite number of at least 1, or a UsageError naming the fix."""
+    if not 0 < args.threshold <= 1:
+        raise UsageError(f"--threshold must be in (0, 1], got {args.threshold:g}")
+    if not 1 <= args.min_speedup < float("inf"):
+        raise UsageError(f"--min-speedup must be a number of at least 1 (1.05: 5% faster), got {args.min_speedup:g}")
+
+
 def cmd_report(args: argparse.Namespace, selection: Selection) -> int:
     """Write report.md and report.html into a results directory."""
     from report.run_report import write_report
 
     if not (args.dir / "results.jsonl").is_file():
         raise UsageError(f"{args.dir} is not a results directory (no results.jsonl)")
-    if not 0 < args.threshold <= 1:
-        raise UsageError(f"--threshold must be in (0, 1], got {args.threshold:g}")
-    md, page = write_report(args.dir, args.threshold, roofs_from(args))
+    check_verdict_options(args)
+    md, page = write_report(args.dir, args.threshold, roofs_from(args), args.min_speedup)
     print(f"{md}\n{page}")
     return 0
 
@@ -453,8 +463,11 @@ def cmd_compare(args: argparse.Namespace, selection: Selection) -> int:
     """Print and write the comparison of two or more results directories."""
     from report.compare import CompareError, compare
 
+    check_verdict_options(args)
     try:
-        text, md, table = compare(args.dirs, args.ignore_engine, args.out, args.split_by)
+        text, md, table = compare(
+            args.dirs, args.ignore_engine, args.out, args.split_by, args.threshold, args.min_speedup
+        )
     except CompareError as exc:
         raise UsageError(str(exc)) from None
     print(text)

@@ -20,6 +20,24 @@ def default_jobs() -> int:
     return physical_cores()
 
 
+def verdict_options(command: argparse.ArgumentParser) -> None:
+    """What the verdicts are judged by: --threshold and --min-speedup."""
+    from analysis.verdict import MIN_SPEEDUP
+
+    command.add_argument(
+        "--threshold",
+        type=float,
+        default=0.99,
+        help="share of FP32's accuracy a precision must keep, its whole 95%% interval at or above it (default 0.99)",
+    )
+    command.add_argument(
+        "--min-speedup",
+        type=float,
+        default=MIN_SPEEDUP,
+        help=f"least speed-up worth deploying, its whole 95%% interval at or above it (default {MIN_SPEEDUP:g})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     from bench.config import DEFAULT_PRESET, PRESETS
@@ -192,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     roofs(peak)
     report = sub.add_parser("report", help="write report.md and report.html for a results directory")
     report.add_argument("dir", type=Path, help="a results directory of suite.py run")
-    report.add_argument("--threshold", type=float, default=0.99, help="accuracy pass threshold (default 0.99)")
+    verdict_options(report)
     roofs(report)
     check = sub.add_parser(
         "int8-check",
@@ -251,4 +269,5 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="COLUMN",
         help="compare the parts of each run by this column, e.g. node (a cluster run's nodes against each other)",
     )
+    verdict_options(compare)
     return parser

@@ -348,31 +348,43 @@ class RayExecutor:
 
     def measure_all(self, requests: Iterable[CellRequest], config) -> Iterator[CellOutcome]:
         """Start every requested cell as a task holding its device (one GPU, or its node's ``aimatrix_cpu_node``)
-        and yield each outcome the moment its task ends, in whatever order they end. A task lost to a dead worker
-        or node, and a cell no live node can run any more, come back failed with the reason. Leaving early (an
-        interrupt) cancels the cells still running."""
+        and yield each outcome the moment its task ends, in whatever order they end. With ``config.rounds`` above
+        1 the closed-loop cells that are compared with each other (``bench.executor.interleave_groups``) and hold
+        the same device run as one task, on one node, in interleaved rounds (``measure_rounds``), and end
+        together. A task lost to a dead worker or node, and a cell no live node can run any more, come back
+        failed with the reason. Leaving early (an interrupt) cancels the cells still running."""
         import engines
-        from cluster.tasks import measure_cell
+        from bench.executor import interleave_groups
+        from cluster.tasks import measure_cell, measure_group
 
-        pending: dict[Any, tuple[CellRequest, str]] = {}
-        for request in requests:
-            cell = request.cell
-            artifact = self._artifacts.get(cell.artifact)
-            if artifact is None:
-                yield CellOutcome(request, None, f"{cell.model} {cell.artifact.name} was not built in this run")
-                continue
-            need = _need(engines.engine_class(cell.engine))
-            device = {"num_gpus": 1} if need == "GPU" else {"resources": {CPU_SLOT: 1}}
-            task = _remote(measure_cell, num_cpus=0, max_retries=0, **device)
-            ref = task.remote(cell, config, artifact, request.reference, request.log_dir is not None)
-            pending[ref] = (request, need)
+        pending: dict[Any, tuple[list[CellRequest], str]] = {}
+        for group in interleave_groups(requests, config.rounds):
+            by_need: dict[str, list[tuple[CellRequest, Shipped]]] = {}
+            for request in group:
+                artifact = self._artifacts.get(request.cell.artifact)
+                if artifact is None:
+                    cell = request.cell
+                    yield CellOutcome(request, None, f"{cell.model} {cell.artifact.name} was not built in this run")
+                    continue
+                by_need.setdefault(_need(engines.engine_class(request.cell.engine)), []).append((request, artifact))
+            for need, members in by_need.items():
+                device = {"num_gpus": 1} if need == "GPU" else {"resources": {CPU_SLOT: 1}}
+                if config.rounds == 1 or members[0][0].cell.scenario != "latency":
+                    (request, artifact), *_ = members
+                    task = _remote(measure_cell, num_cpus=0, max_retries=0, **device)
+                    ref = task.remote(request.cell, config, artifact, request.reference, request.log_dir is not None)
+                else:
+                    task = _remote(measure_group, num_cpus=0, max_retries=0, **device)
+                    cells = [(request.cell, artifact, request.reference) for request, artifact in members]
+                    ref = task.remote(cells, config)
+                pending[ref] = ([request for request, _ in members], need)
         checked = time.monotonic()
         try:
             while pending:
                 done, _ = self._ray.wait(list(pending), num_returns=1, timeout=1.0)
                 for ref in done:
-                    request, _ = pending.pop(ref)
-                    yield self._outcome(ref, request)
+                    group, _ = pending.pop(ref)
+                    yield from self._outcomes(ref, group)
                 if time.monotonic() - checked > LIVENESS_EVERY_S:
                     checked = time.monotonic()
                     yield from self._orphans(pending)
@@ -380,30 +392,33 @@ class RayExecutor:
             for ref in pending:
                 self._ray.cancel(ref, force=True)
 
-    def _outcome(self, ref, request: CellRequest) -> CellOutcome:
-        """The CellOutcome of the finished cell task ``ref``."""
+    def _outcomes(self, ref, group: list[CellRequest]) -> Iterator[CellOutcome]:
+        """The CellOutcomes of the finished task ``ref`` (one cell, or a group measured in rounds)."""
         try:
-            result = self._ray.get(ref)
+            results = self._ray.get(ref)
         except self._ray.exceptions.RayError as exc:
             # A node that left is named in Ray's message by its id: the row names it as the others do.
             found = re.search(r"node ID: ([0-9a-f]+)", str(exc))
             node = self.nodes.get(found.group(1), {}).get("name") if found else None
-            return CellOutcome(request, None, _lost(exc), {"node": node} if node else {})
-        if result.get("logs") and request.log_dir is not None:
-            write_logs(result["logs"], request.log_dir)
-        return CellOutcome(request, result["measured"], result["error"], result["where"])
+            for request in group:
+                yield CellOutcome(request, None, _lost(exc), {"node": node} if node else {})
+            return
+        for request, result in zip(group, results if isinstance(results, list) else [results], strict=True):
+            if result.get("logs") and request.log_dir is not None:
+                write_logs(result["logs"], request.log_dir)
+            yield CellOutcome(request, result["measured"], result["error"], result["where"])
 
     def _orphans(self, pending: dict) -> Iterator[CellOutcome]:
         """Fail (and cancel) the pending cells whose device no live node offers any more: Ray would keep them
         waiting for a node that may never come back."""
         offered = {name for n in self._alive() for name, amount in n.get("Resources", {}).items() if amount >= 1}
-        for ref, (request, need) in list(pending.items()):
+        for ref, (group, need) in list(pending.items()):
             if need not in offered:
                 del pending[ref]
                 self._ray.cancel(ref, force=True)
-                yield CellOutcome(
-                    request, None, f"no live node of the Ray cluster offers {need} any more (a node left); not measured"
-                )
+                reason = f"no live node of the Ray cluster offers {need} any more (a node left); not measured"
+                for request in group:
+                    yield CellOutcome(request, None, reason)
 
 
 def _need(engine_cls) -> str:

@@ -226,6 +226,38 @@ def measure_cell(cell: Cell, config, artifact: Shipped, reference: Shipped | Non
     return {"measured": measured, "error": error, "where": where, "logs": logs}
 
 
+def measure_group(cells: list[tuple[Cell, Shipped, Shipped | None]], config) -> list[dict[str, Any]]:
+    """Measure the closed-loop cells of one model, size, batch size and concurrency on this node in interleaved
+    rounds (``bench.executor.measure_rounds``), holding one device for all of them: each (cell, artifact,
+    reference) is put into this node's store first. Returns, per cell in order, what ``measure_cell`` returns
+    (without logs: the closed loop writes none)."""
+    threads_as_on_the_node()
+    import ray
+
+    from bench.executor import CellRequest, measure_rounds
+    from common.errors import first_line
+
+    gpus = ray.get_gpu_ids()
+    where = {"node": node_name(), "device": f"cuda:{gpus[0]}" if gpus else "cpu"}
+    results: list[dict[str, Any] | None] = [None] * len(cells)
+    ready: list[tuple[int, CellRequest]] = []
+    for index, (cell, artifact, reference) in enumerate(cells):
+        try:
+            local_path(artifact)
+            reference_path = str(local_path(reference)) if reference is not None else None
+        except (ArtifactError, OSError) as exc:
+            error = f"the artifact did not reach {where['node']}: {first_line(exc)}"
+            results[index] = {"measured": None, "error": error, "where": where}
+            continue
+        ready.append((index, CellRequest(cell, reference_path)))
+    measured = measure_rounds([request for _, request in ready], config) if ready else []
+    for (index, _), (_, columns, error) in zip(ready, measured, strict=True):
+        if columns is not None:
+            columns["device"] = where["device"]
+        results[index] = {"measured": columns, "error": error, "where": where}
+    return [result for result in results if result is not None]
+
+
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -20,6 +20,7 @@ import string
 from pathlib import Path
 from typing import Any
 
+from analysis.verdict import MIN_SPEEDUP
 from common.paths import atomic_path
 from report.run_report import load_run
 
@@ -135,11 +136,17 @@ def _gpu(env: dict[str, Any]) -> str | None:
 
 
 def compare(
-    dirs: list[Path], ignore_engine: bool = False, out: Path | None = None, split_by: str | None = None
+    dirs: list[Path],
+    ignore_engine: bool = False,
+    out: Path | None = None,
+    split_by: str | None = None,
+    threshold: float = 0.99,
+    min_speedup: float = MIN_SPEEDUP,
 ) -> tuple[str, Path, Path]:
     """Join the runs in ``dirs`` (each split by the values of column ``split_by`` when it is given) and write
-    ``compare.md`` and ``compare.csv`` into ``out`` (default: the first run directory). Returns (the Markdown
-    text, its path, the CSV path). Raises CompareError for fewer than two runs or a directory without results."""
+    ``compare.md`` and ``compare.csv`` into ``out`` (default: the first run directory); verdicts are judged at
+    ``threshold`` and ``min_speedup``. Returns (the Markdown text, its path, the CSV path). Raises CompareError
+    for fewer than two runs or a directory without results."""
     import polars as pl
 
     if not dirs or (len(dirs) < 2 and split_by is None):
@@ -161,7 +168,9 @@ def compare(
     records = join(runs, ignore_engine)
     names = labels(len(runs))
     environment = environment_table(envs, names_of, runs)
-    doc = comparison(records, names, names_of, environment, ignore_engine, agreement(runs, names))
+    doc = comparison(
+        records, names, names_of, environment, ignore_engine, agreement(runs, names, threshold, min_speedup)
+    )
     text = doc.markdown()
     out_dir = Path(out) if out else Path(dirs[0])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -246,7 +255,9 @@ def comparison(
     return doc
 
 
-def agreement(runs: list[list[dict[str, Any]]], names: list[str], threshold: float = 0.99) -> list[dict[str, Any]]:
+def agreement(
+    runs: list[list[dict[str, Any]]], names: list[str], threshold: float = 0.99, min_speedup: float = MIN_SPEEDUP
+) -> list[dict[str, Any]]:
     """For each run after A: how many of its verdicts (``analysis.verdict``) differ from A's, over the (engine,
     model, size) both judged, and how many of its speed-ups lie inside A's 95% interval, over the cells paired in
     both (``lines``: per verdict, A's answer, the run's, and whether they agree)."""
@@ -254,7 +265,7 @@ def agreement(runs: list[list[dict[str, Any]]], names: list[str], threshold: flo
     from report.run_report import counterparts
 
     def answers(rows: list[dict[str, Any]]) -> dict[tuple, str]:
-        judged = verdicts(points(rows, threshold, stand_ins), threshold)
+        judged = verdicts(points(rows, threshold, stand_ins, min_speedup), threshold, min_speedup)
         return {
             (v.engine, v.model, v.size): v.decision + (f" {v.best.precision}" if v.decision == "deploy" else "")
             for v in judged

@@ -4,11 +4,13 @@ Sections: the summary table; speed-up of FP16 and INT8 over FP32 per model, engi
 against FP32 with pass or fail against a threshold; the roofline per engine with each cell's percent of its
 roof; the comparison with the paper's Table I where the run has full-size catalogue models; the environment.
 
-Accuracy pass rule (``threshold``, default 0.99, as MLPerf's "99% of FP32"): a metric where higher is better
-(agreement of top-1 classes, spans, boxes, keypoints, strings or tokens; cosine similarity for brought-in
-models) passes when its value >= threshold, FP32's agreement with itself being 1. An error metric (the CTR
-models' max abs error of the probability) has no scale-free bound, so those cells pass when the cosine
-similarity of their raw outputs to FP32 >= threshold.
+Accuracy is judged as the verdicts judge it (``analysis.verdict.judgement``): on real weights only (labels of a
+trained model or of its trained counterpart, a checkpoint, a brought-in file), passing where the whole 95% interval
+of the share of FP32's accuracy kept lies at or above ``threshold`` (default 0.99, as MLPerf's "99% of FP32"),
+failing where it lies below, undecided in between; a random-weight model's agreement with FP32 is drift. The share
+is the metric's where higher is better (agreement of top-1 classes, spans, boxes, keypoints, strings or tokens) and
+the cosine similarity of the raw outputs for an error metric (the CTR models' max abs error), which has no
+scale-free bound.
 
 Roofs come from ``roofs_for``: given roofs (preset, file or values) when any; otherwise the measured roofs
 cached for the machine and engine the run used (``analysis.roofs``; a run measures them, quick, when none are
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.roofs import Roofs, engine_threads, machine_key, unit
-from analysis.verdict import judgement, speed_key, speedup, speedup_interval
+from analysis.verdict import MIN_SPEEDUP, judgement, speed_key, speedup, speedup_interval
 from bench.results import CELL_COLUMNS
 from common import precisions
 from common.numbers import format_rate, with_interval
@@ -100,8 +102,10 @@ def build(
     run_dir: Path,
     threshold: float = DEFAULT_THRESHOLD,
     given: Roofs | None = None,
+    min_speedup: float = MIN_SPEEDUP,
 ) -> Document:
-    """The report of ``run_dir`` as a Document; draws the roofline images into ``run_dir`` on the way."""
+    """The report of ``run_dir`` as a Document, its verdicts judged at ``threshold`` (accuracy kept) and
+    ``min_speedup`` (the least gain worth deploying); draws the roofline images into ``run_dir`` on the way."""
     from report.roofline import model_numbers, plot
 
     run_dir = Path(run_dir)
@@ -115,7 +119,7 @@ def build(
     )
 
     numbers = model_numbers(rows)
-    _answer(doc, rows, threshold, run_dir, numbers)
+    _answer(doc, rows, threshold, min_speedup, run_dir, numbers)
     _speedups(doc, rows, threshold)
     _accuracy(doc, rows, threshold, env)
     _labels(doc, rows)
@@ -152,24 +156,29 @@ DECISION_CSS = {"deploy": "pass", "keep fp32": None, "undecided": "undecided", "
 
 
 def _answer(
-    doc: Document, rows: list[dict[str, Any]], threshold: float, run_dir: Path, numbers: dict[str, int]
+    doc: Document,
+    rows: list[dict[str, Any]],
+    threshold: float,
+    min_speedup: float,
+    run_dir: Path,
+    numbers: dict[str, int],
 ) -> None:
     """Per engine: the chart of speed-up against accuracy retained and the verdict table (analysis.verdict)."""
-    from analysis.verdict import MIN_SPEEDUP, points, verdicts
+    from analysis.verdict import points, verdicts
     from report.svg_charts import answer_chart, model_label
 
     stand_ins = counterparts()
-    all_points = points(rows, threshold, stand_ins)
+    all_points = points(rows, threshold, stand_ins, min_speedup)
     doc.heading(2, "Which precision to deploy")
     if not all_points:
         doc.para("No cell finished: nothing to choose from.")
         return
     doc.para(
-        f"Per model, the fastest lower precision that is measurably faster than FP32 (the whole 95% interval of "
-        f"its speed-up at or above {MIN_SPEEDUP:g}x) and keeps at least {threshold:g} of FP32's accuracy against "
-        "labels (the whole interval at or above --threshold). Where the evidence does not carry an answer, the "
-        "verdict is undecided and says what would decide it. Intervals are 95%; how each is made is under the "
-        "chart."
+        "Per model, the fastest lower precision that is measurably faster than FP32 (the whole 95% interval of "
+        f"its speed-up at or above {min_speedup:g}x, --min-speedup) and keeps at least {threshold:g} of FP32's "
+        "accuracy on real weights (against labels, a checkpoint's or a real model's; the whole interval at or "
+        "above --threshold). Where the evidence does not carry an answer, the verdict is undecided and says what "
+        "would decide it. Intervals are 95%; how each is made is under the chart."
     )
     unjudged = sorted({p.model for p in all_points if p.accuracy == "unjudged"})
     if unjudged:
@@ -204,7 +213,7 @@ def _answer(
         table = []
         low = [p for p in precisions.lower() if any(q.precision == p for q in mine)]
         by_key = {(model_label(p), p.precision): p for p in mine}
-        for verdict in verdicts(mine, threshold):
+        for verdict in verdicts(mine, threshold, min_speedup):
             label = verdict.model if verdict.size in ("full", "None") else f"{verdict.model} ({verdict.size})"
             best = verdict.best
             decision = verdict.decision if verdict.decision != "deploy" else f"deploy {best.precision}"
@@ -320,10 +329,14 @@ def _p50(row: dict[str, Any]) -> float | None:
 def _accuracy(doc: Document, rows: list[dict[str, Any]], threshold: float, env: dict[str, Any]) -> None:
     doc.heading(2, f"Accuracy against FP32 (threshold {threshold:g})")
     doc.para(
-        "Each cell's outputs on the seeded accuracy inputs against ONNX Runtime CPU FP32 on the same inputs. "
-        f"Agreement metrics (higher is better) pass when value >= {threshold:g}; error metrics (max_abs_error) "
-        f"have no scale-free bound and pass when the cosine similarity of the outputs >= {threshold:g}. "
-        "FP32 cells are listed as a check of the comparison path itself."
+        "Each cell's outputs on the seeded accuracy inputs against ONNX Runtime CPU FP32 on the same inputs, with "
+        "the 95% interval for the samples compared (Wilson for counted agreement, a bootstrap over images or "
+        "Student's t over sample cosines otherwise). Agreement metrics (higher is better) are judged by their "
+        "value, error metrics (max_abs_error), which have no scale-free bound, by the cosine similarity of the "
+        f"outputs: pass where the whole interval lies at or above {threshold:g}, FAIL where it lies below, "
+        "undecided where it reaches the threshold; on random weights the agreement is drift (how far a precision "
+        "moves the outputs), judged only through labels. FP32 cells are listed as a check of the comparison path "
+        "itself."
     )
     table = []
     for row in rows:
@@ -666,13 +679,16 @@ def write_report(
     run_dir: Path,
     threshold: float = DEFAULT_THRESHOLD,
     given: Roofs | None = None,
+    min_speedup: float = MIN_SPEEDUP,
 ) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` (and the roofline images) into ``run_dir``; returns both paths.
-    ``given`` roofs replace the cached measured ones."""
+    ``given`` roofs replace the cached measured ones; ``threshold`` and ``min_speedup`` judge the verdicts."""
     if not 0 < threshold <= 1:
         raise ValueError(f"the accuracy threshold must be in (0, 1], got {threshold:g}")
+    if not 1 <= min_speedup < float("inf"):
+        raise ValueError(f"the least speed-up worth deploying must be a number >= 1, got {min_speedup:g}")
     run_dir = Path(run_dir)
-    doc = build(run_dir, threshold, given)
+    doc = build(run_dir, threshold, given, min_speedup)
     md, html_path = run_dir / "report.md", run_dir / "report.html"
     # Atomic: a report rewritten while someone has the old one open never leaves half a file.
     with atomic_path(md) as tmp:

@@ -77,16 +77,17 @@ def _config(**changes) -> RunConfig:
 
 def test_ray_and_local_executors_measure_the_same_cells(cluster, tmp_path):
     """The same tiny matrix through the local executor and a two-node cluster whose nodes build in stores of their
-    own: the same cells and statuses, byte-identical artifacts (sha256) and equal accuracy values; each row names
+    own, timed in three interleaved rounds: the same cells and statuses, byte-identical artifacts (sha256), equal
+    accuracy values, and a model's precisions paired by one rounds group measured on one node; each row names
     the node and device it ran on, each node's environment is in nodes/, and each file a node used is in its store
     with the builder's bytes. (Built in Ray workers under Ray's OMP_NUM_THREADS=1, ResNet-50 came out in other
     bytes than the local executor's.)"""
     nodes, _, stores = cluster
-    local = run(_config(), tmp_path / "local")
+    local = run(_config(rounds=3), tmp_path / "local")
     with RayExecutor(nodes.address) as executor:
         assert executor.ship, "the nodes' own stores were taken for a shared one"
         names = executor.names()
-        remote = run(_config(), tmp_path / "ray", executor=executor)
+        remote = run(_config(rounds=3), tmp_path / "ray", executor=executor)
     key = lambda r: r["cell_id"]  # noqa: E731
     mine, theirs = sorted(local.rows, key=key), sorted(remote.rows, key=key)
     assert [(r["cell_id"], r["status"]) for r in mine] == [(r["cell_id"], r["status"]) for r in theirs]
@@ -95,6 +96,13 @@ def test_ray_and_local_executors_measure_the_same_cells(cluster, tmp_path):
         assert a["artifact_sha256"] == b["artifact_sha256"], a["cell_id"]
         assert a["accuracy_value"] == b["accuracy_value"], a["cell_id"]
         assert b["node"] in names and b["device"] == "cpu"
+        # Both executors time a model's precisions in three interleaved rounds, on one node, paired by group.
+        assert a["rounds"] == b["rounds"] == 3 and len(json.loads(b["round_p50_ms"])) == 3
+    for rows in (mine, theirs):
+        groups = {(r["model"], r["rounds_group"]) for r in rows}
+        assert len(groups) == 2 and {r["rounds_group"] for r in rows if r["model"] == "resnet50"} != {None}
+    for model in ("resnet50", "wide_deep"):
+        assert len({r["node"] for r in theirs if r["model"] == model}) == 1
     assert sorted(p.stem for p in (tmp_path / "ray" / "nodes").glob("*.json")) == names
     for row in theirs:
         store = next(s for s in stores if Path(row["artifact"]).is_relative_to(s))
@@ -134,6 +142,8 @@ def test_a_killed_node_fails_its_cell_and_a_killed_driver_loses_nothing(cluster,
     argv = [sys.executable, "suite.py", "run", "--executor", "ray", "--ray-address", nodes.address]
     argv += ["--models", "wide_deep", "--size", "tiny", "--batch-sizes", "1,2,3", "--precisions", "fp32,int8"]
     argv += ["--warmup-s", "0.05", "--duration-s", "2", "--accuracy-samples", "4", "--out", str(out)]
+    # One window per cell, so that each task is one cell (in rounds a model's precisions share a task and a node).
+    argv += ["--rounds", "1"]
     driver = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         # Cells have begun once a row is written; then kill the second node while a cell runs on it.

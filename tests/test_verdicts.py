@@ -143,3 +143,39 @@ def test_weights_of_rows_written_before_the_column():
     assert weights_of({"label_ratio": 0.9}) == "trained"
     assert weights_of({"framework": "onnx"}) == "file"
     assert weights_of({"framework": "pytorch"}) == "random"
+
+
+def test_report_and_compare_judge_at_the_minimum_speed_up_asked_for(tmp_path, monkeypatch, capsys):
+    import suite
+    from tests.test_roofline_report import _write_run
+
+    monkeypatch.setenv("AIMATRIX_CACHE", str(tmp_path / "cache"))
+    rows = [paired("m", "fp32", FP32, weights="checkpoint"), paired("m", "int8", QUARTER, weights="checkpoint")]
+    run = _write_run(tmp_path / "run", rows)
+    assert suite.main(["report", str(run)]) == 0
+    answer = (run / "report.md").read_text().split("## Which precision to deploy")[1].split("## Speed-up")[0]
+    assert "| m | deploy int8 |" in answer and "at or above 1.05x, --min-speedup" in answer
+    assert suite.main(["report", str(run), "--min-speedup", "5"]) == 0
+    answer = (run / "report.md").read_text().split("## Which precision to deploy")[1].split("## Speed-up")[0]
+    assert (
+        "| m | keep fp32 |" in answer and "int8 has no measurable gain (4.00x [4.00, 4.00], not all above 5x)" in answer
+    )
+    capsys.readouterr()
+    for command in (["report", str(run)], ["compare", str(run), str(run)]):
+        assert suite.main([*command, "--min-speedup", "0.9"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == "error: --min-speedup must be a number of at least 1 (1.05: 5% faster), got 0.9", err
+    assert suite.main(["compare", str(run), str(run), "--threshold", "1.5"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --threshold must be in (0, 1], got 1.5"
+
+
+def test_list_trained_says_which_catalogue_model_each_stands_in_for(capsys):
+    import suite
+    from report.run_report import counterparts
+
+    assert suite.main(["list", "--trained"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:4] == ["model", "stands", "in", "for"]
+    stands = {line.split()[0]: line.split()[1] for line in out[2:]}
+    assert stands == {trained: catalogue for catalogue, trained in counterparts().items()}
+    assert stands["resnet50_mnist"] == "resnet50" and len(stands) == 5
