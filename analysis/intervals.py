@@ -32,32 +32,37 @@ EXACT_BINOMIAL_MAX_N = 1000
 # quantile (error below 1e-9 there) instead of inverting the exact CDF, whose series has df/2 terms.
 EXACT_T_MAX_DF = 1000
 
-# unstable(): the checks pyperf makes ("pyperf check"), tuned to latencies.
-# Rounds disagree when the slowest round's p50 is more than 10% above the fastest's: a 10% error is the size
-# of the smaller speed-ups the suite reports (FP16 on some CPUs), so a spread this wide could flip a verdict.
-ROUND_SPREAD_MAX = 1.10
+# unstable(): the checks pyperf makes ("pyperf check"), tuned to latencies measured in rounds. A round of a large
+# model holds a single inference (1 s cut in 5 rounds), so round p50s scatter as single samples do; the limits
+# were set so that a default job on a quiet 2-core machine flags only what was disturbed.
+# Rounds disagree when the slowest round's p50 is more than 25% above the fastest's (single-sample rounds of the
+# detectors and BERT spread up to 17% on a quiet machine); the speed-up's interval, made from the same rounds,
+# already carries smaller disagreements into the verdict.
+ROUND_SPREAD_MAX = 1.25
 # A round is far from the others beyond 3 scaled median absolute deviations (1.4826 x MAD, a standard deviation
 # for normal data) from the median of rounds: the usual robust outlier rule (Hampel's; MATLAB's isoutlier).
 ROUND_OUTLIER_MADS = 3.0
 MAD_TO_SD = 1.4826
-# ... and never for a deviation under 2% of the median: with rounds almost equal the MAD is near 0, and a
-# 0.5% wobble is no outlier worth a line.
-ROUND_OUTLIER_MIN_REL = 0.02
+# ... and never for a deviation under 10% of the median: with rounds almost equal the MAD is near 0, and a few
+# percent is the scatter of single inferences, no outlier worth a line.
+ROUND_OUTLIER_MIN_REL = 0.10
 ROUND_OUTLIER_MIN_ROUNDS = 3
-# Samples spread widely when their standard deviation is above 25% of their mean. pyperf warns at 10%, but
-# its values are means over many loops; single-inference latencies have a natural right tail (a p99 often 1.3x
-# the p50), so 10% would flag most healthy runs.
-SAMPLES_CV_MAX = 0.25
-SAMPLES_CV_MIN_N = 20
+# Samples spread widely when their scaled median absolute deviation is above 15% of their median. pyperf
+# compares the standard deviation with the mean (10%), but its values are means over many loops; single
+# inferences of tens of microseconds have far right tails (a standard deviation of 7.7 times the mean for NCF on
+# a quiet machine, from a handful of interrupted calls) that move neither the p50 nor its interval, while the
+# scaled MAD stayed under 10% for every cell of that default job.
+SAMPLES_MAD_MAX = 0.15
+SAMPLES_SPREAD_MIN_N = 20
 # Bimodal samples: two peaks of the samples' smoothed density (Gaussian kernel, Silverman's normal-reference
 # bandwidth, which oversmooths a multimodal density and so finds no spurious modes in a unimodal one), each
-# peak with at least 10% of the samples on its side of the lowest point between them, that point below half
-# the smaller peak, and the peaks at least 5% of the median apart (a median that jumps between modes closer
-# than that moves less than half ROUND_SPREAD_MAX allows). Sarle's bimodality coefficient (> 5/9) is not used:
-# it is exactly 5/9 for an exponential distribution and near 1 for any unimodal sample with one far outlier,
-# both common in latencies, so it would flag most runs.
+# peak with at least 25% of the samples on its side of the lowest point between them (a smaller second mode
+# cannot move the p50 out of the first; 10-20% second modes near 1.2x the first are common on CPUs), that point
+# below half the smaller peak, and the peaks at least 5% of the median apart. Sarle's bimodality coefficient
+# (> 5/9) is not used: it is exactly 5/9 for an exponential distribution and near 1 for any unimodal sample
+# with one far outlier, both common in latencies, so it would flag most runs.
 BIMODAL_MIN_N = 30
-BIMODAL_MIN_MASS = 0.10
+BIMODAL_MIN_MASS = 0.25
 BIMODAL_MAX_DIP = 0.5
 BIMODAL_MIN_SEPARATION = 0.05
 
@@ -320,7 +325,8 @@ def unstable(round_p50s: Sequence[float], samples: Sequence[float] | None = None
     kind, thresholds in the module's constants): rounds that disagree (the slowest round's p50 more than
     ROUND_SPREAD_MAX times the fastest's), one round far from the others (beyond ROUND_OUTLIER_MADS scaled
     median absolute deviations from the median of at least ROUND_OUTLIER_MIN_ROUNDS rounds), samples spread
-    widely (coefficient of variation above SAMPLES_CV_MAX, with at least SAMPLES_CV_MIN_N samples), and bimodal
+    widely (scaled median absolute deviation above SAMPLES_MAD_MAX of the median, with at least
+    SAMPLES_SPREAD_MIN_N samples), and bimodal
     samples (two separated peaks of their smoothed density, with at least BIMODAL_MIN_N samples). Every check
     that fails adds a clause, joined by "; "."""
     found = []
@@ -342,10 +348,11 @@ def unstable(round_p50s: Sequence[float], samples: Sequence[float] | None = None
             )
     if samples is not None:
         x = np.asarray(samples, dtype=np.float64).ravel()
-        if len(x) >= SAMPLES_CV_MIN_N and np.mean(x) > 0:
-            cv = float(np.std(x, ddof=1) / np.mean(x))
-            if cv > SAMPLES_CV_MAX:
-                found.append(f"samples spread widely (standard deviation {cv:.0%} of the mean)")
+        median = float(np.median(x)) if len(x) else 0.0
+        if len(x) >= SAMPLES_SPREAD_MIN_N and median > 0:
+            spread = MAD_TO_SD * float(np.median(np.abs(x - median))) / median
+            if spread > SAMPLES_MAD_MAX:
+                found.append(f"samples spread widely (scaled median absolute deviation {spread:.0%} of the median)")
         line = _bimodal(x)
         if line:
             found.append(line)

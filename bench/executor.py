@@ -312,7 +312,9 @@ class LocalExecutor:
         return {}
 
 
-# Untimed runs at the start of every round but the first: the other cells' rounds evicted this one's caches.
+# Untimed runs at the start of every round: since the cell's warm-up (or its last round) the other cells of its
+# group were loaded, warmed up or timed, evicting its caches (the first round of the detectors ran 9-20% slower
+# than the others without one).
 REWARM_RUNS = 1
 
 
@@ -334,11 +336,12 @@ def interleave_groups(requests: Iterable[CellRequest], rounds: int) -> list[list
 def measure_rounds(group: list[CellRequest], config) -> list[tuple[CellRequest, dict[str, Any] | None, str | None]]:
     """Measure ``group``'s closed-loop cells in ``config.rounds`` interleaved rounds: each cell's engine is loaded,
     checked for accuracy and warmed up in a process of its own (``bench.cell.CellSession`` in a
-    ``bench.isolation.Worker``), then round after round each cell times a share of the window (``duration_s``
-    and ``min_iters`` divided by the rounds) while the others wait, in an order rotated every round, so that the
-    machine's drift falls on every cell of the group alike. Returns (request, measured columns or None, the
-    reason it failed or None) per cell, in the group's order; the columns hold every round's p50
-    (``round_p50_ms``) and the group's id (``rounds_group``), which pairs them for speed-up intervals."""
+    ``bench.isolation.Worker``), then round after round each cell times a share of the window (``duration_s`` and
+    ``min_iters`` divided by the rounds, after ``REWARM_RUNS`` untimed runs) while the others wait, in an order
+    rotated every round, so that the machine's drift falls on every cell of the group alike. Returns (request,
+    measured columns or None, the reason it failed or None) per cell, in the group's order; the columns hold every
+    round's p50 (``round_p50_ms``) and the group's id (``rounds_group``), which pairs them for speed-up
+    intervals."""
     import secrets
 
     from bench.cell import CellSession
@@ -369,7 +372,7 @@ def measure_rounds(group: list[CellRequest], config) -> list[tuple[CellRequest, 
             turn = number % len(live) if live else 0
             for index in live[turn:] + live[:turn]:
                 arguments = {"seconds": share.duration_s, "min_iters": share.min_iters}
-                arguments["rewarm"] = REWARM_RUNS if number else 0
+                arguments["rewarm"] = REWARM_RUNS
                 done = workers[index].call("round", arguments, timeout)
                 if not done.ok:
                     errors[index] = f"round {number + 1} of {config.rounds}: {done.error}"

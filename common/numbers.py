@@ -47,11 +47,18 @@ def format_rate(value: float | None, unit: str) -> str:
 
 def with_interval(value: float | None, lo: float | None, hi: float | None, suffix: str = "") -> str:
     """A value with its interval: ``2.61x [2.52, 2.70]`` (``suffix`` ``x``: two decimals) or ``0.875 [0.529,
-    0.978]`` (four significant digits); the value alone without an interval, ``-`` without a value."""
+    0.978]`` (the value to four significant digits, its bounds to as many decimals, at least three); the value
+    alone without an interval, ``-`` without a value."""
     if value is None:
         return "-"
     text = f"{value:.2f}{suffix}" if suffix else f"{value:.4g}"
     if lo is None or hi is None:
         return text
-    bounds = f"{lo:.2f}, {hi:.2f}" if suffix else f"{lo:.4g}, {hi:.4g}"
+    if suffix:
+        bounds = f"{lo:.2f}, {hi:.2f}"
+    elif "e" in text:
+        bounds = f"{lo:.4g}, {hi:.4g}"
+    else:
+        decimals = max(3, len(text.partition(".")[2]))
+        bounds = f"{lo:.{decimals}f}, {hi:.{decimals}f}"
     return f"{text} [{bounds}]"

@@ -229,16 +229,28 @@ def comparison(
         doc.heading(2, "Do the runs give the same answers?")
         doc.para(
             "Each run's verdicts (which precision to deploy, per engine and model, as its report gives them) against "
-            "run A's, and how many of its speed-ups lie inside run A's 95% intervals (cells timed in rounds in "
-            "both). Run the same matrix twice on one machine to see whether its answers survive a second run."
+            "run A's, and its speed-ups against run A's 95% intervals (cells timed in rounds in both): inside the "
+            "interval, and whether the two intervals overlap. Run the same matrix twice on one machine to see "
+            "whether its answers survive a second run. An interval is made from one run's rounds: it holds the "
+            "speed-up that run measures, not the other run's estimate, which has an error of its own (of two runs "
+            "with exact 95% intervals, about 83% of the second's speed-ups lie inside the first's intervals), and "
+            "differences between processes that stay fixed within a run (memory placement, threads' cores) are "
+            "not in it."
         )
         for entry in agreed:
+            largest = entry["largest"]
+            most = f"; the largest difference is {largest[0]:.1%} ({largest[1]})" if largest else ""
             doc.para(
                 f"{entry['run']}: {entry['changed']} of {entry['verdicts']} verdicts differ from A's; "
-                f"{entry['inside']} of {entry['paired']} speed-ups lie inside A's interval."
+                f"{entry['inside']} of {entry['paired']} speed-ups lie inside A's interval and "
+                f"{entry['overlap']} of {entry['paired']} intervals overlap A's{most}."
             )
         table = [[e["run"], *line] for e in agreed for line in e["lines"]]
         doc.table(["run", "engine", "model", "answer in A", "answer in the run", "same"], table, name="verdicts")
+        speeds = [[e["run"], *line] for e in agreed for line in e["speeds"]]
+        if speeds:
+            header = ["run", "cell", "speed-up in A [95%]", "speed-up in the run [95%]", "inside A's", "overlap"]
+            doc.table(header, speeds, name="speedups-agreement")
     bars = ratio_bars(records, names)
     if bars:
         doc.heading(2, "Throughput against run A")
@@ -259,9 +271,15 @@ def agreement(
     runs: list[list[dict[str, Any]]], names: list[str], threshold: float = 0.99, min_speedup: float = MIN_SPEEDUP
 ) -> list[dict[str, Any]]:
     """For each run after A: how many of its verdicts (``analysis.verdict``) differ from A's, over the (engine,
-    model, size) both judged, and how many of its speed-ups lie inside A's 95% interval, over the cells paired in
-    both (``lines``: per verdict, A's answer, the run's, and whether they agree)."""
+    model, size) both judged (``lines``: per verdict, A's answer, the run's, and whether they agree); and over the
+    speed-ups with an interval in both (cells timed in rounds), how many of its speed-ups lie inside A's 95%
+    interval (``inside``), how many of its intervals overlap A's (``overlap``), and the largest difference between
+    the two speed-ups (``largest``: (the relative difference, the cell), or None) (``speeds``: per speed-up, the
+    cell, A's, the run's, inside, overlapping)."""
+    import math
+
     from analysis.verdict import points, speed_key, speedup_interval, verdicts
+    from common.numbers import with_interval
     from report.run_report import counterparts
 
     def answers(rows: list[dict[str, Any]]) -> dict[tuple, str]:
@@ -280,6 +298,12 @@ def agreement(
                 found[(*speed_key(row), row.get("precision"))] = paired
         return found
 
+    def cell(key: tuple) -> str:
+        model, size, engine, batch, scenario, concurrency, precision = key
+        where = "" if size == "full" else f" ({size})"
+        load = "" if scenario == "latency" and concurrency == 1 else f" {scenario}@{concurrency}"
+        return f"{engine} {model}{where} {precision} b{batch}{load}"
+
     stand_ins = counterparts()
     first, first_intervals = answers(runs[0]), intervals(runs[0])
     out = []
@@ -290,17 +314,26 @@ def agreement(
             [k[0], k[1] + ("" if k[2] == "full" else f" ({k[2]})"), first[k], mine[k], first[k] == mine[k]]
             for k in shared
         ]
-        paired = [k for k in first_intervals if k in mine_intervals]
-        inside = sum(1 for k in paired if first_intervals[k][1] <= mine_intervals[k][0] <= first_intervals[k][2])
-        changed = sum(1 for k in shared if first[k] != mine[k])
+        speeds, inside, overlap, largest = [], 0, 0, None
+        for key in (k for k in first_intervals if k in mine_intervals):
+            a, b = first_intervals[key], mine_intervals[key]
+            holds, meets = a[1] <= b[0] <= a[2], a[1] <= b[2] and b[1] <= a[2]
+            inside, overlap = inside + holds, overlap + meets
+            difference = abs(math.log(b[0] / a[0]))
+            if largest is None or difference > largest[0]:
+                largest = (difference, cell(key))
+            speeds.append([cell(key), with_interval(*a, "x"), with_interval(*b, "x"), holds, meets])
         out.append(
             {
                 "run": name,
                 "verdicts": len(shared),
-                "changed": changed,
-                "paired": len(paired),
+                "changed": sum(1 for k in shared if first[k] != mine[k]),
+                "paired": len(speeds),
                 "inside": inside,
+                "overlap": overlap,
+                "largest": None if largest is None else (math.expm1(largest[0]), largest[1]),
                 "lines": lines,
+                "speeds": speeds,
             }
         )
     return out

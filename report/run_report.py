@@ -182,17 +182,20 @@ def _answer(
     )
     unjudged = sorted({p.model for p in all_points if p.accuracy == "unjudged"})
     if unjudged:
-        missing = sorted({stand_ins[m] for m in unjudged if m in stand_ins})
-        run = f" `suite.py run --models {','.join([*unjudged, *missing])}`" if missing else ""
+        paired = [m for m in unjudged if m in stand_ins]
+        stand_in_text = ""
+        if paired:
+            names = ", ".join(f"{stand_ins[m]} for {m}" for m in paired)
+            models_arg = ",".join(name for m in paired for name in (m, stand_ins[m]))
+            stand_in_text = (
+                f"Trained counterparts ({names}) would judge theirs against labels: "
+                f"`suite.py run --models {models_arg}`. "
+            )
         doc.para(
             f"Random weights: {', '.join(unjudged)} ran with random weights, whose agreement with FP32 says how far "
             "a precision drifts, not what it costs a trained model, so no deploy or fail verdict rests on it. "
-            + (
-                f"The trained counterparts ({', '.join(missing)}) would judge them against labels:{run}. "
-                if missing
-                else ""
-            )
-            + "Real weights (--weights) or a real model (--onnx) judge the others."
+            + stand_in_text
+            + "Real weights (--weights) or a real model (--onnx) judge any of them."
         )
     unstable = sorted({f"{p.model} {p.precision}" for p in all_points if p.unstable})
     if unstable:

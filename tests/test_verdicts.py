@@ -73,7 +73,7 @@ def test_a_failing_counterpart_keeps_fp32_and_an_interval_reaching_the_threshold
     verdict = verdict_of([*base, mnist_fp32, failing])
     assert verdict.decision == "keep fp32"
     assert (
-        "int8 is faster (4.00x [4.00, 4.00]) but fails (0.95 [0.93, 0.97] of FP32 against labels of" in verdict.reason
+        "int8 is faster (4.00x [4.00, 4.00]) but fails (0.95 [0.930, 0.970] of FP32 against labels of" in verdict.reason
     )
     reaching = paired("resnet50_mnist", "int8", QUARTER, **labelled(0.995, 0.97, 1.0))
     verdict = verdict_of([*base, mnist_fp32, reaching])
@@ -179,3 +179,38 @@ def test_list_trained_says_which_catalogue_model_each_stands_in_for(capsys):
     stands = {line.split()[0]: line.split()[1] for line in out[2:]}
     assert stands == {trained: catalogue for catalogue, trained in counterparts().items()}
     assert stands["resnet50_mnist"] == "resnet50" and len(stands) == 5
+
+
+def test_compare_says_whether_a_second_run_gives_the_same_answers(tmp_path):
+    from report.compare import agreement, compare
+    from tests.test_roofline_report import _write_run
+
+    wobble = [1.0, 1.02, 0.98, 1.01, 0.99]
+    first = [
+        paired("m", "fp32", FP32, weights="checkpoint"),
+        paired("m", "int8", [v / 4 * w for v, w in zip(FP32, wobble, strict=True)], weights="checkpoint"),
+        paired("m", "fp16", [v * 1.2 for v in FP32], weights="checkpoint"),
+    ]
+    # The second run: INT8 a little slower (inside A's interval), FP16 now equal to FP32 (outside, and its
+    # interval does not meet A's); the verdicts stay deploy int8.
+    second = [
+        paired("m", "fp32", FP32, weights="checkpoint"),
+        paired("m", "int8", [v / 3.95 * w for v, w in zip(FP32, wobble[::-1], strict=True)], weights="checkpoint"),
+        paired("m", "fp16", FP32, weights="checkpoint"),
+    ]
+    (entry,) = agreement([first, second], ["A", "B"])
+    assert (entry["verdicts"], entry["changed"], entry["paired"]) == (1, 0, 2)
+    assert (entry["inside"], entry["overlap"]) == (1, 1)
+    assert entry["largest"][0] == pytest.approx(0.2) and entry["largest"][1] == "ort-cpu m fp16 b8"
+    assert entry["lines"] == [["ort-cpu", "m", "deploy int8", "deploy int8", True]]
+    int8, fp16 = sorted(entry["speeds"], key=lambda line: line[0], reverse=True)
+    assert int8[0] == "ort-cpu m int8 b8" and int8[3:] == [True, True]
+    assert fp16[1:] == ["0.83x [0.83, 0.83]", "1.00x [1.00, 1.00]", False, False]
+    # A verdict that changes is counted and shown.
+    third = [second[0], paired("m", "int8", [v / 1.01 for v in FP32], weights="checkpoint")]
+    (entry,) = agreement([first, third], ["A", "C"])
+    assert entry["changed"] == 1 and entry["lines"][0][2:] == ["deploy int8", "keep fp32", False]
+    runs = [_write_run(tmp_path / name, rows) for name, rows in (("a", first), ("b", second))]
+    text, _, _ = compare(runs, out=tmp_path / "cmp")
+    assert "B: 0 of 1 verdicts differ from A's; 1 of 2 speed-ups lie inside A's interval and 1 of 2 intervals" in text
+    assert "the largest difference is 20.0% (ort-cpu m fp16 b8)" in text
