@@ -336,12 +336,12 @@ def interleave_groups(requests: Iterable[CellRequest], rounds: int) -> list[list
 def measure_rounds(group: list[CellRequest], config) -> list[tuple[CellRequest, dict[str, Any] | None, str | None]]:
     """Measure ``group``'s closed-loop cells in ``config.rounds`` interleaved rounds: each cell's engine is loaded,
     checked for accuracy and warmed up in a process of its own (``bench.cell.CellSession`` in a
-    ``bench.isolation.Worker``), then round after round each cell times a share of the window (``duration_s`` and
-    ``min_iters`` divided by the rounds, after ``REWARM_RUNS`` untimed runs) while the others wait, in an order
-    rotated every round, so that the machine's drift falls on every cell of the group alike. Returns (request,
-    measured columns or None, the reason it failed or None) per cell, in the group's order; the columns hold every
-    round's p50 (``round_p50_ms``) and the group's id (``rounds_group``), which pairs them for speed-up
-    intervals."""
+    ``bench.isolation.Worker``; all of them at once), then round after round each cell times a share of the window
+    (``duration_s`` and ``min_iters`` divided by the rounds, after ``REWARM_RUNS`` untimed runs) while the others
+    wait, in an order rotated every round, so that the machine's drift falls on every cell of the group alike.
+    Returns (request, measured columns or None, the reason it failed or None) per cell, in the group's order; the
+    columns hold every round's p50 (``round_p50_ms``) and the group's id (``rounds_group``), which pairs them for
+    speed-up intervals."""
     import secrets
 
     from bench.cell import CellSession
@@ -350,9 +350,12 @@ def measure_rounds(group: list[CellRequest], config) -> list[tuple[CellRequest, 
     timer, timeout = config.timer, config.cell_timeout_s
     share = TimerSettings(0.0, 0, timer.duration_s / config.rounds, max(1, math.ceil(timer.min_iters / config.rounds)))
     group_id = secrets.token_hex(6)
+    starting: dict[int, Worker] = {}
     workers: dict[int, Worker] = {}
     errors: dict[int, str] = {}
     try:
+        # The cells' processes start together: loading, the accuracy check and the warm-up are not timed, and
+        # their interpreters' start-up and imports, single-threaded, overlap.
         for index, request in enumerate(group):
             kwargs = dict(
                 cell=request.cell,
@@ -361,7 +364,8 @@ def measure_rounds(group: list[CellRequest], config) -> list[tuple[CellRequest, 
                 engine_options=config.engine_options.as_dict(),
                 reference=request.reference,
             )
-            worker = Worker(CellSession, kwargs)
+            starting[index] = Worker(CellSession, kwargs)
+        for index, worker in starting.items():
             started = worker.start(timeout)
             if started.ok:
                 workers[index] = worker
@@ -385,7 +389,7 @@ def measure_rounds(group: list[CellRequest], config) -> list[tuple[CellRequest, 
             else:
                 errors[index] = finished.error
     finally:
-        for worker in workers.values():
+        for worker in starting.values():
             worker.close()
     return [(request, measured.get(index), errors.get(index)) for index, request in enumerate(group)]
 
