@@ -312,9 +312,10 @@ class LocalExecutor:
         return {}
 
 
-# Untimed runs at the start of every round: since the cell's warm-up (or its last round) the other cells of its
-# group were loaded, warmed up or timed, evicting its caches (the first round of the detectors ran 9-20% slower
-# than the others without one).
+# Untimed runs at the start of the first round: since the cell's warm-up the other cells of its group were
+# loaded, checked and warmed up, evicting its caches (the first round of the detectors and BERT ran 9-20% slower
+# than the others without one). Later rounds showed no such offset, and a run before each of them would double
+# the inferences of the models whose rounds hold one (a 3.8 s NMT FP16 inference: 1 s windows, 5 rounds).
 REWARM_RUNS = 1
 
 
@@ -337,11 +338,11 @@ def measure_rounds(group: list[CellRequest], config) -> list[tuple[CellRequest, 
     """Measure ``group``'s closed-loop cells in ``config.rounds`` interleaved rounds: each cell's engine is loaded,
     checked for accuracy and warmed up in a process of its own (``bench.cell.CellSession`` in a
     ``bench.isolation.Worker``; all of them at once), then round after round each cell times a share of the window
-    (``duration_s`` and ``min_iters`` divided by the rounds, after ``REWARM_RUNS`` untimed runs) while the others
-    wait, in an order rotated every round, so that the machine's drift falls on every cell of the group alike.
-    Returns (request, measured columns or None, the reason it failed or None) per cell, in the group's order; the
-    columns hold every round's p50 (``round_p50_ms``) and the group's id (``rounds_group``), which pairs them for
-    speed-up intervals."""
+    (``duration_s`` and ``min_iters`` divided by the rounds; the first after ``REWARM_RUNS`` untimed runs) while
+    the others wait, in an order rotated every round, so that the machine's drift falls on every cell of the group
+    alike. Returns (request, measured columns or None, the reason it failed or None) per cell, in the group's
+    order; the columns hold every round's p50 (``round_p50_ms``) and the group's id (``rounds_group``), which pairs
+    them for speed-up intervals."""
     import secrets
 
     from bench.cell import CellSession
@@ -376,7 +377,7 @@ def measure_rounds(group: list[CellRequest], config) -> list[tuple[CellRequest, 
             turn = number % len(live) if live else 0
             for index in live[turn:] + live[:turn]:
                 arguments = {"seconds": share.duration_s, "min_iters": share.min_iters}
-                arguments["rewarm"] = REWARM_RUNS
+                arguments["rewarm"] = 0 if number else REWARM_RUNS
                 done = workers[index].call("round", arguments, timeout)
                 if not done.ok:
                     errors[index] = f"round {number + 1} of {config.rounds}: {done.error}"
