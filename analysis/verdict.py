@@ -86,12 +86,14 @@ def speedup_interval(row: dict[str, Any], fp32: dict[str, Any] | None) -> tuple[
 
 
 def retained_interval(row: dict[str, Any]) -> tuple[float | None, float | None]:
-    """The 95% interval of ``retained(row)``: the label ratio's where it is against labels, else the agreement's
-    (or the cosine's, for error metrics); (None, None) where the row has none."""
+    """The 95% interval of ``retained(row)``: the label ratio's where it is against labels, else the agreement's;
+    (None, None) where the row has none. A cell judged by its outputs' cosine (an error metric: the CTR models'
+    probabilities, one number per sample, whose per-sample cosine is only a sign) has none: it is judged on the
+    value."""
     if row.get("label_ratio") is not None:
         return row.get("label_ratio_lo"), row.get("label_ratio_hi")
     if retained_and_basis(row)[1].endswith("(cosine)"):
-        return row.get("accuracy_cosine_lo"), row.get("accuracy_cosine_hi")
+        return None, None
     return row.get("accuracy_value_lo"), row.get("accuracy_value_hi")
 
 

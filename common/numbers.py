@@ -45,20 +45,26 @@ def format_rate(value: float | None, unit: str) -> str:
     return f"{value:.3g} {unit}"
 
 
+def interval_text(value: float | None, lo: float | None, hi: float | None) -> str | None:
+    """An interval as ``with_interval`` writes it after ``value``: ``[0.529, 0.978]`` (as many decimals as the value
+    has to four significant digits, at least three); None without an interval."""
+    if lo is None or hi is None:
+        return None
+    text = f"{value:.4g}" if value is not None else ""
+    if "e" in text:
+        return f"[{lo:.4g}, {hi:.4g}]"
+    decimals = max(3, len(text.partition(".")[2]))
+    return f"[{lo:.{decimals}f}, {hi:.{decimals}f}]"
+
+
 def with_interval(value: float | None, lo: float | None, hi: float | None, suffix: str = "") -> str:
     """A value with its interval: ``2.61x [2.52, 2.70]`` (``suffix`` ``x``: two decimals) or ``0.875 [0.529,
-    0.978]`` (the value to four significant digits, its bounds to as many decimals, at least three); the value
-    alone without an interval, ``-`` without a value."""
+    0.978]`` (the value to four significant digits, its bounds as ``interval_text``); the value alone without an
+    interval, ``-`` without a value."""
     if value is None:
         return "-"
-    text = f"{value:.2f}{suffix}" if suffix else f"{value:.4g}"
-    if lo is None or hi is None:
-        return text
     if suffix:
-        bounds = f"{lo:.2f}, {hi:.2f}"
-    elif "e" in text:
-        bounds = f"{lo:.4g}, {hi:.4g}"
-    else:
-        decimals = max(3, len(text.partition(".")[2]))
-        bounds = f"{lo:.{decimals}f}, {hi:.{decimals}f}"
-    return f"{text} [{bounds}]"
+        text = f"{value:.2f}{suffix}"
+        return text if lo is None or hi is None else f"{text} [{lo:.2f}, {hi:.2f}]"
+    bounds = interval_text(value, lo, hi)
+    return f"{value:.4g}" + (f" {bounds}" if bounds else "")

@@ -28,7 +28,7 @@ from analysis.roofs import Roofs, engine_threads, machine_key, unit
 from analysis.verdict import MIN_SPEEDUP, judgement, speed_key, speedup, speedup_interval
 from bench.results import CELL_COLUMNS
 from common import precisions
-from common.numbers import format_rate, with_interval
+from common.numbers import format_rate, interval_text, with_interval
 from common.paths import atomic_path
 from report.document import Document
 from report.html import TableCell, slug
@@ -79,8 +79,6 @@ def accuracy_verdict(row: dict[str, Any], threshold: float) -> tuple[str, str]:
     """(``pass``/``FAIL``/``undecided``/``drift``/``-``, what it is judged against) for one cell's accuracy: the
     verdicts' own judgement (``analysis.verdict.judgement``), on the 95% interval; a random-weight model's
     agreement with FP32 is drift, never a pass or a fail."""
-    from analysis.verdict import judgement
-
     state, basis = judgement(row, threshold)
     shown = {"pass": "pass", "fail": "FAIL", "undecided": "undecided", "unjudged": "drift", None: "-"}[state]
     return shown, basis
@@ -316,11 +314,6 @@ def _speedups(doc: Document, rows: list[dict[str, Any]], threshold: float) -> No
     )
 
 
-def _interval_text(lo: float | None, hi: float | None) -> str | None:
-    """``[0.529, 0.978]``, or None without an interval."""
-    return None if lo is None or hi is None else f"[{lo:.4g}, {hi:.4g}]"
-
-
 def _rate(row: dict[str, Any]) -> float | None:
     return row.get("throughput_samples_per_s") if row.get("status") == "ok" else None
 
@@ -355,7 +348,7 @@ def _accuracy(doc: Document, rows: list[dict[str, Any]], threshold: float, env: 
                 row["scenario"],
                 row["accuracy_metric"],
                 row.get("accuracy_value"),
-                _interval_text(row.get("accuracy_value_lo"), row.get("accuracy_value_hi")),
+                interval_text(row.get("accuracy_value"), row.get("accuracy_value_lo"), row.get("accuracy_value_hi")),
                 row.get("accuracy_cosine"),
                 row.get("accuracy_max_abs_error"),
                 rule,

@@ -268,17 +268,16 @@ def _error_bars(frame: _Frame, point: Point, x: float, y: float, color: str) -> 
     accuracy's up and down (``line.err.kept``), each with its bounds as ``data-lo``/``data-hi``; '' where the
     point has neither."""
     bars = []
-    if point.speedup_lo and point.speedup_hi:
-        x1, x2 = frame.x(point.speedup_lo), frame.x(point.speedup_hi)
+    for kind, lo, hi in (("speed", point.speedup_lo, point.speedup_hi), ("kept", point.retained_lo, point.retained_hi)):
+        if lo is None or hi is None or (kind == "speed" and not (lo and hi)):
+            continue
+        if kind == "speed":
+            x1, y1, x2, y2 = frame.x(lo), y, frame.x(hi), y
+        else:
+            x1, y1, x2, y2 = x, frame.y(lo), x, frame.y(hi)
         bars.append(
-            f'<line class="err speed" x1="{x1:.1f}" y1="{y:.1f}" x2="{x2:.1f}" y2="{y:.1f}" stroke="{color}" '
-            f'stroke-width="1.2" data-lo="{point.speedup_lo:.6g}" data-hi="{point.speedup_hi:.6g}"/>'
-        )
-    if point.retained_lo is not None and point.retained_hi is not None:
-        y1, y2 = frame.y(point.retained_lo), frame.y(point.retained_hi)
-        bars.append(
-            f'<line class="err kept" x1="{x:.1f}" y1="{y1:.1f}" x2="{x:.1f}" y2="{y2:.1f}" stroke="{color}" '
-            f'stroke-width="1.2" data-lo="{point.retained_lo:.6g}" data-hi="{point.retained_hi:.6g}"/>'
+            f'<line class="err {kind}" x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{color}" '
+            f'stroke-width="1.2" data-lo="{lo:.6g}" data-hi="{hi:.6g}"/>'
         )
     return "".join(bars)
 
