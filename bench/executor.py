@@ -293,7 +293,7 @@ class LocalExecutor:
         (``measure_rounds``) and end together; every other cell runs in one window of its own."""
         host = socket.gethostname()
         for group in interleave_groups(requests, config.rounds):
-            if len(group) == 1 and (config.rounds == 1 or group[0].cell.scenario != "latency"):
+            if not in_rounds(group[0].cell, config.rounds):
                 request = group[0]
                 measured, error = self.measure(request.cell, config, request.reference, request.log_dir)
                 yield CellOutcome(request, measured, error, {"node": host})
@@ -319,6 +319,12 @@ class LocalExecutor:
 REWARM_RUNS = 1
 
 
+def in_rounds(cell: Cell, rounds: int) -> bool:
+    """Whether ``cell`` is timed in interleaved rounds (``measure_rounds``): a closed-loop cell when ``rounds`` is
+    above 1; LoadGen scenarios and ``--rounds 1`` run one window per cell (``run_cell``)."""
+    return rounds > 1 and cell.scenario == "latency"
+
+
 def interleave_groups(requests: Iterable[CellRequest], rounds: int) -> list[list[CellRequest]]:
     """``requests`` grouped for measurement, in the order their first cells come: with ``rounds`` above 1, the
     closed-loop cells that are compared with each other (one model, size, batch size and concurrency: its
@@ -326,7 +332,7 @@ def interleave_groups(requests: Iterable[CellRequest], rounds: int) -> list[list
     groups: dict[Any, list[CellRequest]] = {}
     for index, request in enumerate(requests):
         cell = request.cell
-        if rounds > 1 and cell.scenario == "latency":
+        if in_rounds(cell, rounds):
             key: Any = (cell.model, cell.size, cell.batch_size, cell.concurrency)
         else:
             key = index

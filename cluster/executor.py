@@ -354,7 +354,7 @@ class RayExecutor:
         together. A task lost to a dead worker or node, and a cell no live node can run any more, come back
         failed with the reason. Leaving early (an interrupt) cancels the cells still running."""
         import engines
-        from bench.executor import interleave_groups
+        from bench.executor import in_rounds, interleave_groups
         from cluster.tasks import measure_cell, measure_group
 
         pending: dict[Any, tuple[list[CellRequest], str]] = {}
@@ -369,7 +369,7 @@ class RayExecutor:
                 by_need.setdefault(_need(engines.engine_class(request.cell.engine)), []).append((request, artifact))
             for need, members in by_need.items():
                 device = {"num_gpus": 1} if need == "GPU" else {"resources": {CPU_SLOT: 1}}
-                if config.rounds == 1 or members[0][0].cell.scenario != "latency":
+                if not in_rounds(members[0][0].cell, config.rounds):
                     (request, artifact), *_ = members
                     task = _remote(measure_cell, num_cpus=0, max_retries=0, **device)
                     ref = task.remote(request.cell, config, artifact, request.reference, request.log_dir is not None)
