@@ -61,8 +61,8 @@ def parse_engines(value: str | None) -> list[str]:
 
 
 def engine_options_from(args: argparse.Namespace, engine_list: Sequence[str]):
-    """The EngineOptions every engine of a run gets: threads, ``--provider-options`` (parsed JSON), include-copies
-    and CUDA graphs; a malformed ``--provider-options``, or one no engine in ``engine_list`` would read, raises
+    """The EngineOptions every engine of a run gets: threads, ``--provider-options`` (parsed JSON), include-copies,
+    CUDA graphs and TF32; a malformed ``--provider-options``, or one no engine in ``engine_list`` would read, raises
     UsageError."""
     import engines
     from engines.options import EngineOptions, parse_provider_options
@@ -84,6 +84,7 @@ def engine_options_from(args: argparse.Namespace, engine_list: Sequence[str]):
         provider_options=provider_options,
         include_copies=bool(args.include_copies),
         cuda_graph=bool(args.cuda_graph),
+        tf32=not getattr(args, "no_tf32", False),
     )
 
 

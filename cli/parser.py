@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--include-copies", action="store_true", help="GPU engines: time host<->device copies too")
     run.add_argument("--cuda-graph", action="store_true", help="GPU engines: capture the inference as a CUDA graph")
+    run.add_argument(
+        "--no-tf32",
+        action="store_true",
+        help="GPU engines: FP32 convolutions and matrix products in true FP32 (by default Ampere and newer GPUs run "
+        "them in TF32, and the rows say so)",
+    )
     run.add_argument("--accuracy-samples", type=int, help="samples compared with FP32 (preset: 8 / 32)")
     run.add_argument("--cell-timeout", type=float, default=1800.0, help="seconds before a cell is failed")
     run.add_argument("--out", type=Path, help="results directory (default results/<timestamp>)")

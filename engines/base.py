@@ -102,6 +102,13 @@ class Engine:
         """The settings this engine actually ran with (threads, providers, ...), for the results row."""
         return {}
 
+    def fp32_math(self) -> str:
+        """How this engine runs FP32 convolutions and matrix products: ``FP32`` (IEEE single precision), or
+        ``TF32`` where a GPU engine lets the hardware round their inputs to TensorFloat-32 (the default of
+        cuBLAS, cuDNN and TensorRT on Ampere and newer GPUs; ``--no-tf32`` turns it off). Written into every
+        row, so that a GPU's "fp32" row says which of the two it measured."""
+        return "FP32"
+
     def cuda_device(self) -> int | None:
         """The CUDA device this engine runs on (its ordinal), for GPU memory and energy; None for host engines."""
         return None

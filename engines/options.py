@@ -66,7 +66,8 @@ def option_string(value: Any) -> str:
 @dataclass(frozen=True)
 class EngineOptions:
     """What a run sets for every engine: ``--threads`` (None: one per physical core), ``--provider-options``
-    (parsed JSON), ``--include-copies``, ``--cuda-graph``, ``optimization`` ``disabled`` (graph optimisation
+    (parsed JSON), ``--include-copies``, ``--cuda-graph``, ``tf32`` (False with ``--no-tf32``: GPU engines run
+    FP32 convolutions and matrix products in IEEE FP32, not in TF32), ``optimization`` ``disabled`` (graph optimisation
     off, for the INT8 kernel check's float simulation), and ``profile``, a file prefix under which ONNX Runtime
     engines write their per-node profile (``suite.py explain``). Engines read these attributes and nothing
     else."""
@@ -75,6 +76,7 @@ class EngineOptions:
     provider_options: Mapping[str, Any] = field(default_factory=dict)
     include_copies: bool = False
     cuda_graph: bool = False
+    tf32: bool = True
     optimization: str = "enabled"
     profile: str | None = None
 
