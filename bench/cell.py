@@ -189,6 +189,7 @@ def _open(cell: Cell, engine_options: dict, reference: str | None) -> tuple:
     row["engine_load_mib"] = (process.memory_info().rss - resident) / 2**20
     cuda = engine.cuda_device()
     row["device"] = "cpu" if cuda is None else f"cuda:{cuda}"
+    row["fp32_math"] = engine.fp32_math()
     return row, engine, spec, feeds, expected
 
 

@@ -104,6 +104,9 @@ class Row:
     # nodes/<node>.json) and its device (``cpu``, or ``cuda:N`` with the GPU's index on that machine).
     node: str | None = None
     device: str | None = None
+    # How the engine ran FP32 convolutions and matrix products: FP32, or TF32 (GPU engines on Ampere and newer
+    # unless --no-tf32; Engine.fp32_math). An "fp32" row on a GPU is one or the other, never both.
+    fp32_math: str | None = None
     int8_weight_bits: int | None = None
     int8_conformance: str | None = None
     int8_float_nodes: int | None = None

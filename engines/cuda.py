@@ -118,6 +118,40 @@ def device_names() -> list[str]:
     return names
 
 
+# CUdevice_attribute codes of the compute capability (cuda.h).
+_COMPUTE_CAPABILITY_MAJOR, _COMPUTE_CAPABILITY_MINOR = 75, 76
+
+
+def compute_capability(device_id: int = 0) -> tuple[int, int] | None:
+    """The compute capability (major, minor) of CUDA device ``device_id`` (``(9, 0)`` on an H100), or None
+    when there is no usable device or the driver does not say."""
+    if device_problem() is not None:
+        return None
+    lib = _driver()
+    device = ctypes.c_int(0)
+    if lib.cuDeviceGet(ctypes.byref(device), int(device_id)) != 0:
+        return None
+    values = []
+    for attribute in (_COMPUTE_CAPABILITY_MAJOR, _COMPUTE_CAPABILITY_MINOR):
+        value = ctypes.c_int(0)
+        if lib.cuDeviceGetAttribute(ctypes.byref(value), attribute, device) != 0:
+            return None
+        values.append(value.value)
+    return values[0], values[1]
+
+
+def tf32_math(allowed: bool, device_id: int = 0) -> str:
+    """What FP32 convolutions and matrix products run as on CUDA device ``device_id``: ``TF32`` when the engine
+    ``allowed`` it, ``NVIDIA_TF32_OVERRIDE`` does not forbid it (cuBLAS, cuDNN and TensorRT read that variable)
+    and the GPU has TF32 (compute capability 8.0, Ampere, or newer; an unknown GPU is taken to have it, since
+    every GPU the suite's CUDA 13 builds run on is Turing or newer and Turing is the only one without);
+    ``FP32`` otherwise."""
+    if not allowed or os.environ.get("NVIDIA_TF32_OVERRIDE") == "0":
+        return "FP32"
+    capability = compute_capability(device_id)
+    return "FP32" if capability is not None and capability[0] < 8 else "TF32"
+
+
 def driver_cuda_version() -> str | None:
     """The newest CUDA version the installed driver supports (``12.8``), or None without a driver."""
     lib = _driver()

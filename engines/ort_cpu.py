@@ -49,6 +49,8 @@ class OrtSessionEngine(Engine):
         options.intra_op_num_threads = int(self.options.threads or physical_cores())
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # Which provider took each node, for the row (node_providers).
+        options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
         if self.options.profile:
             options.enable_profiling = True
             options.profile_file_prefix = self.options.profile
@@ -62,7 +64,11 @@ class OrtSessionEngine(Engine):
         import onnxruntime as ort
 
         try:
-            self.session = ort.InferenceSession(str(model_path), self.session_options(), providers=self.provider_list())
+            # No fallback: ONNX Runtime's Python layer would otherwise retry a provider that fails to start (and,
+            # in run(), one that fails mid-run) on the next providers, and a row would time another provider.
+            self.session = ort.InferenceSession(
+                str(model_path), self.session_options(), providers=self.provider_list(), enable_fallback=0
+            )
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for bad files
             first = first_line(exc)
             raise EngineError(f"{self.name}: cannot load {model_path}: {first}") from exc
@@ -74,6 +80,18 @@ class OrtSessionEngine(Engine):
                 raise EngineError(f"{self.name}: input {item.name} has unsupported type {item.type}")
             meta[item.name] = (tuple(item.shape), np.dtype(_ORT_TYPES[item.type]))
         return meta
+
+    def node_providers(self) -> dict[str, int]:
+        """{provider: number of graph nodes it was assigned} in the active session, from ONNX Runtime's own
+        record of the partition; empty when this onnxruntime keeps no such record."""
+        counts: dict[str, int] = {}
+        try:
+            subgraphs = self.session.get_provider_graph_assignment_info()
+        except (AttributeError, RuntimeError):
+            return counts
+        for subgraph in subgraphs:
+            counts[subgraph.ep_name] = counts.get(subgraph.ep_name, 0) + len(subgraph.get_nodes())
+        return counts
 
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self.session.run(self.output_names, dict(feeds)), strict=False))
@@ -87,7 +105,11 @@ class OrtSessionEngine(Engine):
 
     def describe(self) -> dict[str, Any]:
         options = self.session_options()
-        described = {"providers": self.session.get_providers(), "intra_op_threads": options.intra_op_num_threads}
+        described = {
+            "providers": self.session.get_providers(),
+            "node_providers": self.node_providers(),
+            "intra_op_threads": options.intra_op_num_threads,
+        }
         if self.options.optimization == "disabled":
             described["graph_optimization"] = "disabled"
         return described

@@ -21,7 +21,8 @@ import numpy as np
 
 from common.packages import package_version
 from engines.base import EngineError
-from engines.cuda import CudaError, cuda_build_problem, device_problem, unusable
+from engines.cuda import CudaError, cuda_build_problem, device_problem, tf32_math, unusable
+from engines.libraries import provider_library_problem
 from engines.options import option_string, provider_share
 from engines.ort_cpu import _ORT_TYPES, OrtSessionEngine
 
@@ -113,6 +114,8 @@ class OrtDeviceEngine(OrtSessionEngine):
         self._bound_shapes: dict[str, tuple[int, ...]] = {}
         self._device_inputs: dict[str, Any] = {}
         self._device_outputs: dict[str, Any] = {}
+        # Outputs whose shape depends on the data: bound to the device afresh before every run.
+        self._per_run_outputs: list[str] = []
         self._host_feeds: dict[str, np.ndarray] = {}
         self._host_outputs: dict[str, np.ndarray] = {}
         self._pinned: dict[str, Any] = {}
@@ -124,14 +127,22 @@ class OrtDeviceEngine(OrtSessionEngine):
     def cuda_device(self) -> int | None:
         return self.device_id
 
+    def fp32_math(self) -> str:
+        providers = self.provider_list()
+        cuda = next((p[1] for p in providers if isinstance(p, tuple) and p[0] == "CUDAExecutionProvider"), {})
+        return tf32_math(self.options.tf32 and cuda.get("use_tf32", "1") != "0", self.device_id)
+
     @classmethod
     def unavailable_reason(cls) -> str | None:
         return ort_gpu_problem(cls.primary_provider)
 
     def cuda_options(self, primary: bool, device_id: int | str = 0) -> dict[str, str]:
-        """Options of the CUDA provider: the device, CUDA graphs when it is the primary provider, then the
-        user's share of ``--provider-options``."""
+        """Options of the CUDA provider: the device, TF32 off with ``--no-tf32``, CUDA graphs when it is the
+        primary provider, then the user's share of ``--provider-options``."""
         options: dict[str, Any] = {"device_id": device_id}
+        if not self.options.tf32:
+            # The provider's default is TF32 on (use_tf32=1) for FP32 convolutions and matrix products.
+            options["use_tf32"] = False
         scopes = ["CUDAExecutionProvider"]
         if primary:
             scopes.append(self.name)
@@ -167,7 +178,13 @@ class OrtDeviceEngine(OrtSessionEngine):
         active = self.session.get_providers()
         if not active or active[0] != self.primary_provider:
             del self.session
-            detail = _ep_error(log.getvalue()) or "see ONNX Runtime's log"
+            # ONNX Runtime leaves a provider whose library cannot be loaded out of the session without an error;
+            # what its loader said went to ONNX Runtime's log, so the library is looked for again here.
+            detail = (
+                _ep_error(log.getvalue())
+                or provider_library_problem(self.primary_provider)
+                or "see ONNX Runtime's log above"
+            )
             raise EngineError(
                 f"{self.name}: ONNX Runtime could not start {self.primary_provider} and fell back to "
                 f"{', '.join(active) or 'nothing'}: {detail}"
@@ -195,19 +212,37 @@ class OrtDeviceEngine(OrtSessionEngine):
             inputs[name] = ort.OrtValue.ortvalue_from_numpy(staged, self.device_type, self.device_id)
             binding.bind_ortvalue_input(name, inputs[name])
         outputs = {}
-        for name, (shape, dtype) in self._output_layout(binding, shapes).items():
+        layout = self._output_layout(binding, shapes)
+        # In the model's output order, which is the order the binding gives its outputs back in (binding an
+        # output again later keeps its place).
+        for name in self.output_names:
+            if name not in layout:
+                binding.bind_output(name, self.device_type, self.device_id)
+                continue
+            shape, dtype = layout[name]
             outputs[name] = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, self.device_type, self.device_id)
             binding.bind_ortvalue_output(name, outputs[name])
+        self._per_run_outputs = [name for name in self.output_names if name not in layout]
         self._binding, self._bound_shapes = binding, shapes
         self._device_inputs, self._device_outputs = inputs, outputs
 
+    def _bind_per_run(self) -> None:
+        """Bind each data-dependent output to the device with no buffer, so that ONNX Runtime allocates it at
+        this run's shape: a buffer kept from an earlier run of another shape would fail the run ("Shape mismatch
+        attempting to re-use buffer")."""
+        for name in self._per_run_outputs:
+            self._binding.bind_output(name, self.device_type, self.device_id)
+
     def _output_layout(self, binding, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[tuple, type]]:
-        """{output: (shape, numpy dtype)} for the feeds' ``shapes``, for preallocated device outputs.
+        """{output: (shape, numpy dtype)} for the feeds' ``shapes``, for preallocated device outputs; an output
+        whose shape depends on the data is left out (it is bound per run).
 
         With CUDA graphs the shapes come from ONNX shape inference, with no run: a run before the buffers are
         fixed could be captured into the graph (the CUDA provider skips runs marked ``gpu_graph_id`` -1, but
         the TensorRT provider counts every run towards its capture), and outputs whose shape depends on the
-        data cannot be replayed at all. Without CUDA graphs one run with provider-allocated outputs finds them."""
+        data cannot be replayed at all. Without CUDA graphs one run with provider-allocated outputs finds the
+        shapes, and shape inference says which of them the data decides (an output it cannot fix is taken to
+        be one: binding it per run costs a little time, a fixed buffer of the wrong size fails the run)."""
         import onnxruntime as ort
 
         if self.cuda_graph:
@@ -227,6 +262,9 @@ class OrtDeviceEngine(OrtSessionEngine):
                     raise EngineError(f"{self.name}: output {name} has unsupported type {types[name]}")
                 layout[name] = (inferred[name], _ORT_TYPES[types[name]])
             return layout
+        from analysis.flops import output_shapes
+
+        inferred = output_shapes(self.model_path, shapes)
         for name in self.output_names:
             binding.bind_output(name, self.device_type, self.device_id)
         run_options = ort.RunOptions()
@@ -239,12 +277,14 @@ class OrtDeviceEngine(OrtSessionEngine):
         for name, value in zip(self.output_names, found, strict=True):
             if value.data_type() not in _ORT_TYPES:
                 raise EngineError(f"{self.name}: output {name} has unsupported type {value.data_type()}")
-            layout[name] = (tuple(value.shape()), _ORT_TYPES[value.data_type()])
+            if inferred.get(name) is not None:
+                layout[name] = (tuple(value.shape()), _ORT_TYPES[value.data_type()])
         return layout
 
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         # The accuracy check goes through the same bound buffers (and CUDA graph) that the timer measures.
         self._bind(feeds)
+        self._bind_per_run()
         self.session.run_with_iobinding(self._binding)
         return dict(zip(self.output_names, self._binding.copy_outputs_to_cpu(), strict=True))
 
@@ -289,6 +329,8 @@ class OrtDeviceEngine(OrtSessionEngine):
         return self._pinned[key].array(shape, dtype) if key in self._pinned else np.empty(shape, dtype)
 
     def run_prepared(self) -> None:
+        if self._per_run_outputs:
+            self._bind_per_run()
         if not self.include_copies:
             self.session.run_with_iobinding(self._binding)
             # Returns when the device work writing the outputs has finished.
@@ -301,6 +343,7 @@ class OrtDeviceEngine(OrtSessionEngine):
             self.session.run_with_iobinding(self._binding)
             for name, array in self._host_outputs.items():
                 np.copyto(array, self._device_outputs[name].numpy())
+            self._copy_per_run_outputs()
             return
         copy_to_device, copy_to_host = self._copies
         for name, array in self._host_feeds.items():
@@ -311,6 +354,15 @@ class OrtDeviceEngine(OrtSessionEngine):
         for name, array in self._host_outputs.items():
             copy_to_host(array, self._device_outputs[name].data_ptr(), stream)
         stream.synchronize()
+        self._copy_per_run_outputs()
+
+    def _copy_per_run_outputs(self) -> None:
+        """Copy each data-dependent output to the host, at this run's shape, through ONNX Runtime (its size is
+        known only now, so no page-locked buffer was made for it)."""
+        if self._per_run_outputs:
+            values = dict(zip(self.output_names, self._binding.get_outputs(), strict=True))
+            for name in self._per_run_outputs:
+                values[name].numpy()
 
     def _release_host(self) -> None:
         # Views of the pinned memory go before the memory, the memory and the stream before their context.
@@ -336,7 +388,10 @@ class OrtDeviceEngine(OrtSessionEngine):
             host_memory=self.host_memory,
             cuda_graph=self.cuda_graph,
             device_id=self.device_id,
+            fp32_math=self.fp32_math(),
         )
+        if self._per_run_outputs:
+            info["outputs_bound_per_run"] = list(self._per_run_outputs)
         return info
 
     def deactivate_impl(self) -> None:
@@ -344,7 +399,7 @@ class OrtDeviceEngine(OrtSessionEngine):
         self._release_host()
         self._binding = None
         self._device_inputs, self._device_outputs = {}, {}
-        self._bound_shapes = {}
+        self._per_run_outputs, self._bound_shapes = [], {}
         del self.session
 
 

@@ -119,6 +119,9 @@ def build(
     numbers = model_numbers(rows)
     _answer(doc, rows, threshold, min_speedup, run_dir, numbers)
     _speedups(doc, rows, threshold)
+    note = fp32_math_note(rows)
+    if note:
+        doc.para(note)
     _accuracy(doc, rows, threshold, env)
     _labels(doc, rows)
     engines = list(dict.fromkeys(r.get("engine") for r in rows if r.get("engine")))
@@ -399,6 +402,26 @@ def _labels(doc: Document, rows: list[dict[str, Any]]) -> None:
 
 # Engines whose INT8 runs on the CPU's integer kernels (the ones that saturate on x86 without VNNI or AMX).
 CPU_ENGINES = ("ort-cpu", "ort:CPUExecutionProvider")
+
+
+def fp32_math_note(rows: list[dict[str, Any]]) -> str | None:
+    """What "fp32" meant on the GPU rows (their ``fp32_math``: TF32 or IEEE FP32), or None without GPU rows.
+    TF32 rounds the inputs of FP32 convolutions and matrix products to a 10-bit mantissa, so a TF32 "fp32"
+    baseline is faster and less exact than IEEE FP32, and every speed-up over it is smaller."""
+    gpu = [r for r in rows if str(r.get("device") or "").startswith("cuda") and r.get("status") == "ok"]
+    if not gpu:
+        return None
+    by_math: dict[str, set[str]] = {}
+    for row in gpu:
+        by_math.setdefault(str(row.get("fp32_math") or "unrecorded"), set()).add(str(row.get("engine")))
+    parts = [f"{math} on {', '.join(sorted(names))}" for math, names in sorted(by_math.items())]
+    note = f"On the GPU, FP32 convolutions and matrix products ran as {'; '.join(parts)} (the rows' fp32_math)."
+    if "TF32" in by_math:
+        note += (
+            " TF32 rounds their inputs to a 10-bit mantissa: those fp32 rows are TF32, and the speed-ups over them "
+            "are over TF32, not IEEE FP32; `suite.py run --no-tf32` measures true FP32."
+        )
+    return note
 
 
 def kernel_note(rows: list[dict[str, Any]], env: dict[str, Any]) -> str | None:

@@ -363,17 +363,17 @@ class StartedSession:
 def test_ort_trt_retries_without_an_explicit_profile(monkeypatch, tiny_onnx):
     calls = []
     refusal = (
-        "EP Error [ONNXRuntimeError] : 11 : EP_FAIL : User needs to provide all the dynamic shape inputs with "
-        "associated profiles if they want to explicitly set profiles through provider options. Following input(s) "
-        "has no associated shape profiles provided: /rpn/NonZero_output_0"
+        "[ONNXRuntimeError] : 11 : EP_FAIL : User needs to provide all the dynamic shape inputs with associated "
+        "profiles if they want to explicitly set profiles through provider options.\nFollowing input(s) has no "
+        "associated shape profiles provided: /rpn/NonZero_output_0"
     )
 
-    def start(path, sess_options=None, providers=None, **kwargs):
+    def start(path, sess_options=None, providers=None, enable_fallback=1, **kwargs):
         calls.append(providers)
         if len(calls) == 1:
-            # ONNX Runtime's Python layer prints the provider's failure and falls back to the next providers.
-            print(refusal)
-            return StartedSession(providers[1:])
+            # With its fallback off, ONNX Runtime raises the provider's failure (its second line names the input).
+            assert enable_fallback == 0
+            raise RuntimeError(refusal)
         return StartedSession(providers)
 
     monkeypatch.setattr(ort, "InferenceSession", start)
@@ -749,3 +749,300 @@ def test_tensorrt_engine_cache_is_reused(gpu_run, tmp_path):
     assert second["load_or_build_s"] < first["load_or_build_s"]
     for name in out_first:
         np.testing.assert_array_equal(out_first[name], out_second[name])
+
+
+# ------------------------------------------------------------- what a GPU row ran: switches, TF32, partitions
+
+
+def half_model(path: Path) -> Path:
+    """y = x + 1 computed in float16 between casts, the shape of the suite's FP16 artifacts."""
+    one = helper.make_tensor("one", TensorProto.FLOAT16, [], np.array(1, np.float16).view(np.uint16).tolist())
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16),
+            helper.make_node("Add", ["h", "one"], ["s"]),
+            helper.make_node("Cast", ["s"], ["y"], to=TensorProto.FLOAT),
+        ],
+        "half",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [one],
+    )
+    return save_graph(graph, path)
+
+
+def qdq_in_a_branch_model(path: Path) -> Path:
+    """y = x + 1 with a symmetric INT8 Q/DQ pair on x inside an If body: precision switches are looked for in
+    control-flow bodies too."""
+    scale = helper.make_tensor("scale", TensorProto.FLOAT, [], [0.1])
+    zero = helper.make_tensor("zero", TensorProto.INT8, [], [0])
+    body = helper.make_graph(
+        [
+            helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["q"]),
+            helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["dq"]),
+            helper.make_node("Add", ["dq", "one"], ["b"]),
+        ],
+        "body",
+        [],
+        [helper.make_tensor_value_info("b", TensorProto.FLOAT, ["batch", 4])],
+        [scale, zero],
+    )
+    plain = helper.make_graph(
+        [helper.make_node("Add", ["x", "one"], ["c"])], "plain", [], [helper.make_tensor_value_info("c", 1, None)]
+    )
+    graph = helper.make_graph(
+        [helper.make_node("If", ["flag"], ["y"], then_branch=body, else_branch=plain)],
+        "branch",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [
+            helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+            helper.make_tensor("flag", TensorProto.BOOL, [], [1]),
+        ],
+    )
+    return save_graph(graph, path)
+
+
+def test_ort_trt_sets_the_precision_switches_the_artifact_needs(sessions, tmp_path, tiny_onnx):
+    """A weakly typed network (all ONNX Runtime's provider builds) considers FP16 kernels only with
+    trt_fp16_enable and refuses a Q/DQ graph without trt_int8_enable: the switches follow the artifact."""
+    half, quantized = half_model(tmp_path / "fp16.onnx"), qdq_in_a_branch_model(tmp_path / "int8.onnx")
+    switches = {}
+    for artifact in (tiny_onnx, half, quantized):
+        with pytest.raises(EngineError):
+            OrtTrtEngine().activate(artifact, {"x": [2, 4]})
+        trt = sessions[-1]["providers"][0][1]
+        switches[artifact.stem] = sorted(k for k in trt if k in ("trt_fp16_enable", "trt_int8_enable"))
+        assert all(trt[k] == "1" for k in switches[artifact.stem])
+    assert switches == {"fp32": [], "fp16": ["trt_fp16_enable"], "int8": ["trt_int8_enable"]}
+
+
+def test_ort_trt_engines_are_keyed_by_the_artifacts_content(sessions, tiny_onnx):
+    """An artifact rebuilt in place under its fixed name (export --seed, a recalibration) must not load the
+    engine TensorRT built from the old one; nor may a --no-tf32 run load a TF32 engine."""
+
+    def cache(options=None) -> str:
+        with pytest.raises(EngineError):
+            OrtTrtEngine(options).activate(tiny_onnx, {"x": [2, 4]})
+        return sessions[-1]["providers"][0][1]["trt_engine_cache_path"]
+
+    first = cache()
+    assert cache() == first
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "two"], ["y"])],
+        "add_two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])],
+    )
+    save_graph(graph, tiny_onnx)
+    rebuilt = cache()
+    assert rebuilt != first and Path(rebuilt).name.startswith("fp32-")
+    assert cache({"tf32": False}) != rebuilt
+
+
+def test_tf32_is_named_in_every_gpu_row_and_can_be_turned_off(sessions, tiny_onnx, monkeypatch):
+    import engines.cuda as cuda_facts
+
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
+    assert run_options("--no-tf32") == {"tf32": False} and run_options() == {}
+    with pytest.raises(EngineError):
+        OrtCudaEngine({"tf32": False}).activate(tiny_onnx)
+    assert sessions[-1]["providers"][0] == ("CUDAExecutionProvider", {"device_id": "0", "use_tf32": "0"})
+    monkeypatch.setattr(cuda_facts, "compute_capability", lambda device_id=0: (9, 0))
+    assert OrtCudaEngine().fp32_math() == "TF32" and OrtTrtEngine().fp32_math() == "TF32"
+    assert OrtCudaEngine({"tf32": False}).fp32_math() == "FP32"
+    assert OrtCudaEngine({"provider_options": {"use_tf32": 0}}).fp32_math() == "FP32"
+    monkeypatch.setattr(cuda_facts, "compute_capability", lambda device_id=0: (7, 5))
+    assert OrtCudaEngine().fp32_math() == "FP32"
+    monkeypatch.setattr(cuda_facts, "compute_capability", lambda device_id=0: (9, 0))
+
+    # ort-trt: TensorRT's provider has no TF32 switch; NVIDIA_TF32_OVERRIDE=0, which TensorRT, cuBLAS and cuDNN
+    # read, is set while the session is made, and put back after.
+    seen = []
+
+    def record(path, sess_options=None, providers=None, **kwargs):
+        seen.append((os.environ.get("NVIDIA_TF32_OVERRIDE"), providers[1]))
+        raise RuntimeError("session creation recorded")
+
+    monkeypatch.setattr(ort, "InferenceSession", record)
+    engine = OrtTrtEngine({"tf32": False})
+    with pytest.raises(EngineError):
+        engine.activate(tiny_onnx, {"x": [2, 4]})
+    assert seen[-1] == ("0", ("CUDAExecutionProvider", {"device_id": "0", "use_tf32": "0"}))
+    assert "NVIDIA_TF32_OVERRIDE" not in os.environ
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")
+    assert OrtCudaEngine().fp32_math() == "FP32"
+
+
+def test_cpu_rows_say_fp32_and_the_report_names_tf32():
+    from engines.ort_cpu import OrtCpuEngine
+    from report.run_report import fp32_math_note
+
+    assert OrtCpuEngine().fp32_math() == "FP32"
+    cpu = {"engine": "ort-cpu", "device": "cpu", "status": "ok", "fp32_math": "FP32"}
+    assert fp32_math_note([cpu]) is None
+    gpu = {"engine": "ort-cuda", "device": "cuda:0", "status": "ok", "fp32_math": "TF32"}
+    note = fp32_math_note([cpu, gpu, {**gpu, "engine": "tensorrt", "fp32_math": "FP32"}])
+    assert note.startswith("On the GPU, FP32 convolutions and matrix products ran as FP32 on tensorrt; TF32 on ")
+    assert "--no-tf32" in note
+
+
+def test_onnx_runtime_never_falls_back_to_another_provider(tiny_onnx):
+    """ONNX Runtime's Python layer retries a provider that fails mid-run on the next providers unless its
+    fallback is off: a row would then time another provider than it names."""
+    for engine in (engines.engine_class("ort:CPUExecutionProvider")(), BoundOnCpu()):
+        with engine:
+            engine.activate(tiny_onnx)
+            assert engine.session._enable_fallback is False
+            assert engine.describe()["node_providers"] == {"CPUExecutionProvider": 1}
+
+
+def test_a_provider_library_that_cannot_load_is_named(monkeypatch, tiny_onnx, tmp_path):
+    """ONNX Runtime leaves a provider whose library cannot be loaded out of the session, with no error and the
+    loader's message only in its own log: the reason names the library."""
+    import engines.libraries as libraries
+    import engines.ort_cuda as ort_cuda
+
+    real = Path(ort.capi.onnxruntime_pybind11_state.__file__)
+    monkeypatch.setattr(libraries, "provider_library", lambda provider: real)
+    monkeypatch.setattr(libraries, "elf_needed", lambda path: ["libc.so.6", "libcublasLt.so.99"])
+    monkeypatch.setattr(libraries, "cudnn_soname", lambda: None)
+    problem = libraries.provider_library_problem("CUDAExecutionProvider")
+    assert problem.startswith(f"{real.name} needs libcublasLt.so.99, which cannot be loaded (")
+    monkeypatch.setattr(ort, "InferenceSession", lambda *a, providers=None, **k: StartedSession(providers[1:]))
+    monkeypatch.setattr(OrtCudaEngine, "load_libraries", lambda self: None)
+    monkeypatch.setattr(ort_cuda, "provider_library_problem", libraries.provider_library_problem)
+    with pytest.raises(EngineError, match=r"fell back to CPUExecutionProvider: .*needs libcublasLt\.so\.99"):
+        OrtCudaEngine().activate(tiny_onnx)
+
+
+class PartitionedSession(StartedSession):
+    """A started session whose graph ONNX Runtime split between providers ({provider: node count})."""
+
+    def __init__(self, providers, split):
+        super().__init__(providers)
+        self.split = split
+
+    def get_provider_graph_assignment_info(self):
+        class Subgraph:
+            def __init__(self, name, count):
+                self.ep_name, self.count = name, count
+
+            def get_nodes(self):
+                return [object()] * self.count
+
+        return [Subgraph(name, count) for name, count in self.split.items()]
+
+
+def test_ort_trt_cuda_graph_is_refused_when_tensorrt_does_not_take_every_node(monkeypatch, tiny_onnx):
+    split = {"TensorrtExecutionProvider": 5, "CUDAExecutionProvider": 2}
+    monkeypatch.setattr(ort, "InferenceSession", lambda *a, providers=None, **k: PartitionedSession(providers, split))
+    monkeypatch.setattr(OrtTrtEngine, "load_libraries", lambda self: None)
+    with pytest.raises(EngineError, match="--cuda-graph needs every node on TensorRT, but 2 on CUDAExecutionProv"):
+        OrtTrtEngine({"cuda_graph": True}).activate(tiny_onnx, {"x": [2, 4]})
+    engine = OrtTrtEngine()
+    engine.activate(tiny_onnx, {"x": [2, 4]})
+    assert engine.node_providers() == split
+    whole = {"TensorrtExecutionProvider": 7}
+    monkeypatch.setattr(ort, "InferenceSession", lambda *a, providers=None, **k: PartitionedSession(providers, whole))
+    OrtTrtEngine({"cuda_graph": True}).activate(tiny_onnx, {"x": [2, 4]})
+
+
+def nonzero_model(path: Path) -> Path:
+    """y = the indices of x's nonzero entries: an output whose shape the data decides."""
+    graph = helper.make_graph(
+        [helper.make_node("NonZero", ["x"], ["y"]), helper.make_node("Relu", ["x"], ["r"])],
+        "nonzero",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, None), helper.make_tensor_value_info("r", 1, None)],
+    )
+    return save_graph(graph, path)
+
+
+@pytest.mark.parametrize("include_copies", [False, True])
+def test_outputs_whose_shape_the_data_decides_are_bound_per_run(tmp_path, include_copies):
+    """A detector's boxes differ in number from one sample to the next: a device buffer bound at the first
+    run's shape fails the next ("Shape mismatch attempting to re-use buffer")."""
+    model = nonzero_model(tmp_path / "nonzero.onnx")
+    few = np.array([[1, 0, 0, 0], [0, 0, 0, 2]], np.float32)
+    many = np.array([[1, 2, 3, 0], [4, 0, 5, 6]], np.float32)
+    with BoundOnCpu({"include_copies": include_copies}) as engine:
+        engine.activate(model)
+        for x in (few, many, few):
+            outputs = engine.infer({"x": x})
+            np.testing.assert_array_equal(outputs["y"], np.array(np.nonzero(x)))
+            np.testing.assert_array_equal(outputs["r"], x)
+        engine.prepare({"x": many})
+        engine.run_prepared()
+        engine.run_prepared()
+        assert engine.describe()["outputs_bound_per_run"] == ["y"]
+        # The output whose shape is known keeps its one preallocated buffer.
+        assert list(engine._device_outputs) == ["r"]
+
+
+@pytest.mark.gpu
+def test_gpu_ort_cuda_no_tf32_is_ieee_fp32(tmp_path):
+    """A 512x512 matrix product on ort-cuda: with --no-tf32 as exact as FP32 (against float64), with TF32 on
+    an Ampere-or-newer GPU about a thousand times less exact (a 10-bit mantissa)."""
+    if engines.availability("ort-cuda") is not None:
+        pytest.skip(engines.availability("ort-cuda"))
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((512, 512)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [512, 512])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [512, 512])],
+        [helper.numpy_helper.from_array(weight, "w")] if hasattr(helper, "numpy_helper") else [],
+    )
+    from onnx import numpy_helper
+
+    graph.initializer[:] = [numpy_helper.from_array(weight, "w")]
+    model = save_graph(graph, tmp_path / "matmul.onnx")
+    x = rng.standard_normal((512, 512)).astype(np.float32)
+    exact = x.astype(np.float64) @ weight.astype(np.float64)
+    errors = {}
+    for tf32 in (True, False):
+        with OrtCudaEngine({"tf32": tf32}) as engine:
+            engine.activate(model)
+            got = engine.infer({"x": x})["y"]
+            errors[engine.fp32_math()] = float(np.abs(got - exact).max() / np.abs(exact).max())
+    assert errors["FP32"] < 1e-5, errors
+    if "TF32" in errors:
+        assert errors["TF32"] > 1e-4, errors
+
+
+@pytest.mark.gpu
+def test_gpu_outputs_whose_shape_the_data_decides(tmp_path):
+    usable = [e for e in ("ort-cuda", "ort-trt") if engines.availability(e) is None]
+    if not usable:
+        pytest.skip("neither ort-cuda nor ort-trt is usable here")
+    model = nonzero_model(tmp_path / "nonzero.onnx")
+    for name in usable:
+        with engines.engine_class(name)() as engine:
+            engine.activate(model, {"x": (2, 4)})
+            for x in (np.eye(2, 4, dtype=np.float32), np.ones((2, 4), np.float32)):
+                np.testing.assert_array_equal(engine.infer({"x": x})["y"], np.array(np.nonzero(x)))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_gpu_ort_trt_runs_the_artifacts_precision_inside_tensorrt(precision, tmp_path):
+    """The precision of the layers inside the engines TensorRT built for ort-trt, read back with TensorRT's
+    engine inspector: FP16 layers for the FP16 artifact, INT8 layers for the INT8 one, neither for FP32
+    (with --no-tf32, so that nothing may be reduced)."""
+    if engines.availability("ort-trt") is not None:
+        pytest.skip(engines.availability("ort-trt"))
+    from models import get_model
+    from onnx_models.store import ModelStore
+
+    feeds = get_model("resnet50").make_feeds("tiny", 2, 1)
+    artifact = ModelStore("resnet50", "tiny").verified_path(resolve("resnet50", "tiny", precision, "tensorrt").name)
+    with OrtTrtEngine({"tf32": False}) as engine:
+        engine.activate(artifact, {k: v.shape for k, v in feeds.items()})
+        engine.infer(feeds)
+        layers = engine.describe()["trt_layer_precisions"]
+    assert isinstance(layers, dict) and layers, f"TensorRT's inspector gave no layer types: {layers}"
+    expected = {"fp32": set(), "fp16": {"FP16"}, "int8": {"INT8"}}[precision]
+    assert expected <= set(layers) and not ({"FP16", "INT8"} - expected) & set(layers), layers
