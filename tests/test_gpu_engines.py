@@ -1046,3 +1046,27 @@ def test_gpu_ort_trt_runs_the_artifacts_precision_inside_tensorrt(precision, tmp
     assert isinstance(layers, dict) and layers, f"TensorRT's inspector gave no layer types: {layers}"
     expected = {"fp32": set(), "fp16": {"FP16"}, "int8": {"INT8"}}[precision]
     assert expected <= set(layers) and not ({"FP16", "INT8"} - expected) & set(layers), layers
+
+
+@pytest.mark.gpu
+def test_gpu_ort_trt_never_runs_the_engine_of_an_artifact_rebuilt_in_place(tmp_path):
+    """y = x + 1, then the same file rebuilt as y = x + 2: the second session must build (or find) an engine
+    of the new content, not load the first one's from the provider's cache."""
+    if engines.availability("ort-trt") is not None:
+        pytest.skip(engines.availability("ort-trt"))
+    artifact = add_one_model(tmp_path / "fp32.onnx")
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    with OrtTrtEngine() as engine:
+        engine.activate(artifact, {"x": x.shape})
+        np.testing.assert_array_equal(engine.infer({"x": x})["y"], x + 1)
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "two"], ["y"])],
+        "add_two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])],
+    )
+    save_graph(graph, artifact)
+    with OrtTrtEngine() as engine:
+        engine.activate(artifact, {"x": x.shape})
+        np.testing.assert_array_equal(engine.infer({"x": x})["y"], x + 2)
