@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
+import engines.cuda as cuda
 import engines.cuda_driver as cuda_driver
 import engines.tensorrt_native as native
 import suite
@@ -144,6 +145,15 @@ def test_driver_prototypes_match_cuda_h():
         assert prototype, api
         params = [p for p in prototype.group(1).split(",") if p.strip()]
         assert [_c_kind(p) for p in params] == [_ctypes_kind(t) for t in argtypes], (api, prototype.group(1))
+
+
+@pytest.mark.skipif(_cuda_header() is None, reason="no CUDA 13 cuda.h is installed here to check against")
+def test_error_names_match_cuda_h():
+    # Every CUresult engines.cuda names, by name and value, as cuda.h's enum cudaError_enum has it.
+    text = _cuda_header().read_text(errors="replace")
+    enum = re.search(r"typedef enum cudaError_enum \{(.*?)\} CUresult;", text, re.S).group(1)
+    results = {int(value): name for name, value in re.findall(r"^\s*(CUDA_\w+)\s*=\s*(\d+)", enum, re.M)}
+    assert {code: results.get(code) for code in cuda._ERRORS} == cuda._ERRORS
 
 
 class FakeLib:
