@@ -44,7 +44,16 @@ import numpy as np
 
 from common.paths import atomic_path
 from engines.base import Engine, EngineError
-from engines.cuda import TENSORRT_INSTALL, CudaError, device_problem, module_version, unusable
+from engines.cuda import (
+    TENSORRT_INSTALL,
+    CudaError,
+    cuda_build_problem,
+    cuda_major_of,
+    device_problem,
+    module_distributions,
+    module_version,
+    unusable,
+)
 from engines.options import provider_share
 
 MIN_TENSORRT_MAJOR = 10
@@ -255,6 +264,11 @@ class TensorRTEngine(Engine):
             if version and _major(version) < MIN_TENSORRT_MAJOR:
                 problems.append(f"TensorRT {version} is too old (this engine needs 10.x or 11.x)")
                 missing = True
+            elif version:
+                # A driver older than TensorRT's CUDA major cannot run it (its CUDA runtime refuses to start, and
+                # every cell fails); the major is in the bindings' distribution name (tensorrt-cu13-bindings).
+                build = next((cuda_major_of(d) for d in module_distributions("tensorrt") if cuda_major_of(d)), None)
+                problems.append(cuda_build_problem(build, f"TensorRT {version}") or "")
         return unusable([*problems, device_problem() or ""], missing, TENSORRT_INSTALL)
 
     def cuda_device(self) -> int | None:

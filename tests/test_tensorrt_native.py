@@ -963,6 +963,27 @@ def test_reason_and_install_command(monkeypatch):
     assert TensorRTEngine.unavailable_reason() == "no CUDA device is visible to the driver"
 
 
+def test_a_driver_older_than_the_tensorrt_build_is_a_reason(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(native, "device_problem", lambda: None)
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: object() if n == "tensorrt" else real_find_spec(n, *a)
+    )
+    monkeypatch.setattr(native, "module_version", lambda module: "10.16.1.11")
+    monkeypatch.setattr(cuda, "_distributions_of_modules", lambda: {"tensorrt": ["tensorrt-cu13-bindings"]})
+    # A CUDA 12.8 driver cannot run a CUDA 13 build (no compatibility across majors).
+    monkeypatch.setattr(cuda, "driver_cuda_version", lambda: "12.8")
+    assert TensorRTEngine.unavailable_reason() == (
+        "the NVIDIA driver supports CUDA 12.8, but TensorRT 10.16.1.11 is built for CUDA 13.0: install an R580 or "
+        "newer driver, or a build of TensorRT 10.16.1.11 for CUDA 12"
+    )
+    # Within the major an older driver runs a newer build; an unknown build or driver says nothing.
+    for driver, distributions in (("13.0", ["tensorrt-cu13-bindings"]), ("12.8", ["tensorrt"]), (None, [])):
+        monkeypatch.setattr(cuda, "driver_cuda_version", lambda driver=driver: driver)
+        monkeypatch.setattr(cuda, "_distributions_of_modules", lambda d=distributions: {"tensorrt": d})
+        assert TensorRTEngine.unavailable_reason() is None
+
+
 def test_without_the_package_the_error_names_the_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(EngineError, match=r"cannot import tensorrt .*Install: pip install -e '\.\[gpu,tensorrt\]'"):
