@@ -14,7 +14,9 @@ network was strongly typed, read from the network at build time) -> runtime -> e
 Timed region (``run_prepared``, what the shared timer measures): one ``execute_async_v3`` enqueue on the
 engine's stream, or one replay of the CUDA graph captured from it when ``cuda_graph`` is asked, then a stream
 synchronise; with ``include_copies`` also the copy of every input from pinned host memory to the device before
-the enqueue and of every output back to pinned host memory after it. No CUDA event is recorded in it. The
+the enqueue and of every output back to pinned host memory after it. No CUDA event is recorded in it. Before
+these, a thread-local check that the engine's CUDA context is current on the calling thread (an attribute
+lookup; the driver is asked only the first time on a thread). The
 trtexec-style breakdown (``h2d_ms``, ``compute_ms``, ``compute_ms_p50``, ``d2h_ms`` from CUDA events around
 each copy and the enqueue) comes from a separate pass after timing, :meth:`TensorRTEngine.timing_breakdown`.
 
@@ -23,6 +25,11 @@ device memory from an ``IOutputAllocator``, preallocated at TensorRT's upper bou
 is known, and are read at the shape TensorRT notifies. TensorRT synchronises inside ``execute_async_v3`` to
 learn such a shape, so such an engine cannot be captured as a CUDA graph: ``cuda_graph`` is refused for it
 with an EngineError (rather than run without a graph under a row that says it used one).
+
+A CUDA context is current per thread, and LoadGen's SUT calls ``infer`` from worker threads of its own (one
+at a time: ``concurrent_infer`` is False, but not always the same thread, nor the one that activated): every
+entry point that reaches the driver or TensorRT (``infer``, ``prepare``, ``run_prepared``,
+``timing_breakdown``, ``deactivate``) first makes the engine's context current on the calling thread.
 
 Works with TensorRT 10.x and 11.x; nothing here imports TensorRT or loads the driver before ``activate``.
 """
@@ -580,6 +587,7 @@ class TensorRTEngine(Engine):
             self._graph = self._cuda.CudaGraph(self._stream, self._execute)
 
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._device_context.make_current()
         self._stage(feeds)
         self._enqueue()
         self._copy_out()
@@ -587,11 +595,13 @@ class TensorRTEngine(Engine):
         return self._read_outputs()
 
     def prepare_impl(self, feeds: Mapping[str, np.ndarray]) -> None:
+        self._device_context.make_current()
         self._stage(feeds)
         self._prepared = True
 
     def run_prepared(self) -> None:
         # Exactly the timed region the module docstring states: nothing else may go in here.
+        self._device_context.ensure_current()
         if self.include_copies:
             self._copy_in()
         self._enqueue()
@@ -606,6 +616,7 @@ class TensorRTEngine(Engine):
         reports GPU compute apart from its latency, and without putting event work into the timed runs."""
         if not self._prepared:
             return {}
+        self._device_context.make_current()
         start, copied_in, computed, copied_out = self._events
         stream = self._stream
         h2d, compute, d2h = [], [], []
@@ -655,6 +666,9 @@ class TensorRTEngine(Engine):
         # TensorRT's objects before the memory they use, that memory before the stream and events, and all of
         # it before the context it lives in; every step is tried even when an earlier one fails.
         closers: list[Callable[[], None]] = []
+        if self._device_context is not None:
+            # Every step below calls the driver, perhaps from a thread that has not called this engine before.
+            closers.append(self._device_context.make_current)
         if self._graph is not None:
             # The graph replays TensorRT's kernels: it goes before the objects that own them.
             closers.append(self._graph.close)

@@ -22,6 +22,7 @@ import importlib.util
 import json
 import re
 import sys
+import threading
 import types
 from pathlib import Path
 
@@ -163,6 +164,8 @@ class FakeLib:
     def __init__(self, missing=()):
         self.calls: list[tuple] = []
         self.keep: dict[int, object] = {}
+        # Each thread's context stack, as the driver keeps one per thread.
+        self.threads = threading.local()
         self.next_device = 0x7F0000000000
         for symbols, _ in cuda_driver.PROTOTYPES.values():
             for symbol in symbols:
@@ -201,6 +204,37 @@ class FakeLib:
     def _cuStreamEndCapture(self, stream, out):
         out._obj.value = 0xAB
         return 0
+
+    def _stack(self) -> list:
+        if not hasattr(self.threads, "stack"):
+            self.threads.stack = []
+        return self.threads.stack
+
+    def _cuCtxPushCurrent_v2(self, context):
+        self._stack().append(context)
+        return 0
+
+    def _cuCtxPopCurrent_v2(self, out):
+        out._obj.value = self._stack().pop() if self._stack() else None
+        return 0
+
+    def _cuCtxGetCurrent(self, out):
+        out._obj.value = self._stack()[-1] if self._stack() else None
+        return 0
+
+    def _cuCtxSetCurrent(self, context):
+        stack = self._stack()
+        if not context:
+            stack[-1:] = []
+        elif stack:
+            stack[-1] = context
+        else:
+            stack.append(context)
+        return 0
+
+    def current(self):
+        """The context current on the calling thread (0 for none)."""
+        return self._stack()[-1] if self._stack() else 0
 
     def _cuGraphInstantiateWithFlags(self, out, graph, flags):
         out._obj.value = 0xCD
@@ -267,6 +301,50 @@ def test_driver_wrappers(fake_lib):
     assert len(fake_lib.named("cuCtxPopCurrent_v2")) == len(fake_lib.named("cuDevicePrimaryCtxRelease_v2")) == 1
 
 
+def in_thread(function):
+    """Call ``function`` on a new thread; return what it returned, or raise what it raised."""
+    result = {}
+
+    def run():
+        try:
+            result["value"] = function()
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the calling thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def test_context_is_made_current_on_the_calling_thread(fake_lib):
+    context = cuda_driver.Context(0)
+    assert fake_lib.current() == context.handle
+    fake_lib.calls.clear()
+    # Already current here: the driver is asked once, and nothing is changed; then the thread's flag alone.
+    context.make_current()
+    context.ensure_current()
+    assert [c[0] for c in fake_lib.calls] == ["cuCtxGetCurrent"]
+
+    def worker():
+        fake_lib.calls.clear()
+        # A new thread has no context: the first call binds it, the next ones ask nothing of the driver.
+        for _ in range(3):
+            context.ensure_current()
+        assert fake_lib.current() == context.handle
+        calls = [c[0] for c in fake_lib.calls] + [c[1] for c in fake_lib.named("cuCtxSetCurrent")]
+        # Released from a thread that did not push it: this thread's binding is undone, the other's stack kept.
+        context.close()
+        return calls, fake_lib.current()
+
+    calls, after = in_thread(worker)
+    assert calls == ["cuCtxGetCurrent", "cuCtxSetCurrent", context.handle]
+    assert after == 0 and fake_lib.current() == context.handle
+    assert not fake_lib.named("cuCtxPopCurrent_v2") and len(fake_lib.named("cuDevicePrimaryCtxRelease_v2")) == 1
+
+
 def test_cuda_graph_capture(fake_lib):
     stream = cuda_driver.Stream()
     queued = []
@@ -299,7 +377,12 @@ FAKE_LIBCUDA = r"""
 #include <string.h>
 
 static int retained, ctx_token, capture_mode = -1, launches;
-static CUcontext current;
+/* Each thread's context stack, as the driver keeps one per thread: a call that needs a context fails without
+   one, with the driver's own error. */
+static __thread CUcontext stack[4];
+static __thread int depth;
+#define current (depth ? stack[depth - 1] : NULL)
+#define NEED_CONTEXT if (current == NULL) return CUDA_ERROR_INVALID_CONTEXT
 static long ticks;
 
 int fake_state(const char *what) {
@@ -311,7 +394,9 @@ int fake_state(const char *what) {
 }
 CUresult CUDAAPI cuInit(unsigned int Flags) { return Flags == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE; }
 CUresult CUDAAPI cuGetErrorName(CUresult error, const char **pStr) {
-    *pStr = error == CUDA_ERROR_INVALID_DEVICE ? "CUDA_ERROR_INVALID_DEVICE" : "CUDA_ERROR_UNKNOWN";
+    *pStr = error == CUDA_ERROR_INVALID_DEVICE    ? "CUDA_ERROR_INVALID_DEVICE"
+            : error == CUDA_ERROR_INVALID_CONTEXT ? "CUDA_ERROR_INVALID_CONTEXT"
+                                                  : "CUDA_ERROR_UNKNOWN";
     return CUDA_SUCCESS;
 }
 CUresult CUDAAPI cuDeviceGet(CUdevice *device, int ordinal) {
@@ -329,29 +414,49 @@ CUresult CUDAAPI cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev) {
     return CUDA_SUCCESS;
 }
 CUresult CUDAAPI cuDevicePrimaryCtxRelease(CUdevice dev) { retained--; return CUDA_SUCCESS; }
-CUresult CUDAAPI cuCtxPushCurrent(CUcontext ctx) { current = ctx; return CUDA_SUCCESS; }
-CUresult CUDAAPI cuCtxPopCurrent(CUcontext *pctx) { *pctx = current; current = NULL; return CUDA_SUCCESS; }
+CUresult CUDAAPI cuCtxPushCurrent(CUcontext ctx) {
+    if (depth == 4) return CUDA_ERROR_INVALID_VALUE;
+    stack[depth++] = ctx;
+    return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuCtxPopCurrent(CUcontext *pctx) {
+    if (depth == 0) return CUDA_ERROR_INVALID_CONTEXT;
+    *pctx = stack[--depth];
+    return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuCtxGetCurrent(CUcontext *pctx) { *pctx = current; return CUDA_SUCCESS; }
+CUresult CUDAAPI cuCtxSetCurrent(CUcontext ctx) {
+    /* As cuda.h says: replaces the top of the stack (pushes onto an empty one); NULL pops the top, if any. */
+    if (ctx == NULL) depth -= depth > 0;
+    else if (depth) stack[depth - 1] = ctx;
+    else stack[depth++] = ctx;
+    return CUDA_SUCCESS;
+}
 CUresult CUDAAPI cuStreamCreate(CUstream *phStream, unsigned int Flags) {
+    NEED_CONTEXT;
     *phStream = (CUstream)malloc(8);
     return Flags == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 CUresult CUDAAPI cuStreamDestroy(CUstream hStream) { free(hStream); return CUDA_SUCCESS; }
-CUresult CUDAAPI cuStreamSynchronize(CUstream hStream) { return CUDA_SUCCESS; }
+CUresult CUDAAPI cuStreamSynchronize(CUstream hStream) { NEED_CONTEXT; return CUDA_SUCCESS; }
 CUresult CUDAAPI cuMemAlloc(CUdeviceptr *dptr, size_t bytesize) {
+    NEED_CONTEXT;
     *dptr = (CUdeviceptr)(uintptr_t)aligned_alloc(256, (bytesize + 255) / 256 * 256);
     return CUDA_SUCCESS;
 }
-CUresult CUDAAPI cuMemFree(CUdeviceptr dptr) { free((void *)(uintptr_t)dptr); return CUDA_SUCCESS; }
+CUresult CUDAAPI cuMemFree(CUdeviceptr dptr) { NEED_CONTEXT; free((void *)(uintptr_t)dptr); return CUDA_SUCCESS; }
 CUresult CUDAAPI cuMemHostAlloc(void **pp, size_t bytesize, unsigned int Flags) {
     *pp = malloc(bytesize);
     return CUDA_SUCCESS;
 }
 CUresult CUDAAPI cuMemFreeHost(void *p) { free(p); return CUDA_SUCCESS; }
 CUresult CUDAAPI cuMemcpyHtoDAsync(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount, CUstream hStream) {
+    NEED_CONTEXT;
     memcpy((void *)(uintptr_t)dstDevice, srcHost, ByteCount);
     return CUDA_SUCCESS;
 }
 CUresult CUDAAPI cuMemcpyDtoHAsync(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream) {
+    NEED_CONTEXT;
     memcpy(dstHost, (void *)(uintptr_t)srcDevice, ByteCount);
     return CUDA_SUCCESS;
 }
@@ -378,7 +483,11 @@ CUresult CUDAAPI cuGraphInstantiate(CUgraphExec *phGraphExec, CUgraph hGraph, un
     *phGraphExec = (CUgraphExec)malloc(8);
     return flags == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
-CUresult CUDAAPI cuGraphLaunch(CUgraphExec hGraphExec, CUstream hStream) { launches++; return CUDA_SUCCESS; }
+CUresult CUDAAPI cuGraphLaunch(CUgraphExec hGraphExec, CUstream hStream) {
+    NEED_CONTEXT;
+    launches++;
+    return CUDA_SUCCESS;
+}
 CUresult CUDAAPI cuGraphExecDestroy(CUgraphExec hGraphExec) { free(hGraphExec); return CUDA_SUCCESS; }
 CUresult CUDAAPI cuGraphDestroy(CUgraph hGraph) { free(hGraph); return CUDA_SUCCESS; }
 """
@@ -442,6 +551,38 @@ def test_driver_calls_through_ctypes_on_a_compiled_libcuda(compiled_libcuda, mon
     assert state("retained") == 0 and state("current") == 0
 
 
+def test_copies_from_another_thread_on_a_compiled_libcuda(compiled_libcuda, monkeypatch):
+    # The defect LoadGen's worker threads met: the context is current only where it was activated.
+    lib = compiled_libcuda
+    lib.fake_state.restype = ctypes.c_int
+    bound = cuda_driver.Driver(lib)
+    monkeypatch.setattr(cuda_driver, "driver", lambda: bound)
+    context = cuda_driver.Context(0)
+    stream, device, host = cuda_driver.Stream(), cuda_driver.DeviceBuffer(64), cuda_driver.HostBuffer(64)
+    data = np.arange(16, dtype=np.float32)
+
+    def bare():
+        cuda_driver.copy_to_device(device.ptr, data, stream)
+
+    with pytest.raises(CudaError, match="cuMemcpyHtoDAsync failed: CUDA_ERROR_INVALID_CONTEXT"):
+        in_thread(bare)
+
+    def worker():
+        context.ensure_current()
+        cuda_driver.copy_to_device(device.ptr, data, stream)
+        cuda_driver.copy_to_host(host.array((16,), np.float32), device.ptr, stream)
+        stream.synchronize()
+        return lib.fake_state(b"current")
+
+    assert in_thread(worker) == 1
+    np.testing.assert_array_equal(host.array((16,), np.float32), data)
+    stream.close()
+    device.free()
+    host.free()
+    context.close()
+    assert lib.fake_state(b"retained") == 0 and lib.fake_state(b"current") == 0
+
+
 # -------------------------------------------------------------------------- fake TensorRT, fake driver
 
 
@@ -463,9 +604,17 @@ class FakeState:
         self.max_output_size = 2 * 8 * 8
         self.profile_shapes: dict | None = None
         self.frees = 0
+        # The context current on each thread, and how often the driver was asked to make it current.
+        self.threads = threading.local()
+        self.context_checks = 0
 
     def calls(self, *kinds: str) -> list[tuple]:
         return [entry for entry in self.log if entry[0] in kinds]
+
+    def need_context(self, what: str) -> None:
+        """Fail as the driver does when no context is current on the calling thread."""
+        if getattr(self.threads, "current", None) is None:
+            raise CudaError(f"{what} failed: CUDA_ERROR_INVALID_CONTEXT")
 
 
 def fake_driver(state: FakeState):
@@ -476,14 +625,26 @@ def fake_driver(state: FakeState):
         def __init__(self, device_id):
             self.name = "Fake GPU"
             state.log.append(("context", device_id))
+            # Pushed on the activating thread.
+            state.threads.current = self
+
+        def make_current(self):
+            state.context_checks += 1
+            state.threads.current = self
+
+        def ensure_current(self):
+            if getattr(state.threads, "current", None) is not self:
+                self.make_current()
 
         def close(self):
+            state.need_context("cuDevicePrimaryCtxRelease")
             state.log.append(("context_closed",))
 
     class Stream:
         handle = 0x5151
 
         def synchronize(self):
+            state.need_context("cuStreamSynchronize")
             state.log.append(("sync",))
 
         def close(self):
@@ -494,6 +655,7 @@ def fake_driver(state: FakeState):
             self.time = 0
 
         def record(self, stream):
+            state.need_context("cuEventRecord")
             state.clock += 1
             self.time = state.clock
             state.log.append(("record",))
@@ -509,6 +671,7 @@ def fake_driver(state: FakeState):
 
     class DeviceBuffer:
         def __init__(self, nbytes):
+            state.need_context("cuMemAlloc")
             self.nbytes = max(int(nbytes), 1)
             state.next_ptr += 4096 * (1 + self.nbytes // 4096)
             self.ptr = state.next_ptr
@@ -516,6 +679,7 @@ def fake_driver(state: FakeState):
 
         def free(self):
             if self.ptr:
+                state.need_context("cuMemFree")
                 del state.memory[self.ptr]
                 self.ptr = 0
                 state.frees += 1
@@ -532,11 +696,13 @@ def fake_driver(state: FakeState):
             state.frees += 1
 
     def copy_to_device(dst, src, stream, nbytes=None):
+        state.need_context("cuMemcpyHtoDAsync")
         size = src.nbytes if nbytes is None else nbytes
         state.memory[dst][:size] = src.view(np.uint8).reshape(-1)[:size].tobytes()
         state.log.append(("htod", state.names.get(dst, dst)))
 
     def copy_to_host(dst, src, stream, nbytes=None):
+        state.need_context("cuMemcpyDtoHAsync")
         size = dst.nbytes if nbytes is None else nbytes
         dst.view(np.uint8).reshape(-1)[:size] = np.frombuffer(bytes(state.memory[src][:size]), np.uint8)
         state.log.append(("dtoh", state.names.get(src, src)))
@@ -552,6 +718,7 @@ def fake_driver(state: FakeState):
             self.launches = 0
 
         def launch(self, stream):
+            state.need_context("cuGraphLaunch")
             state.log.append(("launch",))
             for op in self.ops:
                 op()
@@ -785,6 +952,8 @@ def fake_tensorrt(state: FakeState):
 
         def execute_async_v3(self, stream_handle):
             assert stream_handle == 0x5151
+            # TensorRT's kernels run in the context current on the calling thread.
+            state.need_context("execute_async_v3")
             if state.capturing is not None:
                 # A capture records the work; nothing runs until the graph is launched.
                 state.capturing.append(self._run)
@@ -863,6 +1032,30 @@ def test_run_prepared_is_the_enqueue_and_a_sync(fake, tmp_path, include_copies):
         engine.timing_breakdown(100_000)
         assert len(fake.calls("execute")) == native.BREAKDOWN_ROUNDS
         np.testing.assert_array_equal(engine._host["y"], x + 1)
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_every_entry_point_works_from_another_thread(fake, tmp_path, cuda_graph):
+    # LoadGen's workers call infer on threads of their own, never the one that activated the engine.
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    engine = engine_for(add_one_model(tmp_path), {"x": (2, 4)}, fake, cuda_graph=cuda_graph, include_copies=True)
+    np.testing.assert_array_equal(in_thread(lambda: engine.infer({"x": x}))["y"], x + 1)
+
+    def timed():
+        engine.prepare({"x": x})
+        checks = fake.context_checks
+        for _ in range(5):
+            engine.run_prepared()
+        # Once this thread holds the context, the timed loop asks the driver nothing more.
+        return fake.context_checks - checks, engine.timing_breakdown(3)
+
+    extra, breakdown = in_thread(timed)
+    assert extra == 0 and breakdown["compute_ms"] == 0.25
+    np.testing.assert_array_equal(engine._host["y"], x + 1)
+    # run_prepared alone on a new thread binds the context there first.
+    in_thread(engine.run_prepared)
+    in_thread(engine.deactivate)
+    assert not fake.memory and fake.log[-1] == ("context_closed",)
 
 
 def test_data_dependent_output_is_read_at_the_notified_shape(fake, tmp_path):
@@ -1115,3 +1308,39 @@ def test_gpu_detection_model_runs(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r["status"] for r in rows] == ["ok"], [r["error"] for r in rows]
     assert rows[0]["accuracy_metric"] == "box_f1" and rows[0]["accuracy_value"] >= 0.9, rows[0]
+
+
+@pytest.mark.gpu
+@needs_tensorrt
+def test_gpu_calls_from_another_thread(tmp_path):
+    # The real driver refuses a copy on a thread where no context is current: each entry point binds it.
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    with TensorRTEngine({"include_copies": True, "provider_options": {"cache_dir": str(tmp_path)}}) as engine:
+        engine.activate(add_one_model(tmp_path), {"x": [2, 4]})
+        np.testing.assert_array_equal(in_thread(lambda: engine.infer({"x": x}))["y"], x + 1)
+
+        def timed():
+            engine.prepare({"x": x})
+            for _ in range(3):
+                engine.run_prepared()
+            return engine.timing_breakdown(3)
+
+        assert in_thread(timed)["compute_ms"] > 0
+        np.testing.assert_array_equal(engine._host["y"], x + 1)
+
+
+@pytest.mark.gpu
+@needs_tensorrt
+def test_gpu_loadgen_scenarios_on_tensorrt(tmp_path):
+    # LoadGen's SUT calls infer from worker threads (two at --concurrency 2), never the activating one.
+    argv = ["run", "--models", "resnet50", "--engines", "tensorrt", "--precisions", "fp32", "--batch-sizes", "1"]
+    argv += ["--scenario", "latency,single-stream,offline", "--concurrency", "1,2", "--min-duration-s", "0.3"]
+    assert suite.main([*argv, *QUICK, "--out", str(tmp_path)]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in rows] == ["ok"] * 4, [r["error"] for r in rows]
+    closed = next(r for r in rows if r["scenario"] == "latency")
+    for row in rows:
+        if row["scenario"] != "latency":
+            assert row["loadgen_validity"] and row["throughput_samples_per_s"] > 0, row
+        # LoadGen's accuracy run served every sample from its workers: scored as the closed loop's outputs were.
+        assert row["accuracy_value"] == closed["accuracy_value"], row["cell_id"]
