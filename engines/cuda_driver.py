@@ -40,6 +40,7 @@ PROTOTYPES: dict[str, tuple[tuple[str, ...], tuple[Any, ...]]] = {
     "cuGetErrorName": (("cuGetErrorName",), (_ENUM, _c.POINTER(_c.c_char_p))),
     "cuDeviceGet": (("cuDeviceGet",), (_c.POINTER(_DEVICE), _c.c_int)),
     "cuDeviceGetName": (("cuDeviceGetName",), (_c.c_char_p, _c.c_int, _DEVICE)),
+    "cuDeviceGetAttribute": (("cuDeviceGetAttribute",), (_c.POINTER(_c.c_int), _ENUM, _DEVICE)),
     "cuDevicePrimaryCtxRetain": (("cuDevicePrimaryCtxRetain",), (_c.POINTER(_HANDLE), _DEVICE)),
     "cuDevicePrimaryCtxRelease": (("cuDevicePrimaryCtxRelease_v2",), (_DEVICE,)),
     "cuCtxPushCurrent": (("cuCtxPushCurrent_v2",), (_HANDLE,)),
@@ -70,6 +71,8 @@ PROTOTYPES: dict[str, tuple[tuple[str, ...], tuple[Any, ...]]] = {
 }
 # CUstreamCaptureMode: thread-local, as trtexec captures, so work other threads queue is not swept in.
 CAPTURE_THREAD_LOCAL = 1
+# CUdevice_attribute: the compute capability's major and minor numbers.
+ATTRIBUTE_CC_MAJOR, ATTRIBUTE_CC_MINOR = 75, 76
 
 
 class Driver:
@@ -142,6 +145,13 @@ class Context:
         lib.check("cuDeviceGetName", lib.cuDeviceGetName(buffer, 256, device.value))
         self.name = buffer.value.decode(errors="replace")
         self.device = device.value
+        capability = []
+        for attribute in (ATTRIBUTE_CC_MAJOR, ATTRIBUTE_CC_MINOR):
+            value = ctypes.c_int()
+            lib.check("cuDeviceGetAttribute", lib.cuDeviceGetAttribute(ctypes.byref(value), attribute, self.device))
+            capability.append(value.value)
+        # (9, 0) on an H100; TF32 needs 8.0 or newer.
+        self.compute_capability: tuple[int, int] = (capability[0], capability[1])
         handle = _HANDLE()
         lib.check("cuDevicePrimaryCtxRetain", lib.cuDevicePrimaryCtxRetain(ctypes.byref(handle), self.device))
         self.handle = handle.value or 0

@@ -26,6 +26,11 @@ is known, and are read at the shape TensorRT notifies. TensorRT synchronises ins
 learn such a shape, so such an engine cannot be captured as a CUDA graph: ``cuda_graph`` is refused for it
 with an EngineError (rather than run without a graph under a row that says it used one).
 
+FP32 math: TensorRT may run FP32 convolutions and matrix products in TF32 (its default, on Ampere and newer
+GPUs); with ``tf32`` off (``--no-tf32``), or under ``NVIDIA_TF32_OVERRIDE=0``, the builder's TF32 flag is
+cleared. Whether TF32 was allowed is in the engine's cache key and build record, and ``fp32_math()`` (written
+into the row, and into ``describe()``) says which of the two an FP32 cell measured.
+
 A CUDA context is current per thread, and LoadGen's SUT calls ``infer`` from worker threads of its own (one
 at a time: ``concurrent_infer`` is False, but not always the same thread, nor the one that activated): every
 entry point that reaches the driver or TensorRT (``infer``, ``prepare``, ``run_prepared``,
@@ -40,6 +45,7 @@ import contextlib
 import importlib.util
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -257,6 +263,7 @@ class TensorRTEngine(Engine):
         self._dds: list[str] = []
         self._prepared = False
         self._breakdown_rounds = 0
+        self._compute_capability: tuple[int, int] | None = None
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -280,6 +287,18 @@ class TensorRTEngine(Engine):
 
     def cuda_device(self) -> int | None:
         return self.settings()["device_id"]
+
+    def tf32_allowed(self) -> bool:
+        """Whether the builder may run FP32 convolutions and matrix products in TF32: TensorRT's default, off
+        with ``--no-tf32``; also off under ``NVIDIA_TF32_OVERRIDE=0``, with which TensorRT uses no TF32 whatever
+        its flag says (so the engine built then is the ``--no-tf32`` one, and is keyed as such)."""
+        return self.options.tf32 and os.environ.get("NVIDIA_TF32_OVERRIDE") != "0"
+
+    def fp32_math(self) -> str:
+        # Ampere (compute capability 8.0) brought TF32: an older GPU computes FP32 whatever was allowed. Before
+        # activation the GPU is not known yet, and only the setting answers.
+        capability = self._compute_capability
+        return "TF32" if self.tf32_allowed() and (capability is None or capability >= (8, 0)) else "FP32"
 
     def settings(self) -> dict[str, Any]:
         """Builder and device settings from ``--provider-options`` (plain entries and those under "tensorrt"),
@@ -314,6 +333,7 @@ class TensorRTEngine(Engine):
         try:
             # The device's primary context, current on this thread: TensorRT's runtime calls use it too.
             self._device_context = self._cuda.Context(settings["device_id"])
+            self._compute_capability = tuple(self._device_context.compute_capability)
             return self._activate(Path(model_path), settings, self._device_context.name)
         except BaseException as exc:
             # The activation's own error is the one to report, not a teardown one after it.
@@ -331,6 +351,7 @@ class TensorRTEngine(Engine):
         shapes = self.input_shapes or shapes_from_onnx(model_path, DEFAULT_BATCH)
         self._profile = profile = exact_profile(shapes)
         builder_settings = {k: v for k, v in settings.items() if k not in ("cache_dir", "device_id")}
+        builder_settings["tf32"] = self.tf32_allowed()
         key = engine_cache_key(
             sha256_file(model_path), trt.__version__, gpu, profile, {**builder_settings, **BUILD_RULES}
         )
@@ -406,6 +427,8 @@ class TensorRTEngine(Engine):
             "load_or_build_s": round(time.perf_counter() - start, 3),
             "profile": {n: list(p[1]) for n, p in profile.items()},
             "strongly_typed": bool(record["strongly_typed"]),
+            "tf32": builder_settings["tf32"],
+            "fp32_math": self.fp32_math(),
             "layer_precisions": layer_precisions(trt, engine),
             **({"data_dependent_outputs": list(self._dds)} if self._dds else {}),
             **settings,
@@ -456,6 +479,15 @@ class TensorRTEngine(Engine):
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings["workspace_mib"] << 20)
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+        if not settings["tf32"]:
+            # TF32 is a math mode of FP32 tensors, not a type, so a strongly typed network keeps the flag (set
+            # by default); clearing it leaves IEEE FP32 kernels only, as trtexec's --noTF32 does.
+            flag = getattr(getattr(trt, "BuilderFlag", None), "TF32", None)
+            if flag is None:
+                raise EngineError(
+                    f"tensorrt: TensorRT {trt.__version__} has no TF32 builder flag to clear for --no-tf32"
+                )
+            config.clear_flag(flag)
         if "builder_optimization_level" in settings:
             config.builder_optimization_level = settings["builder_optimization_level"]
         optimisation, dynamic = builder.create_optimization_profile(), False

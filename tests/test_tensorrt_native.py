@@ -81,6 +81,19 @@ def nonzero_model(tmp_path: Path) -> Path:
     return _save(tmp_path, graph, "nonzero")
 
 
+def matmul_model(tmp_path: Path, weight: np.ndarray) -> Path:
+    """y = x @ weight, x of shape (rows, weight.shape[0])."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, list(weight.shape), weight.reshape(-1).tolist())
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", weight.shape[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", weight.shape[1]])],
+        [w],
+    )
+    return _save(tmp_path, graph, "matmul")
+
+
 # ------------------------------------------------------------------------------- the driver's prototypes
 
 
@@ -106,6 +119,7 @@ _C_TYPES = {
     "CUdevice": ("int", 4),
     "CUresult": ("int", 4),
     "CUstreamCaptureMode": ("int", 4),
+    "CUdevice_attribute": ("int", 4),
     "void": None,
     "char": None,
 }
@@ -200,6 +214,10 @@ class FakeLib:
         return 0
 
     _cuStreamCreate = _cuEventCreate = _cuDevicePrimaryCtxRetain = _handle
+
+    def _cuDeviceGetAttribute(self, out, attribute, device):
+        out._obj.value = {cuda_driver.ATTRIBUTE_CC_MAJOR: 8, cuda_driver.ATTRIBUTE_CC_MINOR: 6}[attribute]
+        return 0
 
     def _cuStreamEndCapture(self, stream, out):
         out._obj.value = 0xAB
@@ -296,6 +314,7 @@ def test_driver_wrappers(fake_lib):
     with pytest.raises(ValueError, match="C-contiguous"):
         cuda_driver.copy_to_device(0x5000, view.T, stream)
     context = cuda_driver.Context(0)
+    assert context.compute_capability == (8, 6)
     context.close()
     context.close()
     assert len(fake_lib.named("cuCtxPopCurrent_v2")) == len(fake_lib.named("cuDevicePrimaryCtxRelease_v2")) == 1
@@ -406,6 +425,12 @@ CUresult CUDAAPI cuDeviceGet(CUdevice *device, int ordinal) {
 }
 CUresult CUDAAPI cuDeviceGetName(char *name, int len, CUdevice dev) {
     strncpy(name, "Fake CUDA device", len);
+    return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuDeviceGetAttribute(int *pi, CUdevice_attribute attrib, CUdevice dev) {
+    if (attrib == CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR) *pi = 9;
+    else if (attrib == CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR) *pi = 0;
+    else return CUDA_ERROR_INVALID_VALUE;
     return CUDA_SUCCESS;
 }
 CUresult CUDAAPI cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev) {
@@ -521,6 +546,8 @@ def test_driver_calls_through_ctypes_on_a_compiled_libcuda(compiled_libcuda, mon
 
     context = cuda_driver.Context(0)
     assert context.name == "Fake CUDA device" and state("retained") == 1 and state("current") == 1
+    # The stand-in answers only the header's own CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_* values.
+    assert context.compute_capability == (9, 0)
     with pytest.raises(CudaError, match=r"cuDeviceGet\(1\) failed: CUDA_ERROR_INVALID_DEVICE"):
         cuda_driver.Context(1)
     stream, start, end = cuda_driver.Stream(), cuda_driver.Event(), cuda_driver.Event()
@@ -607,6 +634,8 @@ class FakeState:
         # The context current on each thread, and how often the driver was asked to make it current.
         self.threads = threading.local()
         self.context_checks = 0
+        self.tf32_flags: list[bool] = []
+        self.compute_capability = (9, 0)
 
     def calls(self, *kinds: str) -> list[tuple]:
         return [entry for entry in self.log if entry[0] in kinds]
@@ -624,6 +653,7 @@ def fake_driver(state: FakeState):
     class Context:
         def __init__(self, device_id):
             self.name = "Fake GPU"
+            self.compute_capability = state.compute_capability
             state.log.append(("context", device_id))
             # Pushed on the activating thread.
             state.threads.current = self
@@ -753,6 +783,7 @@ def fake_tensorrt(state: FakeState):
     trt.__version__ = state.version
     trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
+    trt.BuilderFlag = types.SimpleNamespace(TF32="tf32", SPARSE_WEIGHTS="sparse_weights")
     trt.ProfilingVerbosity = types.SimpleNamespace(DETAILED="detailed", LAYER_NAMES_ONLY="layer_names_only")
     trt.LayerInformationFormat = types.SimpleNamespace(JSON="json", ONELINE="oneline")
     trt.TensorIOMode = types.SimpleNamespace(INPUT="input", OUTPUT="output")
@@ -813,6 +844,17 @@ def fake_tensorrt(state: FakeState):
         def __init__(self):
             self.profiling_verbosity = trt.ProfilingVerbosity.LAYER_NAMES_ONLY
             self.timing = None
+            # TensorRT's default: TF32 allowed.
+            self.flags = {trt.BuilderFlag.TF32}
+
+        def get_flag(self, flag):
+            return flag in self.flags
+
+        def set_flag(self, flag):
+            self.flags.add(flag)
+
+        def clear_flag(self, flag):
+            self.flags.discard(flag)
 
         def set_memory_pool_limit(self, pool, size):
             self.workspace = size
@@ -851,6 +893,7 @@ def fake_tensorrt(state: FakeState):
         def build_serialized_network(self, network, config):
             state.builds += 1
             state.verbosity = config.profiling_verbosity
+            state.tf32_flags.append(config.get_flag(trt.BuilderFlag.TF32))
             inputs = {t.name: list(t.shape) for t in network.inputs}
             return json.dumps({"kind": network.kind, "inputs": inputs}).encode()
 
@@ -1107,6 +1150,31 @@ def test_strongly_typed_comes_from_the_network_and_stays_with_the_engine(fake, t
         assert engine.describe()["engine_cache"] == "built" and fake.builds == 2
 
 
+def test_no_tf32_clears_the_builder_flag_and_keys_the_engine(fake, tmp_path, monkeypatch):
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
+    path = add_one_model(tmp_path)
+    runs = {}
+    for tf32 in (True, False):
+        with engine_for(path, {"x": (2, 4)}, fake, tf32=tf32) as engine:
+            runs[tf32] = (engine.describe(), engine.fp32_math())
+    (on, on_math), (off, off_math) = runs[True], runs[False]
+    # TensorRT allows TF32 by default: --no-tf32 clears the flag, and the engine is a different one.
+    assert fake.tf32_flags == [True, False] and fake.builds == 2 and on["engine_key"] != off["engine_key"]
+    assert (on_math, on["fp32_math"], off_math, off["fp32_math"]) == ("TF32", "TF32", "FP32", "FP32")
+    assert (on["tf32"], off["tf32"]) == (True, False)
+    assert json.loads(Path(off["engine_file"]).with_suffix(".json").read_text())["settings"]["tf32"] is False
+    # NVIDIA_TF32_OVERRIDE=0 keeps TensorRT from TF32 whatever the flag: that is the --no-tf32 engine.
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")
+    with engine_for(path, {"x": (2, 4)}, fake) as engine:
+        assert engine.fp32_math() == "FP32" and engine.describe()["engine_key"] == off["engine_key"]
+    assert fake.builds == 2
+    # A GPU older than Ampere has no TF32: its FP32 is FP32 whatever was allowed.
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE")
+    fake.compute_capability = (7, 5)
+    with engine_for(path, {"x": (2, 4)}, fake) as engine:
+        assert engine.fp32_math() == "FP32" and engine.describe()["fp32_math"] == "FP32"
+
+
 def test_tensorrt_11_networks_are_strongly_typed(fake, tmp_path):
     fake.version = "11.4.0.106"
     with engine_for(add_one_model(tmp_path), {"x": (2, 4)}, fake) as engine:
@@ -1344,3 +1412,17 @@ def test_gpu_loadgen_scenarios_on_tensorrt(tmp_path):
             assert row["loadgen_validity"] and row["throughput_samples_per_s"] > 0, row
         # LoadGen's accuracy run served every sample from its workers: scored as the closed loop's outputs were.
         assert row["accuracy_value"] == closed["accuracy_value"], row["cell_id"]
+
+
+@pytest.mark.gpu
+@needs_tensorrt
+def test_gpu_no_tf32_computes_in_fp32(tmp_path):
+    # 1 + 2**-12 is exact in FP32 and rounds to 1 in TF32 (10 mantissa bits): x @ w is 256.125 in FP32 and
+    # 256 in TF32. TF32 is only allowed, never required, so only the --no-tf32 engine's answer is certain.
+    weight = np.full((256, 64), 1 + 2**-12, np.float32)
+    x = np.full((64, 256), 1 + 2**-12, np.float32)
+    with TensorRTEngine({"tf32": False, "provider_options": {"cache_dir": str(tmp_path)}}) as engine:
+        engine.activate(matmul_model(tmp_path, weight), {"x": [64, 256]})
+        y = engine.infer({"x": x})["y"]
+        assert engine.fp32_math() == "FP32" and engine.describe()["tf32"] is False
+    np.testing.assert_allclose(y, x.astype(np.float64) @ weight, rtol=1e-5)
