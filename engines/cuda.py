@@ -206,14 +206,14 @@ def nvidia_smi_gpus() -> list[dict[str, Any]]:
 
 def module_version(module: str) -> str | None:
     """The installed version of the distribution that provides the top-level module ``module``, read from
-    package metadata without importing the module (TensorRT's comes from ``tensorrt-cu12-bindings`` and
-    the like)."""
+    package metadata without importing the module (TensorRT 10.16's ``tensorrt`` comes from ``tensorrt_cu13``,
+    which wraps ``tensorrt_bindings`` from ``tensorrt-cu13-bindings``)."""
     return package_version(*module_distributions(module))
 
 
 def module_distributions(module: str) -> list[str]:
     """The installed distributions that provide the top-level module ``module`` (``tensorrt`` ->
-    ``["tensorrt-cu13-bindings"]``), from package metadata."""
+    ``["tensorrt_cu13"]`` with TensorRT 10.16), from package metadata."""
     return list(_distributions_of_modules().get(module, []))
 
 

@@ -280,7 +280,7 @@ class TensorRTEngine(Engine):
                 missing = True
             elif version:
                 # A driver older than TensorRT's CUDA major cannot run it (its CUDA runtime refuses to start, and
-                # every cell fails); the major is in the bindings' distribution name (tensorrt-cu13-bindings).
+                # every cell fails); the major is in the distribution's name (tensorrt_cu13).
                 build = next((cuda_major_of(d) for d in module_distributions("tensorrt") if cuda_major_of(d)), None)
                 problems.append(cuda_build_problem(build, f"TensorRT {version}") or "")
         return unusable([*problems, device_problem() or ""], missing, TENSORRT_INSTALL)

@@ -1231,7 +1231,8 @@ def test_a_driver_older_than_the_tensorrt_build_is_a_reason(monkeypatch):
         importlib.util, "find_spec", lambda n, *a: object() if n == "tensorrt" else real_find_spec(n, *a)
     )
     monkeypatch.setattr(native, "module_version", lambda module: "10.16.1.11")
-    monkeypatch.setattr(cuda, "_distributions_of_modules", lambda: {"tensorrt": ["tensorrt-cu13-bindings"]})
+    # TensorRT 10.16's tensorrt module comes from tensorrt_cu13 (its metadata's name).
+    monkeypatch.setattr(cuda, "_distributions_of_modules", lambda: {"tensorrt": ["tensorrt_cu13"]})
     # A CUDA 12.8 driver cannot run a CUDA 13 build (no compatibility across majors).
     monkeypatch.setattr(cuda, "driver_cuda_version", lambda: "12.8")
     assert TensorRTEngine.unavailable_reason() == (
@@ -1239,7 +1240,7 @@ def test_a_driver_older_than_the_tensorrt_build_is_a_reason(monkeypatch):
         "newer driver, or a build of TensorRT 10.16.1.11 for CUDA 12"
     )
     # Within the major an older driver runs a newer build; an unknown build or driver says nothing.
-    for driver, distributions in (("13.0", ["tensorrt-cu13-bindings"]), ("12.8", ["tensorrt"]), (None, [])):
+    for driver, distributions in (("13.0", ["tensorrt_cu13"]), ("12.8", ["tensorrt"]), (None, [])):
         monkeypatch.setattr(cuda, "driver_cuda_version", lambda driver=driver: driver)
         monkeypatch.setattr(cuda, "_distributions_of_modules", lambda d=distributions: {"tensorrt": d})
         assert TensorRTEngine.unavailable_reason() is None
