@@ -33,8 +33,11 @@ into the row, and into ``describe()``) says which of the two an FP32 cell measur
 
 A CUDA context is current per thread, and LoadGen's SUT calls ``infer`` from worker threads of its own (one
 at a time: ``concurrent_infer`` is False, but not always the same thread, nor the one that activated): every
-entry point that reaches the driver or TensorRT (``infer``, ``prepare``, ``run_prepared``,
-``timing_breakdown``, ``deactivate``) first makes the engine's context current on the calling thread.
+entry point that reaches the driver or TensorRT first makes the engine's context current on the calling
+thread. ``infer`` and ``run_prepared``, which are timed, check a thread-local flag (about 0.1 us) and ask the
+driver only the first time on a thread; ``prepare``, ``timing_breakdown`` and ``deactivate`` ask the driver
+every time (``cuCtxGetCurrent``, about 1 us through ctypes), so a context that other code made current on the
+thread since is noticed before a timing starts.
 
 Works with TensorRT 10.x and 11.x; nothing here imports TensorRT or loads the driver before ``activate``.
 """
@@ -619,7 +622,8 @@ class TensorRTEngine(Engine):
             self._graph = self._cuda.CudaGraph(self._stream, self._execute)
 
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self._device_context.make_current()
+        # LoadGen times each infer: the thread-local check, as in run_prepared.
+        self._device_context.ensure_current()
         self._stage(feeds)
         self._enqueue()
         self._copy_out()
