@@ -1,5 +1,6 @@
 """The CUDA driver API calls the native TensorRT engine makes, through ctypes on ``libcuda``: the primary
-context, streams, events, device and pinned host memory, asynchronous copies and CUDA graphs.
+context (made current on whichever thread calls), streams, events, device and pinned host memory,
+asynchronous copies and CUDA graphs.
 
 ``libcuda`` ships with the NVIDIA driver, so this needs no CUDA toolkit and no Python CUDA package (pycuda
 compiles against a full toolkit; ``cuda-bindings`` would be one more wheel to keep in step with the driver).
