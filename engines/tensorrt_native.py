@@ -267,6 +267,8 @@ class TensorRTEngine(Engine):
         self._prepared = False
         self._breakdown_rounds = 0
         self._compute_capability: tuple[int, int] | None = None
+        # Whether the engine in use was built with TF32 allowed (its key's value), once activated.
+        self._tf32: bool | None = None
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -300,8 +302,9 @@ class TensorRTEngine(Engine):
     def fp32_math(self) -> str:
         # Ampere (compute capability 8.0) brought TF32: an older GPU computes FP32 whatever was allowed. Before
         # activation the GPU is not known yet, and only the setting answers.
-        capability = self._compute_capability
-        return "TF32" if self.tf32_allowed() and (capability is None or capability >= (8, 0)) else "FP32"
+        capability, allowed = self._compute_capability, self._tf32
+        allowed = self.tf32_allowed() if allowed is None else allowed
+        return "TF32" if allowed and (capability is None or capability >= (8, 0)) else "FP32"
 
     def settings(self) -> dict[str, Any]:
         """Builder and device settings from ``--provider-options`` (plain entries and those under "tensorrt"),
@@ -354,7 +357,7 @@ class TensorRTEngine(Engine):
         shapes = self.input_shapes or shapes_from_onnx(model_path, DEFAULT_BATCH)
         self._profile = profile = exact_profile(shapes)
         builder_settings = {k: v for k, v in settings.items() if k not in ("cache_dir", "device_id")}
-        builder_settings["tf32"] = self.tf32_allowed()
+        builder_settings["tf32"] = self._tf32 = self.tf32_allowed()
         key = engine_cache_key(
             sha256_file(model_path), trt.__version__, gpu, profile, {**builder_settings, **BUILD_RULES}
         )
