@@ -28,17 +28,27 @@ GPU_INSTALL = (
 )
 # What to do when TensorRT is missing: its -libs wheels on PyPI are stubs that download from NVIDIA's index.
 TENSORRT_INSTALL = "pip install -e '.[gpu,tensorrt]' --extra-index-url https://pypi.nvidia.com"
-# CUresult codes worth naming in a reason (cuda.h).
+# CUresult codes worth naming in a reason (cuda.h's enum cudaError_enum; a test checks each against it): those
+# cuInit and a first context give on a machine set up wrong, and those a failed run leaves.
 _ERRORS = {
     1: "CUDA_ERROR_INVALID_VALUE",
     2: "CUDA_ERROR_OUT_OF_MEMORY",
     3: "CUDA_ERROR_NOT_INITIALIZED",
     34: "CUDA_ERROR_STUB_LIBRARY",
-    35: "CUDA_ERROR_INSUFFICIENT_DRIVER",
-    46: "CUDA_ERROR_DEVICES_UNAVAILABLE",
+    36: "CUDA_ERROR_CALL_REQUIRES_NEWER_DRIVER",
+    46: "CUDA_ERROR_DEVICE_UNAVAILABLE",
     100: "CUDA_ERROR_NO_DEVICE",
     101: "CUDA_ERROR_INVALID_DEVICE",
+    201: "CUDA_ERROR_INVALID_CONTEXT",
+    209: "CUDA_ERROR_NO_BINARY_FOR_GPU",
     304: "CUDA_ERROR_OPERATING_SYSTEM",
+    700: "CUDA_ERROR_ILLEGAL_ADDRESS",
+    709: "CUDA_ERROR_CONTEXT_IS_DESTROYED",
+    802: "CUDA_ERROR_SYSTEM_NOT_READY",
+    # The driver API's counterparts of the runtime's cudaErrorInsufficientDriver (35, no CUresult): the kernel
+    # module and libcuda disagree, or a forward-compatibility libcuda on a GPU that does not support it.
+    803: "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH",
+    804: "CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE",
     900: "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED",
     901: "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED",
     999: "CUDA_ERROR_UNKNOWN",
@@ -230,14 +240,14 @@ def nvidia_smi_gpus() -> list[dict[str, Any]]:
 
 def module_version(module: str) -> str | None:
     """The installed version of the distribution that provides the top-level module ``module``, read from
-    package metadata without importing the module (TensorRT's comes from ``tensorrt-cu12-bindings`` and
-    the like)."""
+    package metadata without importing the module (TensorRT 10.16's ``tensorrt`` comes from ``tensorrt_cu13``,
+    which wraps ``tensorrt_bindings`` from ``tensorrt-cu13-bindings``)."""
     return package_version(*module_distributions(module))
 
 
 def module_distributions(module: str) -> list[str]:
     """The installed distributions that provide the top-level module ``module`` (``tensorrt`` ->
-    ``["tensorrt-cu13-bindings"]``), from package metadata."""
+    ``["tensorrt_cu13"]`` with TensorRT 10.16), from package metadata."""
     return list(_distributions_of_modules().get(module, []))
 
 

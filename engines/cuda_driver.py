@@ -1,5 +1,6 @@
 """The CUDA driver API calls the native TensorRT engine makes, through ctypes on ``libcuda``: the primary
-context, streams, events, device and pinned host memory, asynchronous copies and CUDA graphs.
+context (made current on whichever thread calls), streams, events, device and pinned host memory,
+asynchronous copies and CUDA graphs.
 
 ``libcuda`` ships with the NVIDIA driver, so this needs no CUDA toolkit and no Python CUDA package (pycuda
 compiles against a full toolkit; ``cuda-bindings`` would be one more wheel to keep in step with the driver).
@@ -17,6 +18,7 @@ import contextlib
 import ctypes
 import functools
 import math
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,10 +41,13 @@ PROTOTYPES: dict[str, tuple[tuple[str, ...], tuple[Any, ...]]] = {
     "cuGetErrorName": (("cuGetErrorName",), (_ENUM, _c.POINTER(_c.c_char_p))),
     "cuDeviceGet": (("cuDeviceGet",), (_c.POINTER(_DEVICE), _c.c_int)),
     "cuDeviceGetName": (("cuDeviceGetName",), (_c.c_char_p, _c.c_int, _DEVICE)),
+    "cuDeviceGetAttribute": (("cuDeviceGetAttribute",), (_c.POINTER(_c.c_int), _ENUM, _DEVICE)),
     "cuDevicePrimaryCtxRetain": (("cuDevicePrimaryCtxRetain",), (_c.POINTER(_HANDLE), _DEVICE)),
     "cuDevicePrimaryCtxRelease": (("cuDevicePrimaryCtxRelease_v2",), (_DEVICE,)),
     "cuCtxPushCurrent": (("cuCtxPushCurrent_v2",), (_HANDLE,)),
     "cuCtxPopCurrent": (("cuCtxPopCurrent_v2",), (_c.POINTER(_HANDLE),)),
+    "cuCtxGetCurrent": (("cuCtxGetCurrent",), (_c.POINTER(_HANDLE),)),
+    "cuCtxSetCurrent": (("cuCtxSetCurrent",), (_HANDLE,)),
     "cuStreamCreate": (("cuStreamCreate",), (_c.POINTER(_HANDLE), _c.c_uint)),
     "cuStreamDestroy": (("cuStreamDestroy_v2",), (_HANDLE,)),
     "cuStreamSynchronize": (("cuStreamSynchronize",), (_HANDLE,)),
@@ -67,6 +72,8 @@ PROTOTYPES: dict[str, tuple[tuple[str, ...], tuple[Any, ...]]] = {
 }
 # CUstreamCaptureMode: thread-local, as trtexec captures, so work other threads queue is not swept in.
 CAPTURE_THREAD_LOCAL = 1
+# CUdevice_attribute: the compute capability's major and minor numbers.
+ATTRIBUTE_CC_MAJOR, ATTRIBUTE_CC_MINOR = 75, 76
 
 
 class Driver:
@@ -124,7 +131,11 @@ class Context:
     """The primary context of CUDA device ``device_id``, retained and made current on this thread.
 
     The primary context is the one the CUDA runtime (and so TensorRT) uses for that device, so memory and
-    streams made here and TensorRT's own work live in one context."""
+    streams made here and TensorRT's own work live in one context.
+
+    A context is current per thread: every thread that calls the driver or TensorRT for it must first call
+    :meth:`make_current` (or :meth:`ensure_current`), as LoadGen's worker threads do, which call an engine
+    activated on another thread."""
 
     def __init__(self, device_id: int = 0):
         lib = driver()
@@ -135,30 +146,67 @@ class Context:
         lib.check("cuDeviceGetName", lib.cuDeviceGetName(buffer, 256, device.value))
         self.name = buffer.value.decode(errors="replace")
         self.device = device.value
+        capability = []
+        for attribute in (ATTRIBUTE_CC_MAJOR, ATTRIBUTE_CC_MINOR):
+            value = ctypes.c_int()
+            lib.check("cuDeviceGetAttribute", lib.cuDeviceGetAttribute(ctypes.byref(value), attribute, self.device))
+            capability.append(value.value)
+        # (9, 0) on an H100; TF32 needs 8.0 or newer.
+        self.compute_capability: tuple[int, int] = (capability[0], capability[1])
         handle = _HANDLE()
         lib.check("cuDevicePrimaryCtxRetain", lib.cuDevicePrimaryCtxRetain(ctypes.byref(handle), self.device))
         self.handle = handle.value or 0
-        self._retained, self._pushed = True, False
+        # Per thread: whether this context was made current there, and what it replaced (restored by close).
+        self._threads = threading.local()
+        self._retained, self._pushed, self._pusher = True, False, threading.get_ident()
         try:
             lib.check("cuCtxPushCurrent", lib.cuCtxPushCurrent(self.handle))
         except CudaError:
             self.close()
             raise
-        self._pushed = True
+        self._pushed = self._threads.current = True
+
+    def make_current(self) -> None:
+        """Make this context current on the calling thread: one cuCtxGetCurrent, and a cuCtxSetCurrent where
+        another context (or none) is current there. Always asks the driver, so it also notices a context that
+        other code made current on this thread since."""
+        lib = driver()
+        current = _HANDLE()
+        lib.check("cuCtxGetCurrent", lib.cuCtxGetCurrent(ctypes.byref(current)))
+        if (current.value or 0) != self.handle:
+            lib.check("cuCtxSetCurrent", lib.cuCtxSetCurrent(self.handle))
+            if threading.get_ident() != self._pusher and not hasattr(self._threads, "replaced"):
+                self._threads.replaced = current.value or 0
+        self._threads.current = True
+
+    def ensure_current(self) -> None:
+        """:meth:`make_current` the first time on each thread, then a thread-local flag alone (no driver
+        call: a timed loop pays an attribute lookup). It trusts that nothing else on the thread changes the
+        current context between calls."""
+        if not getattr(self._threads, "current", False):
+            self.make_current()
 
     def close(self) -> None:
         """Pop the context from this thread and release it (the release is tried even when the pop fails);
-        safe to call twice."""
+        safe to call twice.
+
+        On a thread other than the one that created it, the creating thread's stack cannot be popped from
+        here: the context stays on it, released, until that thread pops or replaces it; this thread gets back
+        the context :meth:`make_current` replaced."""
         lib = driver()
-        popped = 0
+        unbound: tuple[str, int] | None = None
         if self._pushed:
             self._pushed = False
-            handle = _HANDLE()
-            popped = lib.cuCtxPopCurrent(ctypes.byref(handle))
+            if threading.get_ident() == self._pusher:
+                handle = _HANDLE()
+                unbound = ("cuCtxPopCurrent", lib.cuCtxPopCurrent(ctypes.byref(handle)))
+            elif hasattr(self._threads, "replaced"):
+                unbound = ("cuCtxSetCurrent", lib.cuCtxSetCurrent(self._threads.replaced))
         if self._retained:
             self._retained = False
             lib.check("cuDevicePrimaryCtxRelease", lib.cuDevicePrimaryCtxRelease(self.device))
-        lib.check("cuCtxPopCurrent", popped)
+        if unbound is not None:
+            lib.check(*unbound)
 
 
 class Stream:

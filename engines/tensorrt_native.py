@@ -14,7 +14,9 @@ network was strongly typed, read from the network at build time) -> runtime -> e
 Timed region (``run_prepared``, what the shared timer measures): one ``execute_async_v3`` enqueue on the
 engine's stream, or one replay of the CUDA graph captured from it when ``cuda_graph`` is asked, then a stream
 synchronise; with ``include_copies`` also the copy of every input from pinned host memory to the device before
-the enqueue and of every output back to pinned host memory after it. No CUDA event is recorded in it. The
+the enqueue and of every output back to pinned host memory after it. No CUDA event is recorded in it. Before
+these, a thread-local check that the engine's CUDA context is current on the calling thread (an attribute
+lookup; the driver is asked only the first time on a thread). The
 trtexec-style breakdown (``h2d_ms``, ``compute_ms``, ``compute_ms_p50``, ``d2h_ms`` from CUDA events around
 each copy and the enqueue) comes from a separate pass after timing, :meth:`TensorRTEngine.timing_breakdown`.
 
@@ -23,6 +25,19 @@ device memory from an ``IOutputAllocator``, preallocated at TensorRT's upper bou
 is known, and are read at the shape TensorRT notifies. TensorRT synchronises inside ``execute_async_v3`` to
 learn such a shape, so such an engine cannot be captured as a CUDA graph: ``cuda_graph`` is refused for it
 with an EngineError (rather than run without a graph under a row that says it used one).
+
+FP32 math: TensorRT may run FP32 convolutions and matrix products in TF32 (its default, on Ampere and newer
+GPUs); with ``tf32`` off (``--no-tf32``), or under ``NVIDIA_TF32_OVERRIDE=0``, the builder's TF32 flag is
+cleared. Whether TF32 was allowed is in the engine's cache key and build record, and ``fp32_math()`` (written
+into the row, and into ``describe()``) says which of the two an FP32 cell measured.
+
+A CUDA context is current per thread, and LoadGen's SUT calls ``infer`` from worker threads of its own (one
+at a time: ``concurrent_infer`` is False, but not always the same thread, nor the one that activated): every
+entry point that reaches the driver or TensorRT first makes the engine's context current on the calling
+thread. ``infer`` and ``run_prepared``, which are timed, check a thread-local flag (about 0.1 us) and ask the
+driver only the first time on a thread; ``prepare``, ``timing_breakdown`` and ``deactivate`` ask the driver
+every time (``cuCtxGetCurrent``, about 1 us through ctypes), so a context that other code made current on the
+thread since is noticed before a timing starts.
 
 Works with TensorRT 10.x and 11.x; nothing here imports TensorRT or loads the driver before ``activate``.
 """
@@ -33,6 +48,7 @@ import contextlib
 import importlib.util
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -44,7 +60,16 @@ import numpy as np
 
 from common.paths import atomic_path
 from engines.base import Engine, EngineError
-from engines.cuda import TENSORRT_INSTALL, CudaError, device_problem, module_version, unusable
+from engines.cuda import (
+    TENSORRT_INSTALL,
+    CudaError,
+    cuda_build_problem,
+    cuda_major_of,
+    device_problem,
+    module_distributions,
+    module_version,
+    unusable,
+)
 from engines.options import provider_share
 
 MIN_TENSORRT_MAJOR = 10
@@ -241,6 +266,9 @@ class TensorRTEngine(Engine):
         self._dds: list[str] = []
         self._prepared = False
         self._breakdown_rounds = 0
+        self._compute_capability: tuple[int, int] | None = None
+        # Whether the engine in use was built with TF32 allowed (its key's value), once activated.
+        self._tf32: bool | None = None
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -255,10 +283,28 @@ class TensorRTEngine(Engine):
             if version and _major(version) < MIN_TENSORRT_MAJOR:
                 problems.append(f"TensorRT {version} is too old (this engine needs 10.x or 11.x)")
                 missing = True
+            elif version:
+                # A driver older than TensorRT's CUDA major cannot run it (its CUDA runtime refuses to start, and
+                # every cell fails); the major is in the distribution's name (tensorrt_cu13).
+                build = next((cuda_major_of(d) for d in module_distributions("tensorrt") if cuda_major_of(d)), None)
+                problems.append(cuda_build_problem(build, f"TensorRT {version}") or "")
         return unusable([*problems, device_problem() or ""], missing, TENSORRT_INSTALL)
 
     def cuda_device(self) -> int | None:
         return self.settings()["device_id"]
+
+    def tf32_allowed(self) -> bool:
+        """Whether the builder may run FP32 convolutions and matrix products in TF32: TensorRT's default, off
+        with ``--no-tf32``; also off under ``NVIDIA_TF32_OVERRIDE=0``, with which TensorRT uses no TF32 whatever
+        its flag says (so the engine built then is the ``--no-tf32`` one, and is keyed as such)."""
+        return self.options.tf32 and os.environ.get("NVIDIA_TF32_OVERRIDE") != "0"
+
+    def fp32_math(self) -> str:
+        # Ampere (compute capability 8.0) brought TF32: an older GPU computes FP32 whatever was allowed. Before
+        # activation the GPU is not known yet, and only the setting answers.
+        capability, allowed = self._compute_capability, self._tf32
+        allowed = self.tf32_allowed() if allowed is None else allowed
+        return "TF32" if allowed and (capability is None or capability >= (8, 0)) else "FP32"
 
     def settings(self) -> dict[str, Any]:
         """Builder and device settings from ``--provider-options`` (plain entries and those under "tensorrt"),
@@ -293,6 +339,7 @@ class TensorRTEngine(Engine):
         try:
             # The device's primary context, current on this thread: TensorRT's runtime calls use it too.
             self._device_context = self._cuda.Context(settings["device_id"])
+            self._compute_capability = tuple(self._device_context.compute_capability)
             return self._activate(Path(model_path), settings, self._device_context.name)
         except BaseException as exc:
             # The activation's own error is the one to report, not a teardown one after it.
@@ -310,6 +357,7 @@ class TensorRTEngine(Engine):
         shapes = self.input_shapes or shapes_from_onnx(model_path, DEFAULT_BATCH)
         self._profile = profile = exact_profile(shapes)
         builder_settings = {k: v for k, v in settings.items() if k not in ("cache_dir", "device_id")}
+        builder_settings["tf32"] = self._tf32 = self.tf32_allowed()
         key = engine_cache_key(
             sha256_file(model_path), trt.__version__, gpu, profile, {**builder_settings, **BUILD_RULES}
         )
@@ -385,6 +433,8 @@ class TensorRTEngine(Engine):
             "load_or_build_s": round(time.perf_counter() - start, 3),
             "profile": {n: list(p[1]) for n, p in profile.items()},
             "strongly_typed": bool(record["strongly_typed"]),
+            "tf32": builder_settings["tf32"],
+            "fp32_math": self.fp32_math(),
             "layer_precisions": layer_precisions(trt, engine),
             **({"data_dependent_outputs": list(self._dds)} if self._dds else {}),
             **settings,
@@ -435,6 +485,15 @@ class TensorRTEngine(Engine):
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings["workspace_mib"] << 20)
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+        if not settings["tf32"]:
+            # TF32 is a math mode of FP32 tensors, not a type, so a strongly typed network keeps the flag (set
+            # by default); clearing it leaves IEEE FP32 kernels only, as trtexec's --noTF32 does.
+            flag = getattr(getattr(trt, "BuilderFlag", None), "TF32", None)
+            if flag is None:
+                raise EngineError(
+                    f"tensorrt: TensorRT {trt.__version__} has no TF32 builder flag to clear for --no-tf32"
+                )
+            config.clear_flag(flag)
         if "builder_optimization_level" in settings:
             config.builder_optimization_level = settings["builder_optimization_level"]
         optimisation, dynamic = builder.create_optimization_profile(), False
@@ -566,6 +625,8 @@ class TensorRTEngine(Engine):
             self._graph = self._cuda.CudaGraph(self._stream, self._execute)
 
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # LoadGen times each infer: the thread-local check, as in run_prepared.
+        self._device_context.ensure_current()
         self._stage(feeds)
         self._enqueue()
         self._copy_out()
@@ -573,11 +634,13 @@ class TensorRTEngine(Engine):
         return self._read_outputs()
 
     def prepare_impl(self, feeds: Mapping[str, np.ndarray]) -> None:
+        self._device_context.make_current()
         self._stage(feeds)
         self._prepared = True
 
     def run_prepared(self) -> None:
         # Exactly the timed region the module docstring states: nothing else may go in here.
+        self._device_context.ensure_current()
         if self.include_copies:
             self._copy_in()
         self._enqueue()
@@ -592,6 +655,7 @@ class TensorRTEngine(Engine):
         reports GPU compute apart from its latency, and without putting event work into the timed runs."""
         if not self._prepared:
             return {}
+        self._device_context.make_current()
         start, copied_in, computed, copied_out = self._events
         stream = self._stream
         h2d, compute, d2h = [], [], []
@@ -641,6 +705,9 @@ class TensorRTEngine(Engine):
         # TensorRT's objects before the memory they use, that memory before the stream and events, and all of
         # it before the context it lives in; every step is tried even when an earlier one fails.
         closers: list[Callable[[], None]] = []
+        if self._device_context is not None:
+            # Every step below calls the driver, perhaps from a thread that has not called this engine before.
+            closers.append(self._device_context.make_current)
         if self._graph is not None:
             # The graph replays TensorRT's kernels: it goes before the objects that own them.
             closers.append(self._graph.close)

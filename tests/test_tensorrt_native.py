@@ -22,6 +22,7 @@ import importlib.util
 import json
 import re
 import sys
+import threading
 import types
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
+import engines.cuda as cuda
 import engines.cuda_driver as cuda_driver
 import engines.tensorrt_native as native
 import suite
@@ -79,6 +81,19 @@ def nonzero_model(tmp_path: Path) -> Path:
     return _save(tmp_path, graph, "nonzero")
 
 
+def matmul_model(tmp_path: Path, weight: np.ndarray) -> Path:
+    """y = x @ weight, x of shape (rows, weight.shape[0])."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, list(weight.shape), weight.reshape(-1).tolist())
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", weight.shape[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", weight.shape[1]])],
+        [w],
+    )
+    return _save(tmp_path, graph, "matmul")
+
+
 # ------------------------------------------------------------------------------- the driver's prototypes
 
 
@@ -104,6 +119,7 @@ _C_TYPES = {
     "CUdevice": ("int", 4),
     "CUresult": ("int", 4),
     "CUstreamCaptureMode": ("int", 4),
+    "CUdevice_attribute": ("int", 4),
     "void": None,
     "char": None,
 }
@@ -146,6 +162,15 @@ def test_driver_prototypes_match_cuda_h():
         assert [_c_kind(p) for p in params] == [_ctypes_kind(t) for t in argtypes], (api, prototype.group(1))
 
 
+@pytest.mark.skipif(_cuda_header() is None, reason="no CUDA 13 cuda.h is installed here to check against")
+def test_error_names_match_cuda_h():
+    # Every CUresult engines.cuda names, by name and value, as cuda.h's enum cudaError_enum has it.
+    text = _cuda_header().read_text(errors="replace")
+    enum = re.search(r"typedef enum cudaError_enum \{(.*?)\} CUresult;", text, re.S).group(1)
+    results = {int(value): name for name, value in re.findall(r"^\s*(CUDA_\w+)\s*=\s*(\d+)", enum, re.M)}
+    assert {code: results.get(code) for code in cuda._ERRORS} == cuda._ERRORS
+
+
 class FakeLib:
     """A stand-in ``libcuda``: every symbol of PROTOTYPES (less ``missing``) answering CUDA_SUCCESS, with
     allocations that return addresses (real host memory for cuMemHostAlloc) and a log of the calls."""
@@ -153,6 +178,8 @@ class FakeLib:
     def __init__(self, missing=()):
         self.calls: list[tuple] = []
         self.keep: dict[int, object] = {}
+        # Each thread's context stack, as the driver keeps one per thread.
+        self.threads = threading.local()
         self.next_device = 0x7F0000000000
         for symbols, _ in cuda_driver.PROTOTYPES.values():
             for symbol in symbols:
@@ -188,9 +215,44 @@ class FakeLib:
 
     _cuStreamCreate = _cuEventCreate = _cuDevicePrimaryCtxRetain = _handle
 
+    def _cuDeviceGetAttribute(self, out, attribute, device):
+        out._obj.value = {cuda_driver.ATTRIBUTE_CC_MAJOR: 8, cuda_driver.ATTRIBUTE_CC_MINOR: 6}[attribute]
+        return 0
+
     def _cuStreamEndCapture(self, stream, out):
         out._obj.value = 0xAB
         return 0
+
+    def _stack(self) -> list:
+        if not hasattr(self.threads, "stack"):
+            self.threads.stack = []
+        return self.threads.stack
+
+    def _cuCtxPushCurrent_v2(self, context):
+        self._stack().append(context)
+        return 0
+
+    def _cuCtxPopCurrent_v2(self, out):
+        out._obj.value = self._stack().pop() if self._stack() else None
+        return 0
+
+    def _cuCtxGetCurrent(self, out):
+        out._obj.value = self._stack()[-1] if self._stack() else None
+        return 0
+
+    def _cuCtxSetCurrent(self, context):
+        stack = self._stack()
+        if not context:
+            stack[-1:] = []
+        elif stack:
+            stack[-1] = context
+        else:
+            stack.append(context)
+        return 0
+
+    def current(self):
+        """The context current on the calling thread (0 for none)."""
+        return self._stack()[-1] if self._stack() else 0
 
     def _cuGraphInstantiateWithFlags(self, out, graph, flags):
         out._obj.value = 0xCD
@@ -252,9 +314,54 @@ def test_driver_wrappers(fake_lib):
     with pytest.raises(ValueError, match="C-contiguous"):
         cuda_driver.copy_to_device(0x5000, view.T, stream)
     context = cuda_driver.Context(0)
+    assert context.compute_capability == (8, 6)
     context.close()
     context.close()
     assert len(fake_lib.named("cuCtxPopCurrent_v2")) == len(fake_lib.named("cuDevicePrimaryCtxRelease_v2")) == 1
+
+
+def in_thread(function):
+    """Call ``function`` on a new thread; return what it returned, or raise what it raised."""
+    result = {}
+
+    def run():
+        try:
+            result["value"] = function()
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the calling thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def test_context_is_made_current_on_the_calling_thread(fake_lib):
+    context = cuda_driver.Context(0)
+    assert fake_lib.current() == context.handle
+    fake_lib.calls.clear()
+    # Already current here: the driver is asked once, and nothing is changed; then the thread's flag alone.
+    context.make_current()
+    context.ensure_current()
+    assert [c[0] for c in fake_lib.calls] == ["cuCtxGetCurrent"]
+
+    def worker():
+        fake_lib.calls.clear()
+        # A new thread has no context: the first call binds it, the next ones ask nothing of the driver.
+        for _ in range(3):
+            context.ensure_current()
+        assert fake_lib.current() == context.handle
+        calls = [c[0] for c in fake_lib.calls] + [c[1] for c in fake_lib.named("cuCtxSetCurrent")]
+        # Released from a thread that did not push it: this thread's binding is undone, the other's stack kept.
+        context.close()
+        return calls, fake_lib.current()
+
+    calls, after = in_thread(worker)
+    assert calls == ["cuCtxGetCurrent", "cuCtxSetCurrent", context.handle]
+    assert after == 0 and fake_lib.current() == context.handle
+    assert not fake_lib.named("cuCtxPopCurrent_v2") and len(fake_lib.named("cuDevicePrimaryCtxRelease_v2")) == 1
 
 
 def test_cuda_graph_capture(fake_lib):
@@ -289,7 +396,12 @@ FAKE_LIBCUDA = r"""
 #include <string.h>
 
 static int retained, ctx_token, capture_mode = -1, launches;
-static CUcontext current;
+/* Each thread's context stack, as the driver keeps one per thread: a call that needs a context fails without
+   one, with the driver's own error. */
+static __thread CUcontext stack[4];
+static __thread int depth;
+#define current (depth ? stack[depth - 1] : NULL)
+#define NEED_CONTEXT if (current == NULL) return CUDA_ERROR_INVALID_CONTEXT
 static long ticks;
 
 int fake_state(const char *what) {
@@ -301,7 +413,9 @@ int fake_state(const char *what) {
 }
 CUresult CUDAAPI cuInit(unsigned int Flags) { return Flags == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE; }
 CUresult CUDAAPI cuGetErrorName(CUresult error, const char **pStr) {
-    *pStr = error == CUDA_ERROR_INVALID_DEVICE ? "CUDA_ERROR_INVALID_DEVICE" : "CUDA_ERROR_UNKNOWN";
+    *pStr = error == CUDA_ERROR_INVALID_DEVICE    ? "CUDA_ERROR_INVALID_DEVICE"
+            : error == CUDA_ERROR_INVALID_CONTEXT ? "CUDA_ERROR_INVALID_CONTEXT"
+                                                  : "CUDA_ERROR_UNKNOWN";
     return CUDA_SUCCESS;
 }
 CUresult CUDAAPI cuDeviceGet(CUdevice *device, int ordinal) {
@@ -313,35 +427,61 @@ CUresult CUDAAPI cuDeviceGetName(char *name, int len, CUdevice dev) {
     strncpy(name, "Fake CUDA device", len);
     return CUDA_SUCCESS;
 }
+CUresult CUDAAPI cuDeviceGetAttribute(int *pi, CUdevice_attribute attrib, CUdevice dev) {
+    if (attrib == CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR) *pi = 9;
+    else if (attrib == CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR) *pi = 0;
+    else return CUDA_ERROR_INVALID_VALUE;
+    return CUDA_SUCCESS;
+}
 CUresult CUDAAPI cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev) {
     *pctx = (CUcontext)&ctx_token;
     retained++;
     return CUDA_SUCCESS;
 }
 CUresult CUDAAPI cuDevicePrimaryCtxRelease(CUdevice dev) { retained--; return CUDA_SUCCESS; }
-CUresult CUDAAPI cuCtxPushCurrent(CUcontext ctx) { current = ctx; return CUDA_SUCCESS; }
-CUresult CUDAAPI cuCtxPopCurrent(CUcontext *pctx) { *pctx = current; current = NULL; return CUDA_SUCCESS; }
+CUresult CUDAAPI cuCtxPushCurrent(CUcontext ctx) {
+    if (depth == 4) return CUDA_ERROR_INVALID_VALUE;
+    stack[depth++] = ctx;
+    return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuCtxPopCurrent(CUcontext *pctx) {
+    if (depth == 0) return CUDA_ERROR_INVALID_CONTEXT;
+    *pctx = stack[--depth];
+    return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuCtxGetCurrent(CUcontext *pctx) { *pctx = current; return CUDA_SUCCESS; }
+CUresult CUDAAPI cuCtxSetCurrent(CUcontext ctx) {
+    /* As cuda.h says: replaces the top of the stack (pushes onto an empty one); NULL pops the top, if any. */
+    if (ctx == NULL) depth -= depth > 0;
+    else if (depth) stack[depth - 1] = ctx;
+    else stack[depth++] = ctx;
+    return CUDA_SUCCESS;
+}
 CUresult CUDAAPI cuStreamCreate(CUstream *phStream, unsigned int Flags) {
+    NEED_CONTEXT;
     *phStream = (CUstream)malloc(8);
     return Flags == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 CUresult CUDAAPI cuStreamDestroy(CUstream hStream) { free(hStream); return CUDA_SUCCESS; }
-CUresult CUDAAPI cuStreamSynchronize(CUstream hStream) { return CUDA_SUCCESS; }
+CUresult CUDAAPI cuStreamSynchronize(CUstream hStream) { NEED_CONTEXT; return CUDA_SUCCESS; }
 CUresult CUDAAPI cuMemAlloc(CUdeviceptr *dptr, size_t bytesize) {
+    NEED_CONTEXT;
     *dptr = (CUdeviceptr)(uintptr_t)aligned_alloc(256, (bytesize + 255) / 256 * 256);
     return CUDA_SUCCESS;
 }
-CUresult CUDAAPI cuMemFree(CUdeviceptr dptr) { free((void *)(uintptr_t)dptr); return CUDA_SUCCESS; }
+CUresult CUDAAPI cuMemFree(CUdeviceptr dptr) { NEED_CONTEXT; free((void *)(uintptr_t)dptr); return CUDA_SUCCESS; }
 CUresult CUDAAPI cuMemHostAlloc(void **pp, size_t bytesize, unsigned int Flags) {
     *pp = malloc(bytesize);
     return CUDA_SUCCESS;
 }
 CUresult CUDAAPI cuMemFreeHost(void *p) { free(p); return CUDA_SUCCESS; }
 CUresult CUDAAPI cuMemcpyHtoDAsync(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount, CUstream hStream) {
+    NEED_CONTEXT;
     memcpy((void *)(uintptr_t)dstDevice, srcHost, ByteCount);
     return CUDA_SUCCESS;
 }
 CUresult CUDAAPI cuMemcpyDtoHAsync(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream) {
+    NEED_CONTEXT;
     memcpy(dstHost, (void *)(uintptr_t)srcDevice, ByteCount);
     return CUDA_SUCCESS;
 }
@@ -368,7 +508,11 @@ CUresult CUDAAPI cuGraphInstantiate(CUgraphExec *phGraphExec, CUgraph hGraph, un
     *phGraphExec = (CUgraphExec)malloc(8);
     return flags == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
-CUresult CUDAAPI cuGraphLaunch(CUgraphExec hGraphExec, CUstream hStream) { launches++; return CUDA_SUCCESS; }
+CUresult CUDAAPI cuGraphLaunch(CUgraphExec hGraphExec, CUstream hStream) {
+    NEED_CONTEXT;
+    launches++;
+    return CUDA_SUCCESS;
+}
 CUresult CUDAAPI cuGraphExecDestroy(CUgraphExec hGraphExec) { free(hGraphExec); return CUDA_SUCCESS; }
 CUresult CUDAAPI cuGraphDestroy(CUgraph hGraph) { free(hGraph); return CUDA_SUCCESS; }
 """
@@ -402,6 +546,8 @@ def test_driver_calls_through_ctypes_on_a_compiled_libcuda(compiled_libcuda, mon
 
     context = cuda_driver.Context(0)
     assert context.name == "Fake CUDA device" and state("retained") == 1 and state("current") == 1
+    # The stand-in answers only the header's own CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_* values.
+    assert context.compute_capability == (9, 0)
     with pytest.raises(CudaError, match=r"cuDeviceGet\(1\) failed: CUDA_ERROR_INVALID_DEVICE"):
         cuda_driver.Context(1)
     stream, start, end = cuda_driver.Stream(), cuda_driver.Event(), cuda_driver.Event()
@@ -432,6 +578,38 @@ def test_driver_calls_through_ctypes_on_a_compiled_libcuda(compiled_libcuda, mon
     assert state("retained") == 0 and state("current") == 0
 
 
+def test_copies_from_another_thread_on_a_compiled_libcuda(compiled_libcuda, monkeypatch):
+    # The defect LoadGen's worker threads met: the context is current only where it was activated.
+    lib = compiled_libcuda
+    lib.fake_state.restype = ctypes.c_int
+    bound = cuda_driver.Driver(lib)
+    monkeypatch.setattr(cuda_driver, "driver", lambda: bound)
+    context = cuda_driver.Context(0)
+    stream, device, host = cuda_driver.Stream(), cuda_driver.DeviceBuffer(64), cuda_driver.HostBuffer(64)
+    data = np.arange(16, dtype=np.float32)
+
+    def bare():
+        cuda_driver.copy_to_device(device.ptr, data, stream)
+
+    with pytest.raises(CudaError, match="cuMemcpyHtoDAsync failed: CUDA_ERROR_INVALID_CONTEXT"):
+        in_thread(bare)
+
+    def worker():
+        context.ensure_current()
+        cuda_driver.copy_to_device(device.ptr, data, stream)
+        cuda_driver.copy_to_host(host.array((16,), np.float32), device.ptr, stream)
+        stream.synchronize()
+        return lib.fake_state(b"current")
+
+    assert in_thread(worker) == 1
+    np.testing.assert_array_equal(host.array((16,), np.float32), data)
+    stream.close()
+    device.free()
+    host.free()
+    context.close()
+    assert lib.fake_state(b"retained") == 0 and lib.fake_state(b"current") == 0
+
+
 # -------------------------------------------------------------------------- fake TensorRT, fake driver
 
 
@@ -453,9 +631,19 @@ class FakeState:
         self.max_output_size = 2 * 8 * 8
         self.profile_shapes: dict | None = None
         self.frees = 0
+        # The context current on each thread, and how often the driver was asked to make it current.
+        self.threads = threading.local()
+        self.context_checks = 0
+        self.tf32_flags: list[bool] = []
+        self.compute_capability = (9, 0)
 
     def calls(self, *kinds: str) -> list[tuple]:
         return [entry for entry in self.log if entry[0] in kinds]
+
+    def need_context(self, what: str) -> None:
+        """Fail as the driver does when no context is current on the calling thread."""
+        if getattr(self.threads, "current", None) is None:
+            raise CudaError(f"{what} failed: CUDA_ERROR_INVALID_CONTEXT")
 
 
 def fake_driver(state: FakeState):
@@ -465,15 +653,28 @@ def fake_driver(state: FakeState):
     class Context:
         def __init__(self, device_id):
             self.name = "Fake GPU"
+            self.compute_capability = state.compute_capability
             state.log.append(("context", device_id))
+            # Pushed on the activating thread.
+            state.threads.current = self
+
+        def make_current(self):
+            state.context_checks += 1
+            state.threads.current = self
+
+        def ensure_current(self):
+            if getattr(state.threads, "current", None) is not self:
+                self.make_current()
 
         def close(self):
+            state.need_context("cuDevicePrimaryCtxRelease")
             state.log.append(("context_closed",))
 
     class Stream:
         handle = 0x5151
 
         def synchronize(self):
+            state.need_context("cuStreamSynchronize")
             state.log.append(("sync",))
 
         def close(self):
@@ -484,6 +685,7 @@ def fake_driver(state: FakeState):
             self.time = 0
 
         def record(self, stream):
+            state.need_context("cuEventRecord")
             state.clock += 1
             self.time = state.clock
             state.log.append(("record",))
@@ -499,6 +701,7 @@ def fake_driver(state: FakeState):
 
     class DeviceBuffer:
         def __init__(self, nbytes):
+            state.need_context("cuMemAlloc")
             self.nbytes = max(int(nbytes), 1)
             state.next_ptr += 4096 * (1 + self.nbytes // 4096)
             self.ptr = state.next_ptr
@@ -506,6 +709,7 @@ def fake_driver(state: FakeState):
 
         def free(self):
             if self.ptr:
+                state.need_context("cuMemFree")
                 del state.memory[self.ptr]
                 self.ptr = 0
                 state.frees += 1
@@ -522,11 +726,13 @@ def fake_driver(state: FakeState):
             state.frees += 1
 
     def copy_to_device(dst, src, stream, nbytes=None):
+        state.need_context("cuMemcpyHtoDAsync")
         size = src.nbytes if nbytes is None else nbytes
         state.memory[dst][:size] = src.view(np.uint8).reshape(-1)[:size].tobytes()
         state.log.append(("htod", state.names.get(dst, dst)))
 
     def copy_to_host(dst, src, stream, nbytes=None):
+        state.need_context("cuMemcpyDtoHAsync")
         size = dst.nbytes if nbytes is None else nbytes
         dst.view(np.uint8).reshape(-1)[:size] = np.frombuffer(bytes(state.memory[src][:size]), np.uint8)
         state.log.append(("dtoh", state.names.get(src, src)))
@@ -542,6 +748,7 @@ def fake_driver(state: FakeState):
             self.launches = 0
 
         def launch(self, stream):
+            state.need_context("cuGraphLaunch")
             state.log.append(("launch",))
             for op in self.ops:
                 op()
@@ -576,6 +783,7 @@ def fake_tensorrt(state: FakeState):
     trt.__version__ = state.version
     trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
+    trt.BuilderFlag = types.SimpleNamespace(TF32="tf32", SPARSE_WEIGHTS="sparse_weights")
     trt.ProfilingVerbosity = types.SimpleNamespace(DETAILED="detailed", LAYER_NAMES_ONLY="layer_names_only")
     trt.LayerInformationFormat = types.SimpleNamespace(JSON="json", ONELINE="oneline")
     trt.TensorIOMode = types.SimpleNamespace(INPUT="input", OUTPUT="output")
@@ -636,6 +844,17 @@ def fake_tensorrt(state: FakeState):
         def __init__(self):
             self.profiling_verbosity = trt.ProfilingVerbosity.LAYER_NAMES_ONLY
             self.timing = None
+            # TensorRT's default: TF32 allowed.
+            self.flags = {trt.BuilderFlag.TF32}
+
+        def get_flag(self, flag):
+            return flag in self.flags
+
+        def set_flag(self, flag):
+            self.flags.add(flag)
+
+        def clear_flag(self, flag):
+            self.flags.discard(flag)
 
         def set_memory_pool_limit(self, pool, size):
             self.workspace = size
@@ -674,6 +893,7 @@ def fake_tensorrt(state: FakeState):
         def build_serialized_network(self, network, config):
             state.builds += 1
             state.verbosity = config.profiling_verbosity
+            state.tf32_flags.append(config.get_flag(trt.BuilderFlag.TF32))
             inputs = {t.name: list(t.shape) for t in network.inputs}
             return json.dumps({"kind": network.kind, "inputs": inputs}).encode()
 
@@ -775,6 +995,8 @@ def fake_tensorrt(state: FakeState):
 
         def execute_async_v3(self, stream_handle):
             assert stream_handle == 0x5151
+            # TensorRT's kernels run in the context current on the calling thread.
+            state.need_context("execute_async_v3")
             if state.capturing is not None:
                 # A capture records the work; nothing runs until the graph is launched.
                 state.capturing.append(self._run)
@@ -855,6 +1077,34 @@ def test_run_prepared_is_the_enqueue_and_a_sync(fake, tmp_path, include_copies):
         np.testing.assert_array_equal(engine._host["y"], x + 1)
 
 
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_every_entry_point_works_from_another_thread(fake, tmp_path, cuda_graph):
+    # LoadGen's workers call infer on threads of their own, never the one that activated the engine.
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    engine = engine_for(add_one_model(tmp_path), {"x": (2, 4)}, fake, cuda_graph=cuda_graph, include_copies=True)
+    checks = fake.context_checks
+    served = in_thread(lambda: [engine.infer({"x": x}) for _ in range(3)])
+    np.testing.assert_array_equal(served[-1]["y"], x + 1)
+    # The first query on a thread asks the driver; the next ones check a thread-local flag alone.
+    assert fake.context_checks - checks == 1
+
+    def timed():
+        engine.prepare({"x": x})
+        checks = fake.context_checks
+        for _ in range(5):
+            engine.run_prepared()
+        # Once this thread holds the context, the timed loop asks the driver nothing more.
+        return fake.context_checks - checks, engine.timing_breakdown(3)
+
+    extra, breakdown = in_thread(timed)
+    assert extra == 0 and breakdown["compute_ms"] == 0.25
+    np.testing.assert_array_equal(engine._host["y"], x + 1)
+    # run_prepared alone on a new thread binds the context there first.
+    in_thread(engine.run_prepared)
+    in_thread(engine.deactivate)
+    assert not fake.memory and fake.log[-1] == ("context_closed",)
+
+
 def test_data_dependent_output_is_read_at_the_notified_shape(fake, tmp_path):
     path = nonzero_model(tmp_path)
     first = np.array([[1, -1, 2, -3], [0, 5, 0, 0]], dtype=np.float32)
@@ -904,6 +1154,31 @@ def test_strongly_typed_comes_from_the_network_and_stays_with_the_engine(fake, t
         assert engine.describe()["engine_cache"] == "built" and fake.builds == 2
 
 
+def test_no_tf32_clears_the_builder_flag_and_keys_the_engine(fake, tmp_path, monkeypatch):
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
+    path = add_one_model(tmp_path)
+    runs = {}
+    for tf32 in (True, False):
+        with engine_for(path, {"x": (2, 4)}, fake, tf32=tf32) as engine:
+            runs[tf32] = (engine.describe(), engine.fp32_math())
+    (on, on_math), (off, off_math) = runs[True], runs[False]
+    # TensorRT allows TF32 by default: --no-tf32 clears the flag, and the engine is a different one.
+    assert fake.tf32_flags == [True, False] and fake.builds == 2 and on["engine_key"] != off["engine_key"]
+    assert (on_math, on["fp32_math"], off_math, off["fp32_math"]) == ("TF32", "TF32", "FP32", "FP32")
+    assert (on["tf32"], off["tf32"]) == (True, False)
+    assert json.loads(Path(off["engine_file"]).with_suffix(".json").read_text())["settings"]["tf32"] is False
+    # NVIDIA_TF32_OVERRIDE=0 keeps TensorRT from TF32 whatever the flag: that is the --no-tf32 engine.
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")
+    with engine_for(path, {"x": (2, 4)}, fake) as engine:
+        assert engine.fp32_math() == "FP32" and engine.describe()["engine_key"] == off["engine_key"]
+    assert fake.builds == 2
+    # A GPU older than Ampere has no TF32: its FP32 is FP32 whatever was allowed.
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE")
+    fake.compute_capability = (7, 5)
+    with engine_for(path, {"x": (2, 4)}, fake) as engine:
+        assert engine.fp32_math() == "FP32" and engine.describe()["fp32_math"] == "FP32"
+
+
 def test_tensorrt_11_networks_are_strongly_typed(fake, tmp_path):
     fake.version = "11.4.0.106"
     with engine_for(add_one_model(tmp_path), {"x": (2, 4)}, fake) as engine:
@@ -951,6 +1226,28 @@ def test_reason_and_install_command(monkeypatch):
     assert TensorRTEngine.unavailable_reason() is None
     monkeypatch.setattr(native, "device_problem", lambda: "no CUDA device is visible to the driver")
     assert TensorRTEngine.unavailable_reason() == "no CUDA device is visible to the driver"
+
+
+def test_a_driver_older_than_the_tensorrt_build_is_a_reason(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(native, "device_problem", lambda: None)
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: object() if n == "tensorrt" else real_find_spec(n, *a)
+    )
+    monkeypatch.setattr(native, "module_version", lambda module: "10.16.1.11")
+    # TensorRT 10.16's tensorrt module comes from tensorrt_cu13 (its metadata's name).
+    monkeypatch.setattr(cuda, "_distributions_of_modules", lambda: {"tensorrt": ["tensorrt_cu13"]})
+    # A CUDA 12.8 driver cannot run a CUDA 13 build (no compatibility across majors).
+    monkeypatch.setattr(cuda, "driver_cuda_version", lambda: "12.8")
+    assert TensorRTEngine.unavailable_reason() == (
+        "the NVIDIA driver supports CUDA 12.8, but TensorRT 10.16.1.11 is built for CUDA 13.0: install an R580 or "
+        "newer driver, or a build of TensorRT 10.16.1.11 for CUDA 12"
+    )
+    # Within the major an older driver runs a newer build; an unknown build or driver says nothing.
+    for driver, distributions in (("13.0", ["tensorrt_cu13"]), ("12.8", ["tensorrt"]), (None, [])):
+        monkeypatch.setattr(cuda, "driver_cuda_version", lambda driver=driver: driver)
+        monkeypatch.setattr(cuda, "_distributions_of_modules", lambda d=distributions: {"tensorrt": d})
+        assert TensorRTEngine.unavailable_reason() is None
 
 
 def test_without_the_package_the_error_names_the_install(monkeypatch, tmp_path):
@@ -1084,3 +1381,53 @@ def test_gpu_detection_model_runs(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r["status"] for r in rows] == ["ok"], [r["error"] for r in rows]
     assert rows[0]["accuracy_metric"] == "box_f1" and rows[0]["accuracy_value"] >= 0.9, rows[0]
+
+
+@pytest.mark.gpu
+@needs_tensorrt
+def test_gpu_calls_from_another_thread(tmp_path):
+    # The real driver refuses a copy on a thread where no context is current: each entry point binds it.
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    with TensorRTEngine({"include_copies": True, "provider_options": {"cache_dir": str(tmp_path)}}) as engine:
+        engine.activate(add_one_model(tmp_path), {"x": [2, 4]})
+        np.testing.assert_array_equal(in_thread(lambda: engine.infer({"x": x}))["y"], x + 1)
+
+        def timed():
+            engine.prepare({"x": x})
+            for _ in range(3):
+                engine.run_prepared()
+            return engine.timing_breakdown(3)
+
+        assert in_thread(timed)["compute_ms"] > 0
+        np.testing.assert_array_equal(engine._host["y"], x + 1)
+
+
+@pytest.mark.gpu
+@needs_tensorrt
+def test_gpu_loadgen_scenarios_on_tensorrt(tmp_path):
+    # LoadGen's SUT calls infer from worker threads (two at --concurrency 2), never the activating one.
+    argv = ["run", "--models", "resnet50", "--engines", "tensorrt", "--precisions", "fp32", "--batch-sizes", "1"]
+    argv += ["--scenario", "latency,single-stream,offline", "--concurrency", "1,2", "--min-duration-s", "0.3"]
+    assert suite.main([*argv, *QUICK, "--out", str(tmp_path)]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in rows] == ["ok"] * 4, [r["error"] for r in rows]
+    closed = next(r for r in rows if r["scenario"] == "latency")
+    for row in rows:
+        if row["scenario"] != "latency":
+            assert row["loadgen_validity"] and row["throughput_samples_per_s"] > 0, row
+        # LoadGen's accuracy run served every sample from its workers: scored as the closed loop's outputs were.
+        assert row["accuracy_value"] == closed["accuracy_value"], row["cell_id"]
+
+
+@pytest.mark.gpu
+@needs_tensorrt
+def test_gpu_no_tf32_computes_in_fp32(tmp_path):
+    # 1 + 2**-12 is exact in FP32 and rounds to 1 in TF32 (10 mantissa bits): x @ w is 256.125 in FP32 and
+    # 256 in TF32. TF32 is only allowed, never required, so only the --no-tf32 engine's answer is certain.
+    weight = np.full((256, 64), 1 + 2**-12, np.float32)
+    x = np.full((64, 256), 1 + 2**-12, np.float32)
+    with TensorRTEngine({"tf32": False, "provider_options": {"cache_dir": str(tmp_path)}}) as engine:
+        engine.activate(matmul_model(tmp_path, weight), {"x": [64, 256]})
+        y = engine.infer({"x": x})["y"]
+        assert engine.fp32_math() == "FP32" and engine.describe()["tf32"] is False
+    np.testing.assert_allclose(y, x.astype(np.float64) @ weight, rtol=1e-5)
