@@ -129,7 +129,7 @@ def device_names() -> list[str]:
 
 
 # CUdevice_attribute codes of the compute capability (cuda.h).
-_COMPUTE_CAPABILITY_MAJOR, _COMPUTE_CAPABILITY_MINOR = 75, 76
+ATTRIBUTE_CC_MAJOR, ATTRIBUTE_CC_MINOR = 75, 76
 
 
 def compute_capability(device_id: int = 0) -> tuple[int, int] | None:
@@ -142,7 +142,7 @@ def compute_capability(device_id: int = 0) -> tuple[int, int] | None:
     if lib.cuDeviceGet(ctypes.byref(device), int(device_id)) != 0:
         return None
     values = []
-    for attribute in (_COMPUTE_CAPABILITY_MAJOR, _COMPUTE_CAPABILITY_MINOR):
+    for attribute in (ATTRIBUTE_CC_MAJOR, ATTRIBUTE_CC_MINOR):
         value = ctypes.c_int(0)
         if lib.cuDeviceGetAttribute(ctypes.byref(value), attribute, device) != 0:
             return None

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.cuda import CudaError, error_name, libcuda_name
+from engines.cuda import ATTRIBUTE_CC_MAJOR, ATTRIBUTE_CC_MINOR, CudaError, error_name, libcuda_name
 
 _c = ctypes
 # Opaque handles (CUcontext, CUstream, CUevent, CUgraph, CUgraphExec) are pointers; CUdeviceptr is an
@@ -72,8 +72,6 @@ PROTOTYPES: dict[str, tuple[tuple[str, ...], tuple[Any, ...]]] = {
 }
 # CUstreamCaptureMode: thread-local, as trtexec captures, so work other threads queue is not swept in.
 CAPTURE_THREAD_LOCAL = 1
-# CUdevice_attribute: the compute capability's major and minor numbers.
-ATTRIBUTE_CC_MAJOR, ATTRIBUTE_CC_MINOR = 75, 76
 
 
 class Driver:
