@@ -8,6 +8,7 @@ import json
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,18 @@ def test_node_providers_reads_the_provider_of_every_node_from_a_profile():
         "by_provider": {"CUDAExecutionProvider": 1, "CPUExecutionProvider": 1},
         "off_gpu_ops": {"NonMaxSuppression": 1},
     }
+
+
+def test_a_step_that_hangs_mid_line_is_stopped_at_the_budget(tmp_path, monkeypatch):
+    # A progress bar redrawn with a carriage return and no newline, then a hang: the step must still stop at
+    # the budget's end (a line-by-line read would wait for a newline that never comes).
+    monkeypatch.setattr(run, "RESERVE_S", 0)
+    check = run.Check(tmp_path, 5.5, tmp_path / "work")
+    program = "import sys, time; print('cells 0%\\rcells 50%', flush=True); sys.stdout.write('cells 60%'); "
+    program += "sys.stdout.flush(); time.sleep(60)"
+    started = time.monotonic()
+    assert check.step("hang", [sys.executable, "-c", program]) == 124
+    assert time.monotonic() - started < 20
+    assert check.out_of_time and not check.failed
+    log = (tmp_path / "check.log").read_text()
+    assert "\ncells 50%\n" in log and "at the end of the budget" in log

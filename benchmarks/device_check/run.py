@@ -106,8 +106,7 @@ class Check:
         kept = output.open("a") if output else None
         # A process group of its own, so that a stop also ends the suite's cell processes.
         child = subprocess.Popen(
-            command, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True,
+            command, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         try:
             for line in _lines(child, started + limit):
@@ -130,9 +129,13 @@ class Check:
         seconds = time.monotonic() - started
         cpu = _children_cpu_s() - cpu_before
         self.steps.append({"step": name, "status": status, "seconds": round(seconds, 1), "cpu_s": round(cpu, 1)})
-        if status == 124:
+        if status == 124 and limit < (cap_s or float("inf")):
             self.out_of_time = True
-            self.say(f"== {name}: stopped after {seconds:.0f} s, at the end of its time")
+            self.say(f"== {name}: stopped after {seconds:.0f} s, at the end of the budget")
+        elif status == 124:
+            # Its own cap, not the budget: a step that hangs is a failure, and the check goes on.
+            self.failed = True
+            self.say(f"== {name}: stopped after {seconds:.0f} s, its own limit")
         else:
             self.failed |= status != 0
             self.say(f"== {name}: exit {status} after {seconds:.1f} s")
@@ -147,22 +150,29 @@ def _children_cpu_s() -> float:
 
 
 def _lines(child: subprocess.Popen, deadline: float):
-    """The child's output lines as they come; TimeoutError at ``deadline`` (monotonic)."""
+    """The child's output lines as they come; TimeoutError at ``deadline`` (monotonic). Reads whatever bytes
+    are there rather than whole lines: a progress bar redraws with carriage returns and no newline, and a
+    readline() would block past the deadline while a cell hangs mid-bar."""
     import selectors
 
     selector = selectors.DefaultSelector()
     selector.register(child.stdout, selectors.EVENT_READ)
+    pending = b""
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError
         if not selector.select(min(left, 1.0)):
             continue
-        line = child.stdout.readline()
-        if not line:
+        chunk = os.read(child.stdout.fileno(), 1 << 16)
+        if not chunk:
+            if pending:
+                yield pending.decode(errors="replace").split("\r")[-1]
             return
-        # tqdm's bars redraw with carriage returns: keep the last state of each line.
-        yield line.rstrip("\n").split("\r")[-1]
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            # tqdm's bars redraw with carriage returns: keep the last state of each line.
+            yield line.decode(errors="replace").split("\r")[-1]
 
 
 def nvidia_lib_dirs() -> list[str]:
