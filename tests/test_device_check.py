@@ -124,24 +124,22 @@ def test_install_without_a_pack_says_so_in_one_line(tmp_path, capsys):
     assert "\n" not in line and "run benchmarks/device_check/pack.py first" in line
 
 
-def test_table_has_one_line_per_row_and_the_steps():
+def test_table_has_one_line_per_row_with_the_bare_loop_and_the_nodes_on_the_gpu():
     row = {
-        "check_variant": "tf32", "model": "resnet50", "precision": "fp16", "fp32_math": None, "status": "ok",
-        "engine_settings": json.dumps({"include_copies": True}), "latency_ms_p50": 1.23456, "latency_ms_p99": 2.0,
-        "throughput_samples_per_s": 800.0, "accuracy_metric": "top1_agreement", "accuracy_value": 1.0,
-        "accuracy_cosine": 0.99999,
+        "check_variant": "tf32", "model": "resnet50", "precision": "fp16", "engine": "ort-cuda", "fp32_math": None,
+        "status": "ok", "engine_settings": json.dumps({"include_copies": False}), "latency_ms_p50": 1.23456,
+        "latency_ms_p99": 2.0, "throughput_samples_per_s": 800.0, "accuracy_metric": "top1_agreement",
+        "accuracy_value": 1.0, "accuracy_cosine": 0.99999,
     }  # fmt: skip
-    text = run.table([row], [{"step": "install", "status": 0, "seconds": 3.2}])
-    assert "| resnet50 | tf32 | fp16 | - | yes | 1.235 | 2 | 800 | top1_agreement 1 | 1 | ok |" in text
+    # gpu_bare_loop.py's own line format: model, precision, engine, batch, status, suite p50, bare p50, ratio.
+    loop = f"{'resnet50':<14}{'fp16':<6}{'ort-cuda':<10}{1:>6}  {'ok':<12}{1.235:>11.3f}{1.1:>11.3f}{1.123:>8.3f}\n"
+    loop += f"{'resnet50':<14}{'int8':<6}{'ort-cuda':<10}{1:>6}  {'failed':<12}{'-':>11}{'':>11}{'':>8}  Error: x\n"
+    bare = {(*key, "tf32"): p50 for key, p50 in run.bare_p50s(loop).items()}
+    assert bare == {("resnet50", "fp16", "tf32"): 1.1}
+    placed = {("resnet50", "fp16", "ort-cuda"): {"nodes": 60, "by_provider": {"CUDAExecutionProvider": 58}}}
+    text = run.table([row], [{"step": "install", "status": 0, "seconds": 3.2}], bare, placed)
+    assert "| resnet50 | tf32 | fp16 | - | no | 1.235 | 1.1 | 2 | 800 | top1_agreement 1 | 1 | 58/60 | ok |" in text
     assert "| install | 0 | 3.2 | - |" in text
-
-
-def test_device_script_says_why_bert_cannot_run_there():
-    refused = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/device_check/run.py"), "--out", "x", "--models", "resnet50,bert_base"],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert refused.returncode == 2 and "bert_base is exported from TensorFlow" in refused.stderr
 
 
 def test_node_providers_reads_the_provider_of_every_node_from_a_profile():
@@ -180,3 +178,11 @@ def test_a_step_that_hangs_mid_line_is_stopped_at_the_budget(tmp_path, monkeypat
     assert check.out_of_time and not check.failed
     log = (tmp_path / "check.log").read_text()
     assert "\ncells 50%\n" in log and "at the end of the budget" in log
+
+
+def test_device_script_says_why_bert_cannot_run_there():
+    refused = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/device_check/run.py"), "--out", "x", "--models", "resnet50,bert_base"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "bert_base is exported from TensorFlow" in refused.stderr

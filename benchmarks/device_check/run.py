@@ -21,8 +21,9 @@ In order, each step a child process stopped at the budget's end (what finished i
    FP32 (TF32), FP16 and INT8, then FP32 with ``--no-tf32``, then all three with ``--include-copies``, batch 1,
    accuracy against ONNX Runtime CPU FP32 in every row; the provider of every node (an ONNX Runtime profile
    of the suite's engine); the bare loop of ``benchmarks/gpu_bare_loop.py``;
-5. ``OUT``: table.md (one line per cell), results.jsonl (every row), bare_loop.txt, providers.jsonl,
-   steps.json (each step's seconds), check.log (everything printed).
+5. ``OUT``: table.md (one line per cell, with the bare loop's p50 and the nodes on the GPU beside the suite's
+   numbers), results.jsonl (every row), bare_loop.txt, providers.jsonl, steps.json (each step's seconds),
+   check.log (everything printed).
 
 ``--dry-run`` (what ``dry_run.sh`` runs on a machine without a GPU) builds the artifacts before the GPU
 check, so that everything up to the first GPU call is exercised; it then stops with exit status 3 and the line
@@ -57,6 +58,8 @@ NOT_HERE = {
     "cannot travel"
     for name in ("bert", "bert_base")
 }
+# Each run's bare-loop table, kept beside its results.jsonl, all of them joined in OUT.
+BARE_LOOP = "bare_loop.txt"
 RUN_ARGS = ["--engines", "ort-cuda", "--size", "full", "--batch-sizes", "1", "--warmup-s", "1", "--duration-s", "2"]
 
 
@@ -257,7 +260,7 @@ import sys, onnxruntime as ort
 print("python", sys.version.split()[0], "onnxruntime", ort.__version__, "from", ort.__file__)
 print("providers in this build:", ", ".join(ort.get_available_providers()))
 from importlib.metadata import distributions
-names = [(d.metadata["Name"], d.version) for d in distributions()]
+names = [(d.metadata["Name"] or "", d.version) for d in distributions()]
 seen = sorted(f"{name} {version}" for name, version in names if name.startswith("onnxruntime"))
 print("onnxruntime distributions seen:", ", ".join(seen))
 sys.exit(0 if "CUDAExecutionProvider" in ort.get_available_providers() and len(seen) == 1 else 1)
@@ -367,12 +370,12 @@ def _check(check: Check, args: argparse.Namespace) -> int:
         )  # fmt: skip
         check.step(
             f"{model} bare loop", [py, "benchmarks/gpu_bare_loop.py", str(runs / "tf32"), "--seconds", "2"],
-            cap_s=90, output=args.out / "bare_loop.txt",
+            cap_s=90, output=runs / "tf32" / BARE_LOOP,
         )  # fmt: skip
         check.step(f"{model} fp32", [*suite_run, "--precisions", "fp32", "--no-tf32", "--out", str(runs / "fp32")])
         check.step(
             f"{model} bare loop fp32", [py, "benchmarks/gpu_bare_loop.py", str(runs / "fp32"), "--seconds", "2"],
-            cap_s=60, output=args.out / "bare_loop.txt",
+            cap_s=60, output=runs / "fp32" / BARE_LOOP,
         )  # fmt: skip
         check.step(
             f"{model} copies",
@@ -390,37 +393,68 @@ def _has(program: str) -> bool:
 
 
 def _write_outputs(check: Check, args: argparse.Namespace) -> None:
-    """results.jsonl (every row, with the variant it came from), table.md and steps.json into ``--out``."""
-    rows = []
+    """results.jsonl (every row, with the variant it came from), bare_loop.txt (every run's), table.md and
+    steps.json into ``--out``."""
+    rows, bare, texts = [], {}, []
     for results in sorted((check.work / "runs").glob("*/*/results.jsonl")):
+        variant = results.parent.name
         for line in results.read_text().splitlines():
-            rows.append({"check_variant": results.parent.name, **json.loads(line)})
+            rows.append({"check_variant": variant, **json.loads(line)})
+        loop = results.parent / BARE_LOOP
+        if loop.is_file():
+            texts.append(f"== {results.parent.parent.name} {variant}\n{loop.read_text()}")
+            bare.update({(*key, variant): p50 for key, p50 in bare_p50s(loop.read_text()).items()})
     with (args.out / "results.jsonl").open("w") as out:
         out.writelines(json.dumps(row) + "\n" for row in rows)
+    if texts:
+        (args.out / BARE_LOOP).write_text("\n".join(texts))
+    providers = {}
+    if (args.out / "providers.jsonl").is_file():
+        for line in (args.out / "providers.jsonl").read_text().splitlines():
+            entry = json.loads(line)
+            providers[(entry["model"], entry["precision"], entry["engine"])] = entry
     (args.out / "steps.json").write_text(json.dumps(check.steps, indent=1) + "\n")
-    (args.out / "table.md").write_text(table(rows, check.steps))
+    (args.out / "table.md").write_text(table(rows, check.steps, bare, providers))
 
 
-def table(rows: list[dict], steps: list[dict]) -> str:
-    """One Markdown line per cell: variant, precision, FP32 math, p50, throughput, accuracy, status; then the
-    steps' seconds."""
+def bare_p50s(text: str) -> dict[tuple[str, str], float]:
+    """(model, precision) -> the bare loop's p50 (ms), from ``gpu_bare_loop.py``'s table: its columns are model,
+    precision, engine, batch, status, the suite's p50, the bare loop's p50 and their ratio."""
+    found = {}
+    for line in text.splitlines():
+        cells = line.split()
+        if len(cells) >= 8 and cells[4] == "ok":
+            try:
+                found[(cells[0], cells[1])] = float(cells[6])
+            except ValueError:
+                continue
+    return found
+
+
+def table(rows: list[dict], steps: list[dict], bare: dict | None = None, providers: dict | None = None) -> str:
+    """One Markdown line per cell: variant, precision, FP32 math, copies, p50 and the bare loop's, throughput,
+    accuracy, nodes on the GPU, status; then the steps' seconds."""
+    bare, providers = bare or {}, providers or {}
     lines = [
-        "| model | variant | prec | fp32 math | copies timed | p50 ms | p99 ms | samples/s | accuracy | cosine "
-        "| status |",
-        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | --- | ---: | --- |",
+        "| model | variant | prec | fp32 math | copies timed | p50 ms | bare p50 ms | p99 ms | samples/s | accuracy "
+        "| cosine | nodes on GPU | status |",
+        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |",
     ]
     for row in rows:
         settings = json.loads(row.get("engine_settings") or "{}")
         accuracy = f"{row.get('accuracy_metric') or ''} {_num(row.get('accuracy_value'))}".strip()
         status = row["status"] + (f": {row['error'][:80]}" if row.get("error") else "")
+        placed = providers.get((row["model"], row["precision"], row["engine"]))
+        on_gpu = f"{placed['by_provider'].get('CUDAExecutionProvider', 0)}/{placed['nodes']}" if placed else "-"
         lines.append(
             f"| {row['model']} | {row['check_variant']} | {row['precision']} | {row.get('fp32_math') or '-'} "
             f"| {'yes' if settings.get('include_copies') else 'no'} | {_num(row.get('latency_ms_p50'))} "
+            f"| {_num(bare.get((row['model'], row['precision'], row['check_variant'])))} "
             f"| {_num(row.get('latency_ms_p99'))} | {_num(row.get('throughput_samples_per_s'))} | {accuracy or '-'} "
-            f"| {_num(row.get('accuracy_cosine'))} | {status} |"
+            f"| {_num(row.get('accuracy_cosine'))} | {on_gpu} | {status} |"
         )
     if not rows:
-        lines.append("| (no cell ran) | | | | | | | | | | |")
+        lines.append("| (no cell ran) |" + " |" * 12)
     lines += ["", "| step | status | seconds | CPU seconds |", "| --- | --- | ---: | ---: |"]
     lines += [f"| {s['step']} | {s['status']} | {s['seconds']} | {s.get('cpu_s', '-')} |" for s in steps]
     return "\n".join(lines) + "\n"
