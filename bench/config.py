@@ -70,8 +70,9 @@ class RunConfig:
     batch_sizes: Mapping[str, tuple[int, ...]]
     size: str = "full"
     engines: tuple[str, ...] = ("ort-cpu",)
-    # Every registered precision unless the run names some (read when a RunConfig is made, not at import).
-    precisions: tuple[str, ...] = field(default_factory=lambda: registry.NAMES)
+    # None: every precision one of the run's engines runs (``common.precisions.run_by``), worked out when a
+    # RunConfig is made, not at import.
+    precisions: tuple[str, ...] | None = None
     timer: TimerSettings = field(default_factory=TimerSettings)
     # Timing rounds each closed-loop cell's window is cut into: the cells of one model, batch size and scenario
     # (its precisions and engines) take turns round by round, each in a warm process of its own. 1: one window.
@@ -101,6 +102,8 @@ class RunConfig:
             raise ConfigError(f"no batch size for {', '.join(missing)}")
         if any(not isinstance(b, int) or b < 1 for sizes in self.batch_sizes.values() for b in sizes):
             raise ConfigError(f"batch sizes must be positive integers, got {dict(self.batch_sizes)}")
+        if self.precisions is None:
+            object.__setattr__(self, "precisions", registry.run_by(self.engines))
         valid = registry.NAMES
         unknown = [p for p in self.precisions if p not in valid]
         if unknown or not self.precisions:

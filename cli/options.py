@@ -164,9 +164,12 @@ def select(args: argparse.Namespace) -> Selection:
         else:
             model_list = split_names(args.models, list(models.all_models()), "model", models.default_models())
     engine_list = parse_engines(args.engines) if command in ("calibrate", "run") else []
-    precision_list = (
-        split_names(args.precisions, precisions.NAMES, "precision", precisions.NAMES) if command == "run" else []
-    )
+    precision_list = []
+    if command == "run":
+        # Default and "all": the precisions one of the run's engines runs, so that the default ort-cpu job plans
+        # no cell of a GPU-only precision. A precision named outright is planned, and unsupported where it cannot run.
+        value = None if (args.precisions or "").strip() == "all" else args.precisions
+        precision_list = split_names(value, precisions.NAMES, "precision", precisions.run_by(engine_list))
     return Selection(tuple(model_list), tuple(engine_list), tuple(precision_list), brought)
 
 
