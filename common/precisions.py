@@ -79,6 +79,20 @@ REGISTRY: tuple[Precision, ...] = (
         quantized=True,
         text="calibrated INT8 Q/DQ graph; every layer that is not quantized runs in FP32",
     ),
+    # INT8 where the INT8 artifact has Q/DQ pairs, every other float layer in FP16 (FP32 inputs and outputs, like
+    # the FP16 artifact): what `trtexec --int8 --fp16` runs, written into the graph for strongly typed TensorRT.
+    # Made from the tensorrt INT8 flavour only; ONNX Runtime's CPU provider has no float16 Conv.
+    Precision(
+        "int8fp16",
+        "#d62728",
+        "diamond",
+        "int8",
+        builder="calibration.int8_fp16",
+        quantized=True,
+        engines=("tensorrt", "ort-trt", "ort-cuda", "ort:TensorrtExecutionProvider"),
+        text="the INT8 Q/DQ graph with FP16 scales and every layer that is not quantized in FP16, FP32 inputs and "
+        "outputs (what trtexec --int8 --fp16 runs); GPU engines only",
+    ),
 )
 
 NAMES: tuple[str, ...] = tuple(p.name for p in REGISTRY)

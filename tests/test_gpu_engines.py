@@ -26,6 +26,7 @@ from bench.env import environment
 from bench.isolation import run_isolated
 from cli.options import UsageError, engine_options_from, parse_engines
 from cli.parser import build_parser
+from common import precisions
 from engines import EngineError, UnknownEngineError
 from engines.cuda import TENSORRT_INSTALL, device_problem, gpu_environment, nvidia_smi_gpus
 from engines.options import EngineOptions, parse_provider_options, provider_share
@@ -588,7 +589,8 @@ def test_no_gpu_means_no_gpu_section():
 
 @pytest.fixture(scope="module")
 def mixed_run(tmp_path_factory):
-    """A tiny run that asks for every engine, ort:CPUExecutionProvider included, in all three precisions."""
+    """A tiny run that asks for every engine, ort:CPUExecutionProvider included, in every precision one of them
+    runs (int8fp16 is the GPU engines')."""
     out = tmp_path_factory.mktemp("mixed")
     asked = ["ort-cpu", *GPU_ENGINES, "ort:CPUExecutionProvider"]
     status = suite.main(
@@ -602,9 +604,11 @@ def mixed_run(tmp_path_factory):
 
 def test_unusable_engines_give_unsupported_rows(mixed_run):
     status, rows, _ = mixed_run
-    assert status == 0 and len(rows) == 5 * 3
+    assert status == 0 and len(rows) == 5 * len(precisions.NAMES)
     for row in rows:
         reason = engines.availability(row["engine"])
+        if reason is None and not precisions.get(row["precision"]).runs_on(row["engine"]):
+            reason = f"{row['engine']} does not run {row['precision']}"
         if reason is None:
             assert row["status"] == "ok", row["error"]
         else:
@@ -614,7 +618,12 @@ def test_unusable_engines_give_unsupported_rows(mixed_run):
 def test_named_cpu_provider_end_to_end(mixed_run):
     _, rows, out = mixed_run
     named = {r["precision"]: r for r in rows if r["engine"] == "ort:CPUExecutionProvider"}
-    assert {p: r["status"] for p, r in named.items()} == {"fp32": "ok", "fp16": "ok", "int8": "ok"}
+    assert {p: r["status"] for p, r in named.items()} == {
+        "fp32": "ok",
+        "fp16": "ok",
+        "int8": "ok",
+        "int8fp16": "unsupported",
+    }
     assert named["fp32"]["accuracy_cosine"] == pytest.approx(1.0) and named["fp32"]["accuracy_max_abs_error"] < 1e-4
     assert named["fp16"]["accuracy_cosine"] > 0.99 and named["int8"]["accuracy_cosine"] > 0.9
     # The generic route takes the CPU-style INT8 artifact for a non-TensorRT provider, like ort-cpu.
