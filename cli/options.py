@@ -304,12 +304,15 @@ def config_from(args: argparse.Namespace, selection: Selection):
             duration_s=preset_value(args, "duration_s"),
             min_iters=preset_value(args, "min_iters"),
         )
+        named = getattr(args, "precisions", None)
+        defaulted = named is None or named.strip() == "all"
         return RunConfig(
             models=selection.models,
             batch_sizes=batches,
             size=args.size,
             engines=selection.engines,
-            precisions=selection.precisions,
+            # Default and "all": each precision on the engines that run it (RunConfig works them out).
+            precisions=None if defaulted else selection.precisions,
             timer=timer,
             rounds=preset_value(args, "rounds"),
             export=export,

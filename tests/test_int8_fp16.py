@@ -237,6 +237,13 @@ def test_only_gpu_engines_run_it_and_the_default_job_plans_none():
     assert gpu.precisions == precisions.NAMES
     cells = plan(gpu, availability=lambda engine: None).cells
     assert [c.artifact.name for c in cells if c.precision == "int8fp16"] == ["int8fp16-tensorrt"]
+    # Both kinds by default: each precision goes to the engines that run it, with no row of noise.
+    both = RunConfig(models=("ncf",), batch_sizes={"ncf": (1,)}, size="tiny", engines=("ort-cpu", "tensorrt"))
+    work = plan(both, availability=lambda engine: None)
+    assert sorted((c.engine, c.precision) for c in work.cells if c.precision == "int8fp16") == [
+        ("tensorrt", "int8fp16")
+    ]
+    assert len(work.cells) == 3 + 4 and not work.unsupported
 
 
 def test_the_command_line_default_and_all_follow_the_engines():
