@@ -155,16 +155,20 @@ def cmd_export(args: argparse.Namespace, selection: Selection) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace, selection: Selection) -> int:
-    """Build every lower precision's artifacts (a quantized one in each flavour the chosen engines consume)."""
+    """Build every lower precision's artifacts for the chosen engines that run it (a quantized one in the flavour
+    each of them consumes)."""
     import engines
     from bench.executor import build_models
     from onnx_models.artifacts import resolve
     from onnx_models.store import ModelStore
 
     export, calib = settings_from(args, selection)
-    flavours = sorted({engines.engine_class(e).int8_flavour for e in selection.engines})
     wanted = {
-        resolve(m, args.size, p, f, calib) for m in selection.models for p in precisions.lower() for f in flavours
+        resolve(m, args.size, p, engines.engine_class(e).int8_flavour, calib)
+        for m in selection.models
+        for p in precisions.lower()
+        for e in selection.engines
+        if precisions.get(p).runs_on(e)
     }
     failures = build_models(selection.models, wanted, export, calib, "calibrate", args.jobs)
     rows = []

@@ -44,12 +44,24 @@ class Roofs:
     source: str
     details: dict[str, Any] = field(default_factory=dict)
 
+    def peak(self, precision: str) -> float | None:
+        """The compute roof of ``precision``: its own, else that of the first registered precision whose
+        arithmetic runs in the same element type (``int8fp16`` takes ``int8``'s: its roof is the INT8 GEMM's),
+        else None."""
+        if precision in self.compute:
+            return self.compute[precision]
+        if precision not in precisions.NAMES:
+            return None
+        element = precisions.get(precision).element
+        twin = next((p.name for p in precisions.REGISTRY if p.element == element and p.name in self.compute), None)
+        return self.compute[twin] if twin else None
+
     def attainable(self, precision: str, intensity: float | None) -> float | None:
         """The roofline bound min(compute roof, bandwidth * intensity) for ``precision``, or None if unknown.
 
         Without a bandwidth roof (or intensity) the compute roof alone is the bound.
         """
-        peak = self.compute.get(precision)
+        peak = self.peak(precision)
         if peak is None:
             return None
         if self.bandwidth is None or not intensity:
@@ -58,7 +70,7 @@ class Roofs:
 
     def bound(self, precision: str, intensity: float | None) -> str | None:
         """``compute`` or ``memory``: which roof limits a point at ``intensity`` (None if unknown)."""
-        peak = self.compute.get(precision)
+        peak = self.peak(precision)
         if peak is None or self.bandwidth is None or not intensity:
             return None
         return "memory" if self.bandwidth * intensity < peak else "compute"

@@ -70,8 +70,12 @@ class RunConfig:
     batch_sizes: Mapping[str, tuple[int, ...]]
     size: str = "full"
     engines: tuple[str, ...] = ("ort-cpu",)
-    # Every registered precision unless the run names some (read when a RunConfig is made, not at import).
-    precisions: tuple[str, ...] = field(default_factory=lambda: registry.NAMES)
+    # None: every precision one of the run's engines runs (``common.precisions.run_by``), worked out when a
+    # RunConfig is made, not at import; ``precisions_by_engine`` then says so, and the plan puts each of them only
+    # on the engines that run it. Precisions named outright are planned on every engine (``unsupported`` where an
+    # engine cannot run one, with the reason).
+    precisions: tuple[str, ...] | None = None
+    precisions_by_engine: bool = False
     timer: TimerSettings = field(default_factory=TimerSettings)
     # Timing rounds each closed-loop cell's window is cut into: the cells of one model, batch size and scenario
     # (its precisions and engines) take turns round by round, each in a warm process of its own. 1: one window.
@@ -101,6 +105,9 @@ class RunConfig:
             raise ConfigError(f"no batch size for {', '.join(missing)}")
         if any(not isinstance(b, int) or b < 1 for sizes in self.batch_sizes.values() for b in sizes):
             raise ConfigError(f"batch sizes must be positive integers, got {dict(self.batch_sizes)}")
+        if self.precisions is None:
+            object.__setattr__(self, "precisions", registry.run_by(self.engines))
+            object.__setattr__(self, "precisions_by_engine", True)
         valid = registry.NAMES
         unknown = [p for p in self.precisions if p not in valid]
         if unknown or not self.precisions:

@@ -82,8 +82,10 @@ def plan(
         if cell.id in done:
             continue
         reason = unusable[cell.engine]
-        if reason is None and not precisions.get(cell.precision).runs_on(cell.engine):
-            reason = f"{cell.engine} does not run {cell.precision}"
+        if not precisions.get(cell.precision).runs_on(cell.engine):
+            if config.precisions_by_engine:
+                continue  # a default precision goes only to the engines that run it: no row of noise
+            reason = reason or f"{cell.engine} does not run {cell.precision}"
         if reason:
             unsupported[cell.id] = f"{cell.engine}: {reason}"
             cells.append(cell)

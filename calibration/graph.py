@@ -92,8 +92,11 @@ def unique_initializer_names(model: onnx.ModelProto) -> int:
     return renamed
 
 
-def check_runs(model: onnx.ModelProto | Path, feeds: dict, shapes: list[tuple[int, ...]] | None = None) -> list:
-    """Open ``model`` in ONNX Runtime CPU and run it once on ``feeds``; returns the outputs.
+def check_runs(
+    model: onnx.ModelProto | Path, feeds: dict, shapes: list[tuple[int, ...]] | None = None, optimize: bool = True
+) -> list:
+    """Open ``model`` in ONNX Runtime CPU and run it once on ``feeds``; returns the outputs. ``optimize`` False
+    runs every node as written (``common.ort_session.cpu_session``).
 
     Raises whatever ONNX Runtime raises, and ValueError if an output holds NaN or infinity, or (given
     ``shapes``, the FP32 model's output shapes on the same feeds, see ``output_shapes``) has another rank, so
@@ -104,7 +107,7 @@ def check_runs(model: onnx.ModelProto | Path, feeds: dict, shapes: list[tuple[in
 
     from common.ort_session import cpu_session
 
-    session = cpu_session(model)
+    session = cpu_session(model, optimize=optimize)
     outputs = session.run(None, feeds)
     for meta, value in zip(session.get_outputs(), outputs, strict=False):
         if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):

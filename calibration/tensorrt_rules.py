@@ -1,12 +1,14 @@
 """What TensorRT's ONNX parser accepts of a QDQ graph: the explicit-quantization rules as a conformance check.
 
-The ``tensorrt`` INT8 flavour (``calibration.int8``) is consumed by TensorRT (native, or through ONNX Runtime's
-TensorRT provider) and by ONNX Runtime's CUDA provider. TensorRT quantizes only explicitly: precision comes from
-the QuantizeLinear / DequantizeLinear (Q/DQ) nodes of the graph, and the parser refuses Q/DQ nodes it cannot
-turn into an IQuantizeLayer / IDequantizeLayer. ``check`` walks a model, Loop, Scan and If bodies included, and
-returns each place that breaks one of the rules below; ``calibration.int8.build`` runs it after every
-``tensorrt`` build and records the result in the manifest (``tensorrt_conformance``), and the rows of cells
-that run that flavour carry the broken rules (``int8_conformance``).
+The ``tensorrt`` INT8 flavour (``calibration.int8``) and the INT8-with-FP16 artifact made from it
+(``calibration.int8_fp16``: the same Q/DQ pairs with float16 scales, every other float layer in FP16) are consumed
+by TensorRT (native, or through ONNX Runtime's TensorRT provider) and by ONNX Runtime's CUDA provider. TensorRT
+quantizes only explicitly: precision comes from the QuantizeLinear / DequantizeLinear (Q/DQ) nodes of the graph,
+and the parser refuses Q/DQ nodes it cannot turn into an IQuantizeLayer / IDequantizeLayer. ``check`` walks a
+model, Loop, Scan and If bodies included, and returns each place that breaks one of the rules below;
+``calibration.int8.build`` runs it after every ``tensorrt`` build, as ``calibration.int8_fp16.build`` does after
+each of its builds, and records the result in the manifest (``tensorrt_conformance``), and the rows of cells that
+run those artifacts carry the broken rules (``int8_conformance``).
 
 Sources, cited by key in the table:
 
@@ -32,7 +34,14 @@ Sources, cited by key in the table:
   ``QuantizeBias: False``, ``ActivationSymmetric: True``, per-channel axis 0 for Conv ([Cout, Cin, k...]) and 1
   for ConvTranspose ([Cin, Cout, k...]).
 - [ONNX] ONNX operators QuantizeLinear / DequantizeLinear: the per-axis form (the ``axis`` attribute) exists from
-  opset 13.
+  opset 13; float16 and bfloat16 scales from opset 19 (QuantizeLinear-19: ``x`` and ``y_scale`` share one type
+  T1; DequantizeLinear-19: ``x_scale`` and ``y`` share one type T2; before 19 the scale is float32). Conv,
+  ConvTranspose, Gemm, MatMul, the elementwise arithmetic ops and Concat take all their float inputs in one type T.
+- [STI] onnx-tensorrt ``QuantDequantLinearHelper`` (10.x) on a strongly typed network: a DequantizeLinear's
+  output type is its scale's type (``addDequantize(input, scale, scaleType)``), and a QuantizeLinear's scale is
+  cast to its input's type only below opset 19. TensorRT's Dequantize operator page
+  (docs.nvidia.com/deeplearning/tensorrt/operators/docs/Dequantize.html) gives the scale and the output one type.
+  A strongly typed network inserts no casts of its own: each layer runs at the types the graph gives it.
 
 ======================  ==========================================================================  ================
 id                      rule                                                                        sources
@@ -60,6 +69,10 @@ per-channel-axis        a per-channel weight is the weight operand of Conv (axis
 opset                   a model with per-channel Q/DQ imports ONNX opset 13 or later                [ONNX]
 body-io-type            no Loop / Scan / If body takes or gives a quantized tensor: Q/DQ pairs      [OPS]
                         stay inside a body or outside it
+scale-type              a float16 or bfloat16 scale is in a model of opset 19 or later; there, a    [ONNX] [STI]
+                        Q's scale has its input's type; a DQ's output (its scale's type) meets
+                        the other float inputs of the op it feeds in one type (no FP32 scale on a
+                        DQ feeding an FP16 layer)
 ======================  ==========================================================================  ================
 
 Loop, Scan and If bodies: TensorRT's chapters on loops and conditionals state no Q/DQ rule of their own, and the
@@ -99,6 +112,25 @@ QUANTIZED_TYPES = frozenset(
 # Types that mark a tensor as quantized, for the body boundary rule: TensorRT's and ONNX Runtime's.
 INTEGER_QUANTIZED = QUANTIZED_TYPES | {TensorProto.UINT8, TensorProto.UINT4}
 SCALE_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16})
+# Ops whose float inputs share one type T in ONNX ([ONNX]), with the inputs that do: where a DequantizeLinear
+# feeds one, its output type (its scale's, [STI]) must be theirs ("scale-type"). None: every input.
+SAME_TYPE_INPUTS: dict[str, tuple[int, ...] | None] = {
+    "Conv": None,
+    "ConvTranspose": None,
+    "Gemm": None,
+    "MatMul": None,
+    "Add": None,
+    "Sub": None,
+    "Mul": None,
+    "Div": None,
+    "Sum": None,
+    "Max": None,
+    "Min": None,
+    "Mean": None,
+    "Concat": None,
+    "PRelu": None,
+    "Where": (1, 2),
+}
 # The ops whose weight operand (input 1) TensorRT takes per-channel scales for (axes in ``per_channel_use``).
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # How many violations the manifest lists one by one; the counts per rule cover all of them.
@@ -129,6 +161,11 @@ RULES = (
     ),
     Rule("opset", "per-channel Q/DQ needs ONNX opset 13 or later", "[ONNX]"),
     Rule("body-io-type", "Loop/Scan/If bodies take and give no quantized tensor", "[OPS]"),
+    Rule(
+        "scale-type",
+        "fp16/bf16 scales at opset 19+; Q scale of its input's type; DQ output of its op's type",
+        "[ONNX] [STI]",
+    ),
 )
 RULE_IDS = frozenset(rule.id for rule in RULES)
 
@@ -300,6 +337,36 @@ class _Walker:
             return
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             self.qdq(node, label, scope, producers, consumers)
+        elif node.op_type in SAME_TYPE_INPUTS:
+            self.dq_meets_one_type(node, label, scope, producers)
+
+    def dq_meets_one_type(self, node, label, scope, producers) -> None:
+        """``scale-type`` at an op whose float inputs share one type: a DequantizeLinear input whose type (its
+        scale's) differs from another float input's. A strongly typed TensorRT network casts nothing itself."""
+        wanted = SAME_TYPE_INPUTS[node.op_type]
+        typed = [
+            (name, scope.types[name])
+            for index, name in enumerate(node.input)
+            # The float types a scale may have: a scale of another type is ``scale-value``'s, not reported twice.
+            if name and (wanted is None or index in wanted) and scope.types.get(name) in SCALE_TYPES
+        ]
+        counts = Counter(t for _, t in typed)
+        if len(counts) < 2:
+            return
+        # The DequantizeLinear whose type is not the one most inputs have is the one named (ties: graph order).
+        common = counts.most_common(1)[0][0]
+        for name, elem in sorted(typed, key=lambda item: item[1] == common):
+            producer = producers.get(name)
+            if producer is None or producer.op_type != "DequantizeLinear":
+                continue
+            others = sorted({_type_name(t) for n, t in typed if t != elem})
+            self.add(
+                "scale-type",
+                label,
+                f"{node.op_type} reads {_type_name(elem)} from DequantizeLinear {producer.name or name!r} (its scale's "
+                f"type) and {', '.join(others)} from its other inputs; give the scale their type",
+            )
+            return
 
     def qdq(self, node, label, scope, producers, consumers) -> None:
         is_dq = node.op_type == "DequantizeLinear"
@@ -341,6 +408,19 @@ class _Walker:
         values = self.value(tensor)
         if tensor.data_type not in SCALE_TYPES:
             self.add("scale-value", label, f"scale of {_type_name(tensor.data_type)}; TensorRT takes float32/16, bf16")
+        elif tensor.data_type != TensorProto.FLOAT and self.opset < 19:
+            self.add(
+                "scale-type",
+                label,
+                f"{_type_name(tensor.data_type)} scale in a model of opset {self.opset}; ONNX takes it from 19",
+            )
+        elif not is_dq and self.opset >= 19 and scope.types.get(x, tensor.data_type) != tensor.data_type:
+            self.add(
+                "scale-type",
+                label,
+                f"QuantizeLinear of {_type_name(scope.types[x])} {x!r} with a {_type_name(tensor.data_type)} scale; "
+                "at opset 19 they share one type",
+            )
         if values is not None:
             flat = values.astype(np.float32).ravel()
             bad = flat[~(np.isfinite(flat) & (flat > 0))]

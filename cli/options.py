@@ -164,9 +164,12 @@ def select(args: argparse.Namespace) -> Selection:
         else:
             model_list = split_names(args.models, list(models.all_models()), "model", models.default_models())
     engine_list = parse_engines(args.engines) if command in ("calibrate", "run") else []
-    precision_list = (
-        split_names(args.precisions, precisions.NAMES, "precision", precisions.NAMES) if command == "run" else []
-    )
+    precision_list = []
+    if command == "run":
+        # Default and "all": the precisions one of the run's engines runs, so that the default ort-cpu job plans
+        # no cell of a GPU-only precision. A precision named outright is planned, and unsupported where it cannot run.
+        value = None if (args.precisions or "").strip() == "all" else args.precisions
+        precision_list = split_names(value, precisions.NAMES, "precision", precisions.run_by(engine_list))
     return Selection(tuple(model_list), tuple(engine_list), tuple(precision_list), brought)
 
 
@@ -301,12 +304,15 @@ def config_from(args: argparse.Namespace, selection: Selection):
             duration_s=preset_value(args, "duration_s"),
             min_iters=preset_value(args, "min_iters"),
         )
+        named = getattr(args, "precisions", None)
+        defaulted = named is None or named.strip() == "all"
         return RunConfig(
             models=selection.models,
             batch_sizes=batches,
             size=args.size,
             engines=selection.engines,
-            precisions=selection.precisions,
+            # Default and "all": each precision on the engines that run it (RunConfig works them out).
+            precisions=None if defaulted else selection.precisions,
             timer=timer,
             rounds=preset_value(args, "rounds"),
             export=export,

@@ -100,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(run)
     calibration(run)
     run.add_argument("--engines", help="comma list (default: every engine usable here)")
-    run.add_argument("--precisions", help=f"comma list of {', '.join(precisions.NAMES)} (default: all of them)")
+    run.add_argument(
+        "--precisions",
+        help=f"comma list of {', '.join(precisions.NAMES)} (default and all: every one the run's engines run)",
+    )
     run.add_argument(
         "--preset",
         choices=sorted(PRESETS),

@@ -32,6 +32,7 @@ class Precision:
     the flavour the engine consumes (``Engine.int8_flavour``: ``cpu`` or ``tensorrt``) and with the weight range
     ``--int8-weights`` resolves on this machine; the others are one artifact for every engine. ``engines`` names
     the engines that run it (fixed names, or a pattern's prefix such as ``ort:``); None: every engine.
+    ``text`` says in a few words what its artifact holds, for the report's list of the precisions it shows.
     """
 
     name: str
@@ -41,6 +42,7 @@ class Precision:
     builder: str | None
     quantized: bool = False
     engines: tuple[str, ...] | None = None
+    text: str = ""
 
     @property
     def unit(self) -> str:
@@ -59,9 +61,38 @@ class Precision:
 BASE = "fp32"
 
 REGISTRY: tuple[Precision, ...] = (
-    Precision("fp32", "#1f77b4", "circle", "float32", builder=None),
-    Precision("fp16", "#2ca02c", "square", "float16", builder="calibration.fp16"),
-    Precision("int8", "#ff7f0e", "triangle", "int8", builder="calibration.int8", quantized=True),
+    Precision("fp32", "#1f77b4", "circle", "float32", builder=None, text="the FP32 export"),
+    Precision(
+        "fp16",
+        "#2ca02c",
+        "square",
+        "float16",
+        builder="calibration.fp16",
+        text="FP16 weights and compute, FP32 inputs and outputs",
+    ),
+    Precision(
+        "int8",
+        "#ff7f0e",
+        "triangle",
+        "int8",
+        builder="calibration.int8",
+        quantized=True,
+        text="calibrated INT8 Q/DQ graph; every layer that is not quantized runs in FP32",
+    ),
+    # INT8 where the INT8 artifact has Q/DQ pairs, every other float layer in FP16 (FP32 inputs and outputs, like
+    # the FP16 artifact): what `trtexec --int8 --fp16` runs, written into the graph for strongly typed TensorRT.
+    # Made from the tensorrt INT8 flavour only; ONNX Runtime's CPU provider has no float16 Conv.
+    Precision(
+        "int8fp16",
+        "#d62728",
+        "diamond",
+        "int8",
+        builder="calibration.int8_fp16",
+        quantized=True,
+        engines=("tensorrt", "ort-trt", "ort-cuda", "ort:TensorrtExecutionProvider"),
+        text="the INT8 Q/DQ graph with FP16 scales and every layer that is not quantized in FP16, FP32 inputs and "
+        "outputs (what trtexec --int8 --fp16 runs); GPU engines only",
+    ),
 )
 
 NAMES: tuple[str, ...] = tuple(p.name for p in REGISTRY)
@@ -74,6 +105,13 @@ def get(name: str) -> Precision:
         return _BY_NAME[name]
     except KeyError:
         raise UnknownPrecisionError(f"unknown precision {name!r}; valid precisions: {', '.join(NAMES)}") from None
+
+
+def run_by(engines) -> tuple[str, ...]:
+    """Every precision that at least one of ``engines`` runs, in registry order: a run's default precisions, so
+    that a run on engines that cannot run a precision plans no cell of it (the default ``ort-cpu`` job makes
+    the rows it always made, none ``unsupported``)."""
+    return tuple(p.name for p in REGISTRY if any(p.runs_on(e) for e in engines))
 
 
 def lower() -> tuple[str, ...]:

@@ -87,7 +87,8 @@ def plot(
     points = plotted_rows(rows, engine)
     intensities = [r["arith_intensity"] for r in points]
     rates = [r["flops_per_s"] for r in points]
-    peaks = dict(roofs.compute) if roofs else {}
+    shown = [*roofs.compute, *sorted({r["precision"] for r in points} - set(roofs.compute))] if roofs else []
+    peaks = {p: roofs.peak(p) for p in shown if roofs.peak(p) is not None} if roofs else {}
     bandwidth = roofs.bandwidth if roofs else None
     ridges = [p / bandwidth for p in peaks.values()] if bandwidth else []
     x_values = intensities + ridges or [1.0]

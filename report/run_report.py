@@ -115,6 +115,9 @@ def build(
         f"{len(rows)} cells: {counts['ok']} ok, {counts['failed']} failed, {counts['unsupported']} unsupported. "
         f"Run directory {run_dir.resolve()}; report written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}."
     )
+    shown = [p for p in precisions.NAMES if any(r.get("precision") == p for r in rows)]
+    if shown:
+        doc.para("Precisions: " + "; ".join(f"{p}, {precisions.get(p).text}" for p in shown) + ".")
 
     numbers = model_numbers(rows)
     _answer(doc, rows, threshold, min_speedup, run_dir, numbers)

@@ -249,9 +249,11 @@ def answer_chart(points: Sequence[Point], numbers: dict[str, int], threshold: fl
             f'<text x="{place.x:.1f}" y="{place.y + 4:.1f}" text-anchor="middle" font-size="11" '
             f'fill="{FAIL if failing else "#222"}">{label}</text></g>'
         )
-    # Legend: the precisions' shapes and the failing mark, in one line between the title and the plot.
+    # Legend: the shapes of the precisions drawn (FP32's always: the failing mark is drawn on it) and the failing
+    # mark, in one line between the title and the plot.
     lx, ly = frame.left + 8, frame.top - 14
-    for entry in precisions.REGISTRY:
+    present = {p.precision for p in points} | {precisions.BASE}
+    for entry in (e for e in precisions.REGISTRY if e.name in present):
         parts.append(_marker(entry.name, lx, ly, entry.colour, "#222", 0.8))
         parts.append(f'<text x="{lx + 10}" y="{ly + 4}" font-size="11">{entry.name}</text>')
         lx += 60
