@@ -821,6 +821,18 @@ def test_ort_trt_sets_the_precision_switches_the_artifact_needs(sessions, tmp_pa
     assert switches == {"fp32": [], "fp16": ["trt_fp16_enable"], "int8": ["trt_int8_enable"]}
 
 
+def add_two_model(path: Path) -> Path:
+    """y = x + 2, saved over ``path``: an artifact rebuilt in place under the same name."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "two"], ["y"])],
+        "add_two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])],
+    )
+    return save_graph(graph, path)
+
+
 def test_ort_trt_engines_are_keyed_by_the_artifacts_content(sessions, tiny_onnx):
     """An artifact rebuilt in place under its fixed name (export --seed, a recalibration) must not load the
     engine TensorRT built from the old one; nor may a --no-tf32 run load a TF32 engine."""
@@ -832,14 +844,7 @@ def test_ort_trt_engines_are_keyed_by_the_artifacts_content(sessions, tiny_onnx)
 
     first = cache()
     assert cache() == first
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "two"], ["y"])],
-        "add_two",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])],
-    )
-    save_graph(graph, tiny_onnx)
+    add_two_model(tiny_onnx)
     rebuilt = cache()
     assert rebuilt != first and Path(rebuilt).name.startswith("fp32-")
     assert cache({"tf32": False}) != rebuilt
@@ -991,6 +996,8 @@ def test_gpu_ort_cuda_no_tf32_is_ieee_fp32(tmp_path):
     an Ampere-or-newer GPU about a thousand times less exact (a 10-bit mantissa)."""
     if engines.availability("ort-cuda") is not None:
         pytest.skip(engines.availability("ort-cuda"))
+    from onnx import numpy_helper
+
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((512, 512)).astype(np.float32)
     graph = helper.make_graph(
@@ -998,11 +1005,8 @@ def test_gpu_ort_cuda_no_tf32_is_ieee_fp32(tmp_path):
         "matmul",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [512, 512])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [512, 512])],
-        [helper.numpy_helper.from_array(weight, "w")] if hasattr(helper, "numpy_helper") else [],
+        [numpy_helper.from_array(weight, "w")],
     )
-    from onnx import numpy_helper
-
-    graph.initializer[:] = [numpy_helper.from_array(weight, "w")]
     model = save_graph(graph, tmp_path / "matmul.onnx")
     x = rng.standard_normal((512, 512)).astype(np.float32)
     exact = x.astype(np.float64) @ weight.astype(np.float64)
@@ -1063,14 +1067,7 @@ def test_gpu_ort_trt_never_runs_the_engine_of_an_artifact_rebuilt_in_place(tmp_p
     with OrtTrtEngine() as engine:
         engine.activate(artifact, {"x": x.shape})
         np.testing.assert_array_equal(engine.infer({"x": x})["y"], x + 1)
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "two"], ["y"])],
-        "add_two",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])],
-    )
-    save_graph(graph, artifact)
+    add_two_model(artifact)
     with OrtTrtEngine() as engine:
         engine.activate(artifact, {"x": x.shape})
         np.testing.assert_array_equal(engine.infer({"x": x})["y"], x + 2)
