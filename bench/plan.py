@@ -85,7 +85,8 @@ def plan(
         if not precisions.get(cell.precision).runs_on(cell.engine):
             if config.precisions_by_engine:
                 continue  # a default precision goes only to the engines that run it: no row of noise
-            reason = reason or f"{cell.engine} does not run {cell.precision}"
+            runners = precisions.get(cell.precision).engines or ()
+            reason = reason or f"does not run {cell.precision}, which runs on {', '.join(runners)} only"
         if reason:
             unsupported[cell.id] = f"{cell.engine}: {reason}"
             cells.append(cell)

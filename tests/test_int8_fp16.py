@@ -231,7 +231,9 @@ def test_only_gpu_engines_run_it_and_the_default_job_plans_none():
     # Named outright on an engine that cannot run it: an unsupported cell with the reason.
     named = RunConfig(models=("ncf",), batch_sizes={"ncf": (1,)}, size="tiny", precisions=("fp32", "int8fp16"))
     work = plan(named, availability=lambda engine: None)
-    assert work.unsupported == {"ncf/tiny/ort-cpu/int8fp16/b1": "ort-cpu: ort-cpu does not run int8fp16"}
+    runners = "tensorrt, ort-trt, ort-cuda, ort:TensorrtExecutionProvider"
+    expected = f"ort-cpu: does not run int8fp16, which runs on {runners} only"
+    assert work.unsupported == {"ncf/tiny/ort-cpu/int8fp16/b1": expected}
     # A GPU engine's run plans it, from the tensorrt INT8 flavour.
     gpu = RunConfig(models=("ncf",), batch_sizes={"ncf": (1,)}, size="tiny", engines=("tensorrt",))
     assert gpu.precisions == precisions.NAMES

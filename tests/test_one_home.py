@@ -88,7 +88,7 @@ def test_every_engine_runs_what_the_registry_says(monkeypatch):
     monkeypatch.setattr(precisions, "_BY_NAME", {p.name: p for p in registry})
     config = RunConfig(models=("ncf",), batch_sizes={"ncf": (1,)}, size="tiny", precisions=("fp32", "fp16t"))
     work = plan(config, availability=lambda engine: None)
-    assert work.unsupported == {"ncf/tiny/ort-cpu/fp16t/b1": "ort-cpu: ort-cpu does not run fp16t"}
+    assert work.unsupported == {"ncf/tiny/ort-cpu/fp16t/b1": "ort-cpu: does not run fp16t, which runs on ort-trt only"}
     assert only_trt.runs_on("ort-trt") and not only_trt.runs_on("ort:TensorrtExecutionProvider")
 
 
