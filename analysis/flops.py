@@ -173,6 +173,7 @@ def count(
     model: onnx.ModelProto | str | Path,
     batch: int,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    values: Mapping[str, np.ndarray] | None = None,
 ) -> GraphCost:
     """Count FLOPs, parameters and bytes of ``model`` for one batch of ``batch``.
 
@@ -180,7 +181,9 @@ def count(
     ONNX Runtime fallback has to run the model). ``input_shapes`` maps input names to full concrete shapes
     and overrides ``batch`` for those inputs; every other input must have only its first dimension symbolic
     (an input whose first dimension is a fixed number keeps it: either the graph was exported for that batch,
-    or the input is not batched). A ModelProto passed in is not modified. Returns a GraphCost; raises
+    or the input is not batched). ``values``, the arrays a run feeds, are what the ONNX Runtime fallback runs on
+(a sample rate that picks an If branch must be the one measured); without them it runs on ones (floats) and
+zeros. A ModelProto passed in is not modified. Returns a GraphCost; raises
     ValueError for inputs whose shape cannot be made concrete.
     """
     if batch < 1:
@@ -209,7 +212,7 @@ def count(
     wanted = sorted(acc.missing | {n for n in output_names if n not in shapes})
     if wanted:
         produced = {o for node in graph.node for o in node.output if o}
-        measured, error = _measure(proto, base_dir, [n for n in wanted if n in produced], feeds, types)
+        measured, error = _measure(proto, base_dir, [n for n in wanted if n in produced], feeds, types, values)
         shapes.update(measured)
         acc = _Acc()
         _walk(light.graph, ctx, 1.0, "", acc, top=True)
@@ -405,6 +408,7 @@ def _measure(
     names: list[str],
     feeds: Mapping[str, tuple[Shape, int]],
     types: Mapping[str, int],
+    values: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, Shape], str | None]:
     """Run the model once in ONNX Runtime with ``names`` as extra outputs and return their real shapes.
 
@@ -447,7 +451,11 @@ def _measure(
     inputs = {}
     for name, (shape, elem_type) in feeds.items():
         dtype = helper.tensor_dtype_to_np_dtype(elem_type)
-        inputs[name] = np.ones(shape, dtype) if elem_type in _FLOAT_TYPES else np.zeros(shape, dtype)
+        given = (values or {}).get(name)
+        if given is not None and tuple(given.shape) == tuple(shape):
+            inputs[name] = given
+        else:
+            inputs[name] = np.ones(shape, dtype) if elem_type in _FLOAT_TYPES else np.zeros(shape, dtype)
     try:
         values = cpu_session(source, optimize=False).run(fetch, inputs)
     except Exception as exc:  # noqa: BLE001 - any failure leaves the shapes unknown, reported to the caller

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.inputs import accuracy_feeds, timing_feeds
+from bench.inputs import Stream, accuracy_feeds, run_batches, state_pairs, timing_feeds
 from bench.scenarios import LoadSettings
 from bench.timer import TimerSettings
 from onnx_models.artifacts import Artifact
@@ -61,9 +61,19 @@ class CellSession:
             samples = []
             if expected is not None:
                 samples = accuracy_feeds(self.spec, cell.size, cell.batch_size, accuracy_samples)
-            self.row.update(_score(self.spec, cell.size, expected, [self.engine.infer(f) for f in samples]))
-            self.engine.prepare(feeds)
-            warm_up(self.engine.run_prepared, timer)
+            self.row.update(
+                _score(self.spec, cell.size, expected, run_batches(self.engine, self.spec, cell.size, samples))
+            )
+            self.timed = self.engine.run_prepared
+            pairs = state_pairs(self.spec, cell.size)
+            if pairs:
+                # A stream's state changes with every inference: each timed call feeds the last one's back.
+                stream = Stream(self.engine, pairs)
+                self.timed = lambda: stream.step(feeds)
+                self.row["stream"] = ",".join(f"{output}->{name}" for output, name in pairs.items())
+            else:
+                self.engine.prepare(feeds)
+            warm_up(self.timed, timer)
         except BaseException:
             if self.meter is not None:
                 self.meter.close()
@@ -78,7 +88,7 @@ class CellSession:
 
         settings = TimerSettings(0.0, rewarm, seconds, max(1, min_iters))
         meter = self.meter
-        stats = measure(self.engine.run_prepared, settings, on_measure=meter.start if meter else None)
+        stats = measure(self.timed, settings, on_measure=meter.start if meter else None)
         if meter is not None:
             meter.pause(stats.iterations * self.cell.batch_size)
         self.rounds.append(stats.samples_ms)

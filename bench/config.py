@@ -91,6 +91,9 @@ class RunConfig:
     onnx: str | None = None
     input_shapes: str | None = None
     output_batch_axes: str | None = None
+    # What a brought-in model's inputs are fed, as the options gave it (--input-batch-axes, --input-values,
+    # --input-range, --feeds, --state); the model's spec holds what it means.
+    inputs_fed: Mapping[str, str] | None = None
     # Load scenarios (bench.scenarios): "latency" is the closed loop of bench.timer, the others LoadGen's.
     scenarios: tuple[str, ...] = (LATENCY,)
     # SUT threads serving queries at once, an axis of the scenarios that can overlap queries.
@@ -166,6 +169,7 @@ class RunConfig:
             "input_shapes": self.input_shapes,
             # Only when given, so a directory from before the option resumes with the same settings.
             **({"output_batch_axes": self.output_batch_axes} if self.output_batch_axes else {}),
+            **({"inputs_fed": dict(self.inputs_fed)} if self.inputs_fed else {}),
             "scenarios": list(self.scenarios),
             "concurrency": list(self.concurrency),
             # Only a run with LoadGen scenarios records their settings, so latency-only results directories

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 
-from bench.inputs import ACCURACY_SEED, accuracy_feeds, timing_feeds
+from bench.inputs import ACCURACY_SEED, accuracy_feeds, run_batches, timing_feeds
 
 
 def count_flops(model: str, size: str, batches: list[int]) -> dict[int, dict]:
@@ -29,16 +29,21 @@ def count_flops(model: str, size: str, batches: list[int]) -> dict[int, dict]:
     spec = model_spec(model)
 
     # Keyed by the file and by the counting rules' source: a changed rule recounts instead of reusing.
-    cache = f"flops-{store.entry('fp32')['sha256'][:16]}-{source_digest('analysis.flops')[:8]}.json"
+    cache = f"flops-{store.entry('fp32')['sha256'][:16]}-{source_digest('analysis.flops', 'common.graphs')[:8]}.json"
     known = _read_json_cache(store, cache)
     missing = [b for b in batches if "activation_bytes" not in known.get(str(b), {})]
     if missing:
         import onnx
 
+        from common.graphs import fold_fixed_ifs
+
         graph = onnx.load(str(path))
+        # An If decided by an input fixed with --input-values (a sample rate) counts as the branch that runs.
+        fixed = [s.name for s in spec.input_specs(size) if s.value is not None]
         for batch in missing:
-            shapes = {name: array.shape for name, array in timing_feeds(spec, size, batch).items()}
-            cost = count(graph, batch, shapes)
+            feeds = timing_feeds(spec, size, batch)
+            counted, _ = fold_fixed_ifs(graph, feeds, fixed)
+            cost = count(counted, batch, {name: array.shape for name, array in feeds.items()}, feeds)
             known[str(batch)] = {
                 "flops_per_batch": cost.flops,
                 "mac_flops_per_batch": cost.mac_flops,
@@ -97,5 +102,5 @@ def reference_outputs(model: str, size: str, batch: int, samples: int) -> str:
         return str(path)
     with OrtCpuEngine() as engine:
         engine.activate(fp32)
-        outputs = concat([engine.infer(feeds) for feeds in accuracy_feeds(spec, size, batch, samples)], axes)
+        outputs = concat(run_batches(engine, spec, size, accuracy_feeds(spec, size, batch, samples)), axes)
     return str(store.write_cache(name, lambda tmp: np.savez(tmp, **outputs)))

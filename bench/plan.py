@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from bench.cell import Cell
 from bench.config import RunConfig
+from bench.scenarios import LATENCY
 from common import precisions
 from onnx_models.artifacts import Artifact, resolve
 
@@ -87,6 +88,11 @@ def plan(
                 continue  # a default precision goes only to the engines that run it: no row of noise
             runners = precisions.get(cell.precision).engines or ()
             reason = reason or f"does not run {cell.precision}, which runs on {', '.join(runners)} only"
+        if not reason and cell.scenario != LATENCY and _streams(cell.model, config.size):
+            reason = (
+                f"{cell.model} runs as a stream (--state): each inference takes the last one's state, and LoadGen's "
+                f"{cell.scenario} scenario issues queries in any order; measure it in the latency scenario"
+            )
         if reason:
             unsupported[cell.id] = f"{cell.engine}: {reason}"
             cells.append(cell)
@@ -95,3 +101,11 @@ def plan(
         cells.append(replace(cell, artifact=resolve(cell.model, cell.size, cell.precision, flavour, config.calib)))
     builds = artifact_jobs([c.artifact for c in cells if c.artifact is not None])
     return Plan(tuple(cells), unsupported, builds)
+
+
+def _streams(model: str, size: str) -> bool:
+    """Whether ``model`` runs as a stream (brought in with ``--state``)."""
+    from bench.inputs import state_pairs
+    from onnx_models import model_spec
+
+    return bool(state_pairs(model_spec(model), size))

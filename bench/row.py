@@ -107,6 +107,9 @@ class Row:
     # How the engine ran FP32 convolutions and matrix products: FP32, or TF32 (GPU engines on Ampere and newer
     # unless --no-tf32; Engine.fp32_math). An "fp32" row on a GPU is one or the other, never both.
     fp32_math: str | None = None
+    # A model run as a stream (--state): its output -> input pairs, fed back from one inference to the next in
+    # the timed loop and over the accuracy batches (bench.inputs.Stream). None for independent inferences.
+    stream: str | None = None
     int8_weight_bits: int | None = None
     int8_conformance: str | None = None
     int8_float_nodes: int | None = None

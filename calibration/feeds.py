@@ -21,16 +21,19 @@ class FeedError(ValueError):
 
 
 class Feeds:
-    """A fixed list of input batches (each a dict name -> array) that can be iterated any number of times.
+    """A fixed list of input batches (each a dict name -> array) holding ``samples`` samples in all, that can be
+    iterated any number of times.
 
     It also speaks ONNX Runtime's ``CalibrationDataReader`` protocol (``get_next`` returning a batch or
     None, plus ``set_range`` and ``len`` for strided calibration) so the same object feeds the quantizer.
     """
 
-    def __init__(self, batches: list[dict[str, np.ndarray]], origin: str, digest: str):
+    def __init__(self, batches: list[dict[str, np.ndarray]], origin: str, digest: str, samples: int | None = None):
         if not batches:
             raise FeedError(f"{origin}: no batches")
         self.batches = batches
+        # Counted on the first axis where not given: the batch axis of every catalogue model's inputs.
+        self.samples = samples if samples is not None else sum(next(iter(b.values())).shape[0] for b in batches)
         self.origin = origin
         self.digest = digest
         self._range = (0, len(batches))
@@ -61,11 +64,6 @@ class Feeds:
         """Start over from the first batch of the whole list."""
         self.set_range(0, len(self.batches))
 
-    @property
-    def samples(self) -> int:
-        """Total samples over all batches (the first dimension summed)."""
-        return sum(next(iter(b.values())).shape[0] for b in self.batches)
-
 
 def synthetic_feeds(
     specs: list[InputSpec],
@@ -84,7 +82,7 @@ def synthetic_feeds(
         batches.append(sampler(size, rng) if sampler else {s.name: s.sample(rng, size) for s in specs})
         left -= size
     digest = hashlib.sha256(repr((sorted(s.describe() for s in specs), samples, batch, seed)).encode()).hexdigest()
-    return Feeds(batches, f"synthetic(seed={seed}, samples={samples})", digest)
+    return Feeds(batches, f"synthetic(seed={seed}, samples={samples})", digest, samples)
 
 
 def id_range(spec: InputSpec) -> tuple[int, int] | None:
@@ -102,22 +100,31 @@ def id_range(spec: InputSpec) -> tuple[int, int] | None:
     return 0, int(spec.high)
 
 
+def _take(array: np.ndarray, axis: int | None, start: int, stop: int) -> np.ndarray:
+    """Samples [start, stop) of ``array`` along its batch ``axis``; an input without one is the whole array."""
+    if axis is None:
+        return array
+    return array[(slice(None),) * axis + (slice(start, stop),)]
+
+
 def file_feeds(
     path: Path, specs: list[InputSpec], batch: int, samples: int | None = None, check_ranges: bool = True
 ) -> Feeds:
-    """Read a user's ``.npz`` (one array per input name, first axis = samples) and cut it into batches.
+    """Read a user's ``.npz`` (one array per input name, samples along the input's batch axis: the first for
+    every catalogue model) and cut it into batches.
 
     Every input name must be present with the model's per-sample shape and dtype (ints may be any integer
-    width and are converted; floats likewise), and with ``check_ranges`` every integer input's values must lie
-    in its ``id_range`` (pass False for specs whose ranges are guesses, such as a brought-in model's). Raises
-    FeedError with the mismatch and the expected layout or range.
+    width and are converted; floats likewise); an input without a batch axis holds its one array, fed to every
+    batch. With ``check_ranges`` every integer input's values must lie in its ``id_range`` (pass False for
+    specs whose ranges are guesses, such as a brought-in model's). Raises FeedError with the mismatch and the
+    expected layout or range.
     """
     expected = ", ".join(s.describe() for s in specs)
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
     except FileNotFoundError:
-        raise FeedError(f"calibration data {path} does not exist") from None
+        raise FeedError(f"input data {path} does not exist") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
         raise FeedError(f"cannot read {path} as .npz ({exc}); expected arrays {expected}") from None
     missing = [s.name for s in specs if s.name not in arrays]
@@ -125,20 +132,26 @@ def file_feeds(
         raise FeedError(f"{path} lacks inputs {missing} (it has {sorted(arrays)}); expected arrays {expected}")
     count = None
     for spec in specs:
-        array = arrays[spec.name]
-        want = tuple(spec.shape[1:])
-        if array.ndim != len(spec.shape) or tuple(array.shape[1:]) != want:
+        array, axis = arrays[spec.name], spec.batch_axis
+        want = tuple("N" if d == "batch" else d for d in spec.shape)
+        if array.ndim != len(spec.shape) or any(
+            d != "N" and got != d for got, d in zip(array.shape, want, strict=True)
+        ):
             raise FeedError(
-                f"{path}: array {spec.name!r} has shape {array.shape}, expected (N, {', '.join(map(str, want))})"
+                f"{path}: array {spec.name!r} has shape {array.shape}, expected ({', '.join(map(str, want))})"
             )
         want_int = np.issubdtype(np.dtype(spec.dtype), np.integer)
         if np.issubdtype(array.dtype, np.integer) != want_int or not (
-            want_int or np.issubdtype(array.dtype, np.floating)
+            want_int or np.issubdtype(array.dtype, np.floating) or array.dtype == np.dtype(spec.dtype)
         ):
             raise FeedError(f"{path}: array {spec.name!r} has dtype {array.dtype}, expected {spec.dtype}")
-        if count is not None and array.shape[0] != count:
-            raise FeedError(f"{path}: arrays have different sample counts ({count} vs {array.shape[0]})")
-        count = array.shape[0]
+        if axis is None:
+            continue
+        if count is not None and array.shape[axis] != count:
+            raise FeedError(f"{path}: arrays have different sample counts ({count} vs {array.shape[axis]})")
+        count = array.shape[axis]
+    if count is None:
+        count = 1  # no input has a batch axis: the file is one sample
     if not count:
         raise FeedError(f"{path} holds no samples")
     for spec in specs if check_ranges else ():
@@ -156,6 +169,11 @@ def file_feeds(
     batches = []
     for start in range(0, count, batch):
         stop = min(start + batch, count)
-        batches.append({s.name: np.ascontiguousarray(arrays[s.name][start:stop], dtype=s.dtype) for s in specs})
+        batches.append(
+            {
+                s.name: np.ascontiguousarray(_take(arrays[s.name], s.batch_axis, start, stop), dtype=s.dtype)
+                for s in specs
+            }
+        )
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return Feeds(batches, f"file({path}, samples={count})", digest)
+    return Feeds(batches, f"file({path}, samples={count})", digest, count)

@@ -188,9 +188,20 @@ def bring_model(args: argparse.Namespace) -> Brought:
         path, corpus_shapes = corpus_file(str(path).removeprefix(ASSET_PREFIX))
         shapes = shapes or corpus_shapes
     try:
-        spec = register(path, byo.parse_input_shapes(shapes), byo.parse_batch_axes(args.output_batch_axes))
+        spec = register(
+            path,
+            byo.parse_input_shapes(shapes),
+            byo.parse_batch_axes(args.output_batch_axes),
+            feeds=args.feeds,
+            input_batch_axes=byo.parse_input_batch_axes(args.input_batch_axes),
+            input_values=byo.parse_input_values(args.input_values),
+            input_ranges=byo.parse_input_ranges(args.input_range),
+            state=byo.parse_state(args.state),
+        )
     except byo.ByoError as exc:
         raise UsageError(str(exc)) from None
+    for notice in spec.config(args.size).get("notices") or ():
+        print(f"{path.name}: {notice}", file=sys.stderr)
     fixed = spec.config(args.size).get("fixed_batch")
     batch_sizes = None
     if args.command == "explain":
@@ -203,6 +214,18 @@ def bring_model(args: argparse.Namespace) -> Brought:
     if fixed and parse_batches(batch_sizes or preset_value(args, "batch_sizes"), spec) != [fixed]:
         raise UsageError(f"{path.name} has a fixed batch dimension of {fixed}: use --batch-sizes {fixed}")
     return Brought(spec.name, path, shapes, batch_sizes)
+
+
+def inputs_fed(args: argparse.Namespace) -> dict | None:
+    """The options that say what a brought-in model's inputs are fed, as given (for ``env.json``), or None."""
+    fed = {
+        "input_batch_axes": args.input_batch_axes,
+        "input_values": args.input_values,
+        "input_range": args.input_range,
+        "feeds": str(args.feeds.resolve()) if args.feeds else None,
+        "state": args.state,
+    }
+    return {k: v for k, v in fed.items() if v} or None
 
 
 def corpus_file(name: str) -> tuple[Path, str]:
@@ -325,6 +348,7 @@ def config_from(args: argparse.Namespace, selection: Selection):
             onnx=str(brought.path.resolve()) if brought else None,
             input_shapes=brought.input_shapes if brought else args.input_shapes,
             output_batch_axes=getattr(args, "output_batch_axes", None),
+            inputs_fed=inputs_fed(args) if brought else None,
             scenarios=tuple(split_names(args.scenario, SCENARIOS, "scenario", ("latency",))),
             concurrency=tuple(parse_counts(args.concurrency, "--concurrency")),
             load=LoadSettings(

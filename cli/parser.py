@@ -173,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-batch-axes",
         help="with --onnx: outputs whose batch axis is not found by running the file, e.g. logits:1 (time-major)",
     )
+    _input_options(run)
     scenarios = run.add_argument_group("load scenarios (MLPerf LoadGen; a LoadGen sample is one batch)")
     scenarios.add_argument(
         "--scenario",
@@ -268,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     why.add_argument("--onnx", type=Path, help="explain this ONNX model (instead of MODEL)")
     why.add_argument("--input-shapes", help="with --onnx: full shapes of dynamic inputs, e.g. x:1x3x224x224")
     why.add_argument("--output-batch-axes", help="with --onnx: outputs whose batch axis is not found by running")
+    _input_options(why)
     why.set_defaults(models=None, weights=None, batch_sizes=None, preset="quick")
     compare = sub.add_parser("compare", help="compare two or more results directories")
     compare.add_argument("dirs", type=Path, nargs="+", help="results directories; the first is the baseline")
@@ -280,3 +282,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verdict_options(compare)
     return parser
+
+
+def _input_options(parser: argparse.ArgumentParser) -> None:
+    """What a brought-in model's inputs are fed (``run`` and ``explain`` with ``--onnx``)."""
+    parser.add_argument(
+        "--input-batch-axes",
+        help="with --onnx: inputs whose batch is not on their first axis, or that have none: state:1,sr:none",
+    )
+    parser.add_argument("--input-values", help="with --onnx: inputs fed one fixed value, e.g. sr:16000")
+    parser.add_argument(
+        "--input-range",
+        help="with --onnx: the values an input is drawn from, e.g. bytes:0..256 (integers: both ends included)",
+    )
+    parser.add_argument(
+        "--feeds",
+        type=Path,
+        help="with --onnx: .npz of real inputs (one array per input, samples on its batch axis) for timing, "
+        "accuracy and calibration",
+    )
+    parser.add_argument(
+        "--state",
+        help="with --onnx: run as a stream, each inference's output fed back as the next one's input: stateN:state",
+    )

@@ -76,7 +76,7 @@ def measure_variant(
     TimerSettings) unless ``simulated`` (a float simulation's speed means nothing). Returns the accuracy columns
     plus ``latency_ms_p50``/``latency_ms_mean``."""
     from analysis.accuracy import compare, concat
-    from bench.inputs import accuracy_feeds, timing_feeds
+    from bench.inputs import accuracy_feeds, run_batches, timing_feeds
     from bench.timer import measure
     from engines.ort_cpu import OrtCpuEngine
     from onnx_models import model_spec
@@ -93,7 +93,8 @@ def measure_variant(
         with OrtCpuEngine({"optimization": "disabled"} if simulated else {}) as engine:
             engine.activate(source)
             outputs = concat(
-                [engine.infer(f) for f in accuracy_feeds(spec, size, batch, samples)], output_batch_axes(spec, size)
+                run_batches(engine, spec, size, accuracy_feeds(spec, size, batch, samples)),
+                output_batch_axes(spec, size),
             )
             if not simulated:
                 engine.prepare(timing_feeds(spec, size, batch))

@@ -8,6 +8,7 @@ loads a framework.
 from __future__ import annotations
 
 import importlib
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,10 +56,14 @@ class UnknownModelError(ValueError):
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One model input. ``shape`` has the batch dimension first, written as the string ``"batch"``.
+    """One model input. ``shape`` writes the batch dimension as the string ``"batch"``: first for every
+    catalogue model, elsewhere for a brought-in model's recurrent state (``(2, "batch", 128)``), and nowhere for
+    an input that does not grow with the batch (a 0-d sample rate, a shared table), which is fed the same array
+    at every batch size and in every batch.
 
     Floats are drawn uniformly from [low, high); integers uniformly from [low, high), so for an id input
-    ``high`` is the vocabulary size and every sample is a valid id.
+    ``high`` is the vocabulary size and every sample is a valid id. ``value``, when set, is the one value every
+    element holds (a sample rate, a threshold) and nothing is drawn.
     """
 
     name: str
@@ -66,29 +71,47 @@ class InputSpec:
     dtype: str
     low: float = 0.0
     high: float = 1.0
+    value: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.shape or self.shape[0] != "batch":
-            raise ValueError(f"input {self.name}: the first dimension must be 'batch', got {self.shape}")
-        if any(not isinstance(d, int) for d in self.shape[1:]):
+        if sum(d == "batch" for d in self.shape) > 1:
+            raise ValueError(f"input {self.name}: at most one dimension may be the batch, got {self.shape}")
+        if any(not isinstance(d, int) for d in self.shape if d != "batch"):
             raise ValueError(f"input {self.name}: only the batch dimension may be symbolic, got {self.shape}")
         if self.high <= self.low:
             raise ValueError(f"input {self.name}: empty value range [{self.low}, {self.high})")
 
+    @property
+    def batch_axis(self) -> int | None:
+        """The axis that holds the batch, or None for an input fed whole to every batch."""
+        return self.shape.index("batch") if "batch" in self.shape else None
+
     def concrete_shape(self, batch: int) -> tuple[int, ...]:
         """The shape with the batch dimension set to ``batch``."""
-        return (batch, *self.shape[1:])
+        return tuple(batch if d == "batch" else d for d in self.shape)
 
     def sample(self, rng: np.random.Generator, batch: int) -> np.ndarray:
-        """Draw one valid array for this input at batch size ``batch``."""
+        """Draw one valid array for this input at batch size ``batch``.
+
+        An input without a batch axis is drawn from its own generator, seeded by its name, and leaves ``rng``
+        untouched: it holds the same array in every batch and at every batch size, and adding or removing such
+        an input does not change what the other inputs are fed."""
         shape = self.concrete_shape(batch)
+        if self.value is not None:
+            return np.full(shape, self.value, dtype=self.dtype)
+        if self.batch_axis is None:
+            rng = np.random.default_rng(zlib.crc32(self.name.encode()))
         if np.issubdtype(np.dtype(self.dtype), np.integer):
             return rng.integers(int(self.low), int(self.high), size=shape, dtype=self.dtype)
         return rng.uniform(self.low, self.high, size=shape).astype(self.dtype)
 
     def describe(self) -> str:
-        dims = "x".join(str(d) for d in self.shape)
-        if np.issubdtype(np.dtype(self.dtype), np.integer):
+        """``name:dims:dtype:values``: dims with the batch written ``batch``, values the drawn range or the one
+        fixed value (``=16000``)."""
+        dims = "x".join(str(d) for d in self.shape) or "scalar"
+        if self.value is not None:
+            kind = f"={self.value:g}"
+        elif np.issubdtype(np.dtype(self.dtype), np.integer):
             kind = f"ids<{int(self.high)}" if self.low == 0 else f"ints[{int(self.low)},{int(self.high)})"
         else:
             kind = f"[{self.low:g},{self.high:g})"

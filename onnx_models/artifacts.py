@@ -303,6 +303,8 @@ def _copy_onnx(spec: ModelSpec, size: str) -> Path:
         not_normalized=problem,
         parity=parity if problem is None else "none: the brought-in file is FP32 as it is",
         output_batch_axes=axes,
+        # What the file's inputs are fed (shapes, ranges, fixed values): the checks above ran on them.
+        inputs=cfg["inputs"],
     )
     if problem is not None:
         log.warning("%s is used as it is for FP32; FP16 and INT8 cannot be made: %s", spec.name, problem)

@@ -28,15 +28,34 @@ def register(
     path: Path,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     output_batch_axes: Mapping[str, int] | None = None,
+    feeds: Path | None = None,
+    **inputs,
 ) -> ModelSpec:
-    """Describe ``path`` (``models.byo.describe_onnx``), keep the description in the store for child processes,
-    and return its ModelSpec.
+    """Describe ``path`` (``models.byo.describe_onnx``, which takes ``inputs``: ``input_batch_axes``,
+    ``input_values``, ``input_ranges``, ``state``), keep the description in the store for child processes,
+    and return its ModelSpec. ``feeds``, an .npz of inputs for timing, accuracy and calibration, is checked
+    against the inputs and recorded with its sha256.
 
-    A store entry belongs to one file and one set of input shapes: when either changed since the last
-    registration, the entry's artifacts and cached analyses (FLOPs, FP32 references) are removed first. A store
-    that cannot be written raises ByoError naming it (and ``AIMATRIX_STORE``, which chooses it).
+    A store entry belongs to one file and one description of its inputs (shapes, values, ranges, feeds): when
+    any changed since the last registration, the entry's artifacts and cached analyses (FLOPs, FP32 references)
+    are removed first. A store that cannot be written raises ByoError naming it (and ``AIMATRIX_STORE``, which
+    chooses it); so does a feeds file that does not fit.
     """
-    description = describe_onnx(path, input_shapes, output_batch_axes)
+    from calibration.feeds import FeedError, file_feeds
+    from common.hashing import sha256_file
+
+    given = None
+    if feeds is not None:
+        feeds = Path(feeds).resolve()
+        if not feeds.is_file():
+            raise ByoError(f"--feeds {feeds} does not exist; give an .npz with one array per input")
+        given = {"path": str(feeds), "sha256": sha256_file(feeds)}
+    description = describe_onnx(path, input_shapes, output_batch_axes, feeds=given, **inputs)
+    if feeds is not None:
+        try:
+            file_feeds(feeds, build_spec(description).input_specs("full"), 1, check_ranges=False)
+        except FeedError as exc:
+            raise ByoError(f"--feeds does not fit {Path(path).name}: {exc}") from None
     target = spec_path(description["name"])
     registered = target.is_file()
     try:

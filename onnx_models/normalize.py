@@ -110,7 +110,9 @@ def upgrade_opset(model: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto,
     try:
         upgraded = version_converter.convert_version(model, target)
     except Exception as exc:  # noqa: BLE001 - the converter raises RuntimeError, ValueError, and C++ errors
-        raise NormalizeError(f"ONNX's version converter cannot upgrade opset {before} to {target}: {first_line(exc)}")
+        raise NormalizeError(
+            f"ONNX's version converter cannot upgrade opset {before} to {target}: {first_line(exc)}"
+        ) from None
     return upgraded, before
 
 
@@ -127,7 +129,8 @@ def clear_wrong_output_shapes(model: onnx.ModelProto, actual: dict[str, tuple[in
             continue
         dims, shape = tensor_type.shape.dim, actual[output.name]
         wrong = len(dims) != len(shape) or any(
-            d.WhichOneof("value") == "dim_value" and d.dim_value > 0 and d.dim_value != n for d, n in zip(dims, shape)
+            d.WhichOneof("value") == "dim_value" and d.dim_value > 0 and d.dim_value != n
+            for d, n in zip(dims, shape, strict=True)
         )
         if wrong:
             tensor_type.ClearField("shape")

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from common.hashing import cache_key
 from common.packages import package_version
 from models import ModelSpec
 from models.trained import Splits
-from common.hashing import cache_key
 from onnx_models.store import ModelStore
 
 log = logging.getLogger(__name__)

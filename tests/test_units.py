@@ -96,9 +96,27 @@ SPECS = [InputSpec("ids", ("batch", 4), "int64", 0, 10), InputSpec("x", ("batch"
 
 def test_input_spec_validates():
     with pytest.raises(ValueError):
-        InputSpec("x", (3, 4), "float32")
+        InputSpec("x", ("batch", 3, "batch"), "float32")
     with pytest.raises(ValueError):
         InputSpec("x", ("batch", "n"), "float32")
+    with pytest.raises(ValueError):
+        InputSpec("x", ("batch",), "float32", 1.0, 1.0)
+
+
+def test_input_spec_batch_on_any_axis_or_none():
+    rng = np.random.default_rng(0)
+    state = InputSpec("state", (2, "batch", 128), "float32")
+    assert state.batch_axis == 1 and state.sample(rng, 3).shape == (2, 3, 128)
+    rate = InputSpec("sr", (), "int64", value=16000)
+    assert rate.batch_axis is None and rate.sample(rng, 3).shape == () and rate.sample(rng, 3) == 16000
+    assert rate.describe() == "sr:scalar:int64:=16000"
+    # A tensor shared by the batch holds the same array at every batch size and whatever was drawn before it,
+    # and drawing it leaves the batch's generator where it was.
+    table = InputSpec("table", (4, 5), "float32")
+    first = table.sample(np.random.default_rng(1), 1)
+    rng = np.random.default_rng(2)
+    again = table.sample(rng, 8)
+    assert np.array_equal(first, again) and rng.random() == np.random.default_rng(2).random()
 
 
 def test_synthetic_feeds_are_valid_and_seeded():
