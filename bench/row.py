@@ -107,6 +107,10 @@ class Row:
     # How the engine ran FP32 convolutions and matrix products: FP32, or TF32 (GPU engines on Ampere and newer
     # unless --no-tf32; Engine.fp32_math). An "fp32" row on a GPU is one or the other, never both.
     fp32_math: str | None = None
+    # The share of the graph's multiply-accumulates that run in the precision's element type (int8 for int8 and
+    # int8fp16, float16 for fp16), counted on its artifact at the check batch (analysis.quant_coverage); None for
+    # fp32 and for a graph without MACs. 0 would be an artifact that runs as FP32 (INT8 builds refuse it).
+    reduced_mac_share: float | None = None
     int8_weight_bits: int | None = None
     int8_conformance: str | None = None
     int8_float_nodes: int | None = None
