@@ -17,8 +17,8 @@ MAC FLOPs (``mac_flops``, also included in ``flops``):
   2 * N * Cout * prod(out spatial) * (Cin / group) * prod(kernel). A bias adds N * Cout * prod(out spatial)
   to ``flops`` only (FusedConv's activation adds one more per element).
 - ConvTranspose: 2 * N * Cin * prod(in spatial) * (Cout / group) * prod(kernel); bias as for Conv.
-- MatMul, MatMulInteger, QLinearMatMul (and com.microsoft FusedMatMul): 2 * prod(broadcast batch dims) * M * K * N,
-  with 1-D operands promoted as numpy does.
+- MatMul, MatMulInteger, QLinearMatMul (and com.microsoft FusedMatMul, DynamicQuantizeMatMul,
+  MatMulIntegerToFloat): 2 * prod(broadcast batch dims) * M * K * N, with 1-D operands promoted as numpy does.
 - Gemm (and com.microsoft QGemm, FusedGemm): 2 * M * K * N; a C input adds M * N to ``flops`` only; alpha and
   beta are ignored.
 - Einsum with two or more operands: (number of operands) * product of the sizes of all distinct indices, which
@@ -56,8 +56,8 @@ Control flow: a Loop's body is counted recursively, times the trip count when th
 initializer or a Constant node; it is an upper bound when the loop condition can stop earlier); when it is not,
 the body is counted once and the Loop is listed in ``unknown_shapes`` with a note. A Scan's body is counted
 times the scan length (the first scan input's size along its scan axis; opset 9 and later). An If counts the
-branch with more FLOPs. Body shapes come from shape inference on the body with the loop-carried inputs at their
-outer shapes, i.e. the first iteration's shapes.
+branch with more FLOPs (its MAC nodes are the ones ``GraphCost.mac_nodes`` lists). Body shapes come from shape
+inference on the body with the loop-carried inputs at their outer shapes, i.e. the first iteration's shapes.
 
 Uncounted: data movement and everything else (Reshape, Transpose, Gather, Concat, Slice, Shape, Cast,
 Unsqueeze, Squeeze, Flatten, Identity, Constant, Expand, Pad, Resize, TopK, NonMaxSuppression, fused attention
@@ -96,7 +96,7 @@ import onnx.inliner
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import load_external_data_for_model, load_external_data_for_tensor
 
-from common.graphs import subgraphs
+from common.graphs import sort_nodes, subgraphs
 
 Shape = tuple[int, ...]
 
@@ -139,9 +139,37 @@ _SUBBYTE_BITS = {
 }
 
 
+@dataclass(frozen=True)
+class Operand:
+    """One input of a counted node: its name (empty for an optional input left out), element type (0 where
+    unknown), the op type of the node that produced it (None for a graph input, an initializer or an empty input),
+    and the element type of that producer's first input (a DequantizeLinear's integer data; 0 where there is none
+    or it is unknown)."""
+
+    name: str
+    elem_type: int
+    producer: str | None
+    producer_input_type: int
+
+
+@dataclass(frozen=True)
+class MacNode:
+    """One node that does multiply-accumulates, as ``count`` counted it: its ``label`` (its name, after the labels
+    of the control-flow nodes around it), op type, MAC FLOPs (times the trip counts of the loops around it, as in
+    ``mac_flops``), its inputs in order, and the op types of the Loop, Scan and If nodes it sits in, outermost
+    first (empty at the top level)."""
+
+    label: str
+    op_type: str
+    mac_flops: float
+    inputs: tuple[Operand, ...]
+    control_flow: tuple[str, ...]
+
+
 @dataclass
 class GraphCost:
-    """The cost of one batch through a graph; see the module docstring for what each count includes."""
+    """The cost of one batch through a graph; see the module docstring for what each count includes.
+    ``mac_nodes`` lists every node whose MAC FLOPs are in ``mac_flops`` (they sum to it)."""
 
     flops: float
     mac_flops: float
@@ -152,6 +180,7 @@ class GraphCost:
     by_op: dict[str, float] = field(default_factory=dict)
     uncounted: dict[str, int] = field(default_factory=dict)
     unknown_shapes: list[str] = field(default_factory=list)
+    mac_nodes: list[MacNode] = field(default_factory=list)
 
     @property
     def bytes_lower_bound(self) -> int:
@@ -204,7 +233,14 @@ zeros. A ModelProto passed in is not modified. Returns a GraphCost; raises
     for name, (shape, elem_type) in feeds.items():
         shapes[name] = shape
         types[name] = elem_type
-    ctx = _Ctx(shapes, types, _constants(proto.graph), list(proto.opset_import), proto.ir_version)
+    ctx = _Ctx(
+        shapes,
+        types,
+        _constants(proto.graph),
+        list(proto.opset_import),
+        proto.ir_version,
+        producers=_producers(light.graph),
+    )
 
     acc = _Acc()
     _walk(light.graph, ctx, 1.0, "", acc, top=True)
@@ -245,6 +281,7 @@ zeros. A ModelProto passed in is not modified. Returns a GraphCost; raises
         by_op=dict(acc.by_op),
         uncounted=dict(acc.uncounted),
         unknown_shapes=acc.unknown,
+        mac_nodes=acc.nodes,
     )
 
 
@@ -317,7 +354,8 @@ def _feed_shapes(
 def _light_model(
     proto: onnx.ModelProto, base_dir: Path | None, feeds: Mapping[str, tuple[Shape, int]]
 ) -> onnx.ModelProto:
-    """The graph with concrete input shapes, cleared output shapes and weightless large initializers.
+    """The graph with concrete input shapes, cleared output shapes and weightless large initializers, its nodes
+    in an order where each follows the producers of its inputs.
 
     Built field by field so that the weights are never copied; shape inference only reads their dims.
     """
@@ -346,6 +384,9 @@ def _light_model(
             new.type.CopyFrom(vi.type)
     graph.initializer.extend(_weightless(t, base_dir) for t in proto.graph.initializer)
     graph.sparse_initializer.extend(proto.graph.sparse_initializer)
+    # Shape inference reads the nodes in order: a node listed before its producer (ONNX Runtime's FP16 converter
+    # appends its input casts last) would leave everything after it without a type.
+    sort_nodes(graph)
     return light
 
 
@@ -567,6 +608,10 @@ class _Ctx:
     consts: Mapping[str, np.ndarray]
     opsets: list[onnx.OperatorSetIdProto]
     ir_version: int
+    # The node that writes each tensor, this graph's first and then the enclosing graphs'.
+    producers: Mapping[str, onnx.NodeProto] = field(default_factory=dict)
+    # The op types of the control-flow nodes whose body this is, outermost first.
+    scope: tuple[str, ...] = ()
 
     def shape(self, name: str) -> Shape:
         try:
@@ -584,6 +629,7 @@ class _Acc:
     unknown: list[str] = field(default_factory=list)
     # Top-level tensors to measure with ONNX Runtime.
     missing: set[str] = field(default_factory=set)
+    nodes: list[MacNode] = field(default_factory=list)
 
     def add(self, op: str, mac: float, other: float) -> None:
         self.mac += mac
@@ -597,6 +643,7 @@ class _Acc:
         self.uncounted.update(other.uncounted)
         self.unknown.extend(other.unknown)
         self.missing |= other.missing
+        self.nodes.extend(other.nodes)
 
 
 def _walk(graph: onnx.GraphProto, ctx: _Ctx, mult: float, prefix: str, acc: _Acc, top: bool) -> None:
@@ -623,10 +670,28 @@ def _walk(graph: onnx.GraphProto, ctx: _Ctx, mult: float, prefix: str, acc: _Acc
                 acc.missing.update(n for n in (*node.input, *node.output) if n and n not in ctx.shapes)
             continue
         acc.add(node.op_type, mac * mult, other * mult)
+        if mac:
+            operands = tuple(_operand(name, ctx) for name in node.input)
+            acc.nodes.append(MacNode(label, node.op_type, mac * mult, operands, ctx.scope))
 
 
-def _sub_ctx(graph: onnx.GraphProto, bound: Mapping[str, tuple[Shape | None, int]], ctx: _Ctx) -> _Ctx:
-    """Shapes inside a subgraph whose inputs have the ``bound`` (shape, elem type), via standalone inference.
+def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {name: node for node in graph.node for name in node.output if name}
+
+
+def _operand(name: str, ctx: _Ctx) -> Operand:
+    if not name:
+        return Operand("", 0, None, 0)
+    producer = ctx.producers.get(name)
+    if producer is None:
+        return Operand(name, ctx.types.get(name, 0), None, 0)
+    source = producer.input[0] if producer.input else ""
+    return Operand(name, ctx.types.get(name, 0), producer.op_type, ctx.types.get(source, 0) if source else 0)
+
+
+def _sub_ctx(graph: onnx.GraphProto, bound: Mapping[str, tuple[Shape | None, int]], ctx: _Ctx, within: str) -> _Ctx:
+    """Shapes inside a subgraph (the body of a ``within`` node) whose inputs have the ``bound`` (shape, elem type),
+    via standalone inference.
 
     ONNX's own Loop inference drops the shapes of loop-carried values (they may change between iterations),
     so the body is inferred as a graph of its own: its inputs get the outer shapes and the outer-scope
@@ -647,6 +712,7 @@ def _sub_ctx(graph: onnx.GraphProto, bound: Mapping[str, tuple[Shape | None, int
     scan(graph)
     standalone = helper.make_graph([], graph.name or "subgraph", [], [])
     standalone.node.extend(graph.node)
+    sort_nodes(standalone)
     for vi in graph.input:
         new = standalone.input.add()
         new.CopyFrom(vi)
@@ -684,6 +750,8 @@ def _sub_ctx(graph: onnx.GraphProto, bound: Mapping[str, tuple[Shape | None, int
         ChainMap(_constants(graph), ctx.consts),
         ctx.opsets,
         ctx.ir_version,
+        producers=ChainMap(_producers(graph), ctx.producers),
+        scope=(*ctx.scope, within),
     )
 
 
@@ -711,7 +779,7 @@ def _loop(node: onnx.NodeProto, label: str, ctx: _Ctx, mult: float, acc: _Acc) -
     if trips is None:
         acc.unknown.append(f"{label}: Loop trip count is not a constant; body counted once")
         trips = 1
-    _walk(body, _sub_ctx(body, bound, ctx), mult * trips, label + "/", acc, top=False)
+    _walk(body, _sub_ctx(body, bound, ctx, "Loop"), mult * trips, label + "/", acc, top=False)
 
 
 def _scan(node: onnx.NodeProto, label: str, ctx: _Ctx, mult: float, acc: _Acc) -> None:
@@ -733,7 +801,7 @@ def _scan(node: onnx.NodeProto, label: str, ctx: _Ctx, mult: float, acc: _Acc) -
                 length = shape[axis]
             shape = shape[:axis] + shape[axis + 1 :]
         bound[inner.name] = (shape, ctx.types.get(outer, 0))
-    _walk(body, _sub_ctx(body, bound, ctx), mult * (length or 0), label + "/", acc, top=False)
+    _walk(body, _sub_ctx(body, bound, ctx, "Scan"), mult * (length or 0), label + "/", acc, top=False)
 
 
 def _if(node: onnx.NodeProto, label: str, ctx: _Ctx, mult: float, acc: _Acc) -> None:
@@ -741,7 +809,7 @@ def _if(node: onnx.NodeProto, label: str, ctx: _Ctx, mult: float, acc: _Acc) -> 
     for name in ("then_branch", "else_branch"):
         branch = _attr(node, name)
         branch_acc = _Acc()
-        _walk(branch, _sub_ctx(branch, {}, ctx), mult, f"{label}/{name}/", branch_acc, top=False)
+        _walk(branch, _sub_ctx(branch, {}, ctx, "If"), mult, f"{label}/{name}/", branch_acc, top=False)
         branches.append(branch_acc)
     acc.merge(max(branches, key=lambda a: a.flops))
 
@@ -1003,6 +1071,9 @@ _HANDLERS: dict[str, Callable[[onnx.NodeProto, _Ctx], tuple[float, float]]] = {
     "MatMul": _matmul_like(0, 1),
     "FusedMatMul": _matmul_like(0, 1),
     "MatMulInteger": _matmul_like(0, 1),
+    # com.microsoft's dynamically quantized products (calibration.loop_int8, quantize_dynamic): int8 weights.
+    "DynamicQuantizeMatMul": _matmul_like(0, 1),
+    "MatMulIntegerToFloat": _matmul_like(0, 1),
     "QLinearMatMul": _matmul_like(0, 3),
     "Gemm": _gemm_like(0, 1, 2),
     "FusedGemm": _gemm_like(0, 1, 2),

@@ -20,6 +20,9 @@ only where the evidence carries it. Pure functions over result rows (dicts as in
   precision is settled against (not faster, or failing); otherwise undecided, with what would decide it. A cell
   whose timing is flagged unstable (``analysis.intervals.unstable``) is named, not skipped: its speed-up's
   interval comes from its rounds, so a disturbed timing widens it until it decides nothing.
+- A point whose artifact runs none of the model's MACs in its precision (``reduced_mac_share`` 0,
+  ``analysis.quant_coverage``) is FP32 under another name: it is never deployed, and settled against like a
+  precision without gain.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from analysis.accuracy import retained, retained_and_basis
+from analysis.quant_coverage import share_text
 from common import precisions
 from common.numbers import with_interval
 
@@ -104,7 +108,9 @@ class Point:
     ``speed`` is ``faster``, ``slower``, ``no gain`` or None (FP32, or no interval); ``accuracy`` is ``pass``,
     ``fail``, ``undecided`` (label-backed, the interval reaching the threshold), ``unjudged`` (random weights,
     no trained counterpart measured) or None (FP32, or nothing measured). ``basis`` says what ``retained`` is
-    against; ``evidence`` names the trained model whose labels judged it (itself for a trained model)."""
+    against; ``evidence`` names the trained model whose labels judged it (itself for a trained model).
+    ``mac_share`` is the lowest ``reduced_mac_share`` of its cells: the share of the model's MACs its artifact runs
+    in the precision's element type (None for FP32 and rows without it)."""
 
     engine: str
     model: str
@@ -122,6 +128,12 @@ class Point:
     evidence: str | None
     unstable: str | None
     samples: int | None
+    mac_share: float | None = None
+
+    @property
+    def not_reduced(self) -> bool:
+        """True where the artifact runs none of the MACs in its precision: its speed-up is not the precision's."""
+        return self.mac_share is not None and self.mac_share <= 0
 
     @property
     def passes(self) -> bool | None:
@@ -216,6 +228,7 @@ def points(
             if borrowed["evidence"]:
                 accuracy = {**borrowed, "basis": borrowed["basis"].replace("labels", f"labels of {counterpart}", 1)}
         unstable = next((r.get("unstable") for r in cells if r.get("unstable")), None)
+        shares = [r["reduced_mac_share"] for r in cells if r.get("reduced_mac_share") is not None]
         out.append(
             Point(
                 engine=str(engine),
@@ -234,6 +247,7 @@ def points(
                 evidence=accuracy["evidence"],
                 unstable=unstable,
                 samples=accuracy["samples"],
+                mac_share=min(shares) if shares and not base else None,
             )
         )
     return out
@@ -301,14 +315,14 @@ def verdicts(all_points: Iterable[Point], threshold: float = 0.99, min_speedup: 
         if not lower:
             out.append(Verdict(engine, model, size, "none", None, "no lower precision ran"))
             continue
-        deployable = [p for p in lower if p.speed == "faster" and p.accuracy == "pass"]
+        deployable = [p for p in lower if p.speed == "faster" and p.accuracy == "pass" and not p.not_reduced]
         if deployable:
             best = max(deployable, key=lambda p: (p.speedup or 0, -precisions.order(p.precision)))
             others = [_why(p, threshold, min_speedup) for p in lower if p is not best]
             reason = f"{best.precision} is faster and keeps the accuracy ({best.basis})"
             out.append(Verdict(engine, model, size, "deploy", best, "; ".join([reason, *others])))
             continue
-        settled = all(p.speed in ("no gain", "slower") or p.accuracy == "fail" for p in lower)
+        settled = all(p.speed in ("no gain", "slower") or p.accuracy == "fail" or p.not_reduced for p in lower)
         reasons = "; ".join(_why(p, threshold, min_speedup) for p in lower)
         if settled:
             out.append(Verdict(engine, model, size, "keep fp32", base, reasons))
@@ -329,6 +343,8 @@ def _clause(point: Point, threshold: float, min_speedup: float) -> str:
     from analysis.intervals import samples_to_decide
 
     name = point.precision
+    if point.not_reduced:
+        return f"{name} has {share_text(name, point.mac_share)}"
     if point.speed is None:
         speed = f"{name} was not timed side by side with FP32 in rounds (re-run with --rounds 5)"
     elif point.speed == "faster":

@@ -176,6 +176,9 @@ def _open(cell: Cell, engine_options: dict, reference: str | None) -> tuple:
     path = store.verified_path(cell.artifact.name)
     entry = store.entry(cell.artifact.name)
     row: dict = {"artifact": str(path), "artifact_sha256": entry["sha256"]}
+    if precisions.get(cell.precision).reduced:
+        # Recorded when the artifact was built (calibration's builders): how much of the work runs reduced.
+        row["reduced_mac_share"] = (entry.get("mac_coverage") or {}).get("share")
     if precisions.get(cell.precision).quantized:
         from calibration.tensorrt_rules import row_text
 

@@ -24,9 +24,22 @@ from bench.isolation import kill_children, run_isolated
 from bench.model_facts import count_flops, reference_outputs
 from bench.plan import ArtifactJob
 from bench.timer import TimerSettings
-from onnx_models.artifacts import Artifact, CalibrationSettings, ExportSettings, ensure, slim_fp32
+from common.errors import Unsupported
+from onnx_models.artifacts import (
+    Artifact,
+    CalibrationSettings,
+    ExportSettings,
+    UnsupportedPrecision,
+    ensure,
+    slim_fp32,
+)
 
 log = logging.getLogger(__name__)
+
+# The exceptions a build raises for a conversion the model cannot undergo (its cells then ``unsupported``), by the
+# name the child process reports: a brought-in model's failed conversion, and a builder's refusal (an INT8 graph
+# that runs none of its MACs in int8).
+UNSUPPORTED_ERRORS = frozenset({UnsupportedPrecision.__name__, Unsupported.__name__})
 
 # How long one artifact build, FLOP count or reference computation may take in its child process.
 BUILD_TIMEOUT_S = 3600.0
@@ -132,7 +145,7 @@ class LocalExecutor:
                 bar.update()
                 return
             result = run_isolated(ensure, {"artifact": artifact, "export": export, "calib": calib}, BUILD_TIMEOUT_S)
-            if not result.ok and result.error_type == "UnsupportedPrecision":
+            if not result.ok and result.error_type in UNSUPPORTED_ERRORS:
                 outcome.unsupported[artifact] = result.message
                 tqdm.write(f"{model} ({artifact.size}) {name}: unsupported: {result.message}", file=sys.stderr)
             elif not result.ok:

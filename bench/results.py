@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from analysis.quant_coverage import share_text
 from analysis.verdict import speed_key, speedup
 from bench.row import COLUMNS
 from common import precisions
@@ -313,6 +314,7 @@ CELL_COLUMNS = (
 SUMMARY_COLUMNS = (
     *CELL_COLUMNS,
     ("speedup_vs_fp32", "x fp32"),
+    ("reduced_mac_share", "MACs in prec"),
     ("accuracy_metric", "accuracy metric"),
     ("accuracy_value", "value"),
     ("accuracy_cosine", "cosine"),
@@ -324,7 +326,8 @@ LABEL_COLUMNS = (("label_metric", "vs labels"), ("label_value", "value"), ("labe
 
 def summary_markdown(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of the run: one line per cell, with speed-up over FP32 of the same engine, batch size
-    and scenario."""
+    and scenario, and beside it the share of the model's MACs the cell's artifact ran in its precision
+    (``analysis.quant_coverage.share_text``: ``0% of MACs in int8, not an int8 result`` where none did)."""
     fp32 = {speed_key(r): r for r in rows if r.get("precision") == precisions.BASE}
     columns = SUMMARY_COLUMNS
     if any(r.get("label_metric") for r in rows):
@@ -336,6 +339,7 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         view = dict(row)
         view["speedup_vs_fp32"] = speedup(row, fp32.get(speed_key(row)))
+        view["reduced_mac_share"] = share_text(str(row.get("precision")), row.get("reduced_mac_share"))
         if view.get("error"):
             view["error"] = str(view["error"]).replace("|", "/")[:120]
         lines.append("| " + " | ".join(fmt(view.get(key)) for key, _ in columns) + " |")

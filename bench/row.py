@@ -110,6 +110,10 @@ class Row:
     # A model run as a stream (--state): its output -> input pairs, fed back from one inference to the next in
     # the timed loop and over the accuracy batches (bench.inputs.Stream). None for independent inferences.
     stream: str | None = None
+    # The share of the graph's multiply-accumulates that run in the precision's element type (int8 for int8 and
+    # int8fp16, float16 for fp16), counted on its artifact at the check batch (analysis.quant_coverage); None for
+    # fp32 and for a graph without MACs. 0 would be an artifact that runs as FP32 (INT8 builds refuse it).
+    reduced_mac_share: float | None = None
     int8_weight_bits: int | None = None
     int8_conformance: str | None = None
     int8_float_nodes: int | None = None

@@ -149,5 +149,12 @@ def key(job) -> dict:
 
 
 def build(job, out: Path) -> dict:
-    """Convert ``job``'s FP32 file into ``out`` (``convert``, from the slimmed graph); returns manifest info."""
-    return convert(job.fp32, out, job.check_feeds(), cleaned=job.cleaned())
+    """Convert ``job``'s FP32 file into ``out`` (``convert``, from the slimmed graph); returns manifest info, with
+    ``mac_coverage``: how many of the graph's MACs run in float16 (``analysis.quant_coverage``, at the check
+    batch's shapes)."""
+    from analysis.quant_coverage import coverage
+
+    feeds = job.check_feeds()
+    info = convert(job.fp32, out, feeds, cleaned=job.cleaned())
+    shapes = {name: value.shape for name, value in feeds.items()}
+    return {**info, "mac_coverage": coverage(out, job.artifact.precision, shapes).as_dict()}

@@ -12,7 +12,13 @@ Two flavours of the same calibration (the ranges are shared through one cache fi
   implicit INT8 calibration). ``calibration.tensorrt_rules`` writes those rules down and checks every build.
 
 MatMuls inside Loop bodies, which the static quantizer does not enter, get int8 weights with activations
-quantized at run time in the ``cpu`` flavour (``calibration.loop_int8``).
+quantized at run time in the ``cpu`` flavour (``calibration.loop_int8``). Operators inside If and Scan bodies
+stay in float: ONNX Runtime's QDQ quantizer walks the top-level graph only (``QDQQuantizer.quantize_model``; its
+``EnableSubgraph`` option is the QOperator quantizer's, for dynamic quantization) and its calibrators collect
+ranges there only. Each artifact records the share of the graph's MACs that run in int8
+(``analysis.quant_coverage``); a graph of which none do (every Conv inside If bodies, say) is refused as
+unsupported, with where its MACs sit, rather than measured as an INT8 result that is FP32. Any share above 0 is
+built and reported.
 
 What must stay in float stays in float: embedding lookups (Gather), sorting and selection (TopK, NMS),
 softmax and index arithmetic are never quantized. The manifest lists which op types were quantized.
@@ -32,10 +38,12 @@ from pathlib import Path
 
 import onnx
 
+from analysis.quant_coverage import coverage
 from calibration.feeds import Feeds
 from calibration.graph import batchnorm_to_depthwise, check_runs, clean, output_shapes
 from calibration.int8_recipe import FLAVOURS, METHODS
 from common.cpu_isa import weight_max
+from common.errors import Unsupported
 from common.graphs import subgraphs
 from common.paths import unique_temp
 
@@ -112,6 +120,9 @@ def quantize(
     the weights to [-64, 64] (ONNX Runtime's reduced range; ``calibration.int8_recipe`` says when), in the
     static graph and in the Loop MatMuls alike. ``cleaned`` is ``calibration.graph.clean(fp32_path)`` when the
     caller already has it.
+
+    The info's ``mac_coverage`` is ``analysis.quant_coverage`` of the result at ``check_feeds``' shapes. Raises
+    ``common.errors.Unsupported`` (``out_path`` left as it was) when none of the graph's MACs run in int8.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -168,6 +179,11 @@ def quantize(
                 ort_cache.unlink(missing_ok=True)
     loop_matmuls = _quantize_loops(partial, weight_bits) if flavour == "cpu" else 0
     check_runs(partial, check_feeds, output_shapes(fp32_path, check_feeds))
+    covered = coverage(partial, "int8", {name: value.shape for name, value in check_feeds.items()})
+    refusal = unquantized_reason(covered, flavour)
+    if refusal:
+        partial.unlink(missing_ok=True)
+        raise Unsupported(refusal)
     os.replace(partial, out_path)
     return {
         "quantizer": "onnxruntime.quantization.quantize_static (QDQ)",
@@ -188,8 +204,37 @@ def quantize(
         "kept_float": sorted(KEEP_FLOAT | set(exclude_op_types)),
         "excluded_nodes": list(exclude_nodes),
         "loop_matmuls_dynamic_int8": loop_matmuls,
+        "mac_coverage": covered.as_dict(),
         **quantized_summary(out_path),
     }
+
+
+def unquantized_reason(covered, flavour: str) -> str | None:
+    """Why an INT8 graph (``covered``: its ``analysis.quant_coverage.Coverage``) is refused: none of its MACs run
+    in int8, and where they are instead (``all 1.2 GMACs sit inside If bodies, which ONNX Runtime's QDQ quantizer
+    does not enter``); None when some do, whatever the share, or the graph has none."""
+    from analysis.quant_coverage import mac_text
+
+    if not covered.macs or covered.reduced_macs:
+        return None
+    text = f"INT8 quantization leaves every multiply-accumulate in float: {covered.where()}"
+    if covered.body_macs:
+        text += ", which ONNX Runtime's QDQ quantizer does not enter"
+        if "Loop" in covered.body_macs_by_op:
+            from calibration.loop_int8 import MIN_WEIGHT_ELEMENTS
+
+            text += (
+                f" (the cpu flavour gives int8 weights to Loop MatMuls whose weight passes through the loop and has "
+                f"{MIN_WEIGHT_ELEMENTS} values or more: none here)"
+                if flavour == "cpu"
+                else " (the tensorrt flavour leaves Loops to TensorRT)"
+            )
+        top = covered.macs - covered.body_macs
+        if top > 0:
+            text += f", and the other {mac_text(top)} are kept in float"
+    else:
+        text += ", every operator doing them kept in float"
+    return text
 
 
 def _check_nodes_exist(model: onnx.ModelProto, nodes: tuple[str, ...]) -> None:

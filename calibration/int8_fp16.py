@@ -30,9 +30,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from analysis.quant_coverage import coverage
 from calibration import fp16, int8
 from calibration.graph import check_runs, output_shapes
 from common.errors import first_line
+from common.graphs import sort_nodes
 from common.paths import atomic_path
 
 log = logging.getLogger(__name__)
@@ -45,46 +47,6 @@ FP16_NORMAL_MIN = float(np.finfo(np.float16).tiny)
 
 class MixedConversionError(fp16.ConversionError):
     """An INT8 graph that could not be given FP16 float layers."""
-
-
-def sort_nodes(graph: onnx.GraphProto) -> None:
-    """Put ``graph``'s nodes in an order where each comes after the producers of what it reads (bodies' outer
-    references included), keeping the given order where it already is one.
-
-    ONNX Runtime's FP16 converter appends the casts it inserts for float32 inputs at the end of the node list;
-    ONNX Runtime does not mind, but ONNX requires a sorted graph, and its checker and reference evaluator refuse
-    one that is not."""
-    import heapq
-
-    from common.graphs import all_graphs, subgraphs
-
-    nodes = list(graph.node)
-    producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
-    needs: list[set[int]] = []
-    for i, node in enumerate(nodes):
-        names = set(node.input)
-        for body in subgraphs(node):
-            names |= {name for g in all_graphs(body) for n in g.node for name in n.input}
-        needs.append({producer[n] for n in names if n in producer and producer[n] != i})
-    users: dict[int, list[int]] = {}
-    for i, deps in enumerate(needs):
-        for d in deps:
-            users.setdefault(d, []).append(i)
-    waiting = [len(deps) for deps in needs]
-    ready = [i for i, n in enumerate(waiting) if n == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        i = heapq.heappop(ready)
-        order.append(i)
-        for u in users.get(i, []):
-            waiting[u] -= 1
-            if waiting[u] == 0:
-                heapq.heappush(ready, u)
-    if len(order) != len(nodes):
-        raise MixedConversionError(f"graph {graph.name!r} has a cycle: {len(nodes) - len(order)} nodes unsorted")
-    del graph.node[:]
-    graph.node.extend(nodes[i] for i in order)
 
 
 def _scale_rounding(int8_model: onnx.ModelProto) -> tuple[int, int, float]:
@@ -195,7 +157,9 @@ def key(job) -> dict:
 def build(job, out: Path) -> dict:
     """Make the ``tensorrt`` INT8 graph of ``job`` by ``calibration.int8.build`` (reusing its stored ranges)
     into a temporary file, convert it (``convert``) into ``out`` and check it against TensorRT's rules; returns
-    manifest info: the INT8 build's, the conversion's and ``tensorrt_conformance``."""
+    manifest info: the INT8 build's, the conversion's, ``tensorrt_conformance`` and ``mac_coverage`` (the share
+    of MACs in int8 of the converted graph). An INT8 build that is refused (no MAC runs in int8) refuses this one
+    with the same reason."""
     from calibration import tensorrt_rules
 
     int8_job = _int8_job(job)
@@ -216,4 +180,7 @@ def build(job, out: Path) -> dict:
             tensorrt_rules.row_text(record),
             violations[0],
         )
-    return {**info, "mixed": mixed, "tensorrt_conformance": record}
+    # The INT8 build's coverage was its graph's; this one's is counted on the converted graph.
+    shapes = {name: value.shape for name, value in check_feeds.items()}
+    covered = coverage(out, job.artifact.precision, shapes).as_dict()
+    return {**info, "mixed": mixed, "tensorrt_conformance": record, "mac_coverage": covered}

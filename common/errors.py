@@ -25,3 +25,10 @@ def not_finite(name: str, value: object, minimum: float, inclusive: bool) -> str
         isinstance(value, int | float) and math.isfinite(value) and (value >= minimum if inclusive else value > minimum)
     )
     return None if ok else f"{name} must be a finite number {'>=' if inclusive else '>'} {minimum:g}, got {value!r}"
+
+
+class Unsupported(Exception):
+    """A conversion that a model cannot undergo, found while building its artifact: a fact about the model, so its
+    cells are reported ``unsupported`` with this message rather than ``failed``. Raised below the store (by a
+    precision's builder in ``calibration``); the run pipeline knows it by its name across the child process
+    (``bench.executor``), as it knows ``onnx_models.artifacts.UnsupportedPrecision``."""

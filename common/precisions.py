@@ -49,6 +49,12 @@ class Precision:
         """What its compute roof counts: ``OP/s`` for integer arithmetic, ``FLOP/s`` for floating point."""
         return "OP/s" if np.issubdtype(np.dtype(self.element), np.integer) else "FLOP/s"
 
+    @property
+    def reduced(self) -> bool:
+        """Whether its arithmetic runs in another element type than the reference's: the precisions whose rows
+        say how much of the model's multiply-accumulate work runs in ``element`` (``analysis.quant_coverage``)."""
+        return self.element != _BY_NAME[BASE].element
+
     def runs_on(self, engine: str) -> bool:
         """Whether engine ``engine`` (a registry name or a pattern name such as ``ort:XProvider``) runs it."""
         return self.engines is None or any(

@@ -423,6 +423,7 @@ def _search_row(row: dict[str, Any]) -> dict[str, Any]:
         "label_metric",
         "label_value",
         "int8_float_nodes",
+        "reduced_mac_share",
         "artifact_sha256",
         "error",
     )

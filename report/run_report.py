@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from analysis.quant_coverage import share_text
 from analysis.roofs import Roofs, engine_threads, machine_key, unit
 from analysis.verdict import MIN_SPEEDUP, judgement, speed_key, speedup, speedup_interval
 from bench.results import CELL_COLUMNS
@@ -258,8 +259,16 @@ def _answer(
 
 
 def _speed_cell(point) -> TableCell:
-    """``2.61x [2.52, 2.70]``, sorted by the speed-up."""
-    return TableCell(with_interval(point.speedup, point.speedup_lo, point.speedup_hi, "x"), point.speedup, "num")
+    """``2.61x [2.52, 2.70] (92% of MACs in int8)``, sorted by the speed-up."""
+    speed = with_interval(point.speedup, point.speedup_lo, point.speedup_hi, "x")
+    return TableCell(_with_share(speed, point.precision, point.mac_share), point.speedup, "num")
+
+
+def _with_share(text: str, precision: str, share: float | None) -> str:
+    """``text`` (a speed-up) followed by the share of the MACs that ran in ``precision`` where it is known:
+    ``2.61x (92% of MACs in int8)``, ``1.01x (0% of MACs in int8, not an int8 result)``."""
+    note = share_text(precision, share)
+    return f"{text} ({note})" if note else text
 
 
 def _kept_cell(point) -> TableCell:
@@ -268,17 +277,20 @@ def _kept_cell(point) -> TableCell:
 
 
 def _point_cell(point) -> TableCell:
-    """A lower precision in the verdict table: ``2.61x [2.52, 2.70], 0.875 [0.53, 0.98] unjudged``, coloured by
-    what is decided (faster and passing, failing or slower), sorted by speed-up; empty where it did not run."""
+    """A lower precision in the verdict table: ``2.61x [2.52, 2.70] (92% of MACs in int8), 0.875 [0.53, 0.98]
+    unjudged``, coloured by what is decided (faster and passing, failing, slower, or none of its MACs in the
+    precision), sorted by speed-up; empty where it did not run."""
     if point is None:
         return TableCell("")
-    speed = with_interval(point.speedup, point.speedup_lo, point.speedup_hi, "x")
+    speed = _with_share(
+        with_interval(point.speedup, point.speedup_lo, point.speedup_hi, "x"), point.precision, point.mac_share
+    )
     kept = with_interval(point.retained, point.retained_lo, point.retained_hi)
     state = point.accuracy or ""
     if point.speed in ("slower", "no gain"):
         state = f"{point.speed}, {state}".rstrip(", ")
     css = "pass" if point.speed == "faster" and point.accuracy == "pass" else None
-    if point.accuracy == "fail" or point.speed == "slower":
+    if point.accuracy == "fail" or point.speed == "slower" or point.not_reduced:
         css = "fail"
     return TableCell(f"{speed}, {kept} {state}".strip(), point.speedup, css)
 
@@ -290,7 +302,10 @@ def _speedups(doc: Document, rows: list[dict[str, Any]], threshold: float) -> No
         "scenario, with its 95% interval where the two were timed side by side in rounds (the geometric mean of "
         "the rounds' ratios then); in LoadGen scenarios, its samples/s divided by FP32's. Concurrency above 1 is "
         "marked as @N after the scenario. FAIL marks a speed-up whose cell fails its accuracy (judged as in the "
-        "accuracy table: never on a random-weight model's agreement)."
+        "accuracy table: never on a random-weight model's agreement). Beside each lower precision's speed-up, the "
+        "share of the model's multiply-accumulates its artifact runs in that precision (int8 for int8 and int8fp16, "
+        "float16 for fp16; counted on the graph, Loop, Scan and If bodies included): at 0% the artifact does the "
+        "model's arithmetic as FP32 does, and its speed-up is not the precision's."
     )
     groups: dict[tuple, dict[str, dict]] = {}
     for row in rows:
@@ -307,9 +322,15 @@ def _speedups(doc: Document, rows: list[dict[str, Any]], threshold: float) -> No
             paired = speedup_interval(other, base) if other else None
             ratio = paired[0] if paired else (speedup(other, base) if other else None)
             text = with_interval(*paired, "x") if paired else (f"{ratio:.2f}x" if ratio else None)
+            share = other.get("reduced_mac_share") if other else None
+            if ratio:
+                text = _with_share(text, precision, share)
             if ratio and judgement(other, threshold)[0] == "fail":
                 # Marked where it is quoted: a speed-up bought with accuracy below the threshold.
                 line.append(TableCell(f"{text} FAIL", ratio, "fail"))
+            elif ratio and share is not None and share <= 0:
+                # Nothing ran in the precision: a speed-up that must not be quoted as the precision's.
+                line.append(TableCell(text, ratio, "fail"))
             else:
                 line.append(TableCell(text, ratio, "num") if ratio else (other.get("status") if other else None))
         table.append(line)

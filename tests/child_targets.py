@@ -72,3 +72,10 @@ class Counter:
 
     def hang(self) -> None:
         time.sleep(60)
+
+
+def refuse(reason: str) -> None:
+    """Raise the exception a precision's builder refuses a conversion with (``common.errors.Unsupported``)."""
+    from common.errors import Unsupported
+
+    raise Unsupported(reason)
