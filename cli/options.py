@@ -185,8 +185,12 @@ def bring_model(args: argparse.Namespace) -> Brought:
         raise UsageError("--onnx runs one brought-in model: leave out --models and --weights")
     path, shapes = Path(args.onnx), args.input_shapes
     if str(path).startswith(ASSET_PREFIX):
-        path, corpus_shapes = corpus_file(str(path).removeprefix(ASSET_PREFIX))
-        shapes = shapes or corpus_shapes
+        path, entry = corpus_file(str(path).removeprefix(ASSET_PREFIX))
+        shapes = shapes or entry.input_shapes
+        # What the corpus feeds this file, unless the command line says otherwise (then recorded as given).
+        for option in ("input_values", "input_range", "state"):
+            if not getattr(args, option):
+                setattr(args, option, getattr(entry, option) or None)
     try:
         spec = register(
             path,
@@ -228,15 +232,16 @@ def inputs_fed(args: argparse.Namespace) -> dict | None:
     return {k: v for k, v in fed.items() if v} or None
 
 
-def corpus_file(name: str) -> tuple[Path, str]:
-    """(the fetched file of corpus model ``name``, its corpus input shapes); UsageError naming the fix."""
+def corpus_file(name: str):
+    """(the fetched file of corpus model ``name``, its ``models.corpus.CorpusModel``); UsageError naming the
+    fix."""
     import assets
     from models.corpus import CORPUS
 
     if name not in CORPUS:
         raise UsageError(f"unknown corpus model {name!r}; --onnx asset:NAME takes one of: {', '.join(CORPUS)}")
     try:
-        return assets.fetch(CORPUS[name].asset), CORPUS[name].input_shapes
+        return assets.fetch(CORPUS[name].asset), CORPUS[name]
     except assets.AssetError as exc:
         raise UsageError(str(exc)) from None
 

