@@ -155,7 +155,9 @@ def engine_layer_precisions(cache: Path) -> dict[str, int]:
 
 
 def profile_string(shapes: Mapping[str, tuple[int, ...]]) -> str:
-    """Shapes in the provider's profile format: ``name:2x3x224x224,other:2x384``."""
+    """Shapes in the provider's profile format: ``name:2x3x224x224,other:2x384``. A 0-d input (a sample rate)
+    has no dimension to profile, and ``name:`` is no shape the provider reads: it is left out."""
+    shapes = {name: shape for name, shape in shapes.items() if len(shape)}
     bad = [name for name in shapes if any(c in name for c in ":,")]
     if bad:
         raise EngineError(f"ort-trt: input names {bad} contain ':' or ',', which the profile option cannot express")

@@ -341,6 +341,7 @@ def test_ort_trt_session_arguments(sessions, tiny_onnx):
         OrtTrtEngine().activate(tiny_onnx, {"x": [8, 4]})
     assert sessions[-1]["providers"][0][1]["trt_engine_cache_path"] != cache
     assert profile_string({"ids": (2, 384), "mask": (2, 384)}) == "ids:2x384,mask:2x384"
+    assert profile_string({"input": (1, 512), "sr": (), "state": (2, 1, 128)}) == "input:1x512,state:2x1x128"
     with pytest.raises(EngineError, match="cannot express"):
         profile_string({"a:b": (1,)})
 
