@@ -8,7 +8,7 @@ fit the tables they index (``id_range``).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +177,23 @@ def file_feeds(
         )
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     return Feeds(batches, f"file({path}, samples={count})", digest, count)
+
+
+def carry_state(feeds: Feeds, model: Path, pairs: Mapping[str, str]) -> Feeds:
+    """``feeds`` as a stream sees them: each batch's state inputs replaced by what ``model`` (the FP32 file, on
+    ONNX Runtime CPU) returned for them on the batch before (``pairs``: output -> input), from the first
+    batch's own state. A stream's calibration must see the states the stream carries, not only its zero start:
+    an INT8 range calibrated on zeros alone clips every later state to nothing. A batch whose size differs from
+    the one before starts from its own state again."""
+    from common.ort_session import cpu_session
+
+    session = cpu_session(model)
+    names = [o.name for o in session.get_outputs()]
+    state: dict[str, np.ndarray] = {}
+    carried = []
+    for batch in feeds.batches:
+        fed = {**batch, **{k: v for k, v in state.items() if v.shape == batch[k].shape}}
+        outputs = dict(zip(names, session.run(None, fed), strict=True))
+        state = {name: outputs[output] for output, name in pairs.items()}
+        carried.append(fed)
+    return Feeds(carried, f"{feeds.origin}, streamed", feeds.digest, feeds.samples)

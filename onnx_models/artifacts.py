@@ -458,6 +458,8 @@ def calibration_feeds(spec: ModelSpec, size: str, calib: CalibrationSettings):
     # A brought-in graph with a fixed batch dimension N (models/byo.py) is calibrated N samples at a time.
     # A model whose calibration would not fit in memory at the default batch names a smaller one.
     batch = spec.config(size).get("fixed_batch") or min(calib.batch, spec.calibration_batch or calib.batch)
+    if spec.config(size).get("state") and not spec.config(size).get("fixed_batch"):
+        batch = 1  # a stream is calibrated one step at a time, so that its states grow as in use (carry_state)
     if calib.data is None and spec.trained is not None:
         from onnx_models.trained import calibration_file
 
@@ -499,8 +501,15 @@ class BuildJob:
 
     @functools.cached_property
     def calibration(self):
-        """The calibration batches (``calibration_feeds``), made once per job."""
-        return calibration_feeds(self.spec, self.artifact.size, self.calib)
+        """The calibration batches (``calibration_feeds``), made once per job; for a stream (``--state``) with
+        the states its FP32 file carries from batch to batch."""
+        feeds = calibration_feeds(self.spec, self.artifact.size, self.calib)
+        pairs = self.spec.config(self.artifact.size).get("state")
+        if pairs:
+            from calibration.feeds import carry_state
+
+            feeds = carry_state(feeds, self.fp32, pairs)
+        return feeds
 
 
 def ensure(

@@ -258,3 +258,22 @@ def test_flops_count_the_branch_a_fixed_value_takes(tmp_path):
     # Not fixed, the If stays: it depends on an input that changes from batch to batch.
     assert fold_fixed_ifs(model, feeds, [])[0] == model
     assert len(fold_fixed_ifs(model, feeds, ["x"])[1]) == 0
+
+
+def test_a_streams_calibration_sees_the_states_it_carries(tmp_path):
+    """Calibrated on its zero start state alone, a stream's INT8 ranges would clip every later state: each
+    calibration batch gets the state the FP32 file returned on the batch before."""
+    from calibration.feeds import carry_state, synthetic_feeds
+    from common.ort_session import cpu_session
+    from onnx_models.byo import register
+
+    path = stream_model(tmp_path / "stream.onnx")
+    spec = register(path, input_values={"sr": 16000}, state={"stateN": "state"})
+    specs = spec.input_specs("full")
+    drawn = synthetic_feeds(specs, 3, 1, seed=0)
+    carried = carry_state(drawn, path, {"stateN": "state"})
+    assert not carried.batches[0]["state"].any() and carried.digest == drawn.digest
+    session = cpu_session(path)
+    state = session.run(["stateN"], carried.batches[0])[0]
+    np.testing.assert_array_equal(carried.batches[1]["state"], state)
+    assert carried.batches[1]["state"].any()
