@@ -166,6 +166,12 @@ def _open(cell: Cell, engine_options: dict, reference: str | None) -> tuple:
     path = store.verified_path(cell.artifact.name)
     entry = store.entry(cell.artifact.name)
     row: dict = {"artifact": str(path), "artifact_sha256": entry["sha256"]}
+    if spec.framework == "onnx":
+        # A brought-in file's own precision, and what this cell runs of it: the file as brought (an FP16 file's
+        # fp16 cell), its FP32 form (an upcast), or a conversion of that (onnx_models.artifacts).
+        found = (store.entry(precisions.BASE) or {}).get("file_precision") or {}
+        row["file_precision"] = found.get("text")
+        row["artifact_origin"] = entry.get("origin") or f"a conversion of its {precisions.BASE} artifact"
     if precisions.get(cell.precision).quantized:
         from calibration.tensorrt_rules import row_text
 
