@@ -8,8 +8,9 @@ artifact once; builds, cells and executors read them.
 ``ensure(artifact)`` computes the artifact's build key from everything it depends on, returns the stored file
 when key and sha256 match, and otherwise builds it and records it in the manifest: the FP32 export
 (``ensure_fp32``), or a lower precision through the builder module the precision registry names
-(``common.precisions``), from the FP32 export. Framework and quantizer imports happen only when something has
-to be built.
+(``common.precisions``), from the FP32 export. A brought-in file that is already reduced (FP16, INT8: its
+manifest's ``file_precision``) is its own precision's artifact as brought, and its FP32 artifact is its upcast or
+dequantized form (``_from_file``). Framework and quantizer imports happen only when something has to be built.
 """
 
 from __future__ import annotations
@@ -538,7 +539,8 @@ def ensure(
     """The stored file of ``artifact``, built first when no valid one is stored; returns its path.
 
     For a brought-in model (framework ``onnx``) a conversion that fails raises UnsupportedPrecision: a fact about
-    the model, which its rows report as ``unsupported``."""
+    the model, which its rows report as ``unsupported``; so does FP32 of a file that has no FP32 form, and any
+    artifact ``_from_file`` refuses. The file as brought is its own precision's artifact (``_from_file``)."""
     from onnx_models import model_spec
 
     spec = model_spec(artifact.model)
