@@ -85,10 +85,15 @@ def reference_outputs(model: str, size: str, batch: int, samples: int) -> str:
     from engines.ort_cpu import OrtCpuEngine
     from onnx_models import model_spec
     from onnx_models.artifacts import output_batch_axes
-    from onnx_models.store import ModelStore
+    from onnx_models.store import ArtifactError, ModelStore
 
     store = ModelStore(model, size)
     fp32 = store.verified_path("fp32")
+    # A brought-in INT8 file without an FP32 form is stored as it is: its outputs would score the file against
+    # itself, and its int8 cell would claim all of an accuracy never measured.
+    no_fp32 = store.entry("fp32").get("no_fp32")
+    if no_fp32:
+        raise ArtifactError(f"no FP32 reference: {no_fp32}")
     spec = model_spec(model)
     # The outputs depend on the file, on the inputs (the model's sampler code and the accuracy seed) and on the
     # ONNX Runtime that computed them.

@@ -8,8 +8,9 @@ artifact once; builds, cells and executors read them.
 ``ensure(artifact)`` computes the artifact's build key from everything it depends on, returns the stored file
 when key and sha256 match, and otherwise builds it and records it in the manifest: the FP32 export
 (``ensure_fp32``), or a lower precision through the builder module the precision registry names
-(``common.precisions``), from the FP32 export. Framework and quantizer imports happen only when something has
-to be built.
+(``common.precisions``), from the FP32 export. A brought-in file that is already reduced (FP16, INT8: its
+manifest's ``file_precision``) is its own precision's artifact as brought, and its FP32 artifact is its upcast or
+dequantized form (``_from_file``). Framework and quantizer imports happen only when something has to be built.
 """
 
 from __future__ import annotations
@@ -240,10 +241,17 @@ def _copy_onnx(spec: ModelSpec, size: str) -> Path:
     longer inputs, Constant weights as initializers, old opsets upgraded) and proven to give the file's own
     outputs on ONNX Runtime CPU, or copied as it is where the file needed nothing or cannot be normalized (the
     reason is recorded as ``not_normalized``, and FP16 and INT8 are then unsupported with it). The manifest
-    records what was changed, the parity, and each output's batch axis (``output_batch_axes``)."""
+    records what was changed, the parity, and each output's batch axis (``output_batch_axes``).
+
+    The file's own precision is read from its contents (``calibration.reduced.detect``) and recorded as
+    ``file_precision``. An FP16 or BF16 file is stored upcast to FP32, an INT8 file in the QDQ format
+    dequantized (``origin`` says which, ``origin_parity`` how far its outputs are from the file's); an INT8 file
+    with integer operators, or one whose FP32 form does not run, is stored as it is with ``no_fp32`` giving the
+    reason, and has no FP32 cell and no FP32 reference (``ensure``)."""
     import onnx
 
     from analysis.parity import parity as max_errors
+    from calibration import reduced
     from exporters import OPSET
     from onnx_models.normalize import NormalizeError, default_opset, normalize
 
@@ -258,10 +266,12 @@ def _copy_onnx(spec: ModelSpec, size: str) -> Path:
     key = cache_key(
         model=spec.name,
         source_sha256=sha,
-        rule="byo-import-v2",
+        # v3: the file's precision is read and recorded, a reduced file is stored as its FP32 form.
+        rule="byo-import-v3",
         inputs=cfg["inputs"],
         batch_axes=cfg.get("output_batch_axes"),
         code=source_digest("onnx_models.normalize"),
+        reduced=source_digest("calibration.reduced"),
         onnx=_version("onnx"),
         onnxruntime=onnxruntime_version(),
     )
@@ -272,6 +282,7 @@ def _copy_onnx(spec: ModelSpec, size: str) -> Path:
     expected = _run_file(source, check, "the file as brought")
     model = onnx.load(str(source))
     opset = default_opset(model)
+    found = reduced.detect(model)
     problem, parity = None, "none needed: the file is used as it is"
     try:
         model, notes = normalize(model, OPSET, {name: a.shape for name, a in zip(spec.outputs, expected)})
@@ -286,10 +297,23 @@ def _copy_onnx(spec: ModelSpec, size: str) -> Path:
             parity = {k: v for k, v in max_errors(zip(expected, got)).items() if k != "max_rel_error"}
             if parity["max_abs_error"] > _NORMALIZE_TOLERANCE * max(1.0, parity["max_abs_reference"]):
                 problem = f"normalizing changed the outputs (max abs error {parity['max_abs_error']:.3g})"
+    kept = model if model is not None and notes and problem is None else None
+    origin, no_fp32, origin_parity = "the file", None, None
+    if found.reduced:
+        try:
+            lifted, what = reduced.fp32_form(found, kept or onnx.load(str(source)))
+            got = _run_file(lifted, check, "its FP32 form")
+        except (reduced.ReducedError, ArtifactError) as exc:
+            no_fp32 = f"the file is {found.text}, and it has no FP32 form: {exc}"
+        else:
+            origin_parity = {k: v for k, v in max_errors(zip(expected, got)).items() if k != "max_rel_error"}
+            kept, origin = lifted, what
+    elif kept is not None:
+        origin = "the file, normalized"
     store.dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(store.path("fp32")) as tmp:  # a unique name: another run may be importing the same file
-        if model is not None and notes and problem is None:
-            onnx.save(model, str(tmp))
+        if kept is not None:
+            onnx.save(kept, str(tmp))
         else:
             shutil.copyfile(source, tmp)
     axes = batch_axes(spec, size, store.path("fp32"))
@@ -305,7 +329,13 @@ def _copy_onnx(spec: ModelSpec, size: str) -> Path:
         output_batch_axes=axes,
         # What the file's inputs are fed (shapes, ranges, fixed values): the checks above ran on them.
         inputs=cfg["inputs"],
+        file_precision=found.as_dict(),
+        origin=origin,
+        origin_parity=origin_parity,
+        no_fp32=no_fp32,
     )
+    if found.reduced:
+        log.info("%s: the file is %s; its FP32 artifact is %s", spec.name, found.text, no_fp32 or origin)
     if problem is not None:
         log.warning("%s is used as it is for FP32; FP16 and INT8 cannot be made: %s", spec.name, problem)
     _record_model_facts(spec, size, store)
@@ -520,14 +550,19 @@ def ensure(
     """The stored file of ``artifact``, built first when no valid one is stored; returns its path.
 
     For a brought-in model (framework ``onnx``) a conversion that fails raises UnsupportedPrecision: a fact about
-    the model, which its rows report as ``unsupported``."""
+    the model, which its rows report as ``unsupported``; so does FP32 of a file that has no FP32 form, and any
+    artifact ``_from_file`` refuses. The file as brought is its own precision's artifact (``_from_file``)."""
     from onnx_models import model_spec
 
     spec = model_spec(artifact.model)
     fp32 = ensure_fp32(spec, artifact.size, export)
+    store = ModelStore(artifact.model, artifact.size)
+    if spec.framework == "onnx":
+        brought = _from_file(artifact, spec, store, fp32)
+        if brought is not None:
+            return brought
     if artifact.precision == precisions.BASE:
         return fp32
-    store = ModelStore(artifact.model, artifact.size)
     if spec.framework != "onnx":
         return _build(BuildJob(artifact, spec, store, fp32, calib))
     precision = artifact.precision
@@ -539,6 +574,65 @@ def ensure(
     except Exception as exc:  # noqa: BLE001 - whatever the converter or its check raises is the reason
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedPrecision(f"{spec.name} cannot be converted to {precision}: {reason}") from exc
+
+
+def _from_file(artifact: Artifact, spec: ModelSpec, store: ModelStore, fp32: Path) -> Path | None:
+    """What a brought-in file of a reduced precision (the FP32 entry's ``file_precision``) gives ``artifact``:
+    the file as brought where it is of the artifact's precision, the stored FP32 form for FP32, or None where
+    the artifact is converted as usual (from that FP32 form). UnsupportedPrecision, with the reason, where it
+    cannot be had: FP32 of a file that has no FP32 form (``no_fp32``), a conversion from it, and for an INT8 file
+    every other quantized artifact (it is quantized already: its ``int8`` is the file)."""
+    entry = store.entry(precisions.BASE) or {}
+    found = entry.get("file_precision") or {"precision": precisions.BASE}
+    held, text, no_fp32 = found["precision"], found.get("text"), entry.get("no_fp32")
+    precision = artifact.precision
+    if precision == precisions.BASE:
+        if no_fp32:
+            raise UnsupportedPrecision(f"{spec.name} has no fp32 cell: {no_fp32}")
+        return fp32
+    if precision == held and not artifact.float_nodes:
+        if artifact.flavour == "tensorrt" and found.get("quantization") != ["QDQ"]:
+            raise UnsupportedPrecision(
+                f"{spec.name} cannot be run as {artifact.name}: the file is {text}; TensorRT takes Q/DQ graphs only"
+            )
+        return _as_brought(artifact, spec, store, found)
+    if held == "int8" and precisions.get(precision).quantized:
+        kept = f"keeping {len(artifact.float_nodes)} nodes in float" if artifact.float_nodes else "quantizing it again"
+        raise UnsupportedPrecision(
+            f"{spec.name} cannot be converted to {artifact.name}: the file is already {text}; its int8 cell is the "
+            f"file as brought, and {kept} is not made"
+        )
+    if no_fp32:
+        what = "FP16 or INT8 conversion of a quantized graph is not made" if held == "int8" else "nothing to convert"
+        raise UnsupportedPrecision(f"{spec.name} cannot be converted to {precision}: {no_fp32}; {what}")
+    return None
+
+
+def _as_brought(artifact: Artifact, spec: ModelSpec, store: ModelStore, found: dict) -> Path:
+    """The brought-in file itself as ``artifact`` (a copy, byte for byte), recorded with ``origin`` "the file as
+    brought": an FP16 file is the model's fp16 cell, an INT8 file its int8 cell, not a conversion."""
+    cfg = spec.config(artifact.size)
+    name = artifact.name
+    key = cache_key(rule="byo-as-brought", source_sha256=cfg["sha256"], artifact=name)
+    if store.valid(name, key):
+        return store.path(name)
+    with store.building(name):
+        if store.valid(name, key):
+            return store.path(name)
+        with atomic_path(store.path(name)) as tmp:
+            shutil.copyfile(cfg["onnx"], tmp)
+        if sha256_file(store.path(name)) != cfg["sha256"]:
+            raise ArtifactError(f"{cfg['onnx']} changed since it was brought in; run again with --onnx to register it")
+        info = {"weight_bits": found.get("weight_bits")} if precisions.get(artifact.precision).quantized else {}
+        store.record(
+            name,
+            key,
+            source=cfg["onnx"],
+            source_sha256=cfg["sha256"],
+            origin="the file as brought",
+            **info,
+        )
+    return store.path(name)
 
 
 def _build(job: BuildJob) -> Path:

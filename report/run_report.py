@@ -119,6 +119,9 @@ def build(
     shown = [p for p in precisions.NAMES if any(r.get("precision") == p for r in rows)]
     if shown:
         doc.para("Precisions: " + "; ".join(f"{p}, {precisions.get(p).text}" for p in shown) + ".")
+    reduced = brought_in_precisions(rows)
+    if reduced:
+        doc.para(reduced)
 
     numbers = model_numbers(rows)
     _answer(doc, rows, threshold, min_speedup, run_dir, numbers)
@@ -143,6 +146,27 @@ def build(
     _paper(doc, rows)
     _environment(doc, env)
     return doc
+
+
+def brought_in_precisions(rows: list[dict[str, Any]]) -> str | None:
+    """What each brought-in model whose file is not FP32 runs at each precision, from its measured rows'
+    ``file_precision`` and ``artifact_origin``: "byo/half is FP16 (...): fp32 is the file upcast from FP16 to
+    FP32 (...); fp16 is the file as brought; int8 is a conversion of its fp32 artifact."; None when no such
+    model has a measured row. An FP16 file's fp16 cell is the file itself, not a conversion, and its fp32 cell
+    is not the file: the report says so where it names the precisions."""
+    found: dict[str, tuple[str, dict[str, str]]] = {}
+    for row in rows:
+        text = row.get("file_precision")
+        if not text or text == "FP32":
+            continue
+        _, origins = found.setdefault(row["model"], (text, {}))
+        if row.get("artifact_origin"):
+            origins.setdefault(row["precision"], row["artifact_origin"])
+    sentences = []
+    for model, (text, origins) in found.items():
+        runs = "; ".join(f"{p} is {origins[p]}" for p in sorted(origins, key=precisions.order))
+        sentences.append(f"{model} is {text}: {runs}.")
+    return " ".join(sentences) or None
 
 
 def counterparts() -> dict[str, str]:

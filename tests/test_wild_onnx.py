@@ -334,6 +334,12 @@ def _corpus_file(name: str) -> Path:
 # Silero VAD's every Conv sits inside the If its sample rate steers, which ONNX Runtime's quantizer does not
 # enter: INT8 would quantize nothing, and is refused with where the MACs are.
 NOT_INT8 = {"silero-vad": "inside If bodies", "silero-vad-ifless": "inside If bodies"}
+# Files already reduced are their own precision's cell (tests/test_reduced_models.py): ddddocr's quantized OCR
+# computes with integer operators (ConvInteger), so it has no FP32 form to run, convert or score against.
+ALREADY_INT8 = ("ddddocr-ocr-int8",)
+# Silero VAD's LSTM cell state integrates saturated gates on noise (it grows by one per step), so the small
+# differences INT8's encoder makes steer its state apart: INT8 runs and its drift is reported, not checked here.
+INT8_DRIFT_NOT_CHECKED = ("silero-vad-half",)
 
 
 @pytest.mark.parametrize("name", list(CORPUS))
@@ -342,12 +348,21 @@ def test_real_world_file_runs_every_precision(tmp_path, name):
     out = tmp_path / "run"
     assert suite.main(["run", "--onnx", f"asset:{name}", "--out", str(out), *QUICK]) == 0
     rows = _rows(out)
+    if name in ALREADY_INT8:
+        assert {p: r["status"] for p, r in rows.items()} == {"fp32": "unsupported", "fp16": "unsupported", "int8": "ok"}
+        reason = f"byo/{name} has no fp32 cell: the file is INT8 (dynamic: 21 ConvInteger"
+        assert rows["fp32"]["error"].startswith(reason)
+        assert rows["int8"]["artifact_origin"] == "the file as brought" and rows["int8"]["accuracy_value"] is None
+        return
     expected = {"fp32": "ok", "fp16": "ok", "int8": "unsupported" if name in NOT_INT8 else "ok"}
     assert {p: r["status"] for p, r in rows.items()} == expected, [r["error"] for r in rows.values()]
     assert rows["fp32"]["accuracy_value"] == pytest.approx(1.0)
     assert rows["fp16"]["accuracy_value"] > 0.98
     if name in NOT_INT8:
         assert NOT_INT8[name] in rows["int8"]["error"] and rows["fp32"]["stream"] == "stateN->state"
+        return
+    if name in INT8_DRIFT_NOT_CHECKED:
+        assert rows["int8"]["reduced_mac_share"] > 0.5 and rows["int8"]["stream"] == "stateN->state"
         return
     # Synthetic inputs: INT8's drift is reported, not judged, but it must be a drift, not garbage. The PP-OCR
     # detector sees no text in noise (its probability map stays below 1e-5), so its cosine is small (0.16-0.39)
