@@ -176,18 +176,15 @@ def _open(cell: Cell, engine_options: dict, reference: str | None) -> tuple:
     path = store.verified_path(cell.artifact.name)
     entry = store.entry(cell.artifact.name)
     row: dict = {"artifact": str(path), "artifact_sha256": entry["sha256"]}
-<<<<<<< HEAD
     if precisions.get(cell.precision).reduced:
         # Recorded when the artifact was built (calibration's builders): how much of the work runs reduced.
         row["reduced_mac_share"] = (entry.get("mac_coverage") or {}).get("share")
-=======
     if spec.framework == "onnx":
         # A brought-in file's own precision, and what this cell runs of it: the file as brought (an FP16 file's
         # fp16 cell), its FP32 form (an upcast), or a conversion of that (onnx_models.artifacts).
         found = (store.entry(precisions.BASE) or {}).get("file_precision") or {}
         row["file_precision"] = found.get("text")
         row["artifact_origin"] = entry.get("origin") or f"a conversion of its {precisions.BASE} artifact"
->>>>>>> issue29-reduced
     if precisions.get(cell.precision).quantized:
         from calibration.tensorrt_rules import row_text
 
