@@ -224,7 +224,9 @@ def _trained_info(spec: ModelSpec, size: str, path: Path) -> dict:
     track = spec.trained
     session = cpu_session(path)
     names = [o.name for o in session.get_outputs()]
-    outputs = concat([dict(zip(names, session.run(names, feeds))) for feeds in trained.eval_batches(spec, size)])
+    outputs = concat(
+        [dict(zip(names, session.run(names, feeds), strict=True)) for feeds in trained.eval_batches(spec, size)]
+    )
     scores = {k: float(v) for k, v in track.score(outputs, trained.eval_labels(spec, size)).items()}
     trained.check_learnt(spec, scores[track.metric])
     return {
@@ -285,7 +287,7 @@ def _copy_onnx(spec: ModelSpec, size: str) -> Path:
     found = reduced.detect(model)
     problem, parity = None, "none needed: the file is used as it is"
     try:
-        model, notes = normalize(model, OPSET, {name: a.shape for name, a in zip(spec.outputs, expected)})
+        model, notes = normalize(model, OPSET, {name: a.shape for name, a in zip(spec.outputs, expected, strict=True)})
     except NormalizeError as exc:
         model, notes, problem = None, [], str(exc)
     if model is not None and notes:
@@ -294,7 +296,7 @@ def _copy_onnx(spec: ModelSpec, size: str) -> Path:
         except ArtifactError as exc:
             problem = str(exc)
         else:
-            parity = {k: v for k, v in max_errors(zip(expected, got)).items() if k != "max_rel_error"}
+            parity = {k: v for k, v in max_errors(zip(expected, got, strict=True)).items() if k != "max_rel_error"}
             if parity["max_abs_error"] > _NORMALIZE_TOLERANCE * max(1.0, parity["max_abs_reference"]):
                 problem = f"normalizing changed the outputs (max abs error {parity['max_abs_error']:.3g})"
     kept = model if model is not None and notes and problem is None else None
@@ -306,7 +308,9 @@ def _copy_onnx(spec: ModelSpec, size: str) -> Path:
         except (reduced.ReducedError, ArtifactError) as exc:
             no_fp32 = f"the file is {found.text}, and it has no FP32 form: {exc}"
         else:
-            origin_parity = {k: v for k, v in max_errors(zip(expected, got)).items() if k != "max_rel_error"}
+            origin_parity = {
+                k: v for k, v in max_errors(zip(expected, got, strict=True)).items() if k != "max_rel_error"
+            }
             kept, origin = lifted, what
     elif kept is not None:
         origin = "the file, normalized"
@@ -374,7 +378,7 @@ def batch_axes(spec: ModelSpec, size: str, path: Path) -> dict[str, int | None]:
     names = list(spec.outputs)
     if given:
         shapes = [o.shape for o in _run_file(path, spec.make_feeds(size, fixed or 1, CHECK_SEED), "the FP32 file")]
-        for name, shape in zip(names, shapes):
+        for name, shape in zip(names, shapes, strict=True):
             if given[name] >= len(shape):
                 raise ArtifactError(
                     f"--output-batch-axes gives {name} axis {given[name]}, but it has {len(shape)} axes {shape}"
@@ -383,19 +387,21 @@ def batch_axes(spec: ModelSpec, size: str, path: Path) -> dict[str, int | None]:
     if fixed:
         shapes = [o.shape for o in _run_file(path, spec.make_feeds(size, fixed, CHECK_SEED), "the FP32 file")]
         # No axis of size N: the whole output belongs to the batch (a batch-1 graph returning (classes,)).
-        return {n: next((i for i, d in enumerate(s) if d == fixed), None) for n, s in zip(names, shapes)}
+        return {n: next((i for i, d in enumerate(s) if d == fixed), None) for n, s in zip(names, shapes, strict=True)}
     one = [o.shape for o in _run_file(path, spec.make_feeds(size, 1, CHECK_SEED), "the FP32 file")]
     try:
         two = [o.shape for o in _run_file(path, spec.make_feeds(size, 2, CHECK_SEED), "the FP32 file")]
     except ArtifactError:
-        return {n: _leading_axis(s) for n, s in zip(names, one)}
+        return {n: _leading_axis(s) for n, s in zip(names, one, strict=True)}
     axes: dict[str, int | None] = {}
-    for name, a, b in zip(names, one, two):
+    for name, a, b in zip(names, one, two, strict=True):
         if a == b:
             axes[name] = None
             continue
-        doubled = [i for i, (x, y) in enumerate(zip(a, b)) if y == 2 * x and x > 0]
-        others_equal = len(a) == len(b) and all(x == y for i, (x, y) in enumerate(zip(a, b)) if i not in doubled)
+        doubled = [i for i, (x, y) in enumerate(zip(a, b, strict=False)) if y == 2 * x and x > 0]
+        others_equal = len(a) == len(b) and all(
+            x == y for i, (x, y) in enumerate(zip(a, b, strict=True)) if i not in doubled
+        )
         axes[name] = doubled[0] if len(doubled) == 1 and others_equal else _leading_axis(a)
     return axes
 
