@@ -206,14 +206,14 @@ def count(
 ) -> GraphCost:
     """Count FLOPs, parameters and bytes of ``model`` for one batch of ``batch``.
 
-        ``model`` is a ModelProto or a path (external data next to it is found; weights are only read when the
-        ONNX Runtime fallback has to run the model). ``input_shapes`` maps input names to full concrete shapes
-        and overrides ``batch`` for those inputs; every other input must have only its first dimension symbolic
-        (an input whose first dimension is a fixed number keeps it: either the graph was exported for that batch,
-        or the input is not batched). ``values``, the arrays a run feeds, are what the ONNX Runtime fallback runs on
-    (a sample rate that picks an If branch must be the one measured); without them it runs on ones (floats) and
-    zeros. A ModelProto passed in is not modified. Returns a GraphCost; raises
-        ValueError for inputs whose shape cannot be made concrete.
+    ``model`` is a ModelProto or a path (external data next to it is found; weights are only read when the
+    ONNX Runtime fallback has to run the model). ``input_shapes`` maps input names to full concrete shapes
+    and overrides ``batch`` for those inputs; every other input must have only its first dimension symbolic
+    (an input whose first dimension is a fixed number keeps it: either the graph was exported for that batch,
+    or the input is not batched). ``values``, the arrays a run feeds, are what the ONNX Runtime fallback runs
+    on (a sample rate that picks an If branch must be the one measured); without them it runs on ones (floats)
+    and zeros. A ModelProto passed in is not modified. Returns a GraphCost; raises ValueError for inputs whose
+    shape cannot be made concrete.
     """
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
