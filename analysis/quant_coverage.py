@@ -99,18 +99,20 @@ def coverage(
     precision: str,
     input_shapes: Mapping[str, tuple[int, ...]],
     batch: int = 1,
+    values: Mapping[str, Any] | None = None,
 ) -> Coverage:
     """The Coverage of ``model`` (a ModelProto or a path; a ModelProto is not modified), an artifact of the
     reduced precision ``precision``, for one batch at ``input_shapes`` (full shapes by input name; an input not
     named takes ``batch`` as its first dimension, as ``analysis.flops.count`` does). Raises ValueError for a
     precision that is not reduced (the reference: every MAC runs in its type by definition) and for shapes the
-    count cannot make concrete."""
+    count cannot make concrete. ``values``, the arrays of a batch, are what the count runs the graph on where
+    shapes must be measured (``analysis.flops.count``)."""
     from analysis.flops import count
 
     spec = precisions.get(precision)
     if not spec.reduced:
         raise ValueError(f"{precision} is not a reduced precision: its MACs run in {spec.element} by definition")
-    cost = count(model, batch, input_shapes)
+    cost = count(model, batch, input_shapes, values)
     runs_in = _rule(spec.element)
     macs = reduced = body = body_reduced = 0.0
     by_op: dict[str, float] = {}

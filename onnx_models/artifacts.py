@@ -630,6 +630,7 @@ def _as_brought(artifact: Artifact, spec: ModelSpec, store: ModelStore, found: d
         if sha256_file(store.path(name)) != cfg["sha256"]:
             raise ArtifactError(f"{cfg['onnx']} changed since it was brought in; run again with --onnx to register it")
         info = {"weight_bits": found.get("weight_bits")} if precisions.get(artifact.precision).quantized else {}
+        info["mac_coverage"] = _file_coverage(store.path(name), artifact, spec)
         store.record(
             name,
             key,
@@ -639,6 +640,25 @@ def _as_brought(artifact: Artifact, spec: ModelSpec, store: ModelStore, found: d
             **info,
         )
     return store.path(name)
+
+
+def _file_coverage(path: Path, artifact: Artifact, spec: ModelSpec) -> dict | None:
+    """How much of a brought-in file's work runs in its own precision (``analysis.quant_coverage``, at the
+    check batch's shapes), as the builders record it for the artifacts they make; None where it cannot be
+    counted (the row then leaves the share empty)."""
+    import onnx
+
+    from analysis.quant_coverage import coverage
+    from common.graphs import fold_fixed_ifs
+
+    feeds = spec.make_feeds(artifact.size, 1, CHECK_SEED)
+    # An If that a fixed input (a sample rate) decides is counted as the branch that runs, as FLOPs are.
+    fixed = [s.name for s in spec.input_specs(artifact.size) if s.value is not None]
+    model, _ = fold_fixed_ifs(onnx.load(str(path)), feeds, fixed)
+    try:
+        return coverage(model, artifact.precision, {k: a.shape for k, a in feeds.items()}, values=feeds).as_dict()
+    except ValueError:
+        return None
 
 
 def _build(job: BuildJob) -> Path:

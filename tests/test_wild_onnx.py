@@ -411,3 +411,22 @@ def test_outputs_without_a_batch_axis_are_compared_whole(tmp_path):
     ]
     assert ModelStore("byo/flat", "full").entry("fp32")["output_batch_axes"] == {"y": None, "s": None}
     assert rows["fp16"]["accuracy_value"] > 0.99
+
+
+def test_an_fp16_export_of_a_streamed_model_runs_every_precision(tmp_path):
+    """Silero VAD converted to FP16 the way users do (ONNX Runtime's converter, float32 inputs kept): with only
+    what the error messages ask for, its fp32 cell is the file upcast, its fp16 cell the file as brought (with
+    the share of MACs in float16 said), and INT8 is refused with where the MACs are."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    source = _corpus_file("silero-vad")
+    half = tmp_path / "silero_fp16.onnx"
+    onnx.save(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True, disable_shape_infer=True), half)
+    out = tmp_path / "run"
+    args = ["run", "--onnx", str(half), "--input-shapes", "input:1x512", "--input-values", "sr:16000"]
+    assert suite.main([*args, "--state", "stateN:state", "--out", str(out), *QUICK]) == 0
+    rows = _rows(out)
+    assert {p: r["status"] for p, r in rows.items()} == {"fp32": "ok", "fp16": "ok", "int8": "unsupported"}
+    assert rows["fp16"]["artifact_origin"] == "the file as brought" and rows["fp16"]["reduced_mac_share"] == 1.0
+    assert rows["fp32"]["file_precision"].startswith("FP16") and rows["fp16"]["accuracy_value"] > 0.99
+    assert "inside If bodies" in rows["int8"]["error"]
