@@ -670,8 +670,8 @@ def test_byo_unresolved_dynamic_dimension_is_one_clear_error(tmp_path, capsys):
     assert suite.main(["run", "--onnx", str(model), "--out", str(tmp_path / "run")]) == 2
     error = capsys.readouterr().err.strip()
     assert error == (
-        "error: dyn.onnx: dynamic dimensions without a size: x dimension 2 (height); "
-        "give every input's full shape with --input-shapes x:1x..."
+        "error: dyn.onnx: dynamic dimensions without a size: x dimension 2 (height); give those inputs' full "
+        "shapes with --input-shapes x:1x3x?x16 (each ? a size; the batch's is replaced by each batch size)"
     )
     assert not (tmp_path / "run").exists()
     assert suite.main(["run", "--onnx", str(model), "--input-shapes", "x:1x3x9", "--out", str(tmp_path / "r")]) == 2
