@@ -140,6 +140,24 @@ class RunConfig:
                 f"--concurrency applies to the {', '.join(CONCURRENT_SCENARIOS)} scenarios: add one with --scenario"
             )
 
+    def files_sha256(self) -> dict[str, str]:
+        """The sha256 of each file the run reads its model or inputs from (``--onnx``, ``--calib-data``,
+        ``--weights``, ``--feeds``), by option; files that cannot be read are left out (the run fails on them
+        with its own message)."""
+        from common.hashing import sha256_file
+
+        given = {
+            "onnx": self.onnx,
+            "calib_data": self.calib.data,
+            "weights": self.export.weights,
+            "feeds": (self.inputs_fed or {}).get("feeds"),
+        }
+        found = {}
+        for option, path in given.items():
+            if path and Path(path).is_file():
+                found[option] = sha256_file(Path(path))
+        return found
+
     def concurrencies(self, scenario: str) -> tuple[int, ...]:
         """The concurrency values ``scenario``'s cells are measured at (only 1 where queries cannot overlap)."""
         return self.concurrency if scenario in CONCURRENT_SCENARIOS else (1,)
@@ -170,6 +188,8 @@ class RunConfig:
             # Only when given, so a directory from before the option resumes with the same settings.
             **({"output_batch_axes": self.output_batch_axes} if self.output_batch_axes else {}),
             **({"inputs_fed": dict(self.inputs_fed)} if self.inputs_fed else {}),
+            # The content of every file the rows depend on: a resume whose file changed in place is refused.
+            **({"files_sha256": files} if (files := self.files_sha256()) else {}),
             "scenarios": list(self.scenarios),
             "concurrency": list(self.concurrency),
             # Only a run with LoadGen scenarios records their settings, so latency-only results directories

@@ -254,7 +254,8 @@ def resume_env(stored: dict[str, Any] | None, current: dict[str, Any], env_path:
     current = json.loads(json.dumps(current, default=str))
     old, new = _measured_by(stored), _measured_by(current)
     # A resume that adds LoadGen scenarios brings their settings in; one whose directory has them must keep them.
-    for group in _LOADGEN_SETTINGS:
+    # Directories written before files' contents were recorded cannot tell: theirs are not compared.
+    for group in (*_LOADGEN_SETTINGS, "files_sha256"):
         if group not in stored["settings"]:
             new = {k: v for k, v in new.items() if not k.startswith(f"{group}.")}
     changes = [

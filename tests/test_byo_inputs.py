@@ -277,3 +277,20 @@ def test_a_streams_calibration_sees_the_states_it_carries(tmp_path):
     state = session.run(["stateN"], carried.batches[0])[0]
     np.testing.assert_array_equal(carried.batches[1]["state"], state)
     assert carried.batches[1]["state"].any()
+
+
+def test_a_resume_refuses_a_brought_in_file_or_feeds_changed_in_place(tmp_path, capsys):
+    """The FP32 row of the old file and the INT8 row of the new one must never share a results directory."""
+    path = byte_model(tmp_path / "bytes.onnx")
+    out = tmp_path / "run"
+    base = ["run", "--onnx", str(path), "--input-range", "bytes:0..256", "--out", str(out), *QUICK]
+    assert suite.main([*base, "--precisions", "fp32"]) == 0
+    assert set(json.loads((out / "env.json").read_text())["settings"]["files_sha256"]) == {"onnx"}
+    changed = onnx.load(str(path))
+    changed.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.ones((8, 3), np.float32), "weight"))
+    onnx.save(changed, path)
+    capsys.readouterr()
+    assert suite.main([*base, "--precisions", "fp32,int8", "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert "--resume with different settings" in error and "files_sha256.onnx" in error
+    assert len((out / "results.jsonl").read_text().splitlines()) == 1
