@@ -8,11 +8,13 @@ fit the tables they index (``id_range``).
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 
+from common.hashing import sha256_file
 from models import InputSpec
 
 
@@ -122,14 +124,20 @@ def file_feeds(
     expected = ", ".join(s.describe() for s in specs)
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
+            missing = [s.name for s in specs if s.name not in data.files]
+            if missing:
+                raise FeedError(
+                    f"{path} lacks inputs {missing} (it has {sorted(data.files)}); expected arrays {expected}"
+                )
+            _check_sizes(path, data, [s.name for s in specs])
+            # Only the model's arrays are read: others in the file (however large) are never unpacked.
+            arrays = {s.name: data[s.name] for s in specs}
+    except FeedError:
+        raise
     except FileNotFoundError:
         raise FeedError(f"input data {path} does not exist") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
         raise FeedError(f"cannot read {path} as .npz ({exc}); expected arrays {expected}") from None
-    missing = [s.name for s in specs if s.name not in arrays]
-    if missing:
-        raise FeedError(f"{path} lacks inputs {missing} (it has {sorted(arrays)}); expected arrays {expected}")
     count = None
     for spec in specs:
         array, axis = arrays[spec.name], spec.batch_axis
@@ -175,8 +183,27 @@ def file_feeds(
                 for s in specs
             }
         )
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return Feeds(batches, f"file({path}, samples={count})", digest, count)
+    return Feeds(batches, f"file({path}, samples={count})", sha256_file(Path(path)), count)
+
+
+def _check_sizes(path: Path, data, names: list[str]) -> None:
+    """Raise FeedError when the arrays ``names`` of the open .npz ``data`` would take more than half the memory
+    free now, read from their headers before any is unpacked (a few MB of compressed zeros can declare GBs)."""
+    import psutil
+
+    declared = 0
+    for name in names:
+        with data.zip.open(f"{name}.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(member)
+        declared += math.prod(shape) * dtype.itemsize
+    free = psutil.virtual_memory().available
+    if declared > free / 2:
+        raise FeedError(
+            f"{path}: the model's arrays hold {declared / 2**30:.1f} GiB unpacked, more than half the "
+            f"{free / 2**30:.1f} GiB of memory free; give a file with fewer samples"
+        )
 
 
 def carry_state(feeds: Feeds, model: Path, pairs: Mapping[str, str]) -> Feeds:

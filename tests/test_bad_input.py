@@ -236,3 +236,31 @@ def test_missing_analysis_says_each_reason():
         missing_analysis({"flops_error": "A", "reference_error": "B"})
         == "FLOPs not counted: A; accuracy not measured: B"
     )
+
+
+def test_a_feeds_file_unpacks_only_the_models_arrays(tmp_path, monkeypatch):
+    """A few MB of compressed zeros can declare GBs: an array the model does not read is never unpacked, and
+    arrays it does read are refused from their headers when they would not fit."""
+    import tracemalloc
+
+    from models import InputSpec
+
+    specs = [InputSpec("x", ("batch", 4), "float32")]
+    path = tmp_path / "data.npz"
+    np.savez_compressed(path, x=np.ones((8, 4), np.float32), unused=np.zeros(2**28, np.uint8))
+    assert path.stat().st_size < 2**20
+    tracemalloc.start()
+    try:
+        feeds = file_feeds(path, specs, 4)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert feeds.samples == 8 and peak < 2**26, peak
+    import psutil
+
+    class Tight:
+        available = 64
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Tight)
+    with pytest.raises(FeedError, match="more than half the 0.0 GiB of memory free; give a file with fewer samples"):
+        file_feeds(path, specs, 4)
