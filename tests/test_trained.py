@@ -19,16 +19,8 @@ from onnx_models.store import ModelStore
 QUICK = ["--warmup-s", "0", "--duration-s", "0.2", "--min-iters", "3"]
 
 
-@pytest.fixture(autouse=True)
-def cached_peaks(tmp_path, monkeypatch):
-    """Roofs cached in a private cache, so that the reports at the end of runs do not measure them."""
-    from analysis.roofs import Roofs
-    from bench.roofs_cache import local_machine_key, save_roofs
-
-    monkeypatch.setenv("AIMATRIX_CACHE", str(tmp_path / "peaks"))
-    save_roofs(
-        Roofs({"fp32": 1e11, "fp16": 1e11, "int8": 4e11}, 2e10, "test", {"machine": local_machine_key("ort-cpu")})
-    )
+# Roofs cached in a private cache, so that the reports at the end of runs measure nothing.
+pytestmark = pytest.mark.usefixtures("cached_peaks")
 
 
 def _need(asset: str) -> None:
