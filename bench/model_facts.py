@@ -37,13 +37,13 @@ def count_flops(model: str, size: str, batches: list[int]) -> dict[int, dict]:
 
         from common.graphs import fold_fixed_ifs
 
-        graph = onnx.load(str(path))
-        # An If decided by an input fixed with --input-values (a sample rate) counts as the branch that runs.
+        # An If decided by an input fixed with --input-values (a sample rate) counts as the branch that runs;
+        # only the fixed inputs reach its condition, so it is resolved once, on any batch's feeds.
         fixed = [s.name for s in spec.input_specs(size) if s.value is not None]
+        graph, _ = fold_fixed_ifs(onnx.load(str(path)), timing_feeds(spec, size, missing[0]), fixed)
         for batch in missing:
             feeds = timing_feeds(spec, size, batch)
-            counted, _ = fold_fixed_ifs(graph, feeds, fixed)
-            cost = count(counted, batch, {name: array.shape for name, array in feeds.items()}, feeds)
+            cost = count(graph, batch, {name: array.shape for name, array in feeds.items()}, feeds)
             known[str(batch)] = {
                 "flops_per_batch": cost.flops,
                 "mac_flops_per_batch": cost.mac_flops,
